@@ -1,0 +1,1 @@
+"""Alembic environment of the registry: the only way its schema changes."""

@@ -1,0 +1,40 @@
+"""What every command receives: the settings, and the registry opened on first use."""
+from __future__ import annotations
+
+from functools import cached_property
+
+import click
+
+from registry.db import Database
+from registry.settings import Settings
+
+
+class App:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def raw_db(self) -> Database:
+        """The database as it is, without migrating (for the ``db`` commands)."""
+        return Database(self.settings.db_url)
+
+    @cached_property
+    def db(self) -> Database:
+        """The database, upgraded to the current schema if it is empty or older."""
+        from registry.migrate import ensure_schema
+
+        ensure_schema(self.raw_db)
+        return self.raw_db
+
+    @cached_property
+    def queue(self):
+        from registry.queue import JobQueue
+
+        return JobQueue(self.db)
+
+    def close(self) -> None:
+        if "raw_db" in self.__dict__:
+            self.raw_db.dispose()
+
+
+pass_app = click.make_pass_decorator(App)

@@ -1,0 +1,79 @@
+"""The CLI root. It defines only the global options; every command arrives through the
+``register_commands`` hook, built-ins included."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from registry import __version__
+from registry.app import App
+from registry.errors import CarlosError
+from registry.settings import Settings
+
+_state = {"verbose": 0, "registered": False}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--db", "db_url", metavar="URL", help="Registry database URL [env CARLOS_REG_DB; default: SQLite file in the data dir].")
+@click.option("--home", type=click.Path(file_okay=False), help="Data dir [env CARLOS_REG_HOME].")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr; tracebacks on errors.")
+@click.version_option(__version__, prog_name="carlos-reg")
+@click.pass_context
+def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
+    """carlos-reg: a registry of SDXL LoRAs that knows what each LoRA actually does.
+
+    \b
+    Getting started:
+      carlos-reg demo                       # offline end-to-end run on tiny models
+      carlos-reg import carlos FILE.parquet # the published CARLoS signatures
+      carlos-reg loras --signed             # what the registry holds
+      carlos-reg show civitai:MODEL@VERSION # one LoRA in detail
+    """
+    _state["verbose"] = verbose
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    app = App(Settings.load(home=home, db=db_url, verbose=verbose))
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def get_cli() -> click.Group:
+    """The root group with every plugin's commands registered (once)."""
+    if not _state["registered"]:
+        from registry.plugins import load_plugins, pm
+
+        load_plugins()
+        pm.hook.register_commands(cli=cli)
+        _state["registered"] = True
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        get_cli().main(args=argv, prog_name="carlos-reg", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except CarlosError as exc:
+        if _state["verbose"]:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # an unexpected failure: one line, the traceback only with -v
+        if _state["verbose"]:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        click.echo(f"Error: {type(exc).__name__}: {first} (run with -v for the traceback)", err=True)
+        sys.exit(1)

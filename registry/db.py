@@ -1,0 +1,144 @@
+"""Engines and sessions for SQLite (default, one machine) and PostgreSQL (scale-out).
+
+SQLite: WAL, busy_timeout, foreign keys on, and every write transaction starts with
+``BEGIN IMMEDIATE`` so two writer processes queue on the lock instead of failing with
+"database is locked" (a deferred transaction that reads and then writes cannot wait).
+Reads use a second engine with deferred ``BEGIN``. PostgreSQL uses one pooled engine for both.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlmodel import Session
+
+from registry.errors import DatabaseError
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def redact_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL may hold a password anywhere: show only the scheme
+        return url.split(":", 1)[0] + ":…"
+
+
+def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
+    if url.database and url.database != ":memory:":
+        folder = Path(url.database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create the folder of the SQLite registry {folder}: {exc.strerror}") from None
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_pre_ping=False,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # autocommit at the driver; we emit BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    begin_sql = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql(begin_sql)
+
+    return engine
+
+
+def create_engines(url: str, *, pool_size: int = 5) -> tuple[Engine, Engine]:
+    """Return ``(write_engine, read_engine)`` for a SQLAlchemy URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"not a database URL: {redact_url(url)} ({exc})") from None
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            return _sqlite_engine(parsed, write=True), _sqlite_engine(parsed, write=False)
+        if backend == "postgresql":
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            engine = sa.create_engine(
+                parsed,
+                pool_pre_ping=True,  # survive a database restart: stale connections are replaced
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 10, "application_name": "carlos-reg"},
+            )
+            return engine, engine
+    except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+        raise DatabaseError(f"cannot use database URL {redact_url(url)}: {exc}") from None
+    raise DatabaseError(
+        f"unsupported database {redact_url(url)}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def describe_operational_error(url: str, exc: BaseException) -> DatabaseError:
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseError(f"cannot reach the registry database {redact_url(url)}: {reason}")
+
+
+class Database:
+    """The registry's engines; hands out sessions for reading or writing."""
+
+    def __init__(self, url: str, *, pool_size: int = 5):
+        self.url = url
+        self.engine, self.read_engine = create_engines(url, pool_size=pool_size)
+        self.dialect = self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in one write transaction: committed on success, rolled back on error."""
+        with self._guard(), Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._guard(), Session(self.read_engine, expire_on_commit=False) as session:
+            yield session
+
+    @contextlib.contextmanager
+    def _guard(self):
+        try:
+            yield
+        except OperationalError as exc:
+            if _is_connect_failure(exc):
+                raise describe_operational_error(self.url, exc) from exc
+            raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+def _is_connect_failure(exc: OperationalError) -> bool:
+    text = str(exc.orig or exc).lower()
+    return any(
+        s in text
+        for s in ("connection refused", "could not connect", "unable to open database", "connection failed",
+                  "could not translate host", "timeout expired", "does not exist", "password authentication",
+                  "server closed the connection", "terminating connection", "no such host")
+    )

@@ -1,0 +1,17 @@
+"""The plugin hooks of carlos-reg. Built-in features implement them exactly as third parties do.
+
+A plugin is a module (or object) with functions decorated by ``registry.hookimpl``; third-party
+plugins are found through the entry-point group ``carlos_reg``. Specs only ever grow: new
+arguments are opt-in for implementations.
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("carlos_reg")
+hookimpl = pluggy.HookimplMarker("carlos_reg")
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands or groups to the root ``cli`` group (``cli.add_command(...)``)."""

@@ -1,0 +1,143 @@
+"""Import of the published CARLoS signature database (``metrics_database.parquet``).
+
+The whole file is validated before anything is written, then written in one transaction:
+a missing column, a vector of the wrong length, a NaN or a duplicate version id refuses the
+file whole. Re-importing the same file changes nothing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from registry.db import Database
+from registry.errors import CarlosError
+from registry.models import Model, Signature, Version, utcnow
+from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, get_or_create_profile
+from registry.vectors import to_blob
+
+REQUIRED_COLUMNS = ("version_id", "model_id", "model_name", "model_description", "model_nsfw_level",
+                    "folder_name", "direction", "strength", "consistency", "model_download_count")
+DIRECTION_DIM = 512
+PAPER_SAMPLES = 280 * 16
+
+IMPORTED_PROFILE_SETTINGS = {**PAPER_SETTINGS, "origin": "published CARLoS metrics_database.parquet"}
+
+
+class ImportRefused(CarlosError):
+    pass
+
+
+@dataclass
+class ImportRow:
+    version_id: int
+    model_id: int | None
+    name: str
+    description: str | None
+    nsfw_level: int | None
+    download_count: int | None
+    direction: np.ndarray
+    strength: float
+    consistency: float
+
+
+def read_carlos_parquet(path: str | Path) -> list[ImportRow]:
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImportRefused(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise ImportRefused(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}; nothing was imported")
+    cols = {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
+    rows, seen = [], set()
+    for i in range(table.num_rows):
+        where = f"{path.name} row {i}"
+        vid = cols["version_id"][i]
+        if not isinstance(vid, int) or isinstance(vid, bool):
+            raise ImportRefused(f"{where}: version_id {vid!r} is not an integer; nothing was imported")
+        if vid in seen:
+            raise ImportRefused(f"{where}: version_id {vid} appears twice; nothing was imported")
+        seen.add(vid)
+        where += f" (version {vid})"
+        vec = cols["direction"][i]
+        if vec is None or len(vec) != DIRECTION_DIM:
+            n = "no" if vec is None else len(vec)
+            raise ImportRefused(f"{where}: direction has {n} values, expected {DIRECTION_DIM}; nothing was imported")
+        direction = np.asarray([np.nan if v is None else v for v in vec], dtype=np.float64)
+        if not np.all(np.isfinite(direction)):
+            raise ImportRefused(f"{where}: direction contains NaN or infinite values; nothing was imported")
+        values = {}
+        for name in ("strength", "consistency"):
+            v = cols[name][i]
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ImportRefused(f"{where}: {name} is {v!r}, not a finite number; nothing was imported")
+            values[name] = float(v)
+        folder = cols["folder_name"][i] or ""
+        model_name = (cols["model_name"][i] or "").strip()
+        rows.append(ImportRow(
+            version_id=vid, model_id=cols["model_id"][i], name=model_name or stem_name(folder, vid) or f"version {vid}",
+            description=cols["model_description"][i] or None, nsfw_level=cols["model_nsfw_level"][i],
+            download_count=cols["model_download_count"][i], direction=direction.astype(np.float32),
+            strength=values["strength"], consistency=values["consistency"]))
+    return rows
+
+
+def stem_name(folder_name: str, version_id: int) -> str:
+    """``"PerfectEyesXL_128461"`` → ``"PerfectEyesXL"`` (the folder is the file stem + ``_<version id>``)."""
+    return re.sub(rf"_{version_id}$", "", folder_name.strip())
+
+
+def import_carlos(db: Database, path: str | Path) -> dict:
+    rows = read_carlos_parquet(path)
+    counts = {"rows": len(rows), "versions_added": 0, "models_added": 0, "signatures_added": 0,
+              "signatures_updated": 0, "unchanged": 0}
+    now = utcnow()
+    with db.write() as session:
+        profile = get_or_create_profile(session, IMPORTED_PROFILE_NAME, IMPORTED_PROFILE_SETTINGS)
+        ids = [r.version_id for r in rows]
+        versions = {v.id: v for v in session.exec(sa.select(Version).where(Version.id.in_(ids))).scalars()}
+        model_ids = {r.model_id for r in rows if r.model_id is not None}
+        models = {m.id: m for m in session.exec(sa.select(Model).where(Model.id.in_(model_ids))).scalars()}
+        sigs = {s.version_id: s for s in session.exec(
+            sa.select(Signature).where(Signature.profile_id == profile.id, Signature.version_id.in_(ids))).scalars()}
+        for r in rows:
+            if r.model_id is not None and r.model_id not in models:
+                models[r.model_id] = Model(id=r.model_id, name=r.name, description=r.description,
+                                           nsfw_level=r.nsfw_level, nsfw=bool(r.nsfw_level and r.nsfw_level > 1),
+                                           download_count=r.download_count, source="carlos",
+                                           first_seen_at=now, updated_at=now)
+                session.add(models[r.model_id])
+                counts["models_added"] += 1
+            if r.version_id not in versions:
+                versions[r.version_id] = Version(id=r.version_id, model_id=r.model_id, name=r.name, source="carlos",
+                                                 first_seen_at=now, updated_at=now)
+                session.add(versions[r.version_id])
+                counts["versions_added"] += 1
+        session.flush()
+        for r in rows:
+            blob = to_blob(r.direction)
+            sig = sigs.get(r.version_id)
+            if sig is None:
+                session.add(Signature(version_id=r.version_id, profile_id=profile.id, dim=DIRECTION_DIM,
+                                      direction=blob, strength=r.strength, consistency=r.consistency,
+                                      n_samples=PAPER_SAMPLES, valid=True, flags=[], source="imported",
+                                      created_at=now))
+                counts["signatures_added"] += 1
+            elif (sig.direction == blob and sig.strength == r.strength and sig.consistency == r.consistency):
+                counts["unchanged"] += 1
+            else:
+                sig.direction, sig.strength, sig.consistency, sig.dim = blob, r.strength, r.consistency, DIRECTION_DIM
+                counts["signatures_updated"] += 1
+    counts["profile"] = IMPORTED_PROFILE_NAME
+    return counts
+

@@ -1,0 +1,285 @@
+"""Every registry table, in one module (the schema changes only through migrations/).
+
+Civitai's unit of a LoRA is a model *version*: one file, one signature. Vectors are float32
+little-endian blobs (see ``registry.vectors``). Timestamps are timezone-aware UTC; lease and
+availability times of jobs are epoch seconds on the *database* clock (see ``registry.queue``).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+# Named constraints let Alembic batch mode drop and recreate them on SQLite.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A DateTime that always comes back timezone-aware UTC (SQLite stores naive strings)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if value is not None and dialect.name == "sqlite":
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _ts(nullable: bool = True, **kw: Any):
+    return Field(default=None, sa_column=sa.Column(UTCDateTime(), nullable=nullable, **kw))
+
+
+def _json(default_factory=None):
+    if default_factory is None:
+        return Field(default=None, sa_column=sa.Column(sa.JSON(), nullable=True))
+    return Field(default_factory=default_factory, sa_column=sa.Column(sa.JSON(), nullable=False))
+
+
+# ---------------------------------------------------------------- catalog (what Civitai says)
+
+
+class Creator(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    username: str = Field(sa_column=sa.Column(sa.String(255), nullable=False, unique=True))
+    image_url: Optional[str] = None
+
+
+class Model(SQLModel, table=True):
+    """A Civitai model (a LoRA family); its versions carry the files and signatures."""
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    name: str = ""
+    description: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    type: Optional[str] = Field(default=None, max_length=32)
+    nsfw: bool = False
+    nsfw_level: Optional[int] = None
+    poi: bool = False
+    minor: bool = False
+    availability: Optional[str] = None
+    mode: Optional[str] = None  # Archived / TakenDown, absent otherwise
+    allow_no_credit: Optional[bool] = None
+    allow_derivatives: Optional[bool] = None
+    allow_different_license: Optional[bool] = None
+    allow_commercial_use: Optional[list] = _json()
+    download_count: Optional[int] = None
+    thumbs_up_count: Optional[int] = None
+    creator_id: Optional[int] = Field(default=None, foreign_key="creator.id", index=True)
+    source: str = Field(default="civitai", max_length=16)
+    raw: Optional[dict] = _json()
+    raw_hash: Optional[str] = Field(default=None, max_length=64)
+    first_seen_at: Optional[datetime] = _ts()
+    last_seen_at: Optional[datetime] = _ts()
+    updated_at: Optional[datetime] = _ts()
+    gone_at: Optional[datetime] = _ts()
+
+
+class Tag(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(255), nullable=False, unique=True))
+
+
+class ModelTag(SQLModel, table=True):
+    __tablename__ = "model_tag"
+    model_id: int = Field(foreign_key="model.id", primary_key=True, ondelete="CASCADE")
+    tag_id: int = Field(foreign_key="tag.id", primary_key=True, index=True, ondelete="CASCADE")
+
+
+class Version(SQLModel, table=True):
+    """A model version: the unit that is downloaded and signed.
+
+    ``id`` is Civitai's version id; LoRAs signed from a local file get negative ids.
+    """
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    model_id: Optional[int] = Field(default=None, foreign_key="model.id", index=True)
+    name: str = ""
+    description: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    base_model: Optional[str] = Field(default=None, max_length=64, index=True)
+    base_model_type: Optional[str] = None
+    trained_words: list = _json(list)
+    published_at: Optional[datetime] = _ts()
+    availability: Optional[str] = None
+    nsfw_level: Optional[int] = None
+    download_count: Optional[int] = None
+    download_url: Optional[str] = None
+    air: Optional[str] = None
+    source: str = Field(default="civitai", max_length=16)  # civitai | local | carlos
+    raw: Optional[dict] = _json()
+    raw_hash: Optional[str] = Field(default=None, max_length=64)
+    first_seen_at: Optional[datetime] = _ts()
+    last_seen_at: Optional[datetime] = _ts()
+    updated_at: Optional[datetime] = _ts()
+    gone_at: Optional[datetime] = _ts()
+
+
+class File(SQLModel, table=True):
+    """One file of a version and its download/verification state."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    civitai_file_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer(), unique=True, nullable=True))
+    version_id: int = Field(foreign_key="version.id", index=True)
+    name: str = ""  # as the API gives it: display only, never a path
+    size_bytes: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True))
+    type: Optional[str] = None
+    format: Optional[str] = None
+    fp: Optional[str] = None
+    primary: bool = False
+    sha256: Optional[str] = Field(default=None, max_length=64, index=True)
+    autov2: Optional[str] = None
+    blake3: Optional[str] = None
+    crc32: Optional[str] = None
+    pickle_scan: Optional[str] = None
+    virus_scan: Optional[str] = None
+    # pending | verified | failed | unsupported | quarantined | skipped
+    state: str = Field(default="pending", max_length=16, index=True)
+    local_path: Optional[str] = None  # relative to the artifacts dir
+    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    attempts: int = 0
+    verified_at: Optional[datetime] = _ts()
+    updated_at: Optional[datetime] = _ts()
+
+
+# ---------------------------------------------------------------- crawling
+
+
+class CrawlRun(SQLModel, table=True):
+    __tablename__ = "crawl_run"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    started_at: Optional[datetime] = _ts()
+    finished_at: Optional[datetime] = _ts()
+    status: str = Field(default="running", max_length=16)  # running | ok | partial | failed
+    params: dict = _json(dict)
+    cursor: Optional[str] = None
+    pages: int = 0
+    requests: int = 0
+    models_seen: int = 0
+    models_written: int = 0
+    versions_new: int = 0
+    versions_gone: int = 0
+    files_verified: int = 0
+    files_failed: int = 0
+    bytes_downloaded: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0"))
+    error_count: int = 0
+
+
+class CrawlError(SQLModel, table=True):
+    __tablename__ = "crawl_error"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="crawl_run.id", index=True, ondelete="CASCADE")
+    at: Optional[datetime] = _ts()
+    stage: str = Field(max_length=16)  # page | model | download
+    ref: Optional[str] = None  # request path (never a query string) or version/file id
+    status_code: Optional[int] = None
+    message: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+
+
+# ---------------------------------------------------------------- signing
+
+
+class SignerProfile(SQLModel, table=True):
+    """Content-hashed signer settings; a signature points at the exact settings that made it."""
+
+    __tablename__ = "signer_profile"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
+    settings: dict = _json(dict)
+    created_at: Optional[datetime] = _ts()
+
+
+class SignJob(SQLModel, table=True):
+    """A leased unit of signer work: one LoRA under one profile, or a profile's base branch."""
+
+    __tablename__ = "sign_job"
+    __table_args__ = (sa.Index("ix_sign_job_claim", "state", "priority", "available_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(default="lora", max_length=8)  # lora | base
+    version_id: Optional[int] = Field(default=None, foreign_key="version.id", index=True)
+    profile_id: int = Field(foreign_key="signer_profile.id", index=True)
+    dedupe_key: str = Field(sa_column=sa.Column(sa.String(128), nullable=False, unique=True))
+    state: str = Field(default="queued", max_length=8)  # queued | running | done | dead
+    priority: int = 0
+    attempts: int = 0
+    max_attempts: int = 3
+    available_at: float = 0.0  # epoch seconds, database clock
+    lease_owner: Optional[str] = None
+    lease_token: Optional[str] = Field(default=None, max_length=64)
+    lease_expires_at: Optional[float] = None
+    heartbeat_at: Optional[float] = None
+    last_error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    payload: Optional[dict] = _json()
+    enqueued_at: Optional[datetime] = _ts()
+    started_at: Optional[datetime] = _ts()
+    finished_at: Optional[datetime] = _ts()
+
+
+class Signature(SQLModel, table=True):
+    """Direction / Strength / Consistency of one version under one profile."""
+
+    __table_args__ = (sa.UniqueConstraint("version_id", "profile_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="version.id", index=True)
+    profile_id: int = Field(foreign_key="signer_profile.id", index=True)
+    dim: int
+    direction: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    strength: float
+    consistency: float
+    n_samples: int = 0
+    valid: bool = True
+    flags: list = _json(list)  # e.g. no_effect, degenerate_images, dora_as_lora
+    estimates: Optional[dict] = _json()  # adaptive sampling: achieved fidelity and tolerances
+    file_sha256: Optional[str] = Field(default=None, max_length=64)
+    ensemble_path: Optional[str] = None  # float16 per-sample diffs, relative to artifacts dir
+    job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
+    source: str = Field(default="signed", max_length=16)  # signed | imported
+    created_at: Optional[datetime] = _ts()
+
+
+class BaseCache(SQLModel, table=True):
+    """The base branch of a profile, computed once and shared by every LoRA of that profile."""
+
+    __tablename__ = "base_cache"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(sa_column=sa.Column(sa.Integer(), sa.ForeignKey("signer_profile.id"), nullable=False, unique=True))
+    n_samples: int
+    dim: int
+    artifact_path: str  # float32 per-sample base image features, relative to artifacts dir
+    mean_feature: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
+    created_at: Optional[datetime] = _ts()
+
+
+class VectorCache(SQLModel, table=True):
+    """Cached vectors: query vectors, text features of a prompt set, image means (by namespace)."""
+
+    __tablename__ = "vector_cache"
+    __table_args__ = (sa.UniqueConstraint("namespace", "key"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    namespace: str = Field(max_length=32)
+    key: str = Field(max_length=128)
+    rows: int = 1
+    dim: int
+    data: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    meta: Optional[dict] = _json()
+    created_at: Optional[datetime] = _ts()

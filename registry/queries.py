@@ -1,0 +1,135 @@
+"""Read queries shared by the CLI, plugins and the API: LoRA listings and details as plain dicts.
+
+One SQL statement per listing (no per-row ORM objects), so 100,000 rows stay cheap.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version
+
+CIVITAI_SITE = "https://civitai.com"
+
+
+def civitai_url(model_id: int | None, version_id: int | None) -> str | None:
+    if model_id is not None and version_id is not None and version_id > 0:
+        return f"{CIVITAI_SITE}/models/{model_id}?modelVersionId={version_id}"
+    if model_id is not None:
+        return f"{CIVITAI_SITE}/models/{model_id}"
+    if version_id is not None and version_id > 0:
+        return f"{CIVITAI_SITE}/api/v1/model-versions/{version_id}"
+    return None
+
+
+def _chosen_signature(profile_id: int | None):
+    """Subquery: the signature id shown for each version (the given profile's, else the newest)."""
+    stmt = sa.select(Signature.version_id.label("vid"), sa.func.max(Signature.id).label("sid"))
+    if profile_id is not None:
+        stmt = stmt.where(Signature.profile_id == profile_id)
+    return stmt.group_by(Signature.version_id).subquery("chosen")
+
+
+def lora_rows(session: Session, *, signed: bool | None = None, base_model: str | None = None,
+              profile_id: int | None = None, limit: int | None = None, offset: int = 0,
+              version_ids: list[int] | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Return ``(total, rows)`` of LoRA listing dicts, ordered by version id."""
+    chosen = _chosen_signature(profile_id)
+    where = []
+    if signed is True:
+        where.append(chosen.c.sid.is_not(None))
+    elif signed is False:
+        where.append(chosen.c.sid.is_(None))
+    if base_model:
+        where.append(sa.func.lower(Version.base_model) == base_model.lower())
+    if version_ids is not None:
+        where.append(Version.id.in_(version_ids))
+    joined = (sa.select(Version.id).outerjoin(chosen, chosen.c.vid == Version.id).where(*where))
+    total = session.execute(sa.select(sa.func.count()).select_from(joined.subquery())).scalar_one()
+    stmt = (
+        sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
+                  Version.trained_words, Version.source, Version.air, Version.gone_at, Model.nsfw,
+                  Signature.strength, Signature.consistency, Signature.valid, Signature.flags,
+                  Signature.n_samples, SignerProfile.name.label("profile"))
+        .outerjoin(Model, Model.id == Version.model_id)
+        .outerjoin(chosen, chosen.c.vid == Version.id)
+        .outerjoin(Signature, Signature.id == chosen.c.sid)
+        .outerjoin(SignerProfile, SignerProfile.id == Signature.profile_id)
+        .where(*where)
+        .order_by(Version.id)
+        .offset(offset)
+    )
+    if limit:
+        stmt = stmt.limit(limit)
+    return total, [lora_dict(r._mapping) for r in session.execute(stmt)]
+
+
+def display_name(model_name: str | None, version_name: str | None) -> str:
+    return (model_name or "").strip() or (version_name or "").strip()
+
+
+def lora_dict(r) -> dict[str, Any]:
+    out = {
+        "version_id": r["id"],
+        "model_id": r["model_id"],
+        "name": display_name(r["model_name"], r["name"]),
+        "version_name": r["name"],
+        "base_model": r["base_model"],
+        "url": civitai_url(r["model_id"], r["id"]),
+        "air": r["air"],
+        "trained_words": list(r["trained_words"] or []),
+        "source": r["source"],
+        "nsfw": bool(r["nsfw"]) if r["nsfw"] is not None else None,
+        "gone": r["gone_at"] is not None,
+        "signed": r["strength"] is not None,
+    }
+    if r["strength"] is not None:
+        out.update(strength=float(r["strength"]), consistency=float(r["consistency"]), profile=r["profile"],
+                   valid=bool(r["valid"]), flags=list(r["flags"] or []), n_samples=r["n_samples"])
+    return out
+
+
+def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
+    """Everything the registry knows about one version: metadata, files, signatures, jobs."""
+    _, rows = lora_rows(session, version_ids=[version_id])
+    out = rows[0]
+    version = session.get(Version, version_id)
+    out.update(description=version.description, published_at=_iso(version.published_at),
+               first_seen_at=_iso(version.first_seen_at), gone_at=_iso(version.gone_at))
+    if version.model_id is not None:
+        model = session.get(Model, version.model_id)
+        if model is not None:
+            tags = session.exec(sa.select(Tag.name).join(ModelTag, ModelTag.tag_id == Tag.id)
+                                .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
+            out["model"] = {
+                "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
+                "description": model.description, "tags": list(tags), "download_count": model.download_count,
+                "license": {"allow_no_credit": model.allow_no_credit, "allow_derivatives": model.allow_derivatives,
+                            "allow_different_license": model.allow_different_license,
+                            "allow_commercial_use": model.allow_commercial_use},
+                "gone_at": _iso(model.gone_at),
+            }
+    files = session.exec(sa.select(File).where(File.version_id == version_id).order_by(File.id)).scalars().all()
+    out["files"] = [{"id": f.id, "civitai_file_id": f.civitai_file_id, "name": f.name, "size_bytes": f.size_bytes,
+                     "format": f.format, "primary": f.primary, "sha256": f.sha256, "state": f.state,
+                     "error": f.error, "verified_at": _iso(f.verified_at)} for f in files]
+    sigs = session.execute(
+        sa.select(Signature, SignerProfile.name, SignerProfile.hash)
+        .join(SignerProfile, SignerProfile.id == Signature.profile_id)
+        .where(Signature.version_id == version_id).order_by(Signature.id)).all()
+    out["signatures"] = [{"profile": name, "profile_hash": digest, "strength": s.strength,
+                          "consistency": s.consistency, "dim": s.dim, "n_samples": s.n_samples, "valid": s.valid,
+                          "flags": list(s.flags or []), "estimates": s.estimates, "source": s.source,
+                          "created_at": _iso(s.created_at)} for s, name, digest in sigs]
+    jobs = session.execute(
+        sa.select(SignJob, SignerProfile.name).join(SignerProfile, SignerProfile.id == SignJob.profile_id)
+        .where(SignJob.version_id == version_id).order_by(SignJob.id)).all()
+    out["jobs"] = [{"id": j.id, "profile": name, "state": j.state, "attempts": j.attempts,
+                    "last_error": j.last_error} for j, name in jobs]
+    return out
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None

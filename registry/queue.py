@@ -1,0 +1,218 @@
+"""The signer's job queue, on SQLite and PostgreSQL alike.
+
+Lifecycle: ``queued`` → ``running`` (leased) → ``done`` | back to ``queued`` (retry) | ``dead``.
+
+- ``enqueue`` is idempotent per dedupe key (one job per version and profile, one base job per
+  profile).
+- ``claim`` leases one job: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a single
+  ``UPDATE … RETURNING`` inside ``BEGIN IMMEDIATE`` on SQLite. Expired leases are reclaimed by
+  the same statement; an expired lease on the last attempt ends ``dead``.
+- Every lease carries a random token (a fencing token). ``heartbeat``, ``complete``, ``fail`` and
+  ``release`` act only while the token still holds; ``complete`` runs inside the caller's write
+  transaction so the result and the completion commit or roll back together.
+- Lease times use the database clock, so workers on machines with skewed clocks agree.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass
+from typing import Iterable
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from registry.db import Database
+from registry.errors import LeaseLost
+from registry.models import SignJob, utcnow
+
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_MAX_ATTEMPTS = 3
+RETRY_BACKOFF_SECONDS = 30.0
+RETRY_BACKOFF_CAP_SECONDS = 3600.0
+
+_RETURNING = "id, kind, version_id, profile_id, attempts, max_attempts, payload, lease_expires_at"
+
+
+def db_now_sql(dialect: str) -> str:
+    """SQL for 'now' in epoch seconds on the database clock (millisecond precision or better)."""
+    if dialect == "postgresql":
+        return "extract(epoch from clock_timestamp())::float8"
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+def dedupe_key(kind: str, profile_id: int, version_id: int | None) -> str:
+    return f"{kind}:{profile_id}" if version_id is None else f"{kind}:{profile_id}:{version_id}"
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: int
+    token: str
+    owner: str
+    kind: str
+    version_id: int | None
+    profile_id: int
+    attempts: int
+    max_attempts: int
+    payload: dict | None
+    expires_at: float
+
+
+class JobQueue:
+    def __init__(self, db: Database, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 backoff_seconds: float = RETRY_BACKOFF_SECONDS):
+        self.db = db
+        self.lease_seconds = float(lease_seconds)
+        self.backoff_seconds = float(backoff_seconds)
+        self._now = db_now_sql(db.dialect)
+
+    # -------------------------------------------------------------- producing
+
+    def enqueue(self, session: Session, *, profile_id: int, version_id: int | None = None, kind: str = "lora",
+                priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS, payload: dict | None = None) -> bool:
+        """Add a job unless one exists for the same key (in any state). True if a job was added."""
+        key = dedupe_key(kind, profile_id, version_id)
+        values = dict(kind=kind, version_id=version_id, profile_id=profile_id, dedupe_key=key, state="queued",
+                      priority=priority, attempts=0, max_attempts=max_attempts, available_at=0.0,
+                      payload=payload, enqueued_at=utcnow())
+        table = SignJob.__table__
+        if self.db.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = (insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(table.c.id))
+        return session.execute(stmt).first() is not None
+
+    def requeue(self, session: Session, *, job_ids: Iterable[int] | None = None, state: str = "dead") -> int:
+        """Put dead (or other finished) jobs back in the queue with a fresh attempt budget."""
+        stmt = sa.update(SignJob).where(SignJob.state == state)
+        if job_ids is not None:
+            stmt = stmt.where(SignJob.id.in_(list(job_ids)))
+        stmt = stmt.values(state="queued", attempts=0, available_at=0.0, lease_token=None, lease_owner=None,
+                           lease_expires_at=None, finished_at=None)
+        return session.execute(stmt).rowcount
+
+    # -------------------------------------------------------------- consuming
+
+    def claim(self, owner: str, *, kinds: Iterable[str] | None = None,
+              profile_ids: Iterable[int] | None = None) -> Lease | None:
+        """Lease the next available job, or return None when there is none."""
+        token = secrets.token_hex(16)
+        params: dict = {"owner": owner, "token": token, "ttl": self.lease_seconds, "started": utcnow()}
+        filters = ""
+        if kinds is not None:
+            kinds = list(kinds)
+            filters += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(kinds))) + ")"
+            params.update({f"k{i}": k for i, k in enumerate(kinds)})
+        if profile_ids is not None:
+            profile_ids = list(profile_ids)
+            filters += " AND profile_id IN (" + ", ".join(f":p{i}" for i in range(len(profile_ids))) + ")"
+            params.update({f"p{i}": p for i, p in enumerate(profile_ids)})
+        now = self._now
+        candidates = (
+            f"SELECT id FROM sign_job WHERE ((state = 'queued' AND available_at <= {now}) "
+            f"OR (state = 'running' AND lease_expires_at < {now} AND attempts < max_attempts)){filters} "
+            f"ORDER BY priority DESC, id LIMIT 1"
+        )
+        assignments = (
+            f"state = 'running', attempts = sign_job.attempts + 1, lease_owner = :owner, lease_token = :token, "
+            f"lease_expires_at = {now} + :ttl, heartbeat_at = {now}, started_at = :started, "
+            f"last_error = CASE WHEN sign_job.state = 'running' "
+            f"THEN 'previous lease expired (worker lost); reclaimed' ELSE sign_job.last_error END"
+        )
+        if self.db.dialect == "postgresql":
+            sql = (f"WITH next AS ({candidates} FOR UPDATE SKIP LOCKED) UPDATE sign_job SET {assignments} "
+                   f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}")
+        else:
+            sql = f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
+        with self.db.write() as session:
+            self._reap(session)
+            row = session.execute(sa.text(sql), params).mappings().first()
+        if row is None:
+            return None
+        return Lease(job_id=row["id"], token=token, owner=owner, kind=row["kind"], version_id=row["version_id"],
+                     profile_id=row["profile_id"], attempts=row["attempts"], max_attempts=row["max_attempts"],
+                     payload=_json(row["payload"]), expires_at=float(row["lease_expires_at"]))
+
+    def _reap(self, session: Session) -> int:
+        """Expired leases on their last attempt end dead: the job killed its worker every time."""
+        sql = (f"UPDATE sign_job SET state = 'dead', lease_token = NULL, lease_expires_at = NULL, "
+               f"last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts "
+               f"|| ' (the worker died or hung each time)' "
+               f"WHERE state = 'running' AND lease_expires_at < {self._now} AND attempts >= max_attempts")
+        return session.execute(sa.text(sql)).rowcount
+
+    def reap(self) -> int:
+        with self.db.write() as session:
+            return self._reap(session)
+
+    def heartbeat(self, lease: Lease) -> Lease:
+        """Extend the lease; raises LeaseLost if another worker has taken the job."""
+        sql = (f"UPDATE sign_job SET lease_expires_at = {self._now} + :ttl, heartbeat_at = {self._now} "
+               f"WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING lease_expires_at")
+        with self.db.write() as session:
+            row = session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
+                                                 "token": lease.token}).first()
+        if row is None:
+            raise LeaseLost(f"job {lease.job_id}: lease lost (taken over or finished elsewhere)")
+        return Lease(**{**lease.__dict__, "expires_at": float(row[0])})
+
+    def complete(self, session: Session, lease: Lease) -> None:
+        """Mark the job done inside the caller's transaction; raises LeaseLost (rolling it back) if stale."""
+        stmt = (sa.update(SignJob)
+                .where(SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == "running")
+                .values(state="done", finished_at=utcnow(), lease_expires_at=None, last_error=None))
+        if session.execute(stmt).rowcount != 1:
+            raise LeaseLost(f"job {lease.job_id}: lease lost before completion; result discarded")
+
+    def fail(self, lease: Lease, reason: str, *, retryable: bool = True) -> str:
+        """Record a failure: back to the queue with backoff while attempts remain, else dead.
+
+        Returns the job's new state, or raises LeaseLost.
+        """
+        retry = retryable and lease.attempts < lease.max_attempts
+        delay = min(self.backoff_seconds * 2 ** max(lease.attempts - 1, 0), RETRY_BACKOFF_CAP_SECONDS)
+        new_state = "queued" if retry else "dead"
+        sql = (f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
+               f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "
+               f"WHERE id = :id AND lease_token = :token AND state = 'running'")
+        with self.db.write() as session:
+            n = session.execute(sa.text(sql), {"state": new_state, "reason": reason[:4000], "delay": delay,
+                                               "finished": None if retry else utcnow(), "id": lease.job_id,
+                                               "token": lease.token}).rowcount
+        if n != 1:
+            raise LeaseLost(f"job {lease.job_id}: lease lost before the failure could be recorded")
+        return new_state
+
+    def release(self, lease: Lease) -> bool:
+        """Give the job back untried (e.g. on SIGTERM): it does not count as an attempt."""
+        sql = (f"UPDATE sign_job SET state = 'queued', attempts = attempts - 1, lease_token = NULL, "
+               f"lease_owner = NULL, lease_expires_at = NULL, available_at = {self._now} "
+               f"WHERE id = :id AND lease_token = :token AND state = 'running'")
+        with self.db.write() as session:
+            return session.execute(sa.text(sql), {"id": lease.job_id, "token": lease.token}).rowcount == 1
+
+    # -------------------------------------------------------------- watching
+
+    def counts(self, profile_id: int | None = None) -> dict[str, int]:
+        stmt = sa.select(SignJob.state, sa.func.count()).group_by(SignJob.state)
+        if profile_id is not None:
+            stmt = stmt.where(SignJob.profile_id == profile_id)
+        with self.db.read() as session:
+            found = dict(session.execute(stmt).all())
+        return {s: int(found.get(s, 0)) for s in ("queued", "running", "done", "dead")}
+
+
+def _json(value):
+    if isinstance(value, str):
+        import json
+
+        return json.loads(value)
+    return value

@@ -1,0 +1,95 @@
+"""Shared fixtures: an isolated data dir per test, SQLite and PostgreSQL registries, the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("CARLOS_REG_HOME", str(home))
+    for var in ("CARLOS_REG_DB", "CIVITAI_API_KEY", "CIVITAI_BASE_URL", "CARLOS_REG_LOAD_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.pg import PgServer, find_bindir
+
+    if find_bindir() is None:
+        if os.environ.get("CARLOS_REG_REQUIRE_PG"):
+            pytest.fail("PostgreSQL binaries are required (CARLOS_REG_REQUIRE_PG is set) but were not found")
+        pytest.skip("PostgreSQL binaries not found")
+    server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty registry database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def database(db_url):
+    """A migrated registry on each backend."""
+    from registry.db import Database
+    from registry.migrate import ensure_schema
+
+    db = Database(db_url)
+    ensure_schema(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def reference_parquet():
+    if not REFERENCE_PARQUET.is_file():
+        pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")
+    return REFERENCE_PARQUET
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 300,
+            input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``carlos-reg`` in a fresh process, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "registry", *args], capture_output=True, text=True,
+                          env=full_env, cwd=REPO, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"carlos-reg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def run_json(*args: str, env: dict | None = None):
+    proc = run_cli(*args, "--json", env=env, check=True)
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
