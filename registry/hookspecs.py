@@ -15,3 +15,12 @@ hookimpl = pluggy.HookimplMarker("carlos_reg")
 @hookspec
 def register_commands(cli):
     """Add click commands or groups to the root ``cli`` group (``cli.add_command(...)``)."""
+
+
+@hookspec
+def lora_file_verified(app, session, version_id: int, file_id: int):
+    """A LoRA file was downloaded and its SHA256 verified; queue work for it.
+
+    Called inside the write transaction that records the verification (``session``), so work
+    queued here commits together with it. ``app`` is the ``registry.app.App`` of the command.
+    """

@@ -1,7 +1,7 @@
 """Settings from the environment and the global CLI flags.
 
 Environment: CARLOS_REG_HOME (data dir), CARLOS_REG_DB (SQLAlchemy URL), CIVITAI_API_KEY,
-CIVITAI_BASE_URL. Flags ``--home`` and ``--db`` win over the environment.
+CIVITAI_BASE_URL, CARLOS_REG_PROFILE (the signer profile new files are queued for; default paper). Flags ``--home`` and ``--db`` win over the environment.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CIVITAI_BASE_URL = "https://civitai.com"
+DEFAULT_PROFILE = "paper"
 
 
 def default_home() -> Path:
@@ -44,6 +45,7 @@ class Settings:
     db_url: str
     civitai_base_url: str = DEFAULT_CIVITAI_BASE_URL
     civitai_api_key: Secret = field(default_factory=lambda: Secret(None))
+    default_profile: str = DEFAULT_PROFILE
     verbose: int = 0
 
     @classmethod
@@ -55,6 +57,7 @@ class Settings:
             db_url=db_url,
             civitai_base_url=(os.environ.get("CIVITAI_BASE_URL") or DEFAULT_CIVITAI_BASE_URL).rstrip("/"),
             civitai_api_key=Secret(os.environ.get("CIVITAI_API_KEY")),
+            default_profile=os.environ.get("CARLOS_REG_PROFILE") or DEFAULT_PROFILE,
             verbose=verbose,
         )
 
@@ -62,3 +65,9 @@ class Settings:
     def artifacts_dir(self) -> Path:
         """Content-addressed store for LoRA files, ensembles and caches."""
         return self.home / "artifacts"
+
+    @property
+    def artifacts(self):
+        from registry.artifacts import ArtifactStore
+
+        return ArtifactStore(self.artifacts_dir)
