@@ -1,0 +1,355 @@
+"""An async Civitai HTTP client (aiohttp) with a retry policy and token hygiene.
+
+Contract:
+
+- Retry policy (pure functions, ``RetryPolicy``): 429, 408, 5xx, timeouts, connection resets,
+  truncated bodies, HTML pages in place of JSON and malformed JSON are retried with capped
+  exponential backoff plus jitter; ``Retry-After`` (seconds, HTTP-date) only ever lengthens the
+  wait, and a server that asks for more than ``retry_after_max`` is not retried. Final for that
+  request: the page-number-cap 429 ("too many pages"), 400, 401, 403, 404, 410, 451, other 4xx.
+- Redirects are followed here, not by aiohttp, at most ``max_redirects`` hops, http(s) only; a
+  hop back to a URL already visited is a loop and final.
+- The API token travels only as ``Authorization: Bearer`` and only to the origin of
+  ``base_url``; once a redirect chain leaves that origin no later hop carries it. It is never
+  put in a URL, and it is masked out of any server text that reaches an error message.
+- Errors are ``CivitaiError``: its ``str``/``repr`` hold a URL without query string (signed
+  storage URLs carry credentials there) and never a header.
+- Per-host concurrency: at most ``per_host`` open connections to one host (aiohttp connector).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import aiohttp
+from yarl import URL
+
+from registry import __version__
+from registry.errors import CarlosError
+from registry.settings import Secret
+
+log = logging.getLogger("crawler.client")
+
+USER_AGENT = f"carlos-reg/{__version__} (SDXL LoRA registry crawler; python-aiohttp)"
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+MAX_ERROR_BODY = 64 * 1024
+_PAGE_CAP = re.compile(rb"too many pages|use cursors", re.IGNORECASE)
+
+
+class CivitaiError(CarlosError):
+    """A failed request. ``retryable`` tells whether trying again may help."""
+
+    def __init__(self, message: str, *, url: URL | str | None = None, status: int | None = None,
+                 kind: str = "http", retryable: bool = False, retry_after: float | None = None):
+        self.message = message
+        self.url = safe_url(url) if url is not None else None
+        self.status = status
+        self.kind = kind
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" ({self.url})" if self.url else ""
+        code = f"{self.status} " if self.status else ""
+        return f"{code}{self.message}{where}"
+
+    def __repr__(self) -> str:
+        return (f"CivitaiError(kind={self.kind!r}, status={self.status!r}, retryable={self.retryable!r}, "
+                f"url={self.url!r}, message={self.message!r})")
+
+
+def safe_url(url: URL | str) -> str:
+    """Scheme, host, port and path only: no query string, fragment or user info."""
+    try:
+        u = URL(str(url))
+        if not u.is_absolute():
+            return u.path
+        return str(u.with_query(None).with_fragment(None).with_user(None).with_password(None))
+    except (ValueError, TypeError):
+        return "<unparsable URL>"
+
+
+def origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+# ---------------------------------------------------------------- the policy (pure)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6  # tries per request, the first included
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    retry_after_max: float = 600.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float | None:
+        """Seconds to wait before try ``attempt + 1``; None: the server asked us to wait too long."""
+        if retry_after is not None and retry_after > self.retry_after_max:
+            return None
+        wait = backoff_delay(attempt, self.base_delay, self.max_delay, rng)
+        return max(wait, retry_after or 0.0)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Capped exponential backoff with "equal jitter": between half and all of min(cap, base·2^(n−1))."""
+    ceiling = min(cap, base * 2 ** min(max(attempt - 1, 0), 62))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; garbage is None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        return max(0.0, float(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
+
+
+def classify_status(status: int, body: bytes = b"") -> tuple[bool, str]:
+    """``(retryable, reason)`` for a non-success HTTP status."""
+    if status == 429 and _PAGE_CAP.search(body[:4096]):
+        return False, "page-number cap reached (the API wants cursors)"
+    reasons = {400: "bad request", 401: "unauthorized (login or API key required, or downloads disabled)",
+               403: "forbidden (early access, paid or blocked)", 404: "not found", 410: "gone (archived)",
+               429: "rate limited", 451: "unavailable for legal reasons (region blocked)",
+               408: "request timeout", 500: "server error", 502: "bad gateway", 503: "service unavailable",
+               504: "gateway timeout", 524: "origin timeout"}
+    reason = reasons.get(status) or ("server error" if status >= 500 else "client error")
+    return status in RETRY_STATUSES, reason
+
+
+def _body_message(body: bytes) -> str:
+    """The API's own error text, when the body is a small JSON error object."""
+    try:
+        doc = json.loads(body[:MAX_ERROR_BODY])
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    parts = [doc.get(k) for k in ("error", "message")]
+    text = ": ".join(p for p in parts if isinstance(p, str) and p.strip())
+    return " ".join(text.split())[:200]
+
+
+def decode_json(body: bytes, content_type: str, url: URL | str | None = None) -> Any:
+    """The JSON document of a 2xx body; HTML or malformed JSON raises a retryable error."""
+    if body[:512].lstrip().startswith(b"<"):  # JSON never starts with "<"
+        raise CivitaiError("an HTML page instead of JSON (maintenance or challenge page)", url=url,
+                           kind="html", retryable=True)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        what = "an HTML page" if "html" in content_type.lower() else "malformed JSON"
+        raise CivitaiError(f"{what} ({type(exc).__name__})", url=url, kind="json", retryable=True) from None
+
+
+def wrap_exception(exc: BaseException, url: URL | str, *, idle_timeout: float | None = None) -> CivitaiError:
+    """A transport failure as a retryable ``CivitaiError`` whose text holds no query or header."""
+    if isinstance(exc, CivitaiError):
+        return exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        detail = f" (no data for {idle_timeout:g} s)" if idle_timeout else ""
+        return CivitaiError(f"timed out{detail}", url=url, kind="timeout", retryable=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return CivitaiError("truncated body: the connection ended before the declared length", url=url,
+                            kind="truncated", retryable=True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return CivitaiError("server disconnected", url=url, kind="reset", retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return CivitaiError(f"cannot connect ({exc.strerror or type(exc.os_error).__name__})", url=url,
+                            kind="connect", retryable=True)
+    if isinstance(exc, (aiohttp.ClientOSError, ConnectionError)):
+        return CivitaiError("connection reset", url=url, kind="reset", retryable=True)
+    if isinstance(exc, aiohttp.ClientError):
+        return CivitaiError(f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True)
+    return CivitaiError(f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True)
+
+
+# ---------------------------------------------------------------- the client
+
+
+class CivitaiClient:
+    """One aiohttp session against one Civitai-compatible API (``async with`` it)."""
+
+    def __init__(self, base_url: str, token: Secret | str | None = None, *, policy: RetryPolicy | None = None,
+                 per_host: int = 4, timeout: float = 60.0, connect_timeout: float = 30.0, max_redirects: int = 10,
+                 user_agent: str = USER_AGENT, max_json_bytes: int = 64 * 1024 * 1024,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None):
+        try:
+            self.base = URL(base_url.rstrip("/"))
+        except (ValueError, TypeError):
+            raise CarlosError("CIVITAI_BASE_URL is not a URL") from None
+        if self.base.scheme not in ("http", "https") or not self.base.host:
+            raise CarlosError(f"CIVITAI_BASE_URL must be an http(s) URL, not {safe_url(self.base)!r}")
+        self._token = token.get() if isinstance(token, Secret) else (token or None)
+        self.policy = policy or RetryPolicy()
+        self.per_host = max(1, per_host)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_redirects = max_redirects
+        self.user_agent = user_agent
+        self.max_json_bytes = max_json_bytes
+        self._sleep = sleep or asyncio.sleep
+        self.rng = rng or random.Random()
+        self.requests = 0
+        self.retries = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "CivitaiClient":
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.per_host),
+            cookie_jar=aiohttp.DummyCookieJar(),  # no cookie ever follows a redirect
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def has_token(self) -> bool:
+        return self._token is not None
+
+    def api_url(self, path: str) -> URL:
+        return URL(str(self.base) + path)
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token and text else text
+
+    @contextlib.asynccontextmanager
+    async def open(self, url: URL | str, *, params: Sequence[tuple[str, str]] | None = None,
+                   headers: dict[str, str] | None = None,
+                   ok: Sequence[int] = (200,)) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One GET, following redirects; yields a response whose status is in ``ok``.
+
+        Any other status raises ``CivitaiError`` (retryable or not); so does a transport failure.
+        """
+        assert self._session is not None, "use `async with CivitaiClient(...)`"
+        url = URL(url) if not isinstance(url, URL) else url
+        if params:
+            url = url.with_query(list(params))
+        api = origin(self.base)
+        left_api_origin = False
+        visited = {str(url)}
+        hops = 0
+        while True:
+            send = {"User-Agent": self.user_agent, **(headers or {})}
+            if url.scheme != "http" and url.scheme != "https":
+                raise CivitaiError(f"refusing a non-HTTP URL scheme {url.scheme!r}", kind="redirect")
+            if origin(url) != api:
+                left_api_origin = True
+            if self._token and not left_api_origin:
+                send["Authorization"] = f"Bearer {self._token}"
+            try:
+                resp = await self._session.get(url, headers=send, allow_redirects=False)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                raise wrap_exception(exc, url, idle_timeout=self.timeout) from None
+            self.requests += 1
+            log.debug("GET %s -> %s", safe_url(url), resp.status)
+            if resp.status in REDIRECT_STATUSES:
+                location = resp.headers.get("Location")
+                resp.release()
+                if not location:
+                    raise CivitaiError("redirect without a Location", url=url, status=resp.status, kind="redirect")
+                try:
+                    nxt = url.join(URL(location))
+                except (ValueError, TypeError):
+                    raise CivitaiError("unparsable redirect Location", url=url, status=resp.status,
+                                       kind="redirect") from None
+                hops += 1
+                if str(nxt) in visited or hops > self.max_redirects:
+                    raise CivitaiError(f"redirect loop ({hops} hops)", url=url, status=resp.status, kind="redirect")
+                visited.add(str(nxt))
+                url = nxt
+                continue
+            if resp.status not in ok:
+                body = b""
+                with contextlib.suppress(Exception):
+                    body = await resp.content.read(MAX_ERROR_BODY)
+                resp.release()
+                retryable, reason = classify_status(resp.status, body)
+                detail = self.redact(_body_message(body))
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                raise CivitaiError(reason + (f": {detail}" if detail else ""), url=url, status=resp.status,
+                                   retryable=retryable, retry_after=retry_after)
+            try:
+                yield resp
+            finally:
+                resp.release()
+            return
+
+    async def read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes; transport failures as ``CivitaiError``."""
+        chunks, size = [], 0
+        try:
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > limit:
+                    raise CivitaiError(f"response larger than {limit} bytes", url=resp.url, kind="size")
+                chunks.append(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise wrap_exception(exc, resp.url, idle_timeout=self.timeout) from None
+        return b"".join(chunks)
+
+    async def wait_before_retry(self, attempt: int, error: CivitaiError) -> None:
+        """Sleep as the policy says before try ``attempt + 1``, or re-raise when it says stop."""
+        delay = self.policy.delay(attempt, error.retry_after, self.rng)
+        if delay is None:
+            raise CivitaiError(f"{error.message}; the server asks to wait {error.retry_after:.0f} s, longer than "
+                               f"this crawl waits ({self.policy.retry_after_max:.0f} s)",
+                               url=error.url, status=error.status, kind=error.kind) from None
+        self.retries += 1
+        log.info("retrying %s in %.1f s after: %s", error.url, delay, error.message)
+        await self._sleep(delay)
+
+    async def get_json(self, path: str, params: Sequence[tuple[str, str]] | None = None,
+                       validate: Callable[[Any], Any] | None = None) -> Any:
+        """GET an API path and decode its JSON, retrying as the policy says.
+
+        ``validate(doc)`` may reshape the document; its ``ValueError`` counts as a retryable
+        malformed answer, like broken JSON.
+        """
+        url = self.api_url(path)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.open(url, params=params, headers={"Accept": "application/json"}) as resp:
+                    body = await self.read_body(resp, self.max_json_bytes)
+                    content_type = resp.headers.get("Content-Type", "")
+                doc = decode_json(body, content_type, url)
+                if validate is None:
+                    return doc
+                try:
+                    return validate(doc)
+                except ValueError as exc:
+                    raise CivitaiError(f"unexpected JSON: {exc}", url=url, kind="schema", retryable=True) from None
+            except CivitaiError as exc:
+                if not exc.retryable or attempt >= self.policy.max_attempts:
+                    raise
+                await self.wait_before_retry(attempt, exc)

@@ -1,0 +1,130 @@
+"""The safetensors container format, read and written without torch.
+
+Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON (an object), then the
+tensor data. ``validate_header`` checks what a loader relies on: the length is sane and within the
+file, the JSON is an object without duplicate keys, ``__metadata__`` maps strings to strings,
+each tensor has a known dtype, a shape of non-negative ints and ``data_offsets`` whose span equals
+dtype size × element count, and the offsets tile the data buffer exactly (no overlap, no hole, no
+trailing bytes; so a file cannot also be another format). Tensor *names* are not judged here:
+whether the keys form an SDXL LoRA is the signer's check.
+
+``build`` writes a valid file from raw tensor bytes (tests, mirrors and demos use it).
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+MAX_HEADER_BYTES = 100_000_000  # the safetensors reference limit
+DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+class InvalidSafetensors(ValueError):
+    """The bytes are not a well-formed safetensors file."""
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidSafetensors(f"duplicate key {key[:80]!r} in the header")
+        out[key] = value
+    return out
+
+
+def parse_header(prefix: bytes, file_size: int) -> dict:
+    """Validate the header of a file of ``file_size`` bytes starting with ``prefix``.
+
+    ``prefix`` must hold at least the 8-byte length and the header. Returns the tensor entries
+    (``__metadata__`` excluded).
+    """
+    if file_size < 8 or len(prefix) < 8:
+        raise InvalidSafetensors("shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n < 2 or n > MAX_HEADER_BYTES:
+        raise InvalidSafetensors(f"header length {n} out of range")
+    if 8 + n > file_size:
+        raise InvalidSafetensors(f"header length {n} runs past the end of the file")
+    if len(prefix) < 8 + n:
+        raise ValueError("prefix does not hold the whole header")
+    raw = prefix[8:8 + n]
+    if not raw.lstrip(b" ").startswith(b"{"):
+        raise InvalidSafetensors("header is not a JSON object")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError:
+        raise InvalidSafetensors("header is not UTF-8") from None
+    except ValueError as exc:
+        if isinstance(exc, InvalidSafetensors):
+            raise
+        raise InvalidSafetensors(f"header is not valid JSON ({exc.args[0][:80] if exc.args else ''})") from None
+    if not isinstance(header, dict):
+        raise InvalidSafetensors("header is not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                for k, v in meta.items())):
+        raise InvalidSafetensors("__metadata__ is not a map of strings to strings")
+    if not header:
+        raise InvalidSafetensors("no tensors")
+    data_len = file_size - 8 - n
+    spans = []
+    for name, entry in header.items():
+        label = repr(name[:80])
+        if not isinstance(entry, dict):
+            raise InvalidSafetensors(f"tensor {label}: entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPE_SIZES:
+            raise InvalidSafetensors(f"tensor {label}: unknown dtype {str(dtype)[:20]!r}")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise InvalidSafetensors(f"tensor {label}: bad shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise InvalidSafetensors(f"tensor {label}: data_offsets outside the data")
+        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise InvalidSafetensors(f"tensor {label}: {end - begin} bytes for shape {shape} of {dtype}")
+        spans.append((begin, end))
+    spans.sort()
+    position = 0
+    for begin, end in spans:
+        if begin != position:
+            raise InvalidSafetensors("tensor data overlaps" if begin < position else "hole in the tensor data")
+        position = end
+    if position != data_len:
+        raise InvalidSafetensors(f"{data_len - position} bytes after the last tensor")
+    return header
+
+
+def validate_file(path: str | Path) -> dict:
+    """Validate a file's header (reads at most 8 + 100 MB); returns the tensor entries."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        first = fh.read(8)
+        if len(first) < 8:
+            raise InvalidSafetensors("shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", first)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            return parse_header(first, size)  # raises the right message
+        return parse_header(first + fh.read(n), size)
+
+
+def build(tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file from ``{name: (dtype, shape, raw little-endian bytes)}``."""
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset, blobs = 0, []
+    for name, (dtype, shape, data) in tensors.items():
+        if len(data) != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise ValueError(f"tensor {name!r}: {len(data)} bytes do not fit shape {shape} of {dtype}")
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as the reference writer does
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
