@@ -130,7 +130,10 @@ async def download(client: CivitaiClient, store: ArtifactStore, task: DownloadTa
         if final.is_file():  # finished by another process while we opened the partial
             part.unlink(missing_ok=True)
             return Outcome("verified", local_path=rel)
-        return await _fetch_verify_store(client, store, task, limits, fh, part, final, rel, on_bytes)
+        outcome = await _fetch_verify_store(client, store, task, limits, fh, part, final, rel, on_bytes)
+        if outcome.state != "verified" and part.exists() and os.fstat(fh.fileno()).st_size == 0:
+            part.unlink()  # nothing to resume: leave no empty partial behind (we still hold its lock)
+        return outcome
     finally:
         fh.close()
 
