@@ -188,6 +188,18 @@ def wrap_exception(exc: BaseException, url: URL | str, *, idle_timeout: float | 
 # ---------------------------------------------------------------- the client
 
 
+def check_base_url(base_url: str) -> URL:
+    """The API base URL, or a ``CarlosError`` saying why it is unusable."""
+    try:
+        base = URL(base_url.rstrip("/"))
+    except (ValueError, TypeError, AttributeError):
+        raise CarlosError("CIVITAI_BASE_URL is not a URL") from None
+    if base.scheme not in ("http", "https") or not base.host:
+        raise CarlosError(f"CIVITAI_BASE_URL must be an http(s) URL, not {safe_url(base)!r}")
+    return base
+
+
+
 class CivitaiClient:
     """One aiohttp session against one Civitai-compatible API (``async with`` it)."""
 
@@ -195,12 +207,7 @@ class CivitaiClient:
                  per_host: int = 4, timeout: float = 60.0, connect_timeout: float = 30.0, max_redirects: int = 10,
                  user_agent: str = USER_AGENT, max_json_bytes: int = 64 * 1024 * 1024,
                  sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None):
-        try:
-            self.base = URL(base_url.rstrip("/"))
-        except (ValueError, TypeError):
-            raise CarlosError("CIVITAI_BASE_URL is not a URL") from None
-        if self.base.scheme not in ("http", "https") or not self.base.host:
-            raise CarlosError(f"CIVITAI_BASE_URL must be an http(s) URL, not {safe_url(self.base)!r}")
+        self.base = check_base_url(base_url)
         self._token = token.get() if isinstance(token, Secret) else (token or None)
         self.policy = policy or RetryPolicy()
         self.per_host = max(1, per_host)

@@ -481,6 +481,8 @@ class BackgroundServer:
             loop.close()
 
     def start(self) -> "BackgroundServer":
+        if self._thread.is_alive():
+            return self
         self._thread.start()
         self._ready.wait()
         if self._error is not None:

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, safe_url
+from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, check_base_url, safe_url
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
 from crawler.parse import LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model, raw_hash
 from crawler.store import ErrorRecord, RegistryStore
@@ -124,6 +124,7 @@ class Crawler:
         self.options = options
         self.reporter = reporter or Reporter()
         self.client_kwargs = client_kwargs or {}
+        check_base_url(app.settings.civitai_base_url)
         self.stats = CrawlStats(base_url=safe_url(app.settings.civitai_base_url))
         self.store = RegistryStore(app.db, app)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-reg-writer")
@@ -181,10 +182,10 @@ class Crawler:
             raise
         finally:
             self.stats.seconds = round(time.monotonic() - started, 3)
-            if isinstance(failure, CrawlFailed):
-                self.stats.status = "failed"
-            elif failure is not None:
+            if isinstance(failure, (asyncio.CancelledError, KeyboardInterrupt)):
                 self.stats.status = "interrupted"
+            elif failure is not None:
+                self.stats.status = "failed"
             await asyncio.shield(self._finish())
         return self.stats
 
