@@ -40,13 +40,14 @@ class ApiSchemaError(ValueError):
     """A payload too broken to use (e.g. a model without an id)."""
 
 
+_CANONICAL = {b.casefold(): b for b in SDXL_BASE_MODELS}
+
+
 def canonical_base_model(name: str) -> str | None:
     """The canonical spelling of an SDXL-architecture base model name, or None."""
-    key = " ".join(name.split()).casefold()
-    for known in SDXL_BASE_MODELS:
-        if known.casefold() == key:
-            return known
-    return None
+    if name in _CANONICAL.values():  # the common case: already canonical
+        return name
+    return _CANONICAL.get(" ".join(name.split()).casefold())
 
 
 def raw_hash(payload: Any) -> str:
@@ -61,7 +62,10 @@ def _text(value: Any, limit: int | None = None) -> str | None:
     if not isinstance(value, str):
         return None
     # PostgreSQL text holds neither NUL nor lone surrogates (which JSON can encode)
-    value = value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
     return value[:limit] if limit else value
 
 

@@ -18,6 +18,8 @@ Contract:
 """
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Sequence
@@ -32,6 +34,16 @@ from registry.models import (CrawlError, CrawlRun, Creator, File, Model, ModelTa
 MAX_FILE_ATTEMPTS = 3
 RETRY_STATES = ("pending", "failed", "quarantined")
 _CHUNK = 500
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _chunks(items: Sequence, n: int = _CHUNK):
@@ -52,7 +64,7 @@ def _insert_ignore(session, table: sa.Table, rows: list[dict], keys: list[str]) 
 def _bulk_upsert(session, table, inserts: list[dict], updates: list[dict]) -> tuple[int, int]:
     """Insert new rows and update existing ones by primary key, in two statements."""
     if inserts:
-        session.execute(sa.insert(table), inserts)
+        session.execute(table.__table__.insert(), inserts)  # Core executemany: no ORM bookkeeping
     if updates:
         session.execute(sa.update(table), updates)
     return len(inserts), len(updates)
@@ -122,8 +134,15 @@ class RegistryStore:
     # -------------------------------------------------------------- crawl runs
 
     def start_run(self, params: dict) -> int:
+        """Record a new run (with this host and pid); runs of dead crawlers on this host become
+        ``interrupted``."""
+        host, pid = socket.gethostname(), os.getpid()
         with self.db.write() as s:
-            run = CrawlRun(started_at=utcnow(), status="running", params=params)
+            for run in s.execute(sa.select(CrawlRun).where(CrawlRun.status == "running")).scalars():
+                p = run.params or {}
+                if p.get("host") == host and isinstance(p.get("pid"), int) and not _alive(p["pid"]):
+                    run.status = "interrupted"
+            run = CrawlRun(started_at=utcnow(), status="running", params={**params, "host": host, "pid": pid})
             s.add(run)
             s.flush()
             return run.id
@@ -230,13 +249,16 @@ class RegistryStore:
         current: dict[int, set[int]] = {}
         for r in s.execute(sa.select(ModelTag.model_id, ModelTag.tag_id).where(ModelTag.model_id.in_(model_ids))):
             current.setdefault(r.model_id, set()).add(r.tag_id)
+        stale, new = [], []
         for m in models:
             want = {ids[t] for t in m.tags if t in ids}
             have = current.get(m.id, set())
-            if have - want:
-                s.execute(sa.delete(ModelTag).where(ModelTag.model_id == m.id, ModelTag.tag_id.in_(have - want)))
-            if want - have:
-                s.execute(sa.insert(ModelTag), [dict(model_id=m.id, tag_id=t) for t in sorted(want - have)])
+            stale += [(m.id, t) for t in sorted(have - want)]
+            new += [dict(model_id=m.id, tag_id=t) for t in sorted(want - have)]
+        for chunk in _chunks(stale):
+            s.execute(sa.delete(ModelTag).where(sa.tuple_(ModelTag.model_id, ModelTag.tag_id).in_(chunk)))
+        if new:
+            s.execute(ModelTag.__table__.insert(), new)
 
     def _files(self, s, versions: list[ParsedVersion], now: datetime) -> int:
         parsed = [(v, f) for v in versions for f in v.files]
@@ -268,7 +290,7 @@ class RegistryStore:
                 if change:
                     updates.append({"id": old.id, **change, "updated_at": now})
         if inserts:
-            s.execute(sa.insert(File), inserts)
+            s.execute(File.__table__.insert(), inserts)
         for row in updates:  # rows differ in their keys: one statement each (rare)
             s.execute(sa.update(File).where(File.id == row["id"]).values(**{k: v for k, v in row.items() if k != "id"}))
         return len(inserts)

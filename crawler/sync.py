@@ -233,35 +233,49 @@ class Crawler:
         return params + ([("cursor", cursor)] if cursor is not None else [])
 
     async def _list(self, client: CivitaiClient, pages: asyncio.Queue) -> bool:
-        """Walk the cursor; True when the listing reached its end."""
-        cursor: str | None = None
+        """Walk the cursor; True when the listing reached its end.
+
+        The next page is requested before the current one is parsed, so the server works while we do.
+        """
+        def fetch(cursor: str | None) -> asyncio.Task:
+            return asyncio.create_task(client.get_json(MODELS_PATH, self._list_params(cursor), _envelope))
+
+        pending: asyncio.Task | None = fetch(None)
         requested: set[str | None] = {None}
-        while True:
-            try:
-                items, next_cursor = await client.get_json(MODELS_PATH, self._list_params(cursor), _envelope)
-            except CivitaiError as exc:
-                status = exc.status
-                where = f"page {self.stats.pages + 1}"
-                if self.stats.pages == 0:
-                    self._error("page", where, str(exc), status)
-                    raise CrawlFailed(f"the crawl could not start: the first page of {self.stats.base_url}"
-                                      f"{MODELS_PATH} failed: {exc}") from None
-                self._error("page", where, f"{exc}; the listing stops here (the next crawl starts over)", status)
-                return False
-            self.stats.pages += 1
-            batch = self._select(items)
-            await pages.put(batch)
-            self._sync_counters()
-            if self._truncated:
-                return False
-            if next_cursor is None:
-                return True
-            if next_cursor in requested:
-                self._error("page", f"page {self.stats.pages}",
-                            "the server returned a cursor it had already returned (a loop); the listing stops here")
-                return False
-            requested.add(next_cursor)
-            cursor = self.stats.cursor = next_cursor
+        try:
+            while pending is not None:
+                try:
+                    items, next_cursor = await pending
+                except CivitaiError as exc:
+                    where = f"page {self.stats.pages + 1}"
+                    if self.stats.pages == 0:
+                        self._error("page", where, str(exc), exc.status)
+                        raise CrawlFailed(f"the crawl could not start: the first page of {self.stats.base_url}"
+                                          f"{MODELS_PATH} failed: {exc}") from None
+                    self._error("page", where, f"{exc}; the listing stops here (the next crawl starts over)",
+                                exc.status)
+                    return False
+                self.stats.pages += 1
+                pending, complete = None, next_cursor is None
+                if next_cursor in requested and not complete:
+                    self._error("page", f"page {self.stats.pages}", "the server returned a cursor it had already "
+                                                                    "returned (a loop); the listing stops here")
+                elif not complete:
+                    requested.add(next_cursor)
+                    self.stats.cursor = next_cursor
+                    pending = fetch(next_cursor)
+                    await asyncio.sleep(0)  # let it send the request before we parse
+                await pages.put(self._select(items))
+                self._sync_counters()
+                if self._truncated:
+                    return False
+                if pending is None:
+                    return complete
+            return False
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     def _select(self, items: list) -> list[tuple[ParsedModel, list[ParsedVersion]]]:
         batch = []

@@ -132,6 +132,7 @@ def test_sigkill_mid_download_then_rerun_loses_nothing(tmp_path):
     assert not partial.exists()
     with db.read() as s:
         assert s.execute(sa.select(File.state).where(File.civitai_file_id == file_id)).scalar_one() == "verified"
+        assert s.execute(sa.select(CrawlRun.status).order_by(CrawlRun.id)).scalars().all() == ["interrupted", "ok"]
     db.dispose()
 
 
