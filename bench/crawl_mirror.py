@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -198,8 +197,10 @@ def main() -> None:
         crawl_rate, copy_rate, hash_rate = mib / dl["seconds"], mib / copy_s, mib / hash_s
         sync_rate = mib / copy_sync_s
         rows.append(("download + SHA256 + verify", f"{crawl_rate:,.0f} MiB/s", f"ratio {crawl_rate / copy_rate:.2f}",
-                     f"{args.files} × {args.file_mib} MiB in {dl['seconds']:.2f} s (best of 2), {dl['requests']} requests"))
-        rows.append(("plain file copy", f"{copy_rate:,.0f} MiB/s", "ratio 1.00", f"shutil.copyfile, {copy_s:.2f} s (best of 3)"))
+                     f"{args.files} × {args.file_mib} MiB in {dl['seconds']:.2f} s (best of 2), "
+                     f"{dl['requests']} requests"))
+        rows.append(("plain file copy", f"{copy_rate:,.0f} MiB/s", "ratio 1.00",
+                     f"shutil.copyfile, {copy_s:.2f} s (best of 3)"))
         rows.append(("file copy + fsync", f"{sync_rate:,.0f} MiB/s", f"ratio {sync_rate / copy_rate:.2f}",
                      f"as durable as the crawler's files, {copy_sync_s:.2f} s (best of 3)"))
         rows.append(("SHA256 alone (reference)", f"{hash_rate:,.0f} MiB/s", f"ratio {hash_rate / copy_rate:.2f}",
@@ -210,7 +211,7 @@ def main() -> None:
     widths = [max(len(str(r[i])) for r in rows + [("what", "rate", "ratio / per model", "detail")]) for i in range(4)]
     header = ("what", "rate", "ratio / per model", "detail")
     for r in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -244,7 +244,15 @@ class CivitaiClient:
         return URL(str(self.base) + path)
 
     def redact(self, text: str) -> str:
+        """``text`` with the token masked (a hostile server can echo it into bodies or paths)."""
         return text.replace(self._token, "***") if self._token and text else text
+
+    def redacted(self, error: CivitaiError) -> CivitaiError:
+        if not self._token or (self._token not in error.message and self._token not in (error.url or "")):
+            return error
+        return CivitaiError(self.redact(error.message), url=self.redact(error.url or "") or None,
+                            status=error.status, kind=error.kind, retryable=error.retryable,
+                            retry_after=error.retry_after)
 
     @contextlib.asynccontextmanager
     async def open(self, url: URL | str, *, params: Sequence[tuple[str, str]] | None = None,
@@ -254,6 +262,14 @@ class CivitaiClient:
 
         Any other status raises ``CivitaiError`` (retryable or not); so does a transport failure.
         """
+        try:
+            async with self._open(url, params=params, headers=headers, ok=ok) as resp:
+                yield resp
+        except CivitaiError as exc:
+            raise self.redacted(exc) from None
+
+    @contextlib.asynccontextmanager
+    async def _open(self, url, *, params, headers, ok) -> AsyncIterator[aiohttp.ClientResponse]:
         assert self._session is not None, "use `async with CivitaiClient(...)`"
         url = URL(url) if not isinstance(url, URL) else url
         if params:
@@ -277,7 +293,7 @@ class CivitaiClient:
                     raise
                 raise wrap_exception(exc, url, idle_timeout=self.timeout) from None
             self.requests += 1
-            log.debug("GET %s -> %s", safe_url(url), resp.status)
+            log.debug("GET %s -> %s", self.redact(safe_url(url)), resp.status)
             if resp.status in REDIRECT_STATUSES:
                 location = resp.headers.get("Location")
                 resp.release()
@@ -300,7 +316,7 @@ class CivitaiClient:
                     body = await resp.content.read(MAX_ERROR_BODY)
                 resp.release()
                 retryable, reason = classify_status(resp.status, body)
-                detail = self.redact(_body_message(body))
+                detail = _body_message(body)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 raise CivitaiError(reason + (f": {detail}" if detail else ""), url=url, status=resp.status,
                                    retryable=retryable, retry_after=retry_after)
@@ -317,10 +333,10 @@ class CivitaiClient:
             async for chunk in resp.content.iter_chunked(1 << 16):
                 size += len(chunk)
                 if size > limit:
-                    raise CivitaiError(f"response larger than {limit} bytes", url=resp.url, kind="size")
+                    raise self.redacted(CivitaiError(f"response larger than {limit} bytes", url=resp.url, kind="size"))
                 chunks.append(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-            raise wrap_exception(exc, resp.url, idle_timeout=self.timeout) from None
+            raise self.redacted(wrap_exception(exc, resp.url, idle_timeout=self.timeout)) from None
         return b"".join(chunks)
 
     async def wait_before_retry(self, attempt: int, error: CivitaiError) -> None:

@@ -119,7 +119,7 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
         concurrency=concurrency, timeout=timeout,
         policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff),
         limits=DownloadLimits(max_file_bytes=parse_size(max_file_size), min_free_bytes=parse_size(min_free_space)))
-    app.db  # migrate before the progress display starts
+    _ = app.db  # migrate before the progress display starts
     with _RichReporter() as reporter:
         crawler = Crawler(app, options, reporter)
         try:

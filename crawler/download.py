@@ -115,8 +115,9 @@ async def download(client: CivitaiClient, store: ArtifactStore, task: DownloadTa
                                        f"{limits.max_file_bytes} bytes; not downloaded")
     free = store.free_bytes()
     if free < (task.size_bytes or 0) + limits.min_free_bytes:
-        return Outcome("deferred", error=f"not enough free space ({free // MiB} MiB free; need the file's "
-                                         f"{(task.size_bytes or 0) // MiB} MiB plus {limits.min_free_bytes // MiB} MiB)")
+        need = (task.size_bytes or 0) // MiB
+        return Outcome("deferred", error=f"not enough free space ({free // MiB} MiB free; need the file's {need} MiB "
+                                         f"plus {limits.min_free_bytes // MiB} MiB)")
     partial_dir = store.root / ".partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{task.sha256}.part"
@@ -154,6 +155,7 @@ async def _fetch_verify_store(client, store, task, limits, fh, part: Path, final
         try:
             size, hasher = await _fetch(client, task, limits, fh, size, hasher, count)
         except CivitaiError as exc:
+            exc = client.redacted(exc)
             return Outcome("failed", error=exc.message + (f" ({exc.url})" if exc.url else ""), status=exc.status,
                            bytes=received[0])
         except OSError as exc:

@@ -36,7 +36,7 @@ import shutil
 import struct
 import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -97,7 +97,8 @@ def version_entry(version_id: int, *, files: list[dict], base_model: str = "SDXL
                   trained_words: Iterable[str] = (), published_at: str | None = None, index: int = 0,
                   description: str | None = None) -> dict:
     return {
-        "id": version_id, "index": index, "name": name if name is not None else f"v{version_id}", "description": description,
+        "id": version_id, "index": index, "name": name if name is not None else f"v{version_id}",
+        "description": description,
         "baseModel": base_model, "baseModelType": "Standard", "trainedWords": list(trained_words),
         "publishedAt": published_at or "2026-01-01T00:00:00.000Z", "availability": "Public", "nsfwLevel": 1,
         "stats": {"downloadCount": 0, "thumbsUpCount": 0, "thumbsDownCount": 0},
@@ -109,7 +110,8 @@ def model_entry(model_id: int, *, versions: list[dict], name: str | None = None,
                 nsfw: bool = False, nsfw_level: int = 1, tags: Iterable[str] = (), creator: str | None = "mirror",
                 description: str | None = None, mode: str | None = None) -> dict:
     entry: dict[str, Any] = {
-        "id": model_id, "name": name if name is not None else f"Model {model_id}", "description": description, "type": type,
+        "id": model_id, "name": name if name is not None else f"Model {model_id}", "description": description,
+        "type": type,
         "nsfw": nsfw, "nsfwLevel": nsfw_level, "minor": False, "poi": False, "sfwOnly": False,
         "availability": "Public", "allowNoCredit": True, "allowCommercialUse": "{Image}",
         "allowDerivatives": True, "allowDifferentLicense": False, "supportsGeneration": False,

@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, check_base_url, safe_url
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
-from crawler.parse import LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model, raw_hash
+from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model,
+                           raw_hash)
 from crawler.store import ErrorRecord, RegistryStore
 from registry.errors import CarlosError
 from registry.models import utcnow
@@ -202,21 +203,24 @@ class Crawler:
                    for _ in range(self.options.concurrency if self.options.download else 0)]
         pages: asyncio.Queue = asyncio.Queue(maxsize=2)  # the lister runs at most two pages ahead of the writer
         consumer = asyncio.create_task(self._consume(pages, downloads))
+        lister = asyncio.create_task(self._list(client, pages))
         try:
-            try:
-                complete = await self._list(client, pages)
-            finally:
-                await pages.put(None)
+            await asyncio.wait({lister, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer.done():  # before the end of the listing it can only have failed (e.g. the database)
+                lister.cancel()
+                await asyncio.gather(lister, return_exceptions=True)
+                consumer.result()
+            complete = await lister
+            await pages.put(None)
             await consumer
             self.stats.complete = complete
             self.stats.status = "ok" if complete else "partial"
             await self._gone_check(client, downloads)
             await downloads.join()
         finally:
-            consumer.cancel()
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(consumer, *workers, return_exceptions=True)
+            for task in (lister, consumer, *workers):
+                task.cancel()
+            await asyncio.gather(lister, consumer, *workers, return_exceptions=True)
             self._sync_counters()
 
     def _sync_counters(self) -> None:

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from crawler.client import RetryPolicy
-from crawler.mirror import CATALOG, BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry, write_catalog
+from crawler.mirror import (CATALOG, BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry,
+                            write_catalog)
 from crawler.sync import CrawlOptions, Crawler
 from registry.app import App
 from registry.settings import Secret, Settings
@@ -89,7 +90,8 @@ class Faults:
 def respond(status: int, body: dict | str | bytes = b"", headers: dict | None = None,
             content_type: str = "application/json"):
     async def action(request, handler):
-        data = json.dumps(body).encode() if isinstance(body, dict) else (body.encode() if isinstance(body, str) else body)
+        data = json.dumps(body).encode() if isinstance(body, dict) else \
+            body.encode() if isinstance(body, str) else body
         return web.Response(status=status, body=data, headers=headers, content_type=content_type)
     return action
 

@@ -49,9 +49,14 @@ def test_the_token_appears_nowhere(tmp_path):
 
     faults.add(lambda r: LISTING(r) and "cursor" in r.query, respond(429, {}, headers={"Retry-After": "0"}))
     faults.add(LISTING, respond(500, {"error": "boom"}))
+    async def token_in_path(request, handler):  # ... or into the path of a redirect
+        raise web.HTTPTemporaryRedirect(f"/leak/{request.headers.get('Authorization', '')[7:]}/file")
+
     faults.add(f"{DOWNLOADS}1010", echo_auth, times=None)
+    faults.add(f"{DOWNLOADS}1040", token_in_path, times=None)
     faults.add(f"{DOWNLOADS}1020", redirect(f"{DOWNLOADS}1020?loop=1"), times=None)
-    faults.add(f"{DOWNLOADS}1030", respond(401, {"error": "Unauthorized", "message": f"bad token {CANARY}"}), times=None)
+    faults.add(f"{DOWNLOADS}1030", respond(401, {"error": "Unauthorized", "message": f"bad token {CANARY}"}),
+               times=None)
     cdn_faults.add(f"{FILES}10000", broken_body(mode="truncate", cut_at=0.5))
     with BackgroundServer(make_app(tmp_path / "mirror", middlewares=[cdn_faults.middleware])) as cdn, \
             serve(tmp_path / "mirror", faults, token=CANARY,
@@ -72,7 +77,7 @@ def test_the_token_appears_nowhere(tmp_path):
 
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["files_verified"] == len(catalog.expected_files) - 3 and summary["errors"] >= 3
+    assert summary["files_verified"] == len(catalog.expected_files) - 4 and summary["errors"] >= 4
     assert failed.returncode == 1 and "Error:" in failed.stderr
     assert "you sent Bearer ***" in str(info.value)
     for text in (proc.stdout, proc.stderr, failed.stdout, failed.stderr, str(info.value), repr(info.value),
@@ -85,8 +90,10 @@ def test_the_token_appears_nowhere(tmp_path):
             if path.is_file():
                 assert CANARY.encode() not in path.read_bytes(), path  # the database, its WAL, every artifact
     assert any("you sent Bearer ***" in e["message"] for e in summary["error_samples"])
+    assert any("/leak/***/file" in e["message"] for e in summary["error_samples"])
     assert all(s.headers.get("Authorization") == f"Bearer {CANARY}" for s in faults.requests(DOWNLOADS))
-    assert all("token" not in dict(s.query) and CANARY not in s.path for s in faults.seen)
+    assert all("token" not in dict(s.query) for s in faults.seen)
+    assert [s.path for s in faults.seen if CANARY in s.path] == [f"/leak/{CANARY}/file"]  # only the trap
     assert cdn_faults.seen and all("Authorization" not in s.headers and CANARY not in repr(s) for s in cdn_faults.seen)
 
 

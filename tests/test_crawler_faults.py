@@ -19,9 +19,9 @@ from crawler.client import RetryPolicy
 from crawler.download import DownloadLimits
 from crawler.mirror import BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry
 from crawler.sync import CrawlFailed
-from registry.models import CrawlError, CrawlRun, File
+from registry.models import CrawlError, CrawlRun
 from tests.crawler_helpers import (DOWNLOADS, FILES, LISTING, MAINTENANCE, Catalog, Faults, broken_body,
-                                   files_by_version, html_page, ignore_range, lora_model, make_app_obj, malformed_json,
+                                   files_by_version, html_page, ignore_range, make_app_obj, malformed_json,
                                    redirect, respond, run, serve, standard_catalog, unfiltered, versions_in)
 
 TOKEN = "canary-7f3e9b1c5d2a48e6"
@@ -168,7 +168,8 @@ def _special(catalog: Catalog, model_id: int, data: bytes, **file_kw) -> int:
     """Add a model with one SDXL version whose file has the given bytes and attributes."""
     vid, fid = model_id * 10, model_id * 100
     catalog.blobs[fid] = data
-    catalog.models.append(model_entry(model_id, versions=[version_entry(vid, files=[file_entry(fid, data, **file_kw)])]))
+    files = [file_entry(fid, data, **file_kw)]
+    catalog.models.append(model_entry(model_id, versions=[version_entry(vid, files=files)]))
     catalog.expected_versions.add(vid)
     return vid
 
@@ -376,7 +377,8 @@ def test_a_crawl_through_every_fault_ends_exactly_right(setup, tmp_path):
     assert verified == catalog.expected_versions - set(bad)
     for vid in verified:
         data = store.path(files[vid].local_path).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == files[vid].sha256 == catalog.expected_files.get(vid, files[vid].sha256)
+        assert hashlib.sha256(data).hexdigest() == files[vid].sha256
+        assert files[vid].sha256 == catalog.expected_files.get(vid, files[vid].sha256)
     assert evil in verified
     recorded = {e.ref for e in errors_of(app, stats.run_id) if e.stage == "download"}
     assert {f"version {v} file {v * 10}" for v in bad if v != pickle} <= recorded

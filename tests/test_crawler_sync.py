@@ -52,7 +52,8 @@ def test_crawl_lands_exactly_the_sdxl_loras_with_verified_files(app, catalog, fa
     store = app.settings.artifacts
     for vid, sha in catalog.expected_files.items():
         f = files[vid]
-        assert f.state == "verified" and f.sha256 == sha and f.local_path == store.relative_path("lora", sha, ".safetensors")
+        assert f.state == "verified" and f.sha256 == sha
+        assert f.local_path == store.relative_path("lora", sha, ".safetensors")
         assert hashlib.sha256(store.path(f.local_path).read_bytes()).hexdigest() == sha
     assert stats.files_verified == len(catalog.expected_files)
     with app.db.read() as s:
@@ -95,7 +96,8 @@ def test_changes_upstream_are_picked_up(app, catalog, tmp_path):
     assert 5555 in versions_in(app.db) and files_by_version(app.db)[5555].state == "verified"
     with app.db.read() as s:
         assert s.get(Model, 102).name == "Renamed"
-        assert set(s.execute(sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 102)).scalars()) == {"new-tag"}
+        tags = s.execute(sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 102)).scalars()
+        assert set(tags) == {"new-tag"}
     touched = {t for t, _ in changes(app.db)}
     assert touched <= {"model", "model_tag", "tag", "version", "file", "creator"} and "version" in touched
 
@@ -247,3 +249,23 @@ def test_export_feeds_another_registry(app, catalog, tmp_path, db_url):
         other.close()
     exported = json.loads((tmp_path / "exported" / "models" / "100.json").read_text())
     assert [v["id"] for v in exported["modelVersions"]] == [1000, 1001]
+
+
+@pytest.mark.timeout(120)
+def test_a_registry_failure_mid_crawl_fails_the_run_instead_of_hanging(app, monkeypatch):
+    from crawler.store import RegistryStore
+
+    calls = []
+    real = RegistryStore.apply_models
+
+    def flaky(self, batch, now):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(self, batch, now)
+
+    monkeypatch.setattr(RegistryStore, "apply_models", flaky)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(app, page_limit=1, download=False)  # one-item pages: the lister is blocked on a full queue
+    with app.db.read() as s:
+        assert s.execute(sa.select(CrawlRun.status)).scalar_one() == "failed"

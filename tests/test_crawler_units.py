@@ -32,7 +32,8 @@ EXAMPLE = {  # the shape of research/civitai-api.md §11 (invented values)
         "files": [
             {"id": 4977001, "name": "inkwash.safetensors", "sizeKB": 223180.4, "type": "Model",
              "metadata": {"format": "SafeTensor", "size": "full", "fp": "fp16"},
-             "hashes": {"AutoV2": "9F8E7D6C5B", "SHA256": "9F8E7D6C5B4A39281706F5E4D3C2B1A09F8E7D6C5B4A39281706F5E4D3C2B1A0"},
+             "hashes": {"AutoV2": "9F8E7D6C5B",
+                        "SHA256": "9F8E7D6C5B4A39281706F5E4D3C2B1A09F8E7D6C5B4A39281706F5E4D3C2B1A0"},
              "primary": True},
             {"id": 4977002, "name": "dataset.zip", "sizeKB": 81234.0, "type": "Training Data",
              "metadata": {"format": "Other"}, "hashes": {}},
