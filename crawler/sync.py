@@ -11,7 +11,9 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   second time ends the listing (it would loop) and is recorded.
 - Writes are funnelled through one writer thread, one short transaction per page, and only for
   rows that changed: a second crawl of an unchanged catalog writes no catalog row and downloads
-  no byte. A crawl run row records params, counts, the last cursor and errors (``crawl_error``).
+  no byte. A page that cannot be stored is retried item by item, so an unstorable item costs only
+  itself (recorded); when every item fails the registry is at fault and the crawl fails. A crawl
+  run row records params, counts, the last cursor and errors (``crawl_error``).
 - Downloads (unless ``download=False``) run concurrently (``concurrency`` workers) as pages
   land; see ``crawler.download``. Each outcome is recorded; one bad file never ends the crawl.
 - Disappearance: only a ``full`` pass that listed to the end, over the default (unfiltered) base
@@ -20,7 +22,9 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   longer an SDXL LoRA). A model the listing merely skipped is refreshed from that answer instead.
 - Status: ``ok`` (listed to the end), ``partial`` (the listing stopped early: a page failed after
   its retries, a repeated cursor, or ``max_models``), ``failed`` (not even the first page could
-  be read: ``CrawlFailed`` is raised after the run is recorded), ``interrupted``.
+  be read: ``CrawlFailed`` is raised after the run is recorded; or the registry failed),
+  ``interrupted`` (cancelled, or killed: the next crawl on the same host marks a run whose
+  process is gone).
 """
 from __future__ import annotations
 
@@ -35,8 +39,8 @@ from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, check_base_
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
 from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model,
                            raw_hash)
-from crawler.store import ErrorRecord, RegistryStore
-from registry.errors import CarlosError
+from crawler.store import ErrorRecord, PageResult, RegistryStore
+from registry.errors import CarlosError, DatabaseError
 from registry.models import utcnow
 
 log = logging.getLogger("crawler.sync")
@@ -317,15 +321,43 @@ class Crawler:
         while (batch := await pages.get()) is not None:
             await self._ingest(batch, downloads)
 
+    async def _store_page(self, batch) -> list[PageResult]:
+        """Write a page; if that fails, item by item, so one unstorable item costs only itself.
+
+        When every item fails the cause is the registry, not the data: the error propagates.
+        """
+        try:
+            return [await self._write(self.store.apply_models, batch, utcnow())]
+        except DatabaseError:
+            raise
+        except Exception as page_error:
+            if len(batch) == 1:
+                raise
+            results, failed = [], []
+            for item in batch:
+                try:
+                    results.append(await self._write(self.store.apply_models, [item], utcnow()))
+                except DatabaseError:
+                    raise
+                except Exception as exc:
+                    failed.append((item[0].id, exc))
+            if len(failed) == len(batch):
+                raise page_error
+            for model_id, exc in failed:
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                self._error("model", f"model {model_id}", f"could not be stored: {type(exc).__name__}: {first}")
+            return results
+
     async def _ingest(self, batch, downloads: asyncio.Queue) -> None:
         if batch:
-            result = await self._write(self.store.apply_models, batch, utcnow())
             s = self.stats
-            s.models_new += result.models_new
-            s.models_updated += result.models_updated
-            s.versions_new += result.versions_new
-            s.versions_updated += result.versions_updated
-            if result.wrote or self._errors:
+            results = await self._store_page(batch)
+            for result in results:
+                s.models_new += result.models_new
+                s.models_updated += result.models_updated
+                s.versions_new += result.versions_new
+                s.versions_updated += result.versions_updated
+            if any(r.wrote for r in results) or self._errors:
                 await self._flush_errors()
                 await self._write(self.store.update_run, s.run_id, self._run_values())
             if self.options.download:

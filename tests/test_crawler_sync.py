@@ -258,14 +258,33 @@ def test_a_registry_failure_mid_crawl_fails_the_run_instead_of_hanging(app, monk
     calls = []
     real = RegistryStore.apply_models
 
-    def flaky(self, batch, now):
+    def broken_after_first_page(self, batch, now):
         calls.append(len(batch))
-        if len(calls) == 2:
+        if len(calls) >= 2:
             raise RuntimeError("disk full")
         return real(self, batch, now)
 
-    monkeypatch.setattr(RegistryStore, "apply_models", flaky)
+    monkeypatch.setattr(RegistryStore, "apply_models", broken_after_first_page)
     with pytest.raises(RuntimeError, match="disk full"):
         run(app, page_limit=1, download=False)  # one-item pages: the lister is blocked on a full queue
     with app.db.read() as s:
         assert s.execute(sa.select(CrawlRun.status)).scalar_one() == "failed"
+
+
+def test_one_unstorable_item_costs_only_itself(app, catalog, monkeypatch):
+    from crawler.store import RegistryStore
+
+    real = RegistryStore.apply_models
+
+    def refuses_model_102(self, batch, now):
+        if any(m.id == 102 for m, _ in batch):
+            raise ValueError("value too long for type character varying(64)")
+        return real(self, batch, now)
+
+    monkeypatch.setattr(RegistryStore, "apply_models", refuses_model_102)
+    stats = run(app)
+    assert stats.status == "ok" and stats.errors == 1
+    assert versions_in(app.db) == catalog.expected_versions - {1020}
+    with app.db.read() as s:
+        (error,) = s.execute(sa.select(CrawlError)).scalars().all()
+    assert error.stage == "model" and error.ref == "model 102" and "value too long" in error.message

@@ -284,3 +284,18 @@ def test_valid_safetensors_pass(tmp_path):
     assert any(k.endswith(".lora_down.weight") for k in tensors)
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     assert set(safetensors_numpy.load(path.read_bytes())) == set(tensors)  # the reference reader agrees
+
+
+def test_the_crawler_builds_on_registry_only():
+    """crawler/ may import registry, never signer or plugins (DESIGN §2)."""
+    import ast
+
+    from tests.conftest import REPO
+
+    offenders = []
+    for path in (REPO / "crawler").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in {"signer", "plugins"}]
+    assert offenders == []
