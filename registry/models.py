@@ -253,7 +253,17 @@ class Signature(SQLModel, table=True):
     ensemble_path: Optional[str] = None  # float16 per-sample diffs, relative to artifacts dir
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
     source: str = Field(default="signed", max_length=16)  # signed | imported
+    # Registry-wide write order (see registry.signatures): readers refresh with "seq > last seen".
+    seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0", index=True))
     created_at: Optional[datetime] = _ts()
+
+
+class ChangeCounter(SQLModel, table=True):
+    """Monotonic counters; incrementing one takes its row lock, so values commit in order."""
+
+    __tablename__ = "change_counter"
+    name: str = Field(primary_key=True, max_length=32)
+    value: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0"))
 
 
 class BaseCache(SQLModel, table=True):
