@@ -24,3 +24,14 @@ def lora_file_verified(app, session, version_id: int, file_id: int):
     Called inside the write transaction that records the verification (``session``), so work
     queued here commits together with it. ``app`` is the ``registry.app.App`` of the command.
     """
+
+
+@hookspec
+def register_retrievers(register):
+    """Offer search retrievers: call ``register(retriever)`` for each.
+
+    A retriever has a ``name``, a one-line ``description`` and
+    ``rank(engine, request) -> (version_ids, scores, info)`` where ``engine`` is the search
+    plugin's ``SearchEngine`` and ``request`` its ``SearchRequest``; ``info`` is a dict merged
+    into the JSON output (e.g. what was filtered and why).
+    """

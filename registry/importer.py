@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from registry.db import Database
 from registry.errors import CarlosError
-from registry.models import Model, Signature, Version, utcnow
+from registry.models import NSFW_LEVEL_BITS, Model, Signature, Version, utcnow
 from registry.signatures import reserve_seq, save_signature
 from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, get_or_create_profile
 from registry.vectors import to_blob
@@ -114,7 +114,7 @@ def import_carlos(db: Database, path: str | Path) -> dict:
         for r in rows:
             if r.model_id is not None and r.model_id not in models:
                 models[r.model_id] = Model(id=r.model_id, name=r.name, description=r.description,
-                                           nsfw_level=r.nsfw_level, nsfw=bool(r.nsfw_level and r.nsfw_level > 1),
+                                           nsfw_level=r.nsfw_level, nsfw=bool((r.nsfw_level or 0) & NSFW_LEVEL_BITS),
                                            download_count=r.download_count, source="carlos",
                                            first_seen_at=now, updated_at=now)
                 session.add(models[r.model_id])

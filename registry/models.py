@@ -23,6 +23,10 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# Civitai's nsfwLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16. R and above count as NSFW here.
+NSFW_LEVEL_BITS = 4 | 8 | 16
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

@@ -27,6 +27,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "search": "plugins.search",
+    "metadata-search": "plugins.metadata_search",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 
