@@ -35,3 +35,13 @@ def register_retrievers(register):
     plugin's ``SearchEngine`` and ``request`` its ``SearchRequest``; ``info`` is a dict merged
     into the JSON output (e.g. what was filtered and why).
     """
+
+
+@hookspec
+def register_reports(register):
+    """Offer report kinds for ``carlos-reg report KIND``: call ``register(report)`` for each.
+
+    A report subclasses ``plugins.reports.Report``: a ``name``, a ``description``, extra click
+    ``options()``, ``build(app, refs, profile, **options) -> dict`` (the JSON document), and
+    renderers for the table and HTML formats (defaults exist).
+    """

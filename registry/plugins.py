@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "import": "registry.commands.importer",
     "search": "plugins.search",
     "metadata-search": "plugins.metadata_search",
+    "reports": "plugins.reports",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 

@@ -204,3 +204,42 @@ class RankingIndex:
         same = self.signature_bytes == self.signature_bytes[pos]
         same[pos] = False
         return self.ids[same]
+
+
+def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, block: int = 2048,
+                         seed: int = 0) -> list[tuple[int, int, float]]:
+    """All pairs (i < j) of unit rows with cosine ≥ ``min_cos``, exactly, without an N² × d product.
+
+    For unit vectors, cos ≥ c ⇔ ‖a − b‖ ≤ r with r² = 2(1 − c). Projecting onto any subspace
+    can only shorten a difference, so pairs whose projections onto the top ``dims`` principal
+    directions are farther apart than r cannot qualify; rows sorted by the first principal
+    coordinate are only compared within a window of width r. Survivors are checked in full.
+    """
+    n, d = units.shape
+    if n < 2:
+        return []
+    r = float(np.sqrt(2.0 * (1.0 - min_cos))) + 1e-6
+    rng = np.random.default_rng(seed)
+    sample = units[rng.choice(n, size=min(n, 20_000), replace=False)]
+    _, _, vt = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)
+    proj = (units @ vt[:min(dims, d)].T).astype(np.float32)
+    order = np.argsort(proj[:, 0], kind="stable")
+    proj = proj[order]
+    first = proj[:, 0]
+    sq = np.einsum("ij,ij->i", proj, proj)
+    valid = (np.linalg.norm(units, axis=1) > 0)[order]
+    pairs = []
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        upper = int(np.searchsorted(first, first[stop - 1] + r, side="right"))
+        dist = sq[start:stop, None] + sq[None, start:upper] - 2.0 * (proj[start:stop] @ proj[start:upper].T)
+        rows, cols = np.nonzero(dist <= r * r)
+        rows, cols = rows + start, cols + start
+        keep = (cols > rows) & valid[rows] & valid[cols]
+        a, b = order[rows[keep]], order[cols[keep]]
+        if a.size:
+            cos = np.einsum("ij,ij->i", units[a], units[b])
+            hit = cos >= min_cos
+            lo, hi = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
+            pairs.extend(zip(lo.tolist(), hi.tolist(), cos[hit].tolist()))
+    return sorted(pairs)
