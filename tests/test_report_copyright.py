@@ -15,14 +15,6 @@ SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "plugins/reports/c
 DEGENERATE_GROUP = {212213, 234730, 159294, 510981}
 
 
-@pytest.fixture(scope="module")
-def reference_registry(tmp_path_factory):
-    if not REFERENCE_PARQUET.is_file():
-        pytest.skip("reference database not present")
-    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'registry.db'}"
-    run_cli("--db", url, "import", "carlos", str(REFERENCE_PARQUET), check=True)
-    return url
-
 
 @pytest.fixture(scope="module")
 def reference_rows():

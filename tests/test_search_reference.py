@@ -6,16 +6,6 @@ import pytest
 from tests.conftest import run_cli, run_json
 
 
-@pytest.fixture(scope="module")
-def reference_registry(tmp_path_factory):
-    from tests.conftest import REFERENCE_PARQUET
-
-    if not REFERENCE_PARQUET.is_file():
-        pytest.skip("reference database not present")
-    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'registry.db'}"
-    run_cli("--db", url, "import", "carlos", str(REFERENCE_PARQUET), check=True)
-    return url
-
 
 # Style LoRAs published in several versions: each version's nearest neighbours include the others.
 FAMILIES = {
