@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "search": "plugins.search",
     "metadata-search": "plugins.metadata_search",
     "reports": "plugins.reports",
+    "compare": "plugins.compare",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 
