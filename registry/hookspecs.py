@@ -45,3 +45,19 @@ def register_reports(register):
     ``options()``, ``build(app, refs, profile, **options) -> dict`` (the JSON document), and
     renderers for the table and HTML formats (defaults exist).
     """
+
+
+@hookspec
+def register_routes(web_app, app):
+    """Add routes to the HTTP API: ``web_app`` is the aiohttp ``web.Application`` being built,
+    ``app`` the registry ``App``. Keep long-lived state (models, indexes) on ``web_app``."""
+
+
+@hookspec
+def register_nightly_steps(register):
+    """Offer steps of the scheduled crawl-and-index run: ``register(name, function, order)``.
+
+    Steps run in ascending ``order``; ``function(app, options)`` returns a dict of counts (and
+    may include ``"errors"``). ``options`` holds the ``serve`` flags (``sign_local``, ``device``, …)
+    and a ``stop`` ``threading.Event`` set on shutdown.
+    """

@@ -297,3 +297,30 @@ class VectorCache(SQLModel, table=True):
     data: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     meta: Optional[dict] = _json()
     created_at: Optional[datetime] = _ts()
+
+
+# ---------------------------------------------------------------- service
+
+
+class ServiceRun(SQLModel, table=True):
+    """One scheduled crawl-and-index run (or a skipped one, when another service held the lock)."""
+
+    __tablename__ = "service_run"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=128)
+    trigger: str = Field(default="schedule", max_length=16)  # schedule | manual
+    status: str = Field(default="running", max_length=16)  # running | ok | failed | skipped | interrupted
+    started_at: Optional[datetime] = _ts()
+    finished_at: Optional[datetime] = _ts()
+    steps: dict = _json(dict)
+    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+
+
+class ServiceLock(SQLModel, table=True):
+    """A named lease held in the database, so that work never overlaps across processes or machines."""
+
+    __tablename__ = "service_lock"
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str = Field(max_length=128)
+    token: str = Field(max_length=64)
+    expires_at: float = 0.0  # epoch seconds, database clock

@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "serve": "registry.commands.serve",
     "search": "plugins.search",
     "metadata-search": "plugins.metadata_search",
     "reports": "plugins.reports",

@@ -156,3 +156,31 @@ def compare(app: App, refs, profile, k, worst, as_json):
 @hookimpl
 def register_commands(cli):
     cli.add_command(compare)
+
+
+@hookimpl
+def register_routes(web_app, app):
+    from aiohttp import web
+
+    from registry.api import blocking, param_int, respond
+
+    checkers: dict = {}
+
+    async def compare_route(request: web.Request) -> web.Response:
+        k = param_int(request.query, "k", 20, 1, 10_000)
+        profile = request.query.get("profile") or None
+
+        def run():
+            key = (profile, k)
+            if key not in checkers:  # keeps the CLIP model and vocabulary vectors warm
+                checkers[key] = ClaimChecker(app, profile, k)
+            checker = checkers[key]
+            checker.index = checker.engine.index(checker.row)
+            with app.db.read() as session:
+                vid = resolve_ref(session, request.match_info["ref"])
+            return {"profile": checker.row.name, "profile_hash": checker.row.hash, "k": k,
+                    "results": checker.check([vid])}
+
+        return respond(await blocking(request, run))
+
+    web_app.router.add_get("/api/compare/{ref}", compare_route)

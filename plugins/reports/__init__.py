@@ -168,3 +168,55 @@ def register_reports(register):
     from plugins.reports.copyright import CopyrightReport
 
     register(CopyrightReport())
+
+
+# options that name files on the server's disk are not taken from HTTP requests
+_SERVER_PATH_OPTIONS = {"reference", "png", "out"}
+
+
+def _options_from_query(report: Report, query) -> dict:
+    values = {}
+    ctx = click.Context(click.Command(report.name))
+    for opt in report.options():
+        if opt.name in _SERVER_PATH_OPTIONS:
+            continue
+        raw = query.get(opt.name)
+        if raw is None or raw == "":
+            default = opt.get_default(ctx, call=True)
+            values[opt.name] = None if default is getattr(click.core, "UNSET", None) else default
+            continue
+        try:
+            values[opt.name] = opt.type.convert(raw, opt, None)
+        except click.BadParameter as exc:
+            raise UsageError(f"parameter {opt.name}: {exc.message}") from None
+    return values
+
+
+@hookimpl
+def register_routes(web_app, app):
+    from aiohttp import web
+
+    from registry.api import blocking, respond
+
+    async def report_route(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        reports = get_reports()
+        if kind not in reports:
+            raise web.HTTPNotFound(reason=f"no report kind {kind!r}; available: {', '.join(sorted(reports))}")
+        report = reports[kind]
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "html") or fmt not in report.formats:
+            raise UsageError("parameter format must be json or html")
+        options = _options_from_query(report, request.query)
+        refs = request.query.getall("ref", [])
+
+        def run():
+            doc = report.build(app, refs=refs, profile=request.query.get("profile") or None, **options)
+            return report.render_json(doc) if fmt == "json" else report.render_html(doc)
+
+        result = await blocking(request, run)
+        if fmt == "json":
+            return respond(result)
+        return web.Response(text=result, content_type="text/html")
+
+    web_app.router.add_get("/api/report/{kind}", report_route)

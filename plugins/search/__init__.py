@@ -86,3 +86,10 @@ def register_retrievers(register):
     from plugins.search.engine import CarlosRetriever
 
     register(CarlosRetriever())
+
+
+@hookimpl
+def register_routes(web_app, app):
+    from plugins.search.routes import add_routes
+
+    add_routes(web_app, app)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,7 @@ class ClipSource:
         self._clip = None
         self._tower = None
         self._prefixes = None
+        self.lock = threading.RLock()  # one model, many request threads: compute one query at a time
 
     def clip(self, device: str | None = None):
         if self._clip is None:
@@ -117,7 +119,8 @@ class QueryEncoder:
             hit = cached_vector(session, "query", key)
         if hit is not None:
             return hit, True
-        vec = self._compute_text(text)
+        with self.source.lock:
+            vec = self._compute_text(text)
         store_vector(self.app.db, "query", key, vec, {"text": text, "profile": self.row.name})
         return vec, False
 
@@ -157,7 +160,8 @@ class QueryEncoder:
         return from_blob(row.mean_feature, row.dim)
 
     def image_vector(self, paths: list[str | Path]) -> np.ndarray:
-        feats = [self._image_feature(Path(p)) for p in paths]
+        with self.source.lock:
+            feats = [self._image_feature(Path(p)) for p in paths]
         return (np.mean(feats, axis=0) - self.base_image_mean()).astype(np.float32)
 
     def _image_feature(self, path: Path) -> np.ndarray:
@@ -170,7 +174,7 @@ class QueryEncoder:
             with Image.open(path) as img:
                 img.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced size when huge
                 rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
             raise QueryError(f"{path}: not a readable image ({exc})") from None
         clip = self.source.clip()
         x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)

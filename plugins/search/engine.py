@@ -6,6 +6,7 @@ Retrievers come from the ``register_retrievers`` hook; ``carlos`` (behavior) is 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,7 @@ class SearchEngine:
         self.warm = warm
         self._indexes: dict[int, RankingIndex] = {}
         self._encoders: dict[int, object] = {}
+        self._lock = threading.RLock()  # the service shares one engine between request threads
 
     # ------------------------------------------------------------------ profiles, indexes, encoders
 
@@ -85,26 +87,34 @@ class SearchEngine:
         return rows[max(counts, key=lambda pid: (counts[pid], pid))]
 
     def index(self, row: SignerProfile) -> RankingIndex:
-        index = self._indexes.get(row.id)
+        """The profile's ranking index, brought up to date; readers keep whatever object they were given."""
+        from registry.signatures import current_seq
+
         path = RankingIndex.cache_path(self.app.settings.home / "cache", self.app.settings.db_url, row.hash)
-        if index is None:
-            index = RankingIndex.load(path, row.id)
-            self._indexes[row.id] = index
-        with self.app.db.read() as session:
-            changed = index.refresh(session)
-        if changed or not path.exists():
-            try:
-                index.save(path)
-            except OSError:
-                pass  # a read-only data dir only costs the next process a rebuild
-        return index
+        with self._lock:
+            index = self._indexes.get(row.id)
+            if index is None:
+                index = self._indexes[row.id] = RankingIndex.load(path, row.id)
+            with self.app.db.read() as session:
+                if current_seq(session) == index.seq and path.exists():
+                    return index
+                fresh = index.copy()
+                changed = fresh.refresh(session)
+            self._indexes[row.id] = fresh
+            if changed or not path.exists():
+                try:
+                    fresh.save(path)
+                except OSError:
+                    pass  # a read-only data dir only costs the next process a rebuild
+            return fresh
 
     def encoder(self, row: SignerProfile):
         from plugins.search.encoders import QueryEncoder
 
-        if row.id not in self._encoders:
-            self._encoders[row.id] = QueryEncoder(self.app, row, warm=self.warm)
-        return self._encoders[row.id]
+        with self._lock:
+            if row.id not in self._encoders:
+                self._encoders[row.id] = QueryEncoder(self.app, row, warm=self.warm)
+            return self._encoders[row.id]
 
     def default_filters(self, row: SignerProfile) -> tuple[float | None, float | None]:
         filters = (row.settings or {}).get("filters") or {}

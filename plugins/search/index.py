@@ -53,6 +53,14 @@ class RankingIndex:
         self.signature_bytes = np.zeros(0, dtype="S32")  # sha256 of the direction blob: exact duplicates
         self._pos: dict[int, int] | None = None
 
+    def copy(self) -> "RankingIndex":
+        """A deep copy: the service refreshes a copy and swaps it in while requests read the old one."""
+        other = RankingIndex(self.profile_id, self.dim)
+        other.seq = self.seq
+        for name in ("ids", "units", "norms", "strength", "consistency", "valid", "signature_bytes"):
+            setattr(other, name, getattr(self, name).copy())
+        return other
+
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
