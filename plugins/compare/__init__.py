@@ -26,7 +26,6 @@ from registry.refs import resolve_ref
 
 from plugins.compare.claims import claim_text
 from plugins.search.engine import SearchEngine
-from plugins.search.index import Filters
 
 VOCABULARY = Path(__file__).with_name("vocabulary.json")
 
