@@ -7,8 +7,9 @@ import tempfile
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.api import BadRequest, blocking, param_bool, param_float, param_int, respond
+from registry.api import MAX_UPLOAD_BYTES, BadRequest, blocking, param_bool, param_float, param_int, respond
 
 from plugins.search.engine import SearchEngine, SearchRequest
 
@@ -36,30 +37,41 @@ async def search_post(request: web.Request) -> web.Response:
     """multipart/form-data: the same fields as the GET parameters, plus one or more ``image`` files."""
     if not request.content_type.startswith("multipart/"):
         raise BadRequest("POST /api/search takes multipart/form-data with 'image' files (or use GET for text)")
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=request.content_length)
     fields: dict[str, str] = dict(request.query)
     tmp = Path(tempfile.mkdtemp(prefix="carlos-upload-"))
-    images: list[str] = []
     try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if part.name == "image":
-                if len(images) >= MAX_IMAGES:
-                    raise BadRequest(f"at most {MAX_IMAGES} images per query")
-                path = tmp / f"upload-{len(images)}"  # never the client's file name
-                size = 0
-                with path.open("wb") as fh:
-                    while chunk := await part.read_chunk(1 << 16):
-                        size += len(chunk)
-                        if size > MAX_IMAGE_BYTES:
-                            raise BadRequest(f"image too large (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MiB)")
-                        fh.write(chunk)
-                images.append(str(path))
-            elif part.name:
-                fields[part.name] = (await part.text())[:2000]
+        try:
+            images = await _save_parts(await request.multipart(), tmp, fields)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # a broken multipart body
+            raise BadRequest(f"malformed multipart body: {exc}") from None
         req = _request_from(fields, images)
         return respond(await blocking(request, request.app[ENGINE].search, req))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
+    """Form fields into ``fields``; image parts into numbered files (never the client's file names)."""
+    images: list[str] = []
+    while (part := await reader.next()) is not None:
+        if part.name != "image":
+            if part.name:
+                fields[part.name] = (await part.text())[:2000]
+            continue
+        if len(images) >= MAX_IMAGES:
+            raise BadRequest(f"at most {MAX_IMAGES} images per query")
+        path = tmp / f"upload-{len(images)}"
+        size = 0
+        with path.open("wb") as fh:
+            while chunk := await part.read_chunk(1 << 16):
+                size += len(chunk)
+                if size > MAX_IMAGE_BYTES:
+                    raise BadRequest(f"image too large (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MiB)")
+                fh.write(chunk)
+        images.append(str(path))
+    return images
 
 
 async def similar(request: web.Request) -> web.Response:
