@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from datetime import datetime
 
 import pytest
