@@ -24,3 +24,40 @@ def lora_file_verified(app, session, version_id: int, file_id: int):
     Called inside the write transaction that records the verification (``session``), so work
     queued here commits together with it. ``app`` is the ``registry.app.App`` of the command.
     """
+
+
+@hookspec
+def register_retrievers(register):
+    """Offer search retrievers: call ``register(retriever)`` for each.
+
+    A retriever has a ``name``, a one-line ``description`` and
+    ``rank(engine, request) -> (version_ids, scores, info)`` where ``engine`` is the search
+    plugin's ``SearchEngine`` and ``request`` its ``SearchRequest``; ``info`` is a dict merged
+    into the JSON output (e.g. what was filtered and why).
+    """
+
+
+@hookspec
+def register_reports(register):
+    """Offer report kinds for ``carlos-reg report KIND``: call ``register(report)`` for each.
+
+    A report subclasses ``plugins.reports.Report``: a ``name``, a ``description``, extra click
+    ``options()``, ``build(app, refs, profile, **options) -> dict`` (the JSON document), and
+    renderers for the table and HTML formats (defaults exist).
+    """
+
+
+@hookspec
+def register_routes(web_app, app):
+    """Add routes to the HTTP API: ``web_app`` is the aiohttp ``web.Application`` being built,
+    ``app`` the registry ``App``. Keep long-lived state (models, indexes) on ``web_app``."""
+
+
+@hookspec
+def register_nightly_steps(register):
+    """Offer steps of the scheduled crawl-and-index run: ``register(name, function, order)``.
+
+    Steps run in ascending ``order``; ``function(app, options)`` returns a dict of counts (and
+    may include ``"errors"``). ``options`` holds the ``serve`` flags (``sign_local``, ``device``, …)
+    and a ``stop`` ``threading.Event`` set on shutdown.
+    """

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from registry.db import Database
 from registry.errors import CarlosError
-from registry.models import Model, Signature, Version, utcnow
+from registry.models import NSFW_LEVEL_BITS, Model, Signature, Version, utcnow
+from registry.signatures import reserve_seq, save_signature
 from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, get_or_create_profile
 from registry.vectors import to_blob
 
@@ -113,7 +114,7 @@ def import_carlos(db: Database, path: str | Path) -> dict:
         for r in rows:
             if r.model_id is not None and r.model_id not in models:
                 models[r.model_id] = Model(id=r.model_id, name=r.name, description=r.description,
-                                           nsfw_level=r.nsfw_level, nsfw=bool(r.nsfw_level and r.nsfw_level > 1),
+                                           nsfw_level=r.nsfw_level, nsfw=bool((r.nsfw_level or 0) & NSFW_LEVEL_BITS),
                                            download_count=r.download_count, source="carlos",
                                            first_seen_at=now, updated_at=now)
                 session.add(models[r.model_id])
@@ -124,20 +125,21 @@ def import_carlos(db: Database, path: str | Path) -> dict:
                 session.add(versions[r.version_id])
                 counts["versions_added"] += 1
         session.flush()
+        changed = []
         for r in rows:
-            blob = to_blob(r.direction)
             sig = sigs.get(r.version_id)
-            if sig is None:
-                session.add(Signature(version_id=r.version_id, profile_id=profile.id, dim=DIRECTION_DIM,
-                                      direction=blob, strength=r.strength, consistency=r.consistency,
-                                      n_samples=PAPER_SAMPLES, valid=True, flags=[], source="imported",
-                                      created_at=now))
-                counts["signatures_added"] += 1
-            elif (sig.direction == blob and sig.strength == r.strength and sig.consistency == r.consistency):
+            if sig is not None and (sig.direction == to_blob(r.direction) and sig.strength == r.strength
+                                    and sig.consistency == r.consistency):
                 counts["unchanged"] += 1
             else:
-                sig.direction, sig.strength, sig.consistency, sig.dim = blob, r.strength, r.consistency, DIRECTION_DIM
-                counts["signatures_updated"] += 1
+                changed.append(r)
+                counts["signatures_updated" if sig is not None else "signatures_added"] += 1
+        first_seq = reserve_seq(session, len(changed)) if changed else 0
+        for offset, r in enumerate(changed):
+            save_signature(session, version_id=r.version_id, profile_id=profile.id, direction=r.direction,
+                           strength=r.strength, consistency=r.consistency, seq=first_seq + offset,
+                           existing=sigs.get(r.version_id), n_samples=PAPER_SAMPLES, valid=True, flags=[],
+                           source="imported", created_at=now)
     counts["profile"] = IMPORTED_PROFILE_NAME
     return counts
 

@@ -23,6 +23,10 @@ SQLModel.metadata.naming_convention = {
 }
 
 
+# Civitai's nsfwLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16. R and above count as NSFW here.
+NSFW_LEVEL_BITS = 4 | 8 | 16
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -253,7 +257,17 @@ class Signature(SQLModel, table=True):
     ensemble_path: Optional[str] = None  # float16 per-sample diffs, relative to artifacts dir
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
     source: str = Field(default="signed", max_length=16)  # signed | imported
+    # Registry-wide write order (see registry.signatures): readers refresh with "seq > last seen".
+    seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0", index=True))
     created_at: Optional[datetime] = _ts()
+
+
+class ChangeCounter(SQLModel, table=True):
+    """Monotonic counters; incrementing one takes its row lock, so values commit in order."""
+
+    __tablename__ = "change_counter"
+    name: str = Field(primary_key=True, max_length=32)
+    value: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0"))
 
 
 class BaseCache(SQLModel, table=True):
@@ -283,3 +297,30 @@ class VectorCache(SQLModel, table=True):
     data: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     meta: Optional[dict] = _json()
     created_at: Optional[datetime] = _ts()
+
+
+# ---------------------------------------------------------------- service
+
+
+class ServiceRun(SQLModel, table=True):
+    """One scheduled crawl-and-index run (or a skipped one, when another service held the lock)."""
+
+    __tablename__ = "service_run"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=128)
+    trigger: str = Field(default="schedule", max_length=16)  # schedule | manual
+    status: str = Field(default="running", max_length=16)  # running | ok | failed | skipped | interrupted
+    started_at: Optional[datetime] = _ts()
+    finished_at: Optional[datetime] = _ts()
+    steps: dict = _json(dict)
+    error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+
+
+class ServiceLock(SQLModel, table=True):
+    """A named lease held in the database, so that work never overlaps across processes or machines."""
+
+    __tablename__ = "service_lock"
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str = Field(max_length=128)
+    token: str = Field(max_length=64)
+    expires_at: float = 0.0  # epoch seconds, database clock

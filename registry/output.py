@@ -30,18 +30,19 @@ def _default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _finite(obj: Any):
+def json_safe(obj: Any):
+    """NaN and infinities become null: strict JSON for every consumer."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(_finite(doc), indent=2, ensure_ascii=False, default=_default, allow_nan=False) + "\n")
+    sys.stdout.write(json.dumps(json_safe(doc), indent=2, ensure_ascii=False, default=_default, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

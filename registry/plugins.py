@@ -27,7 +27,12 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "serve": "registry.commands.serve",
     "crawl": "crawler.commands",
+    "search": "plugins.search",
+    "metadata-search": "plugins.metadata_search",
+    "reports": "plugins.reports",
+    "compare": "plugins.compare",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 

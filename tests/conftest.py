@@ -67,6 +67,16 @@ def database(db_url):
     db.dispose()
 
 
+@pytest.fixture(scope="module")
+def reference_registry(tmp_path_factory):
+    """A SQLite registry holding the imported published CARLoS database (skipped when absent)."""
+    if not REFERENCE_PARQUET.is_file():
+        pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")
+    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'registry.db'}"
+    run_cli("--db", url, "import", "carlos", str(REFERENCE_PARQUET), check=True)
+    return url
+
+
 @pytest.fixture
 def reference_parquet():
     if not REFERENCE_PARQUET.is_file():

@@ -1,7 +1,6 @@
 """The CLI contract: help without torch, --json documents, REF forms, one-line errors."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap

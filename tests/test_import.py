@@ -107,3 +107,23 @@ def test_cli_import_json_and_listing(tmp_path, sqlite_url):
     assert counts["signatures_added"] == 3 and counts["models_added"] == 2
     proc = run_cli("--db", sqlite_url, "import", "carlos", str(tmp_path / "missing.parquet"))
     assert proc.returncode == 1 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_signature_seq_orders_writes_and_reimport_of_a_change_bumps_it(database, tmp_path):
+    from registry.signatures import current_seq
+
+    path = _write(pa.table(_small_table()), tmp_path / "a.parquet")
+    import_carlos(database, path)
+    with database.read() as s:
+        seqs = dict(s.execute(sa.select(Signature.version_id, Signature.seq)).all())
+        top = current_seq(s)
+    assert sorted(seqs.values()) == [1, 2, 3] and top == 3
+    import_carlos(database, path)  # unchanged: no new sequence values
+    with database.read() as s:
+        assert current_seq(s) == 3
+    data = _small_table()
+    data["strength"] = [1.5, 9.0, 3.5]
+    import_carlos(database, _write(pa.table(data), tmp_path / "b.parquet"))
+    with database.read() as s:
+        changed = s.execute(sa.select(Signature.version_id).where(Signature.seq > 3)).scalars().all()
+    assert changed == [1001]

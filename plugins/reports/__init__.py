@@ -1,0 +1,222 @@
+"""Built-in plugin: ``carlos-reg report KIND`` and the report hook.
+
+Every report kind — built-in (``copyright``) or from a third-party plugin — arrives through
+``register_reports`` and becomes a subcommand with the common options (REF…, ``--format``,
+``--out``, ``--profile``) plus its own.
+"""
+from __future__ import annotations
+
+import html
+import sys
+from pathlib import Path
+
+import click
+
+from registry import hookimpl
+from registry.app import App
+from registry.errors import CarlosError, UsageError
+from registry.output import emit_json, info
+
+
+class Report:
+    """Base class of report kinds."""
+
+    name: str = ""
+    description: str = ""
+    formats: tuple[str, ...] = ("table", "json", "html")
+
+    def options(self) -> list[click.Parameter]:
+        return []
+
+    def build(self, app: App, *, refs: list[str], profile: str | None, **options) -> dict:
+        raise NotImplementedError
+
+    def render_table(self, doc: dict) -> None:
+        emit_json(self.render_json(doc))
+
+    def render_json(self, doc: dict) -> dict:
+        return doc
+
+    def render_html(self, doc: dict) -> str:
+        body = f"<pre>{html.escape(str(doc))}</pre>"
+        return page(f"carlos-reg report: {self.name}", body)
+
+
+def page(title: str, body: str, style: str = "") -> str:
+    """A self-contained HTML page (no external resources)."""
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{BASE_CSS}{style}</style>"
+            f"</head><body>{body}</body></html>\n")
+
+
+BASE_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+padding:0 1rem;color:#1b1f24}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem}
+table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;
+text-align:left;vertical-align:top}th{background:#f4f5f7;position:sticky;top:0}td.num{text-align:right;
+font-variant-numeric:tabular-nums}.tier-high{color:#b00020;font-weight:600}.tier-elevated{color:#b35c00;
+font-weight:600}.tier-low{color:#2e7d32}.tier-unreliable{color:#6b6b6b;font-style:italic}.muted{color:#666}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6rem 1rem}code{background:#f4f5f7;padding:0 .25rem}
+img.plot{max-width:100%;height:auto;border:1px solid #eee}
+"""
+
+
+def get_reports() -> dict[str, Report]:
+    from registry.plugins import load_plugins, pm
+
+    load_plugins()
+    found: dict[str, Report] = {}
+
+    def register(report: Report) -> None:
+        if not report.name or report.name in found:
+            raise CarlosError(f"report kinds need a unique name; got {report.name!r} twice or empty")
+        found[report.name] = report
+
+    pm.hook.register_reports(register=register)
+    return found
+
+
+def _command_for(report: Report) -> click.Command:
+    def callback(refs, fmt, as_json, out, profile, **options):
+        app = click.get_current_context().find_object(App)
+        fmt = "json" if as_json else fmt
+        if fmt not in report.formats:
+            raise UsageError(f"report {report.name} has no {fmt} format (it has {', '.join(report.formats)})")
+        doc = report.build(app, refs=list(refs), profile=profile, **options)
+        if fmt == "json":
+            doc = report.render_json(doc)
+            if out:
+                _write(out, _json_text(doc))
+            else:
+                emit_json(doc)
+        elif fmt == "html":
+            text = report.render_html(doc)
+            if out:
+                _write(out, text)
+            else:
+                sys.stdout.write(text)
+        else:
+            if out:
+                raise UsageError("--out needs --format json or html")
+            report.render_table(doc)
+
+    params = [
+        click.Argument(["refs"], nargs=-1),
+        click.Option(["--format", "fmt"], type=click.Choice(["table", "json", "html"]), default="table",
+                     show_default=True, help="Output format."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Same as --format json."),
+        click.Option(["--out"], type=click.Path(dir_okay=False), help="Write the JSON or HTML to this file."),
+        click.Option(["--profile"], metavar="NAME", help="Signer profile (default: as for search)."),
+        *report.options(),
+    ]
+    return click.Command(report.name, callback=callback, params=params, help=report.description)
+
+
+def _json_text(doc) -> str:
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        emit_json(doc)
+    return buf.getvalue()
+
+
+def _write(path: str, text: str) -> None:
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:
+        raise CarlosError(f"cannot write {path}: {exc.strerror or exc}") from None
+    info(f"wrote {target}")
+
+
+class _ReportGroup(click.Group):
+    """Subcommands are the registered report kinds, looked up when the group runs."""
+
+    def _reports(self):
+        if not getattr(self, "_loaded", False):
+            for report in get_reports().values():
+                self.add_command(_command_for(report))
+            self._loaded = True
+
+    def list_commands(self, ctx):
+        self._reports()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._reports()
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_ReportGroup)
+def report():
+    """Reports over the registry (copyright screening, and kinds from plugins)."""
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(report)
+
+
+@hookimpl
+def register_reports(register):
+    from plugins.reports.copyright import CopyrightReport
+
+    register(CopyrightReport())
+
+
+# options that name files on the server's disk are not taken from HTTP requests
+_SERVER_PATH_OPTIONS = {"reference", "png", "out"}
+
+
+def _options_from_query(report: Report, query) -> dict:
+    values = {}
+    ctx = click.Context(click.Command(report.name))
+    for opt in report.options():
+        if opt.name in _SERVER_PATH_OPTIONS:
+            continue
+        raw = query.get(opt.name)
+        if raw is None or raw == "":
+            default = opt.get_default(ctx, call=True)
+            values[opt.name] = None if default is getattr(click.core, "UNSET", None) else default
+            continue
+        try:
+            values[opt.name] = opt.type.convert(raw, opt, None)
+        except click.BadParameter as exc:
+            raise UsageError(f"parameter {opt.name}: {exc.message}") from None
+    return values
+
+
+@hookimpl
+def register_routes(web_app, app):
+    from aiohttp import web
+
+    from registry.api import blocking, respond
+
+    async def report_route(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        reports = get_reports()
+        if kind not in reports:
+            raise web.HTTPNotFound(reason=f"no report kind {kind!r}; available: {', '.join(sorted(reports))}")
+        report = reports[kind]
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "html") or fmt not in report.formats:
+            raise UsageError("parameter format must be json or html")
+        options = _options_from_query(report, request.query)
+        refs = request.query.getall("ref", [])
+
+        def run():
+            doc = report.build(app, refs=refs, profile=request.query.get("profile") or None, **options)
+            return report.render_json(doc) if fmt == "json" else report.render_html(doc)
+
+        result = await blocking(request, run)
+        if fmt == "json":
+            return respond(result)
+        return web.Response(text=result, content_type="text/html")
+
+    web_app.router.add_get("/api/report/{kind}", report_route)

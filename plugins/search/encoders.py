@@ -1,0 +1,182 @@
+"""Query vectors: the reciprocal text query and the image query of a signer profile.
+
+Text (DESIGN §1): ``Δq = mean_p u(p + " " + q) − mean_p u(p)`` over the profile's P'.
+Image: the mean CLIP feature of the given images minus the mean CLIP feature of the profile's
+base-branch images — the shift from what the base model draws toward this look.
+
+Caches, so no call pays twice: ``mean_p u(p)`` per (profile, P') and each query vector per
+(profile, P', text) in the registry's ``vector_cache``; a cached query loads no model at all.
+In a long-lived process the CLIP model and P' prefix states stay warm (``QueryEncoder``).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from registry.errors import CarlosError
+from registry.models import BaseCache, SignerProfile, VectorCache, utcnow
+from registry.vectors import from_blob, to_blob
+
+MAX_QUERY_CHARS = 500
+
+
+class QueryError(CarlosError):
+    pass
+
+
+def normalize_query(text: str) -> str:
+    """CLIP's tokenizer lowercases and collapses whitespace, so these give the same vector."""
+    text = re.sub(r"\s+", " ", text or "").strip().lower()
+    if not text:
+        raise QueryError("empty query: give words describing a behavior, e.g. 'watercolor painting'")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"query too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
+    return text
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def cached_vector(session, namespace: str, key: str) -> np.ndarray | None:
+    row = session.execute(sa.select(VectorCache.data, VectorCache.dim)
+                          .where(VectorCache.namespace == namespace, VectorCache.key == key)).first()
+    return None if row is None else from_blob(row.data, row.dim)
+
+
+def store_vector(db, namespace: str, key: str, vector: np.ndarray, meta: dict | None = None) -> None:
+    if db.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    vec = np.asarray(vector, dtype=np.float32)
+    stmt = insert(VectorCache.__table__).values(namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]),
+                                                data=to_blob(vec), meta=meta, created_at=utcnow())
+    with db.write() as session:
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["namespace", "key"]))
+
+
+class ClipSource:
+    """Where a registry profile's CLIP model and P' come from (the signer's profile definitions)."""
+
+    def __init__(self, app, row: SignerProfile):
+        from signer.profiles import load_profile
+
+        self.app = app
+        self.row = row
+        try:
+            self.profile = load_profile(row.name, app.settings)
+        except CarlosError:
+            # Imported signatures (e.g. the published CARLoS database) carry the paper's CLIP model.
+            self.profile = load_profile("paper", app.settings)
+        self.query_prompts = list(self.profile.query_prompts())
+        self.prompts_hash = _digest(*self.query_prompts)
+        self._clip = None
+        self._tower = None
+        self._prefixes = None
+        self.lock = threading.RLock()  # one model, many request threads: compute one query at a time
+
+    def clip(self, device: str | None = None):
+        if self._clip is None:
+            from signer.clip import load_clip
+
+            self._clip = load_clip(self.profile, device or "cpu")
+        return self._clip
+
+    def tower(self):
+        if self._tower is None:
+            from plugins.search.textenc import TextTower
+
+            clip = self.clip()
+            self._tower = TextTower(clip.model, clip.tokenizer)
+        return self._tower
+
+
+class QueryEncoder:
+    """Query vectors for one profile; keep it around (the service does) to keep models warm."""
+
+    def __init__(self, app, row: SignerProfile, *, warm: bool = False):
+        self.app = app
+        self.row = row
+        self.source = ClipSource(app, row)
+        self.warm = warm
+
+    # ------------------------------------------------------------------ text
+
+    def text_key(self, text: str) -> str:
+        return _digest(self.row.hash, self.source.prompts_hash, normalize_query(text))
+
+    def text_vector(self, text: str) -> tuple[np.ndarray, bool]:
+        """(Δq, came_from_cache)."""
+        text = normalize_query(text)
+        key = self.text_key(text)
+        with self.app.db.read() as session:
+            hit = cached_vector(session, "query", key)
+        if hit is not None:
+            return hit, True
+        with self.source.lock:
+            vec = self._compute_text(text)
+        store_vector(self.app.db, "query", key, vec, {"text": text, "profile": self.row.name})
+        return vec, False
+
+    def _prompt_mean(self) -> np.ndarray:
+        key = _digest(self.row.hash, self.source.prompts_hash)
+        with self.app.db.read() as session:
+            hit = cached_vector(session, "prompt-mean", key)
+        if hit is not None:
+            return hit
+        feats = self.source.tower().encode(self.source.query_prompts)
+        mean = feats.double().mean(dim=0).float().cpu().numpy()
+        store_vector(self.app.db, "prompt-mean", key, mean, {"profile": self.row.name,
+                                                            "prompts": len(self.source.query_prompts)})
+        return mean
+
+    def _compute_text(self, text: str) -> np.ndarray:
+        tower = self.source.tower()
+        prompts = self.source.query_prompts
+        if self.warm and tower.supports_prefix:
+            if self.source._prefixes is None:
+                self.source._prefixes = tower.prepare_prefixes(prompts)
+            feats = tower.encode_with_suffix(self.source._prefixes, text)
+        else:
+            feats = tower.encode([p + " " + text for p in prompts])
+        return (feats.double().mean(dim=0).cpu().numpy() - self._prompt_mean()).astype(np.float32)
+
+    # ------------------------------------------------------------------ images
+
+    def base_image_mean(self) -> np.ndarray:
+        with self.app.db.read() as session:
+            row = session.execute(sa.select(BaseCache.mean_feature, BaseCache.dim)
+                                  .where(BaseCache.profile_id == self.row.id)).first()
+        if row is None:
+            raise QueryError(
+                f"image queries need the base branch of profile {self.row.name!r}, which has not been computed "
+                f"in this registry yet; sign at least one LoRA with it (`carlos-reg sign --profile {self.row.name} ...`)")
+        return from_blob(row.mean_feature, row.dim)
+
+    def image_vector(self, paths: list[str | Path]) -> np.ndarray:
+        with self.source.lock:
+            feats = [self._image_feature(Path(p)) for p in paths]
+        return (np.mean(feats, axis=0) - self.base_image_mean()).astype(np.float32)
+
+    def _image_feature(self, path: Path) -> np.ndarray:
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        if not path.is_file():
+            raise QueryError(f"{path}: no such image file")
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced size when huge
+                rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
+            raise QueryError(f"{path}: not a readable image ({exc})") from None
+        clip = self.source.clip()
+        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+        with torch.no_grad():
+            return clip.encode_images(x.to(clip.device)).double().mean(dim=0).cpu().numpy()

@@ -1,0 +1,93 @@
+"""HTTP routes of the search plugin: ``/api/search`` (GET, or POST with images), ``/api/similar/{ref}``
+and the search page at ``/``. One warm ``SearchEngine`` per server: models and matrices stay loaded."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from registry.api import MAX_UPLOAD_BYTES, BadRequest, blocking, param_bool, param_float, param_int, respond
+
+from plugins.search.engine import SearchEngine, SearchRequest
+
+ENGINE = web.AppKey("carlos_search_engine", SearchEngine)
+PAGE = Path(__file__).with_name("page.html")
+MAX_IMAGES = 8
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+
+
+def _request_from(q, images: list[str]) -> SearchRequest:
+    k = param_int(q, "k", 10, 1, 1000)
+    return SearchRequest(text=q.get("q") or None, images=images, k=k, profile=q.get("profile") or None,
+                         apply_filters=not bool(param_bool(q, "no_filter")),
+                         max_strength=param_float(q, "max_strength"), min_consistency=param_float(q, "min_consistency"),
+                         base_model=q.get("base_model") or None, nsfw=param_bool(q, "nsfw"),
+                         retriever=q.get("retriever") or "carlos")
+
+
+async def search_get(request: web.Request) -> web.Response:
+    req = _request_from(request.query, [])
+    return respond(await blocking(request, request.app[ENGINE].search, req))
+
+
+async def search_post(request: web.Request) -> web.Response:
+    """multipart/form-data: the same fields as the GET parameters, plus one or more ``image`` files."""
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("POST /api/search takes multipart/form-data with 'image' files (or use GET for text)")
+    if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=request.content_length)
+    fields: dict[str, str] = dict(request.query)
+    tmp = Path(tempfile.mkdtemp(prefix="carlos-upload-"))
+    try:
+        try:
+            images = await _save_parts(await request.multipart(), tmp, fields)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # a broken multipart body
+            raise BadRequest(f"malformed multipart body: {exc}") from None
+        req = _request_from(fields, images)
+        return respond(await blocking(request, request.app[ENGINE].search, req))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
+    """Form fields into ``fields``; image parts into numbered files (never the client's file names)."""
+    images: list[str] = []
+    while (part := await reader.next()) is not None:
+        if part.name != "image":
+            if part.name:
+                fields[part.name] = (await part.text())[:2000]
+            continue
+        if len(images) >= MAX_IMAGES:
+            raise BadRequest(f"at most {MAX_IMAGES} images per query")
+        path = tmp / f"upload-{len(images)}"
+        size = 0
+        with path.open("wb") as fh:
+            while chunk := await part.read_chunk(1 << 16):
+                size += len(chunk)
+                if size > MAX_IMAGE_BYTES:
+                    raise BadRequest(f"image too large (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MiB)")
+                fh.write(chunk)
+        images.append(str(path))
+    return images
+
+
+async def similar(request: web.Request) -> web.Response:
+    k = param_int(request.query, "k", 10, 1, 1000)
+    doc = await blocking(request, request.app[ENGINE].similar, request.match_info["ref"], k,
+                         request.query.get("profile") or None)
+    return respond(doc)
+
+
+async def page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+
+def add_routes(web_app: web.Application, app) -> None:
+    web_app[ENGINE] = SearchEngine(app, warm=True)
+    web_app.router.add_get("/", page)
+    web_app.router.add_get("/api/search", search_get)
+    web_app.router.add_post("/api/search", search_post)
+    web_app.router.add_get("/api/similar/{ref}", similar)

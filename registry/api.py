@@ -1,0 +1,225 @@
+"""The HTTP API: an aiohttp application with the registry's own routes, plus the routes plugins
+add through ``register_routes`` (search, reports, compare, the search page).
+
+Conventions: JSON in and out; the same parameters and documents as the CLI's ``--json``; a bad
+parameter is a 400 and an unknown REF a 404, both as ``{"error": "..."}``; blocking work (the
+database, models) runs in a thread pool so the event loop keeps serving.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from registry import __version__
+from registry.app import App
+from registry.errors import CarlosError, NotFound, UsageError
+
+log = logging.getLogger(__name__)
+
+APP = web.AppKey("carlos_app", App)
+EXECUTOR = web.AppKey("carlos_executor", ThreadPoolExecutor)
+OPTIONS = web.AppKey("carlos_options", dict)
+STARTED = web.AppKey("carlos_started", float)
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
+class BadRequest(UsageError):
+    pass
+
+
+def respond(doc, status: int = 200) -> web.Response:
+    """A strict-JSON response (NaN/inf become null), like the CLI's --json."""
+    import json
+
+    from registry.output import json_safe
+
+    return web.json_response(json_safe(doc), status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return respond({"error": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return json_error(exc.status, exc.reason)  # unknown routes, bad methods, oversized bodies
+        raise
+    except NotFound as exc:
+        return json_error(404, str(exc))
+    except (UsageError, ValueError) as exc:
+        return json_error(400, str(exc))
+    except CarlosError as exc:
+        return json_error(503, str(exc))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal error (see the server log)")
+
+
+async def blocking(request: web.Request, fn, *args, **kwargs):
+    """Run a blocking function (database, models) off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[EXECUTOR], functools.partial(fn, *args, **kwargs))
+
+
+def param_int(query, name: str, default: int | None = None, lo: int | None = None,
+              hi: int | None = None) -> int | None:
+    """An integer query parameter (``query`` is any mapping: request.query, form fields)."""
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"parameter {name} must be an integer, got {raw!r}") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise BadRequest(f"parameter {name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def param_float(query, name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"parameter {name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadRequest(f"parameter {name} must be finite")
+    return value
+
+
+def param_bool(query, name: str) -> bool | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise BadRequest(f"parameter {name} must be true or false, got {raw!r}")
+
+
+# ---------------------------------------------------------------- core routes
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app[APP]
+
+    def gather():
+        from registry.migrate import current_revisions, head_revision
+        from registry.service import recent_runs
+
+        revs = current_revisions(app.db)
+        return {"schema": {"current": list(revs), "head": head_revision()}, "queue": app.queue.counts(),
+                "runs": recent_runs(app, 5)}
+
+    try:
+        doc = await blocking(request, gather)
+        status = "ok"
+    except CarlosError as exc:
+        doc, status = {"error": str(exc)}, "degraded"
+    scheduler = request.app[OPTIONS].get("scheduler")
+    job = scheduler.get_job("nightly") if scheduler is not None else None
+    return respond({
+        "status": status, "version": __version__, "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
+        "schedule": request.app[OPTIONS].get("schedule"),
+        "next_run": job.next_run_time.isoformat() if job is not None and job.next_run_time else None,
+        **doc}, status=200 if status == "ok" else 503)
+
+
+async def loras(request: web.Request) -> web.Response:
+    from registry.profiles import find_profile
+    from registry.queries import lora_rows
+
+    app = request.app[APP]
+    signed = param_bool(request.query, "signed")
+    limit = param_int(request.query, "limit", 100, 0, 10_000)
+    offset = param_int(request.query, "offset", 0, 0)
+    base_model, profile = request.query.get("base_model"), request.query.get("profile")
+
+    def query():
+        with app.db.read() as session:
+            pid = find_profile(session, profile).id if profile else None
+            return lora_rows(session, signed=signed, base_model=base_model, profile_id=pid, limit=limit or None,
+                             offset=offset)
+
+    total, rows = await blocking(request, query)
+    return respond({"total": total, "offset": offset, "count": len(rows), "loras": rows})
+
+
+async def lora(request: web.Request) -> web.Response:
+    from registry.queries import lora_detail
+    from registry.refs import resolve_ref
+
+    app = request.app[APP]
+
+    def query():
+        with app.db.read() as session:
+            return lora_detail(session, resolve_ref(session, request.match_info["ref"]))
+
+    return respond(await blocking(request, query))
+
+
+async def queue(request: web.Request) -> web.Response:
+    app = request.app[APP]
+
+    def query():
+        import sqlalchemy as sa
+
+        from registry.models import SignerProfile, SignJob
+
+        with app.db.read() as session:
+            per_profile = session.execute(
+                sa.select(SignerProfile.name, SignJob.kind, SignJob.state, sa.func.count())
+                .join(SignerProfile, SignerProfile.id == SignJob.profile_id)
+                .group_by(SignerProfile.name, SignJob.kind, SignJob.state)).all()
+            dead = session.execute(sa.select(SignJob.id, SignJob.version_id, SignJob.last_error)
+                                   .where(SignJob.state == "dead").order_by(SignJob.id.desc()).limit(50)).all()
+        by_profile: dict = {}
+        for name, kind, state, n in per_profile:
+            by_profile.setdefault(name, {}).setdefault(kind, {})[state] = n
+        return {"counts": app.queue.counts(), "profiles": by_profile,
+                "dead": [{"job_id": j, "version_id": v, "reason": e} for j, v, e in dead]}
+
+    return respond(await blocking(request, query))
+
+
+async def runs(request: web.Request) -> web.Response:
+    from registry.service import recent_runs
+
+    limit = param_int(request.query, "limit", 20, 1, 500)
+    return respond({"runs": await blocking(request, recent_runs, request.app[APP], limit)})
+
+
+def create_web_app(app: App, options: dict | None = None, *, threads: int = 8) -> web.Application:
+    from registry.plugins import load_plugins, pm
+
+    web_app = web.Application(middlewares=[errors], client_max_size=MAX_UPLOAD_BYTES)
+    web_app[APP] = app
+    web_app[OPTIONS] = options if options is not None else {}
+    web_app[STARTED] = time.monotonic()
+    web_app[EXECUTOR] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="carlos-api")
+    web_app.router.add_get("/api/health", health)
+    web_app.router.add_get("/api/loras", loras)
+    web_app.router.add_get("/api/loras/{ref}", lora)
+    web_app.router.add_get("/api/queue", queue)
+    web_app.router.add_get("/api/runs", runs)
+    load_plugins()
+    pm.hook.register_routes(web_app=web_app, app=app)
+
+    async def close_executor(_web_app):
+        _web_app[EXECUTOR].shutdown(wait=False, cancel_futures=True)
+
+    web_app.on_cleanup.append(close_executor)
+    return web_app

@@ -1,0 +1,118 @@
+"""``carlos-reg serve``: the HTTP API and the scheduled crawl-and-index run."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+
+from registry import hookimpl
+from registry.app import App, pass_app
+from registry.errors import UsageError
+from registry.output import info
+
+log = logging.getLogger(__name__)
+DEFAULT_SCHEDULE = "0 3 * * *"
+
+
+def cron_trigger(schedule: str):
+    """A 5-field crontab (minute hour day month weekday) or 6 fields with seconds first; UTC."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = schedule.split()
+    try:
+        if len(fields) == 5:
+            return CronTrigger.from_crontab(schedule, timezone="UTC")
+        if len(fields) == 6:
+            second, minute, hour, day, month, dow = fields
+            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
+                               timezone="UTC")
+    except ValueError as exc:
+        raise UsageError(f"--schedule {schedule!r}: {exc}") from None
+    raise UsageError(f"--schedule {schedule!r}: give 5 crontab fields (or 6 with seconds first), or 'off'")
+
+
+async def _serve(app: App, host: str, port: int, schedule: str | None, options: dict, run_now: bool) -> None:
+    from aiohttp import web
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from registry.api import create_web_app
+    from registry.service import run_nightly
+
+    loop = asyncio.get_running_loop()
+    stop = options["stop"]
+    done = asyncio.Event()
+    run_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-nightly")
+    running: set[asyncio.Future] = set()
+
+    async def trigger(kind: str = "schedule") -> None:
+        if stop.is_set():
+            return
+        fut = loop.run_in_executor(run_pool, lambda: run_nightly(app, options, trigger=kind))
+        running.add(fut)
+        try:
+            run = await fut
+            info(f"nightly run {run['id']}: {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+        except Exception as exc:  # the run is recorded; the schedule goes on
+            log.error("nightly run failed: %s", exc)
+        finally:
+            running.discard(fut)
+
+    scheduler = None
+    if schedule:
+        scheduler = AsyncIOScheduler(timezone="UTC", event_loop=loop)
+        scheduler.add_job(trigger, cron_trigger(schedule), id="nightly", max_instances=1, coalesce=True,
+                          misfire_grace_time=3600)
+        options["scheduler"] = scheduler
+    web_app = create_web_app(app, options)
+    runner = web.AppRunner(web_app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    if scheduler is not None:
+        scheduler.start()
+    bound = runner.addresses[0] if runner.addresses else (host, port)
+    info(f"serving http://{bound[0]}:{bound[1]}/ (API under /api/); schedule: {schedule or 'off'} (UTC)")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    if run_now:
+        loop.create_task(trigger("manual"))
+    await done.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    info("shutting down: no new work; the current run finishes or releases its lease")
+    stop.set()
+    if scheduler is not None:
+        scheduler.shutdown(wait=False)
+    await runner.cleanup()
+    if running:
+        await asyncio.gather(*running, return_exceptions=True)
+    run_pool.shutdown(wait=True)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
+@click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True,
+              help="When the crawl-and-index run starts: crontab fields in UTC (6 fields: seconds first), or 'off'.")
+@click.option("--sign-local/--no-sign-local", default=False, show_default=True,
+              help="After crawling, drain the signing queue with a worker in this process.")
+@click.option("--device", default=None, help="Device of the local signer worker (cuda, mps, cpu).")
+@click.option("--run-now", is_flag=True, help="Also start one run right away.")
+@pass_app
+def serve(app: App, host, port, schedule, sign_local, device, run_now):
+    """Serve the HTTP API and the search page; run the crawl-and-index job on a schedule."""
+    schedule = None if schedule.strip().lower() in ("off", "none", "") else schedule.strip()
+    if schedule:
+        cron_trigger(schedule)  # fail now, not at the first fire
+    app.db  # migrate before listening
+    options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event()}
+    asyncio.run(_serve(app, host, port, schedule, options, run_now))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(serve)
