@@ -258,3 +258,44 @@ def register_commands(cli):
     cli.add_command(crawl)
     cli.add_command(crawls)
     cli.add_command(mirror)
+
+
+def nightly_crawl(app: App, options: dict) -> dict:
+    """The scheduled run's crawl: everything SDXL, files downloaded, gone models marked.
+
+    Stops early (recorded as interrupted, partial downloads kept for resuming) when the service
+    shuts down.
+    """
+    import asyncio
+
+    from crawler.sync import Crawler, CrawlOptions
+
+    crawl_options = CrawlOptions(full=True, download=options.get("download", True))
+    crawler = Crawler(app, crawl_options, None)
+    stop = options.get("stop")
+
+    async def run_until_stopped():
+        task = asyncio.ensure_future(crawler.run())
+        while not task.done():
+            if stop is not None and stop.is_set():
+                task.cancel()
+                break
+            await asyncio.wait({task}, timeout=0.5)
+        try:
+            await task
+        except asyncio.CancelledError:
+            crawler.stats.status = "interrupted"
+
+    asyncio.run(run_until_stopped())
+    summary = crawler.stats.summary(crawl_options)
+    keep = ("run_id", "status", "models_listed", "models_new", "models_updated", "models_gone", "versions_new",
+            "versions_gone", "files_verified", "files_failed", "bytes_downloaded", "errors", "seconds")
+    out = {k: summary.get(k) for k in keep}
+    if summary.get("status") == "failed":
+        out["error"] = f"crawl failed ({summary.get('errors')} problems recorded in crawl run {summary.get('run_id')})"
+    return out
+
+
+@hookimpl
+def register_nightly_steps(register):
+    register("crawl", nightly_crawl, 100)
