@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "sign": "signer.commands",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 

@@ -15,6 +15,8 @@ Contract: ``load_clip(profile, device) -> ClipEncoder``.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -75,6 +77,17 @@ class ClipEncoder:
             return self.model.encode_text(tokens, normalize=False).float()
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _register_tiny_config() -> None:
     import open_clip
 
@@ -120,9 +133,9 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
     dtype = getattr(torch, profile.settings.get("clip_dtype", "float32"))
     if model_name == TINY_CLIP:
         _register_tiny_config()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(TINY_CLIP_SEED)
-            model = open_clip.create_model(TINY_CLIP, pretrained=None)
+            model = open_clip.create_model(TINY_CLIP, pretrained=None)  # random on purpose: no warning
         key = f"open_clip:{TINY_CLIP}:seed{TINY_CLIP_SEED}"
     else:
         source = profile.clip_checkpoint

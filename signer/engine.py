@@ -211,7 +211,7 @@ class Engine:
             self.pipe.load_lora_weights(str(path), adapter_name=ADAPTER, use_safetensors=True)
             attached = attached_modules(self.pipe, ADAPTER)
             if attached != info.modules:
-                raise LoraRejected(f"{info.path.name}: the adapter attached to {_fmt(attached) or 'no modules'} but "
+                raise LoraRejected(f"the adapter attached to {_fmt(attached) or 'no modules'} but "
                                    f"its keys name {_fmt(info.modules)}: the file does not fit this base model "
                                    "(partial match)")
         except LoraRejected:
@@ -220,7 +220,7 @@ class Engine:
         except Exception as exc:  # diffusers/peft refused it; a failed load is not atomic
             self.unload_lora()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise LoraRejected(f"{info.path.name}: diffusers could not load it ({type(exc).__name__}: {first})") from None
+            raise LoraRejected(f"diffusers could not load it ({type(exc).__name__}: {first})") from None
         return info
 
     def unload_lora(self) -> None:

@@ -84,7 +84,7 @@ def naive_signature(diffs) -> SignatureStats:
                           int((norms <= ZERO_NORM).sum()))
 
 
-def adaptive_estimates(prefix, n_total: int) -> dict:
+def adaptive_estimates(prefix, n_total: int, *, safety: float = 1.0) -> dict:
     """How close the statistics of the first n samples are expected to be to the full-set ones.
 
     Treats the n visited samples as a sample without replacement from the N of the full set
@@ -93,7 +93,8 @@ def adaptive_estimates(prefix, n_total: int) -> dict:
       squared error of the mean (S the sample covariance), ‖μ‖² = max(‖SD_n‖² − e², 0).
     - ``strength_se``: standard error of Str, sqrt(f·var(‖v‖)/n).
     - ``consistency_se``: standard error of Cons as a U-statistic, sqrt(f·4·var(u_i·ū)/n).
-    These are normal-approximation estimates, not bounds.
+    These are normal-approximation estimates, not bounds. ``safety`` > 1 inflates the variances
+    (checking after every batch and stopping at the first success favours optimistic estimates).
     """
     v = np.asarray(prefix, dtype=np.float64)
     n = v.shape[0]
@@ -102,33 +103,35 @@ def adaptive_estimates(prefix, n_total: int) -> dict:
         return {"n": n, "cosine": 0.0, "strength_se": math.inf, "consistency_se": math.inf}
     mean = v.mean(axis=0)
     trace = float(((v - mean) ** 2).sum() / (n - 1))
-    err2 = f * trace / n
+    err2 = safety * f * trace / n
     signal2 = max(float(mean @ mean) - err2, 0.0)
     cosine = math.sqrt(signal2 / (signal2 + err2)) if signal2 + err2 > 0 else 1.0
     norms = np.linalg.norm(v, axis=1)
     units = np.where(norms[:, None] > ZERO_NORM, v / np.maximum(norms, ZERO_NORM)[:, None], 0.0)
     proj = units @ units.mean(axis=0)
-    return {"n": n, "cosine": cosine, "strength_se": math.sqrt(f * norms.var(ddof=1) / n),
-            "strength": float(norms.mean()), "consistency_se": math.sqrt(f * 4.0 * proj.var(ddof=1) / n)}
+    return {"n": n, "cosine": cosine, "strength_se": math.sqrt(safety * f * norms.var(ddof=1) / n),
+            "strength": float(norms.mean()), "consistency_se": math.sqrt(safety * f * 4.0 * proj.var(ddof=1) / n)}
 
 
 @dataclass(frozen=True)
 class AdaptiveRule:
     """Stop when cosine ≥ target, Strength SE ≤ rel_tol·Strength and Consistency SE ≤ tol, after
-    at least ``min_samples`` samples (checked at batch boundaries)."""
+    at least ``min_samples`` samples (checked at batch boundaries), with the error estimates
+    inflated by ``safety`` (2.0: as if only half the samples had been seen)."""
 
     target_cosine: float = 0.99
     strength_rel_tol: float = 0.02
     consistency_tol: float = 0.01
     min_samples: int = 256
+    safety: float = 2.0
 
     @classmethod
     def from_settings(cls, sampling: dict) -> "AdaptiveRule":
-        return cls(**{k: sampling[k] for k in ("target_cosine", "strength_rel_tol", "consistency_tol", "min_samples")
-                      if k in sampling})
+        return cls(**{k: sampling[k] for k in ("target_cosine", "strength_rel_tol", "consistency_tol", "min_samples",
+                                                "safety") if k in sampling})
 
     def check(self, prefix, n_total: int) -> tuple[bool, dict]:
-        est = adaptive_estimates(prefix, n_total)
+        est = adaptive_estimates(prefix, n_total, safety=self.safety)
         n = est["n"]
         if n >= n_total:
             return True, est

@@ -65,7 +65,7 @@ PAPER: dict[str, Any] = {
 
 ADAPTIVE_DEFAULTS: dict[str, Any] = {
     "mode": "adaptive", "target_cosine": 0.99, "strength_rel_tol": 0.02, "consistency_tol": 0.01,
-    "min_samples": 256,
+    "min_samples": 256, "safety": 2.0,
 }
 
 TINY: dict[str, Any] = {

@@ -65,7 +65,7 @@ class LoraFileInfo:
 
 
 def _reject(path: Path, reason: str):
-    raise LoraRejected(f"{path.name}: {reason}")
+    raise LoraRejected(reason)  # the job already names the file; stored files are named by hash
 
 
 def read_header(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict, int]:
@@ -166,7 +166,7 @@ def inspect_lora_file(path: str | os.PathLike, *, context_dim: int = SDXL_CONTEX
             _reject(path, reason)
     if any(k.endswith((".diff", ".diff_b")) for k in keys):
         _reject(path, "full weight differences (.diff keys), not a low-rank LoRA: diffusers cannot load it")
-    if set(keys) <= {"clip_l", "clip_g", "emb_params", "string_to_param"} or any(k in ("clip_l", "clip_g") for k in keys):
+    if any(k in ("clip_l", "clip_g", "emb_params", "string_to_param") for k in keys):
         _reject(path, "a textual-inversion embedding, not a LoRA")
     not_lora = [k for k in keys if "lora" not in k and not k.endswith(".alpha")]
     if not_lora:
