@@ -92,8 +92,9 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         info(f"skipped {p.name}: not a LoRA file suffix (.safetensors)")
     inputs: list[dict] = []
     with app.db.write() as s:
-        for entry in store.register_local_files(s, app.settings.artifacts, files,
-                                                trigger_words=list(triggers) if triggers else None):
+        entries = store.register_local_files(s, app.settings.artifacts, files,
+                                             trigger_words=list(triggers) if triggers else None)
+        for entry in entries:
             inputs.append({"input": str(entry.path), "version_id": entry.version_id,
                            "unsupported": entry.reason if entry.state != "verified" else None})
         for ref in refs:
@@ -109,10 +110,14 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
             store.enqueue_lora(s, app.queue, pid, vid)
         jobs = store.find_jobs(s, pid, wanted)
         base = store.base_job(s, pid)
-        # Asked for explicitly: dead jobs (and a dead base) get a fresh try.
+        # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
         retry = [j.id for j in jobs.values() if j.state == "dead"] + ([base.id] if base and base.state == "dead" else [])
         if retry:
             app.queue.requeue(s, job_ids=retry)
+        resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
+        if resign:
+            app.queue.requeue(s, job_ids=resign, state="done")
+            retry += resign
         job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
     todo = [j for j in jobs.values() if j.state != "done" or j.id in retry]
     if todo:

@@ -29,6 +29,7 @@ import numpy as np
 from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
 from signer.maths import AdaptiveRule, RunningSignature, SignatureStats
 from signer.profiles import Profile, Sample
+from signer.tiny import quiet_libraries
 from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
 
 log = logging.getLogger(__name__)
@@ -73,17 +74,6 @@ def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
     cleaned = [" ".join(str(w).split())[:MAX_TRIGGER_CHARS] for w in words]
     cleaned = [w for w in cleaned if w][:MAX_TRIGGER_WORDS]
     return "".join(f", {w}" for w in cleaned)
-
-
-def quiet_libraries() -> None:
-    """diffusers/transformers progress bars and load reports would flood stderr for every LoRA."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
 
 
 def load_pipeline(profile: Profile, device="cpu"):

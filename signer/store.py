@@ -137,6 +137,7 @@ class LocalEntry:
     sha256: str
     state: str  # verified | unsupported
     reason: str | None = None
+    triggers_changed: bool = False  # an existing local version got other trigger words: sign it again
 
 
 def sha256_file(path: Path) -> str:
@@ -168,9 +169,10 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
             .where(File.sha256 == digest, Version.source == "local")).scalars().first()
         if found is not None:
             version = session.get(Version, found.version_id)
-            if trigger_words is not None:
+            changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
+            if changed:
                 version.trained_words = list(trigger_words)
-            out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error))
+            out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
             continue
         lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
         vid = min(lowest or 0, 0) - 1

@@ -76,6 +76,17 @@ FULL_TEXT_2 = dict(
 )
 
 
+def quiet_libraries() -> None:
+    """diffusers/transformers progress bars and load reports would flood stderr for every LoRA."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
 def tiny_config_hash() -> str:
     blob = json.dumps({"unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "scheduler": SCHEDULER,
                        "seed": TINY_SEED, "format": 1}, sort_keys=True)
@@ -141,6 +152,7 @@ def ensure_tiny_sdxl(models_dir: str | os.PathLike) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    quiet_libraries()
     try:
         from diffusers import StableDiffusionXLPipeline
 
