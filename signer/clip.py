@@ -7,7 +7,9 @@ Contract: ``load_clip(profile, device) -> ClipEncoder``.
   antialiasing, centre crop), normalised with the model's mean/std and encoded; returns raw
   (unnormalised) float32 features, shape (B, dim). No PIL or PNG round trip.
 - ``encode_text(texts)``: raw float32 text features, shape (len(texts), dim).
-- ``key`` names the weights (model, tag or checkpoint file name and size) for caches.
+- ``key`` names the weights the profile asks for (``open_clip:MODEL:TAG``), for caches; where a
+  machine loads them from (Hub cache or a local checkpoint) is not part of it, so workers that get
+  the weights differently share one base cache.
 - Weights are never downloaded unless the profile allows it (``CARLOS_REG_ALLOW_DOWNLOAD=1``);
   when they are missing, ``ModelUnavailable`` says in one line which weights to provide and how.
 - The tiny profile's CLIP is a small open_clip config shipped with the package, with the real
@@ -143,13 +145,12 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
             if not os.path.isfile(source):
                 raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) does not exist: fix "
                                        f"clip_checkpoint / CARLOS_REG_CLIP")
-            key = f"open_clip:{model_name}:file:{Path(source).name}:{os.path.getsize(source)}"
         else:
             source = _cached_hub_file(model_name, tag)
             if source is None and not profile.allow_download:
                 raise _missing(profile, model_name, tag)
             source = source or tag
-            key = f"open_clip:{model_name}:{tag}"
+        key = f"open_clip:{model_name}:{tag}"
         try:
             model = open_clip.create_model(model_name, pretrained=source)
         except RuntimeError as exc:

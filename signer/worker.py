@@ -300,7 +300,7 @@ class Worker:
             f = store.verified_file(s, lease.version_id)
             if version is None or f is None:
                 raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
-            words = (lease.payload or {}).get("trigger_words", version.trained_words or [])
+            words = version.trained_words or []
             name, sha, rel = f.name, f.sha256, f.local_path
         if not artifacts.exists(rel):
             raise SignerError(f"the verified file of version {lease.version_id} is missing from the artifact store")
