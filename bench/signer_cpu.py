@@ -47,20 +47,20 @@ def main() -> None:
     t = time.perf_counter()
     base = engine.base_branch()
     base_s = time.perf_counter() - t
-    ours, t = [], time.perf_counter()
-    for path in loras:
-        ours.append(engine.sign_lora(path, [], base))
-    ours_loras_s = time.perf_counter() - t
-
     prompts = [p.text for p in profile.index_prompts()]
     s = profile.settings
-    naive, t = [], time.perf_counter()
+    # Interleaved LoRA by LoRA, so a change in the machine's load hits both sides alike.
+    ours, naive, ours_loras_s, naive_s = [], [], 0.0, 0.0
     for i, path in enumerate(loras):
+        t = time.perf_counter()
+        ours.append(engine.sign_lora(path, [], base))
+        ours_loras_s += time.perf_counter() - t
         d = work / f"naive-{i}"
         d.mkdir()
+        t = time.perf_counter()
         naive.append(naive_sign(engine.pipe, engine.clip, path, prompts, profile.seeds, steps=s["steps"],
                                 guidance=s["guidance_scale"], width=s["width"], height=s["height"], workdir=d))
-    naive_s = time.perf_counter() - t
+        naive_s += time.perf_counter() - t
 
     n = len(engine.samples)
     cos = [float(o.stats.direction @ nv[0] / (np.linalg.norm(o.stats.direction) * np.linalg.norm(nv[0])))

@@ -211,3 +211,22 @@ def test_sigterm_releases_the_lease_and_the_job_is_done_later(slow_reg, db_url):
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert set(_signatures(db, pid)) == {41}
+
+
+def test_claim_can_be_limited_to_job_ids(database):
+    """`sign` works only on the jobs it asked for, even when the queue holds others."""
+    from registry.models import Version
+    from registry.profiles import get_or_create_profile
+
+    q = JobQueue(database)
+    with database.write() as s:
+        pid = get_or_create_profile(s, "p", {}).id
+        s.add_all([Version(id=i) for i in (1, 2, 3)])
+        s.flush()
+        for i in (1, 2, 3):
+            q.enqueue(s, profile_id=pid, version_id=i)
+        ids = dict(s.execute(sa.select(SignJob.version_id, SignJob.id)).all())
+    lease = q.claim("w", job_ids=[ids[3]])
+    assert lease.version_id == 3
+    assert q.claim("w", job_ids=[ids[3]]) is None
+    assert q.claim("w").version_id == 1
