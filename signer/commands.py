@@ -124,8 +124,9 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         info(f"signing {len(todo)} LoRA(s) with profile {profile_obj.name!r} ({profile_obj.hash[:12]}) on "
              f"{_device(device)}" + (" — tiny random-weight models: mechanics only, meaningless rankings"
                                      if profile_obj.is_tiny else ""))
-        report = _run_worker(app, device=device, job_ids=job_ids, profiles=[profile_obj.name],
-                             total_jobs=len(todo))
+        # --all drains the profile's queue (no id list: 100,000 ids would exceed SQL parameter limits)
+        report = _run_worker(app, device=device, job_ids=None if all_ else job_ids, once=all_,
+                             profiles=[profile_obj.name], total_jobs=len(todo))
         if report.interrupted:
             info(f"interrupted ({report.interrupted}); unfinished jobs stay queued")
     with app.db.read() as s:

@@ -62,3 +62,25 @@ def test_sign_errors_are_one_line(tiny_models):
     assert proc.returncode == 1 and "no signer profile 'nope'" in proc.stderr and proc.stderr.count("\n") == 1
     proc = run_cli("sign")
     assert proc.returncode == 2 and "give REFs" in proc.stderr
+
+
+
+def test_sign_all_signs_every_verified_unsigned_version(tmp_path, tiny_models):
+    """Versions left verified by the crawler (not queued) are found and signed by --all."""
+    from registry.db import Database
+    from registry.migrate import ensure_schema
+    from registry.settings import Settings
+    from tests.signer_support import add_local_version
+
+    settings = Settings.load()
+    db = Database(settings.db_url)
+    ensure_schema(db)
+    with db.write() as s:
+        for vid in (101, 102):
+            add_local_version(s, settings.artifacts, vid, lf.write_kohya_lora(tmp_path / f"{vid}.safetensors", seed=vid))
+    db.dispose()
+    doc = json.loads(run_cli("sign", "--profile", "tiny", "--all", "--json", check=True).stdout)
+    assert sorted(r["version_id"] for r in doc["results"]) == [101, 102]
+    assert all(r["outcome"] == "signed" for r in doc["results"])
+    again = json.loads(run_cli("sign", "--profile", "tiny", "--all", "--json", check=True).stdout)
+    assert again["results"] == []
