@@ -29,6 +29,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "import": "registry.commands.importer",
     "serve": "registry.commands.serve",
     "crawl": "crawler.commands",
+    "sign": "signer.commands",
     "search": "plugins.search",
     "metadata-search": "plugins.metadata_search",
     "reports": "plugins.reports",

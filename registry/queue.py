@@ -102,8 +102,8 @@ class JobQueue:
     # -------------------------------------------------------------- consuming
 
     def claim(self, owner: str, *, kinds: Iterable[str] | None = None,
-              profile_ids: Iterable[int] | None = None) -> Lease | None:
-        """Lease the next available job, or return None when there is none."""
+              profile_ids: Iterable[int] | None = None, job_ids: Iterable[int] | None = None) -> Lease | None:
+        """Lease the next available job (optionally only among ``job_ids``), or return None."""
         token = secrets.token_hex(16)
         params: dict = {"owner": owner, "token": token, "ttl": self.lease_seconds, "started": utcnow()}
         filters = ""
@@ -115,6 +115,10 @@ class JobQueue:
             profile_ids = list(profile_ids)
             filters += " AND profile_id IN (" + ", ".join(f":p{i}" for i in range(len(profile_ids))) + ")"
             params.update({f"p{i}": p for i, p in enumerate(profile_ids)})
+        if job_ids is not None:
+            job_ids = list(job_ids)
+            filters += " AND id IN (" + ", ".join(f":j{i}" for i in range(len(job_ids))) + ")"
+            params.update({f"j{i}": j for i, j in enumerate(job_ids)})
         now = self._now
         candidates = (
             f"SELECT id FROM sign_job WHERE ((state = 'queued' AND available_at <= {now}) "

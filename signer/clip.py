@@ -1,0 +1,161 @@
+"""The CLIP encoder of a profile (open_clip), for image features of generated samples and for
+text features of queries (search uses it too).
+
+Contract: ``load_clip(profile, device) -> ClipEncoder``.
+- ``encode_images(x)``: ``x`` is a BCHW float tensor in [0, 1] (the VAE decode, on any device).
+  It is resized on the device (shortest side to the model's input size, bicubic with
+  antialiasing, centre crop), normalised with the model's mean/std and encoded; returns raw
+  (unnormalised) float32 features, shape (B, dim). No PIL or PNG round trip.
+- ``encode_text(texts)``: raw float32 text features, shape (len(texts), dim).
+- ``key`` names the weights the profile asks for (``open_clip:MODEL:TAG``), for caches; where a
+  machine loads them from (Hub cache or a local checkpoint) is not part of it, so workers that get
+  the weights differently share one base cache.
+- Weights are never downloaded unless the profile allows it (``CARLOS_REG_ALLOW_DOWNLOAD=1``);
+  when they are missing, ``ModelUnavailable`` says in one line which weights to provide and how.
+- The tiny profile's CLIP is a small open_clip config shipped with the package, with the real
+  BPE tokenizer and random weights from a fixed seed (built offline, deterministic).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from signer.errors import ModelUnavailable
+from signer.profiles import TINY_CLIP, Profile
+
+TINY_CONFIG_DIR = Path(__file__).resolve().parent / "models"
+TINY_CLIP_SEED = 0
+_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class ClipEncoder:
+    def __init__(self, model, tokenizer, *, key: str, device, dtype=None):
+        import torch
+
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.key = key
+        self.device = torch.device(device)
+        self.dtype = dtype or next(model.parameters()).dtype
+        pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = pp.get("size", getattr(model.visual, "image_size", 224))
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        mean, std = pp.get("mean", OPENAI_DATASET_MEAN), pp.get("std", OPENAI_DATASET_STD)
+        self._mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
+        self.dim = int(model.visual.output_dim)
+
+    def preprocess(self, x):
+        """[0,1] BCHW → normalised model input, on the device (as open_clip's eval transform)."""
+        import torch.nn.functional as F
+
+        x = x.to(self.device, dtype=self._mean.dtype)
+        th, tw = self.image_size
+        h, w = x.shape[-2:]
+        scale = max(th / h, tw / w)  # shortest side to the target, then centre crop
+        nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            x = x.clamp(0.0, 1.0)  # bicubic overshoots; the PIL path clamps to uint8 as well
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        x = x[..., top:top + th, left:left + tw]
+        return ((x - self._mean) / self._std).to(self.dtype)
+
+    def encode_images(self, x):
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode_image(self.preprocess(x), normalize=False).float()
+
+    def encode_text(self, texts: list[str]):
+        import torch
+
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            return self.model.encode_text(tokens, normalize=False).float()
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _register_tiny_config() -> None:
+    import open_clip
+
+    if TINY_CLIP not in open_clip.list_models():
+        open_clip.add_model_config(TINY_CONFIG_DIR / f"{TINY_CLIP}.json")
+
+
+def _cached_hub_file(model_name: str, tag: str) -> str | None:
+    """The tag's weights if they are already in the Hugging Face cache (never downloads)."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name, tag)
+    hub = (cfg or {}).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for name in ([filename] if filename else []) + list(_WEIGHT_FILES):
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
+def _missing(profile: Profile, model_name: str, tag: str) -> ModelUnavailable:
+    env = " or set CARLOS_REG_CLIP=/path/to/open_clip_model.safetensors" if (model_name, tag) == (
+        "ViT-B-32-quickgelu", "openai") else ""
+    return ModelUnavailable(
+        f"CLIP weights {model_name}/{tag} (profile {profile.name!r}) are not on this machine: put a local open_clip "
+        f"checkpoint in the profile's clip_checkpoint{env}, or allow a one-time download with "
+        f"CARLOS_REG_ALLOW_DOWNLOAD=1 (Hugging Face Hub)")
+
+
+def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
+    """The profile's CLIP model on ``device``, in eval mode, weights from a local file or cache."""
+    import open_clip
+    import torch
+
+    model_name, tag = profile.settings["clip_model"], profile.settings["clip_pretrained"]
+    dtype = getattr(torch, profile.settings.get("clip_dtype", "float32"))
+    if model_name == TINY_CLIP:
+        _register_tiny_config()
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
+            torch.manual_seed(TINY_CLIP_SEED)
+            model = open_clip.create_model(TINY_CLIP, pretrained=None)  # random on purpose: no warning
+        key = f"open_clip:{TINY_CLIP}:seed{TINY_CLIP_SEED}"
+    else:
+        source = profile.clip_checkpoint
+        if source:
+            if not os.path.isfile(source):
+                raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) does not exist: fix "
+                                       f"clip_checkpoint / CARLOS_REG_CLIP")
+        else:
+            source = _cached_hub_file(model_name, tag)
+            if source is None and not profile.allow_download:
+                raise _missing(profile, model_name, tag)
+            source = source or tag
+        key = f"open_clip:{model_name}:{tag}"
+        try:
+            model = open_clip.create_model(model_name, pretrained=source)
+        except RuntimeError as exc:
+            if "Failed to download" in str(exc) or "download" in str(exc).lower():
+                raise _missing(profile, model_name, tag) from None
+            raise
+    model = model.to(device=device, dtype=dtype)
+    return ClipEncoder(model, open_clip.get_tokenizer(model_name), key=key, device=device, dtype=dtype)

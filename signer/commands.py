@@ -1,0 +1,264 @@
+"""The signer's built-in plugin: ``carlos-reg sign``, ``carlos-reg signer work|status|profiles``,
+and the ``lora_file_verified`` hook (a verified download is queued for the default profile).
+
+Nothing heavy is imported at module level: ``carlos-reg --help`` must not import torch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from registry import hookimpl
+from registry.app import App, pass_app
+from registry.output import emit_json, info, table
+
+DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)  # one unwrapped line per job: readable in logs
+
+
+def _profile(app: App, name: str | None):
+    from signer.profiles import load_profile, register
+
+    profile = load_profile(name or app.settings.default_profile, app.settings)
+    with app.db.write() as s:
+        row_id = register(s, profile).id
+    return profile, row_id
+
+
+def _run_worker(app: App, *, device, job_ids=None, profiles=None, once=False, max_jobs=None, lease_seconds=None,
+                total_jobs=None):
+    from signer.progress import Bars
+    from signer.worker import Worker
+
+    with Bars(total_jobs) as bars:
+        worker = Worker(app.db, app.settings, device=_device(device), profiles=profiles, job_ids=job_ids, once=once,
+                        max_jobs=max_jobs, lease_seconds=lease_seconds, progress=bars, say=_say)
+        return worker.run()
+
+
+# ---------------------------------------------------------------- sign
+
+
+@click.command()
+@click.argument("targets", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every version with a verified file and no signature yet.")
+@click.option("--profile", metavar="NAME", help="Signer profile [default: $CARLOS_REG_PROFILE or paper].")
+@click.option("--device", metavar="DEV", help=DEVICE_HELP)
+@click.option("--trigger", "triggers", multiple=True, metavar="WORD",
+              help="Trigger word for local files (repeatable); appended to the LoRA-branch prompts.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def sign(app: App, targets, all_, profile, device, triggers, as_json):
+    """Sign LoRAs now, in this process: REFs, local .safetensors files or folders of them.
+
+    \b
+    Each TARGET that exists on disk is a file or a folder of files (local LoRAs get negative
+    version ids and are copied into the artifact store); anything else is a REF. Bad files
+    (pickle, LoHa, SD1.5, truncated, ...) are reported with their reason; the rest are signed.
+    Exits 1 when any target could not be signed validly.
+    """
+    import sqlalchemy as sa
+
+    from registry.errors import UsageError
+    from registry.models import File, Signature, Version
+    from registry.refs import resolve_ref
+    from signer import store
+
+    if not targets and not all_:
+        raise UsageError("give REFs, .safetensors files or folders, or --all")
+    profile_obj, pid = _profile(app, profile)
+    paths = [Path(t) for t in targets if os.path.exists(t)]
+    refs = [t for t in targets if not os.path.exists(t)]
+    files, skipped = store.collect_paths(paths)
+    for p in skipped:
+        info(f"skipped {p.name}: not a LoRA file suffix (.safetensors)")
+    inputs: list[dict] = []
+    with app.db.write() as s:
+        entries = store.register_local_files(s, app.settings.artifacts, files,
+                                             trigger_words=list(triggers) if triggers else None)
+        for entry in entries:
+            inputs.append({"input": str(entry.path), "version_id": entry.version_id,
+                           "unsupported": entry.reason if entry.state != "verified" else None})
+        for ref in refs:
+            inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
+        if all_:
+            signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
+            vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
+                File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
+            known = {i["version_id"] for i in inputs}
+            inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
+        wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
+        for vid in wanted:
+            store.enqueue_lora(s, app.queue, pid, vid)
+        jobs = store.find_jobs(s, pid, wanted)
+        base = store.base_job(s, pid)
+        # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
+        retry = [j.id for j in jobs.values() if j.state == "dead"] + ([base.id] if base and base.state == "dead" else [])
+        if retry:
+            app.queue.requeue(s, job_ids=retry)
+        resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
+        if resign:
+            app.queue.requeue(s, job_ids=resign, state="done")
+            retry += resign
+        job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
+    todo = [j for j in jobs.values() if j.state != "done" or j.id in retry]
+    if todo:
+        info(f"signing {len(todo)} LoRA(s) with profile {profile_obj.name!r} ({profile_obj.hash[:12]}) on "
+             f"{_device(device)}" + (" — tiny random-weight models: mechanics only, meaningless rankings"
+                                     if profile_obj.is_tiny else ""))
+        # --all drains the profile's queue (no id list: 100,000 ids would exceed SQL parameter limits)
+        report = _run_worker(app, device=device, job_ids=None if all_ else job_ids, once=all_,
+                             profiles=[profile_obj.name], total_jobs=len(todo))
+        if report.interrupted:
+            info(f"interrupted ({report.interrupted}); unfinished jobs stay queued")
+    with app.db.read() as s:
+        jobs = store.find_jobs(s, pid, wanted)
+        sigs = {r.version_id: r for r in s.execute(sa.select(Signature).where(
+            Signature.profile_id == pid, Signature.version_id.in_(wanted))).scalars()}
+        names = dict(s.execute(sa.select(Version.id, Version.name).where(
+            Version.id.in_([i["version_id"] for i in inputs]))).all())
+    results, bad = [], 0
+    for i in inputs:
+        vid = i["version_id"]
+        job, sig = jobs.get(vid), sigs.get(vid)
+        row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
+        if i["unsupported"]:
+            row.update(outcome="unsupported", reason=i["unsupported"])
+        elif job is not None and job.state == "done" and sig is not None:
+            row.update(outcome="signed" if sig.valid else "invalid", strength=sig.strength,
+                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
+                       valid=sig.valid)
+        else:
+            row.update(outcome="failed" if job is not None and job.state == "dead" else (job.state if job else "?"),
+                       reason=job.last_error if job is not None else None)
+        bad += row["outcome"] != "signed"
+        results.append(row)
+    if as_json:
+        emit_json({"profile": profile_obj.name, "profile_hash": profile_obj.hash, "results": results,
+                   "signed": len(results) - bad, "not_signed": bad})
+    else:
+        table(["input", "version", "outcome", "strength", "consistency", "samples", "flags / reason"],
+              [(Path(r["input"]).name, r["version_id"], r["outcome"], r.get("strength"), r.get("consistency"),
+                r.get("n_samples"), r.get("reason") or ", ".join(r.get("flags") or [])) for r in results])
+        info(f"{len(results) - bad} signed, {bad} not signed (reasons above)")
+    if bad:
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------- signer group
+
+
+@click.group(name="signer")
+def signer_group():
+    """The signer worker, the queue and the profiles."""
+
+
+@signer_group.command()
+@click.option("--device", metavar="DEV", help=DEVICE_HELP)
+@click.option("--once", is_flag=True, help="Exit when no job is left to claim instead of waiting for new ones.")
+@click.option("--max-jobs", type=click.IntRange(min=1), metavar="N", help="Exit after N jobs.")
+@click.option("--profile", "profiles", multiple=True, metavar="NAME",
+              help="Only jobs of this profile (repeatable) [default: every profile this machine defines].")
+@click.option("--lease-seconds", type=click.FloatRange(min=0.5), metavar="S",
+              help="Lease length; the heartbeat renews it every S/3 seconds [default: 300].")
+@pass_app
+def work(app: App, device, once, max_jobs, profiles, lease_seconds):
+    """Claim and run signing jobs from the shared queue (SIGTERM/Ctrl-C release the current job)."""
+    report = _run_worker(app, device=device, profiles=list(profiles) or None, once=once, max_jobs=max_jobs,
+                         lease_seconds=lease_seconds)
+    info(f"worker finished: {report.done} done, {report.failed} failed, {report.released} released"
+         + (f" ({report.interrupted})" if report.interrupted else ""))
+
+
+@signer_group.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Dead jobs to list.")
+@pass_app
+def status(app: App, as_json, limit):
+    """Queue counts per profile and state, dead jobs with their reasons, base caches."""
+    from signer.status import queue_status
+
+    with app.db.read() as s:
+        doc = queue_status(s, limit=limit)
+    if as_json:
+        emit_json(doc)
+        return
+    table(["profile", "hash", "kind", "queued", "running", "done", "dead", "base cache"],
+          [(p["name"], p["hash"][:12], kind, c["queued"], c["running"], c["done"], c["dead"],
+            p["base_cache"]["state"] if kind == "base" else "")
+           for p in doc["profiles"] for kind, c in p["jobs"].items()], title="signer queue")
+    if doc["running"]:
+        table(["job", "profile", "kind", "version", "owner", "heartbeat age s"],
+              [(r["job_id"], r["profile"], r["kind"], r["version_id"], r["owner"], r["heartbeat_age_s"])
+               for r in doc["running"]], title="running")
+    if doc["dead"]:
+        table(["job", "profile", "kind", "version", "name", "attempts", "reason"],
+              [(d["job_id"], d["profile"], d["kind"], d["version_id"], d["name"], d["attempts"], d["reason"])
+               for d in doc["dead"]], title="dead jobs")
+
+
+@signer_group.command(name="profiles")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def profiles_command(app: App, as_json):
+    """Signer profiles this machine defines (built-in and profiles.toml) and their hashes."""
+    from signer.errors import ProfileError
+    from signer.profiles import available_profiles, load_profile, profiles_file
+
+    rows = []
+    for name in available_profiles(app.settings):
+        try:
+            rows.append(load_profile(name, app.settings).describe())
+        except ProfileError as exc:
+            rows.append({"name": name, "error": str(exc)})
+    if as_json:
+        emit_json({"profiles_file": str(profiles_file(app.settings)), "profiles": rows})
+        return
+    table(["name", "hash", "base model", "clip", "samples", "sampling"],
+          [(r["name"], r.get("hash", "")[:12], r.get("base_model_location", r.get("error")),
+            r["settings"]["clip_model"] if "settings" in r else "",
+            (r["settings"]["prompt_set"]["subset"] or r["settings"]["prompt_set"]["size"])
+            * r["settings"]["seeds"]["count"] if "settings" in r else "",
+            r["settings"]["sampling"]["mode"] if "settings" in r else "") for r in rows])
+
+
+# ---------------------------------------------------------------- hooks
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(sign)
+    cli.add_command(signer_group)
+
+
+@hookimpl
+def lora_file_verified(app, session, version_id: int, file_id: int):
+    """Queue a verified file for the default profile (no model is loaded here)."""
+    from signer.errors import ProfileError
+    from signer.profiles import load_profile, register
+    from signer.store import enqueue_lora
+
+    try:
+        profile = load_profile(app.settings.default_profile, app.settings)
+    except ProfileError as exc:  # never let a bad profile setting roll back the crawler's write
+        info(f"not queued for signing: {exc}")
+        return
+    enqueue_lora(session, app.queue, register(session, profile).id, version_id)

@@ -1,0 +1,273 @@
+"""Paired generation and signing on one loaded pipeline (DESIGN §1, §7); no registry imports.
+
+Contract:
+- ``Engine(profile, device)`` loads the profile's SDXL pipeline and CLIP model once. LoRAs are
+  loaded, used and unloaded one at a time (``sign_lora``); the base model is never modified.
+- ``Engine.samples`` is the profile's visiting order of (prompt, seed) pairs; work is cut into
+  batches at fixed boundaries (multiples of the profile's batch size), so the base branch and
+  every LoRA branch run each sample in the same batch layout.
+- One CPU ``torch.Generator`` per sample, seeded with the sample's seed: the initial noise of a
+  sample does not depend on the batch it runs in or on the device.
+- ``base_branch()`` generates the base images (no adapter loaded) and returns their CLIP image
+  features; the caller caches them once per profile.
+- ``sign_lora(path, trigger_words, base)`` screens the file, loads it, proves that it attached,
+  generates the LoRA branch (trigger words appended to the prompt as ", w1, w2"; LoRA scale via
+  ``cross_attention_kwargs``), subtracts the cached base features and returns the signature,
+  the float16 ensemble, flags and estimates. NaN/black images are detected per sample;
+  a signature that used any is flagged ``degenerate_images`` and marked not valid.
+- ``stop`` callables are polled between UNet steps; when one returns a reason the work stops
+  with ``Interrupted`` (SIGTERM, a lost lease).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
+from signer.maths import AdaptiveRule, RunningSignature, SignatureStats
+from signer.profiles import Profile, Sample
+from signer.tiny import quiet_libraries
+from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
+
+log = logging.getLogger(__name__)
+ADAPTER = "signee"
+BLACK_MAX = 1.0 / 255.0  # an image whose brightest pixel is below one 8-bit step is black
+MAX_TRIGGER_WORDS = 32
+MAX_TRIGGER_CHARS = 200
+
+Progress = Callable[[int], None]
+Stop = Callable[[], "str | None"]
+
+
+@dataclass
+class BaseBranch:
+    """CLIP image features of the base images, one row per sample in visiting order."""
+
+    features: np.ndarray  # float32 (N, d)
+    degenerate: np.ndarray  # bool (N,)
+    clip_key: str
+
+    @property
+    def mean_feature(self) -> np.ndarray:
+        good = ~self.degenerate
+        return self.features[good].mean(axis=0).astype(np.float32) if good.any() else np.zeros(
+            self.features.shape[1], np.float32)
+
+
+@dataclass
+class SignOutcome:
+    stats: SignatureStats
+    ensemble: np.ndarray  # float16 (n_visited, d); NaN rows for samples left out as degenerate
+    valid: bool
+    flags: list = field(default_factory=list)
+    estimates: dict = field(default_factory=dict)
+    lora: LoraFileInfo | None = None
+
+
+def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
+    """", w1, w2" for the LoRA branch prompt (DESIGN §1), or "" when the profile ignores triggers."""
+    if mode != "append" or not words:
+        return ""
+    cleaned = [" ".join(str(w).split())[:MAX_TRIGGER_CHARS] for w in words]
+    cleaned = [w for w in cleaned if w][:MAX_TRIGGER_WORDS]
+    return "".join(f", {w}" for w in cleaned)
+
+
+def load_pipeline(profile: Profile, device="cpu"):
+    """The profile's SDXL pipeline on ``device``, from a local folder or the Hub cache."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    dtype = getattr(torch, profile.settings["dtype"])
+    location = profile.base_model_location
+    kwargs = dict(dtype=dtype, use_safetensors=True, add_watermarker=False,
+                  local_files_only=not profile.allow_download)
+    if profile.is_tiny:
+        from signer.tiny import ensure_tiny_sdxl
+
+        location = str(ensure_tiny_sdxl(profile.models_dir))
+        kwargs["local_files_only"] = True
+    if profile.settings.get("vae"):
+        from diffusers import AutoencoderKL
+
+        kwargs["vae"] = AutoencoderKL.from_pretrained(profile.settings["vae"], dtype=dtype,
+                                                      local_files_only=kwargs["local_files_only"])
+    try:
+        try:
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                location, variant="fp16" if dtype == torch.float16 and not profile.is_tiny else None, **kwargs)
+        except (OSError, ValueError) as exc:
+            if "variant" not in str(exc):
+                raise
+            pipe = StableDiffusionXLPipeline.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"SDXL weights {profile.settings['base_model']} (profile {profile.name!r}) could not be loaded from "
+            f"{location}: set CARLOS_REG_SDXL=/path/to/a/diffusers/folder or base_model_path in profiles.toml, or "
+            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({str(exc).splitlines()[0][:200]})") from None
+    wanted = profile.settings["scheduler"]
+    if type(pipe.scheduler).__name__ != wanted:
+        import diffusers
+
+        cls = getattr(diffusers, wanted, None)
+        if cls is None:
+            raise SignerError(f"profile {profile.name!r}: unknown scheduler {wanted!r}")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class Engine:
+    def __init__(self, profile: Profile, device="cpu", *, pipe=None, clip=None, quiet: bool = True):
+        import torch
+
+        from signer.clip import load_clip
+
+        if quiet:
+            quiet_libraries()
+        self.profile = profile
+        self.device = torch.device(device)
+        self.pipe = pipe if pipe is not None else load_pipeline(profile, device)
+        self.clip = clip if clip is not None else load_clip(profile, device)
+        self.samples: list[Sample] = profile.samples()
+        self.batch_size = profile.batch_size
+        self.lora_loaded = False
+
+    @property
+    def dim(self) -> int:
+        return self.clip.dim
+
+    def batches(self, start: int = 0, end: int | None = None) -> Iterator[list[Sample]]:
+        """Samples [start, end) in batches cut at multiples of the batch size."""
+        end = len(self.samples) if end is None else end
+        b = self.batch_size
+        i = start
+        while i < end:
+            j = min((i // b + 1) * b, end)
+            yield self.samples[i:j]
+            i = j
+
+    # ---------------------------------------------------------------- generation
+
+    def generate(self, batch: Sequence[Sample], *, suffix: str = "", lora: bool = False,
+                 stop: Stop | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """CLIP image features (B, d) and a degenerate-image mask (B,) for one batch of samples."""
+        import torch
+
+        s = self.profile.settings
+
+        def on_step(pipe, step, timestep, kwargs):
+            reason = stop() if stop else None
+            if reason:
+                raise Interrupted(reason)
+            return kwargs
+
+        generators = [torch.Generator("cpu").manual_seed(x.seed) for x in batch]
+        with torch.inference_mode():
+            out = self.pipe(prompt=[x.prompt + suffix for x in batch], generator=generators,
+                            num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"], width=s["width"],
+                            height=s["height"], output_type="pt",
+                            cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora else None,
+                            callback_on_step_end=on_step if stop else None)
+            images = out.images
+            flat = images.flatten(1)
+            degenerate = ~torch.isfinite(flat).all(dim=1) | (torch.nan_to_num(flat, nan=0.0).amax(dim=1) <= BLACK_MAX)
+            features = self.clip.encode_images(torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0))
+        return features.cpu().numpy().astype(np.float32), degenerate.cpu().numpy()
+
+    def base_branch(self, *, progress: Progress | None = None, stop: Stop | None = None) -> BaseBranch:
+        if self.lora_loaded:
+            raise SignerError("base branch requested while a LoRA is loaded")
+        feats, bad = [], []
+        for batch in self.batches():
+            f, d = self.generate(batch, stop=stop)
+            feats.append(f)
+            bad.append(d)
+            if progress:
+                progress(len(batch))
+        return BaseBranch(np.concatenate(feats), np.concatenate(bad), self.clip.key)
+
+    # ---------------------------------------------------------------- LoRAs
+
+    def load_lora(self, path) -> LoraFileInfo:
+        """Screen, load and prove attachment; on any failure the pipeline is restored and
+        ``LoraRejected`` carries the reason."""
+        info = inspect_lora_file(path, context_dim=int(self.pipe.unet.config.cross_attention_dim))
+        try:
+            self.lora_loaded = True
+            self.pipe.load_lora_weights(str(path), adapter_name=ADAPTER, use_safetensors=True)
+            attached = attached_modules(self.pipe, ADAPTER)
+            if attached != info.modules:
+                raise LoraRejected(f"the adapter attached to {_fmt(attached) or 'no modules'} but "
+                                   f"its keys name {_fmt(info.modules)}: the file does not fit this base model "
+                                   "(partial match)")
+        except LoraRejected:
+            self.unload_lora()
+            raise
+        except Exception as exc:  # diffusers/peft refused it; a failed load is not atomic
+            self.unload_lora()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise LoraRejected(f"diffusers could not load it ({type(exc).__name__}: {first})") from None
+        return info
+
+    def unload_lora(self) -> None:
+        self.pipe.unload_lora_weights()
+        if attached_modules(self.pipe, ADAPTER):
+            raise SignerError("the pipeline still carries LoRA layers after unloading; restart the worker")
+        self.lora_loaded = False
+
+    def sign_lora(self, path, trigger_words: Sequence[str] | None, base: BaseBranch, *,
+                  progress: Progress | None = None, stop: Stop | None = None) -> SignOutcome:
+        if base.features.shape != (len(self.samples), self.dim) or base.clip_key != self.clip.key:
+            raise SignerError("the cached base branch does not match this profile's samples or CLIP model")
+        info = self.load_lora(path)
+        try:
+            return self._sign_loaded(info, trigger_suffix(trigger_words, self.profile.settings["trigger_words"]),
+                                     base, progress, stop)
+        finally:
+            self.unload_lora()
+
+    def _sign_loaded(self, info, suffix, base, progress, stop) -> SignOutcome:
+        sampling = self.profile.sampling
+        rule = AdaptiveRule.from_settings(sampling) if sampling.get("mode") == "adaptive" else None
+        acc = RunningSignature(self.dim)
+        rows, kept = [], []
+        n_bad = 0
+        estimates: dict = {"mode": sampling.get("mode", "full"), "n_total": len(self.samples)}
+        est: dict = {}
+        for batch in self.batches():
+            feats, bad = self.generate(batch, suffix=suffix, lora=True, stop=stop)
+            idx = [x.index for x in batch]
+            bad = bad | base.degenerate[idx]
+            diffs = feats - base.features[idx]
+            n_bad += int(bad.sum())
+            acc.add(diffs[~bad])
+            kept.append(diffs[~bad])
+            rows.append(np.where(bad[:, None], np.nan, diffs))
+            if progress:
+                progress(len(batch))
+            if rule is not None:
+                done, est = rule.check(np.concatenate(kept), len(self.samples) - int(base.degenerate.sum()))
+                if done:
+                    break
+        if rule is not None:
+            estimates.update({k: v for k, v in est.items() if k != "n"}, targets=dict(sampling))
+        stats = acc.result()
+        estimates.update(n_visited=sum(len(r) for r in rows), n_used=stats.n, n_degenerate=n_bad,
+                         n_zero=stats.n_zero, trigger_suffix=suffix)
+        flags = []
+        if n_bad:
+            flags.append("degenerate_images")
+        if stats.n == 0 or stats.strength <= float(self.profile.settings["no_effect_strength"]):
+            flags.append("no_effect")
+        if info.conv:
+            flags.append("locon")
+        return SignOutcome(stats=stats, ensemble=np.concatenate(rows).astype(np.float16), valid=not n_bad and stats.n > 0,
+                           flags=flags, estimates=estimates, lora=info)
+
+
+def _fmt(counts: dict) -> str:
+    return ", ".join(f"{n} {comp} modules" for comp, n in sorted(counts.items()))

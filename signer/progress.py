@@ -1,0 +1,35 @@
+"""Progress bars on stderr for signing: samples of the current job, jobs so far, ETA."""
+from __future__ import annotations
+
+
+class Bars:
+    def __init__(self, total_jobs: int | None = None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.enabled = self.console.is_terminal
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=self.console, transient=True,
+                                  disable=not self.enabled)
+        self._jobs = self._progress.add_task("LoRAs", total=total_jobs)
+        self._samples = None
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+
+    def start_job(self, description: str, total: int) -> None:
+        if self._samples is not None:
+            self._progress.remove_task(self._samples)
+        self._samples = self._progress.add_task(f"  {description[:60]} (samples)", total=total)
+
+    def advance(self, n: int) -> None:
+        if self._samples is not None:
+            self._progress.advance(self._samples, n)
+
+    def job_finished(self) -> None:
+        self._progress.advance(self._jobs, 1)

@@ -1,0 +1,197 @@
+"""The signer's registry side: base caches, signatures, local LoRA files, enqueueing.
+
+Contract:
+- ``enqueue_lora(session, queue, profile_id, version_id)`` queues the LoRA job and, the first
+  time a profile is used, its ``base`` job (priority above LoRA jobs): the base branch is one
+  leased job per profile for the whole fleet.
+- ``save_base`` writes the per-sample base features (float32 ``.npz``: ``features``,
+  ``degenerate``) to the artifact store and the ``BaseCache`` row (with the mean base image
+  feature); ``load_base`` reads them back. ``base_mean_feature(session, profile_id)`` is the mean
+  CLIP image feature of the profile's base images (search subtracts it from image queries), or
+  None before the base branch ran.
+- ``save_signature`` writes the float16 ensemble artifact and upserts the ``Signature`` row;
+  callers do it in the transaction that completes the job.
+- ``register_local_files`` turns local files into registry entries: negative version ids,
+  ``source='local'``, the file copied into the artifact store by SHA-256 (one version per
+  distinct file content); pickle files are recorded as unsupported and never copied or opened.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from registry.artifacts import ArtifactStore
+from registry.models import BaseCache, File, Signature, SignJob, Version, utcnow
+from registry.queue import JobQueue
+from registry.vectors import from_blob, to_blob
+from signer.engine import BaseBranch, SignOutcome
+from signer.validate import PICKLE_SUFFIXES
+
+BASE_PRIORITY = 100
+LORA_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
+
+
+def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None) -> bool:
+    queue.enqueue(session, profile_id=profile_id, kind="base", priority=BASE_PRIORITY)
+    return queue.enqueue(session, profile_id=profile_id, version_id=version_id, payload=payload)
+
+
+def find_jobs(session, profile_id: int, version_ids: list[int]) -> dict[int, SignJob]:
+    rows = session.execute(sa.select(SignJob).where(SignJob.profile_id == profile_id, SignJob.kind == "lora",
+                                                    SignJob.version_id.in_(version_ids))).scalars().all()
+    return {j.version_id: j for j in rows}
+
+
+def base_job(session, profile_id: int) -> SignJob | None:
+    return session.execute(sa.select(SignJob).where(SignJob.profile_id == profile_id,
+                                                    SignJob.kind == "base")).scalars().first()
+
+
+# ---------------------------------------------------------------- base cache
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_base(session, artifacts: ArtifactStore, profile_id: int, base: BaseBranch, job_id: int | None) -> BaseCache:
+    rel = artifacts.put_bytes("base", _npz_bytes(features=base.features.astype(np.float32),
+                                                 degenerate=base.degenerate.astype(bool),
+                                                 clip_key=np.array(base.clip_key)), ".npz")
+    row = session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id)).scalars().first()
+    if row is None:
+        row = BaseCache(profile_id=profile_id, n_samples=0, dim=0, artifact_path="", mean_feature=b"")
+        session.add(row)
+    row.n_samples, row.dim = int(base.features.shape[0]), int(base.features.shape[1])
+    row.artifact_path, row.mean_feature = rel, to_blob(base.mean_feature)
+    row.job_id, row.created_at = job_id, utcnow()
+    session.flush()
+    return row
+
+
+def base_cache_row(session, profile_id: int) -> BaseCache | None:
+    return session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id)).scalars().first()
+
+
+def load_base(session, artifacts: ArtifactStore, profile_id: int) -> BaseBranch | None:
+    row = base_cache_row(session, profile_id)
+    if row is None or not artifacts.exists(row.artifact_path):
+        return None
+    with np.load(artifacts.path(row.artifact_path), allow_pickle=False) as z:
+        return BaseBranch(z["features"].astype(np.float32), z["degenerate"].astype(bool), str(z["clip_key"]))
+
+
+def base_mean_feature(session, profile_id: int) -> np.ndarray | None:
+    """Mean CLIP image feature of the profile's base images (raw features), or None."""
+    row = base_cache_row(session, profile_id)
+    return None if row is None else from_blob(row.mean_feature, row.dim)
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profile_id: int, outcome: SignOutcome,
+                   file_sha256: str | None, job_id: int | None) -> Signature:
+    buf = io.BytesIO()
+    np.save(buf, outcome.ensemble.astype(np.float16), allow_pickle=False)
+    rel = artifacts.put_bytes("ensemble", buf.getvalue(), ".npy")
+    row = session.execute(sa.select(Signature).where(Signature.version_id == version_id,
+                                                     Signature.profile_id == profile_id)).scalars().first()
+    if row is None:
+        row = Signature(version_id=version_id, profile_id=profile_id, dim=0, direction=b"", strength=0.0,
+                        consistency=0.0)
+        session.add(row)
+    s = outcome.stats
+    row.dim, row.direction = int(s.direction.shape[0]), to_blob(s.direction)
+    row.strength, row.consistency, row.n_samples = float(s.strength), float(s.consistency), int(s.n)
+    row.valid, row.flags, row.estimates = bool(outcome.valid), list(outcome.flags), dict(outcome.estimates)
+    row.file_sha256, row.ensemble_path, row.job_id = file_sha256, rel, job_id
+    row.source, row.created_at = "signed", utcnow()
+    session.flush()
+    return row
+
+
+def verified_file(session, version_id: int) -> File | None:
+    """The file to sign for a version: a verified one with a local copy, the primary first."""
+    return session.execute(
+        sa.select(File).where(File.version_id == version_id, File.state == "verified", File.local_path.is_not(None))
+        .order_by(File.primary.desc(), File.id)).scalars().first()
+
+
+# ---------------------------------------------------------------- local files
+
+
+@dataclass
+class LocalEntry:
+    path: Path
+    version_id: int
+    file_id: int
+    sha256: str
+    state: str  # verified | unsupported
+    reason: str | None = None
+    triggers_changed: bool = False  # an existing local version got other trigger words: sign it again
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def collect_paths(args: list[Path]) -> tuple[list[Path], list[Path]]:
+    """LoRA-like files named or inside the named folders (not recursive); and the others skipped."""
+    files, skipped = [], []
+    for arg in args:
+        entries = sorted(p for p in arg.iterdir() if p.is_file()) if arg.is_dir() else [arg]
+        for p in entries:
+            (files if p.suffix.lower() in LORA_SUFFIXES else skipped).append(p)
+    return files, skipped
+
+
+def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *,
+                         trigger_words: list[str] | None = None) -> list[LocalEntry]:
+    out = []
+    for path in paths:
+        digest = sha256_file(path)
+        pickled = path.suffix.lower() in PICKLE_SUFFIXES
+        found = session.execute(
+            sa.select(File).join(Version, Version.id == File.version_id)
+            .where(File.sha256 == digest, Version.source == "local")).scalars().first()
+        if found is not None:
+            version = session.get(Version, found.version_id)
+            changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
+            if changed:
+                version.trained_words = list(trigger_words)
+            out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
+            continue
+        lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
+        vid = min(lowest or 0, 0) - 1
+        session.add(Version(id=vid, name=path.stem[:200], source="local", trained_words=list(trigger_words or []),
+                            first_seen_at=utcnow(), updated_at=utcnow()))
+        session.flush()
+        f = File(version_id=vid, name=path.name[:255], size_bytes=path.stat().st_size, primary=True, sha256=digest,
+                 updated_at=utcnow())
+        if pickled:
+            f.state, f.format = "unsupported", "PickleTensor"
+            f.error = (f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
+                       "is signed")
+        else:
+            rel = artifacts.relative_path("lora", digest, ".safetensors")
+            if not artifacts.exists(rel):
+                with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            f.state, f.format, f.local_path, f.verified_at = "verified", "SafeTensor", rel, utcnow()
+        session.add(f)
+        session.flush()
+        out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
+    return out

@@ -1,0 +1,319 @@
+"""The signer worker: claims leased jobs from the registry queue and runs them on one engine.
+
+Contract:
+- Jobs are claimed with a lease; a heartbeat thread extends it. ``base`` jobs (one per profile)
+  come first; a ``lora`` job is claimed only once its profile's base cache exists, so a worker
+  never regenerates the base branch and waits (or takes other work) while another worker
+  computes it. If a profile's base job is dead, its LoRA jobs fail with that reason.
+- A profile is run only if its registry row matches this machine's definition (same name and
+  hash); jobs of other profiles are left for workers that have them.
+- The pipeline is loaded once and reused (also across profiles that share the base model and
+  CLIP weights); LoRAs are loaded and unloaded per job.
+- A bad LoRA fails its job for good (``LoraRejected``: the reason is the job's last error) and
+  the worker goes on; an unexpected error fails the job retryably; missing weights release the
+  job untried and stop the worker with the one-line reason.
+- SIGTERM/SIGINT: the current job stops at the next UNet step and its lease is released (it is
+  not counted as an attempt); the worker then exits. A lost lease (another worker took the job
+  over) abandons the job without writing anything.
+- The signature (or base cache) and the job's completion are written in one transaction.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from registry.errors import CarlosError, LeaseLost
+from registry.models import BaseCache, SignerProfile, SignJob, Version
+from registry.queue import JobQueue, Lease, worker_name
+from signer.errors import Interrupted, LoraRejected, ProfileError, SignerError
+from signer.profiles import Profile, load_profile
+from signer import store
+
+log = logging.getLogger(__name__)
+_ENGINE: dict = {}  # the one loaded engine of this process: {"engine": Engine}
+
+
+@dataclass
+class WorkerReport:
+    done: int = 0
+    failed: int = 0
+    released: int = 0
+    interrupted: str | None = None
+    events: list = field(default_factory=list)  # (job_id, kind, version_id, outcome, detail)
+
+
+def _load_key(p: Profile) -> tuple:
+    s = p.settings
+    return (p.base_model_location, s["dtype"], s.get("vae"), s["scheduler"], s["clip_model"], s["clip_pretrained"],
+            s.get("clip_dtype"), p.clip_checkpoint)
+
+
+def get_engine(profile: Profile, device: str):
+    """The process's engine for a profile, reusing the loaded pipeline and CLIP when they match."""
+    from signer.engine import Engine
+
+    cur = _ENGINE.get("engine")
+    if cur is not None and str(cur.device) == str(device) and _load_key(cur.profile) == _load_key(profile):
+        if cur.profile.hash != profile.hash:
+            cur = Engine(profile, device, pipe=cur.pipe, clip=cur.clip)
+            _ENGINE["engine"] = cur
+        return cur
+    _ENGINE.pop("engine", None)  # free the old pipeline before loading another
+    cur = Engine(profile, device)
+    _ENGINE["engine"] = cur
+    return cur
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, queue: JobQueue, lease: Lease):
+        super().__init__(daemon=True, name=f"heartbeat-{lease.job_id}")
+        self.queue, self.lease = queue, lease
+        self.lost = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = max(self.queue.lease_seconds / 3.0, 0.05)
+        while not self._stop_event.wait(interval):
+            try:
+                self.lease = self.queue.heartbeat(self.lease)
+            except LeaseLost:
+                self.lost = True
+                return
+            except Exception as exc:  # the database is briefly away: try again next beat
+                log.warning("heartbeat for job %s failed: %s", self.lease.job_id, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+class Worker:
+    def __init__(self, db, settings, *, device: str = "cpu", profiles: list[str] | None = None,
+                 job_ids: list[int] | None = None, once: bool = False, max_jobs: int | None = None,
+                 lease_seconds: float | None = None, poll_seconds: float = 2.0, progress=None,
+                 say=lambda msg: None):
+        self.db, self.settings, self.device = db, settings, device
+        self.profile_names = list(profiles) if profiles else None
+        self.job_ids = list(job_ids) if job_ids is not None else None
+        self.once, self.max_jobs, self.poll_seconds = once, max_jobs, poll_seconds
+        self.queue = JobQueue(db, **({"lease_seconds": lease_seconds} if lease_seconds else {}))
+        self.owner = worker_name()
+        self.progress = progress  # a signer.progress.Bars-like object or None
+        self.say = say
+        self.report = WorkerReport()
+        self._signal: str | None = None
+        self._bases: dict[int, object] = {}
+        self._profiles: dict[int, Profile | None] = {}
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> WorkerReport:
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            while self._signal is None:
+                if self.max_jobs is not None and self.report.done + self.report.failed >= self.max_jobs:
+                    break
+                lease = self._claim()
+                if lease is None:
+                    if self.job_ids is not None and not self._pending(self.job_ids):
+                        break
+                    if self.once and self.job_ids is None and not self._waiting_for_base():
+                        break
+                    time.sleep(self.poll_seconds)
+                    continue
+                self._run_job(lease)
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+        self.report.interrupted = self._signal
+        return self.report
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signal.Signals(signum).name
+
+    # ---------------------------------------------------------------- claiming
+
+    def _runnable_profiles(self) -> dict[int, Profile]:
+        """Registry profiles this machine can run: same name and hash as its own definition."""
+        with self.db.read() as s:
+            rows = s.execute(sa.select(SignerProfile.id, SignerProfile.name, SignerProfile.hash)).all()
+        out = {}
+        for pid, name, digest in rows:
+            if self.profile_names is not None and name not in self.profile_names:
+                continue
+            if pid not in self._profiles:
+                try:
+                    p = load_profile(name, self.settings)
+                    self._profiles[pid] = p if p.hash == digest else None
+                except ProfileError:
+                    self._profiles[pid] = None
+            if self._profiles[pid] is not None:
+                out[pid] = self._profiles[pid]
+        return out
+
+    def _claim(self) -> Lease | None:
+        runnable = self._runnable_profiles()
+        if not runnable:
+            return None
+        ids = list(runnable)
+        kw = {"job_ids": self.job_ids} if self.job_ids is not None else {}
+        if self.job_ids == []:
+            return None
+        lease = self.queue.claim(self.owner, kinds=["base"], profile_ids=ids, **kw)
+        if lease is not None:
+            return lease
+        with self.db.read() as s:
+            ready = set(s.execute(sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))).scalars())
+            ready |= set(s.execute(sa.select(SignJob.profile_id).where(
+                SignJob.kind == "base", SignJob.state == "dead", SignJob.profile_id.in_(ids))).scalars())
+        cur = _ENGINE.get("engine")
+        preferred = [pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash]
+        for group in (preferred, sorted(ready)):
+            if group:
+                lease = self.queue.claim(self.owner, kinds=["lora"], profile_ids=group, **kw)
+                if lease is not None:
+                    return lease
+        return None
+
+    def _pending(self, job_ids: list[int]) -> bool:
+        with self.db.read() as s:
+            return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
+                SignJob.id.in_(job_ids), SignJob.state.in_(["queued", "running"]))).scalar_one())
+
+    def _waiting_for_base(self) -> bool:
+        """A base job is running elsewhere while LoRA jobs of that profile wait for it."""
+        ids = list(self._runnable_profiles())
+        if not ids:
+            return False
+        with self.db.read() as s:
+            running = set(s.execute(sa.select(SignJob.profile_id).where(
+                SignJob.kind == "base", SignJob.state.in_(["running", "queued"]),
+                SignJob.profile_id.in_(ids))).scalars())
+            if not running:
+                return False
+            return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
+                SignJob.kind == "lora", SignJob.state == "queued", SignJob.profile_id.in_(running))).scalar_one())
+
+    # ---------------------------------------------------------------- running
+
+    def _run_job(self, lease: Lease) -> None:
+        profile = self._profiles[lease.profile_id]
+        try:
+            engine = get_engine(profile, self.device)
+        except CarlosError:
+            self.queue.release(lease)
+            raise
+        beat = Heartbeat(self.queue, lease)
+        beat.start()
+
+        def stop():
+            if beat.lost:
+                return "lease lost"
+            return f"received {self._signal}" if self._signal else None
+
+        try:
+            if lease.kind == "base":
+                detail = self._base_job(engine, lease, stop)
+            else:
+                detail = self._lora_job(engine, lease, stop)
+            self._event(lease, "done", detail)
+            self.report.done += 1
+        except Interrupted as exc:
+            if beat.lost:
+                self._event(lease, "lost", "another worker took the job over; nothing written")
+            else:
+                self.queue.release(lease)
+                self.report.released += 1
+                self._event(lease, "released", str(exc))
+        except LeaseLost as exc:
+            self._event(lease, "lost", str(exc))
+        except LoraRejected as exc:
+            self._fail(lease, str(exc), retryable=False)
+        except SignerError as exc:
+            self._fail(lease, str(exc), retryable=False)
+        except CarlosError:
+            self.queue.release(lease)
+            raise
+        except Exception as exc:  # a bug or a transient failure: retried while attempts remain
+            log.exception("job %s failed", lease.job_id)
+            self._fail(lease, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}",
+                       retryable=True)
+        finally:
+            beat.stop()
+            if self.progress is not None:
+                self.progress.job_finished()
+
+    def _fail(self, lease: Lease, reason: str, *, retryable: bool) -> None:
+        try:
+            state = self.queue.fail(lease, reason, retryable=retryable)
+        except LeaseLost:
+            self._event(lease, "lost", reason)
+            return
+        self.report.failed += 1
+        self._event(lease, "failed" if state == "dead" else "retry", reason)
+
+    def _event(self, lease: Lease, outcome: str, detail: str) -> None:
+        self.report.events.append((lease.job_id, lease.kind, lease.version_id, outcome, detail))
+        what = f"base branch of profile {self._profiles[lease.profile_id].name}" if lease.kind == "base" else \
+            f"version {lease.version_id}"
+        self.say(f"job {lease.job_id} ({what}): {outcome}: {detail}")
+
+    def _base_job(self, engine, lease: Lease, stop) -> str:
+        artifacts = self.settings.artifacts
+        with self.db.read() as s:
+            if store.base_cache_row(s, lease.profile_id) is not None:
+                with self.db.write() as w:
+                    self.queue.complete(w, lease)
+                return "already cached"
+        if self.progress is not None:
+            self.progress.start_job(f"base branch [{engine.profile.name}]", len(engine.samples))
+        t0 = time.monotonic()
+        base = engine.base_branch(progress=self.progress.advance if self.progress else None, stop=stop)
+        n_bad = int(base.degenerate.sum())
+        if n_bad:
+            raise SignerError(f"{n_bad} of {len(base.degenerate)} base images are NaN or black (an fp16 VAE "
+                              "overflow?): use a VAE that does not overflow in this dtype, or dtype float32")
+        with self.db.write() as s:
+            store.save_base(s, artifacts, lease.profile_id, base, lease.job_id)
+            self.queue.complete(s, lease)
+        self._bases[lease.profile_id] = base
+        return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s"
+
+    def _lora_job(self, engine, lease: Lease, stop) -> str:
+        artifacts = self.settings.artifacts
+        with self.db.read() as s:
+            base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
+            if base is None:
+                job = store.base_job(s, lease.profile_id)
+                reason = job.last_error if job is not None and job.state == "dead" else "no base cache"
+                raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
+            self._bases[lease.profile_id] = base
+            version = s.get(Version, lease.version_id)
+            f = store.verified_file(s, lease.version_id)
+            if version is None or f is None:
+                raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
+            words = version.trained_words or []
+            name, sha, rel = f.name, f.sha256, f.local_path
+        if not artifacts.exists(rel):
+            raise SignerError(f"the verified file of version {lease.version_id} is missing from the artifact store")
+        if self.progress is not None:
+            self.progress.start_job(name or f"version {lease.version_id}", len(engine.samples))
+        t0 = time.monotonic()
+        outcome = engine.sign_lora(artifacts.path(rel), words, base,
+                                   progress=self.progress.advance if self.progress else None, stop=stop)
+        with self.db.write() as s:
+            store.save_signature(s, artifacts, version_id=lease.version_id, profile_id=lease.profile_id,
+                                 outcome=outcome, file_sha256=sha, job_id=lease.job_id)
+            self.queue.complete(s, lease)
+        st = outcome.stats
+        return (f"strength {st.strength:.4g}, consistency {st.consistency:.4g}, {st.n} samples in "
+                f"{time.monotonic() - t0:.1f} s" + ("" if outcome.valid else ", NOT VALID")
+                + (f" [{', '.join(outcome.flags)}]" if outcome.flags else ""))

@@ -1,0 +1,183 @@
+"""Signature maths, adaptive sampling, prompt sets and profiles (no models)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from signer.maths import AdaptiveRule, RunningSignature, adaptive_run, naive_signature, signature
+from signer.profiles import PAPER, load_profile, profile_hash
+from signer.prompts import load_prompt_set, stratified_order
+
+
+def _close(a, b):
+    assert a.n == b.n and a.n_zero == b.n_zero
+    np.testing.assert_allclose(a.direction, b.direction, rtol=1e-5, atol=1e-6)
+    assert a.strength == pytest.approx(b.strength, rel=1e-9, abs=1e-12)
+    assert a.consistency == pytest.approx(b.consistency, rel=1e-7, abs=1e-10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(1, 16), zeros=st.integers(0, 5), seed=st.integers(0, 2**31 - 1),
+       offset=st.floats(-3, 3))
+def test_streamed_signature_equals_naive_pairwise_reference(n, d, zeros, seed, offset):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(n, d)) + offset
+    v[: min(zeros, n)] = 0.0  # zero differences have no direction: cos(0, .) = 0
+    _close(signature(v), naive_signature(v))
+    acc = RunningSignature(d)  # split into uneven batches: same result
+    for chunk in np.array_split(v, min(3, n)):
+        acc.add(chunk)
+    _close(acc.result(), naive_signature(v))
+
+
+def test_degenerate_ensembles_are_defined_not_nan():
+    one = signature(np.ones((1, 4)))
+    assert one.consistency == 0.0 and one.strength == pytest.approx(2.0)
+    zero = signature(np.zeros((5, 4)))
+    assert zero.strength == 0.0 and zero.consistency == 0.0 and not zero.direction.any() and zero.n_zero == 5
+    same = signature(np.tile([3.0, 4.0], (6, 1)))
+    assert same.consistency == pytest.approx(1.0) and same.strength == pytest.approx(5.0)
+
+
+def _ensemble(rng, n, d, signal, noise):
+    true = rng.normal(size=d)
+    true *= signal / np.linalg.norm(true)
+    return true, true + rng.normal(scale=noise / np.sqrt(d), size=(n, d))
+
+
+def _cos(a, b):
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_adaptive_sampling_reaches_target_with_fewer_samples_when_consistent(seed):
+    rng = np.random.default_rng(seed)
+    n_total, d = 4480, 512
+    true, v = _ensemble(rng, n_total, d, signal=3.0, noise=6.0)  # paper-like: Cons ~ 0.2
+    rule = AdaptiveRule(target_cosine=0.99, strength_rel_tol=0.02, consistency_tol=0.01, min_samples=256)
+    used, est = adaptive_run(v, rule, batch_size=8)
+    full = v.mean(axis=0)
+    assert used < n_total / 2, used
+    assert est["cosine"] >= 0.99
+    assert _cos(v[:used].mean(axis=0), full) >= 0.99  # achieved fidelity to the full-set Direction
+    assert _cos(v[:used].mean(axis=0), true) >= 0.98
+    assert abs(signature(v[:used]).consistency - signature(v).consistency) <= 3 * 0.01
+
+
+def test_adaptive_sampling_uses_nearly_everything_when_the_effect_is_not_consistent():
+    rng = np.random.default_rng(1)
+    _, v = _ensemble(rng, 2000, 512, signal=0.3, noise=10.0)
+    used, est = adaptive_run(v, AdaptiveRule(min_samples=64), batch_size=8)
+    # the finite-population correction lets it stop only close to the end, still on target
+    assert used >= 0.9 * 2000
+    assert _cos(v[:used].mean(axis=0), v.mean(axis=0)) >= 0.99
+
+
+def test_adaptive_never_stops_before_min_samples():
+    _, v = _ensemble(np.random.default_rng(2), 1000, 32, signal=10.0, noise=0.1)
+    used, _ = adaptive_run(v, AdaptiveRule(min_samples=300), batch_size=8)
+    assert used == 304  # first batch boundary at or after 300
+
+
+# ---------------------------------------------------------------- prompt sets
+
+
+def _structure(ps):
+    cats: dict = {}
+    for p in ps.prompts:
+        cats.setdefault(p.category, {}).setdefault(p.subcategory, []).append(p.text)
+    return cats
+
+
+def test_builtin_prompt_sets_have_the_paper_layout_and_are_disjoint():
+    index, query = load_prompt_set("carlos-reg-index"), load_prompt_set("carlos-reg-query")
+    for ps in (index, query):
+        cats = _structure(ps)
+        assert len(ps.prompts) == 280 and len(set(p.text for p in ps.prompts)) == 280
+        assert len(cats) == 10 and sum(len(s) for s in cats.values()) == 35
+        assert all(len(texts) == 8 for subs in cats.values() for texts in subs.values())
+    assert not {p.text for p in index.prompts} & {p.text for p in query.prompts}
+    assert index.sha256 != query.sha256 and len(index.sha256) == 64
+
+
+def test_stratified_prefixes_cover_categories_in_proportion():
+    index = load_prompt_set("carlos-reg-index")
+    order = index.stratified()
+    assert sorted(p.text for p in order) == sorted(p.text for p in index.prompts)
+    assert len({p.category for p in order[:10]}) == 10
+    assert len({p.subcategory for p in order[:35]}) == 35
+    for k in (56, 140):
+        counts = {}
+        for p in order[:k]:
+            counts[p.category] = counts.get(p.category, 0) + 1
+        sizes = {c: sum(len(t) for t in s.values()) for c, s in _structure(index).items()}
+        for c, n in counts.items():
+            assert abs(n - k * sizes[c] / 280) <= 1.5
+    assert stratified_order([[1, 2, 3, 4], [5, 6]]) == [1, 5, 2, 3, 6, 4]
+
+
+# ---------------------------------------------------------------- profiles
+
+
+def test_profile_hash_matches_the_registry_formula_and_paper_settings():
+    from registry.profiles import PAPER_SETTINGS
+    from registry.profiles import profile_hash as registry_hash
+
+    p = load_profile("paper", SimpleNamespace(home=Path("/nowhere")))
+    from signer.profiles import registry_settings
+
+    assert p.hash == registry_hash("paper", registry_settings(p)) == profile_hash("paper", registry_settings(p))
+    for key in ("base_model", "clip_model", "clip_pretrained", "steps", "guidance_scale", "width", "height", "dtype",
+                "scheduler", "lora_scale", "seeds", "filters"):
+        assert PAPER[key] == PAPER_SETTINGS[key], key
+    assert len(p.samples()) == 280 * 16 and p.samples()[280].seed == 43
+    assert len(p.query_prompts()) == 280
+
+
+def test_user_profiles_from_toml(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARLOS_REG_SDXL", raising=False)
+    prompts = tmp_path / "mine.json"
+    prompts.write_text(json.dumps(["a red cube", "a blue sphere", "a green cone"]))
+    (tmp_path / "profiles.toml").write_text(f"""
+[profiles.fast]
+extends = "paper"
+steps = 20
+sampling = {{ mode = "adaptive", target_cosine = 0.98 }}
+base_model_path = "/models/sdxl"
+
+[profiles.mine]
+extends = "tiny"
+prompt_set = "{prompts}"
+prompt_subset = 2
+seeds = {{ count = 3 }}
+
+[profiles.loop]
+extends = "loop"
+""")
+    home = SimpleNamespace(home=tmp_path)
+    fast = load_profile("fast", home)
+    assert fast.steps == 20 and fast.sampling["target_cosine"] == 0.98 and fast.sampling["min_samples"] == 256
+    assert fast.base_model_location == "/models/sdxl" and "base_model_path" not in fast.settings
+    paper = load_profile("paper", home)
+    assert fast.hash != paper.hash
+    # a location is not identity: the same hash wherever the weights lie
+    (tmp_path / "profiles.toml").write_text((tmp_path / "profiles.toml").read_text().replace("/models/sdxl", "/x"))
+    moved = load_profile("fast", home)
+    assert moved.hash == fast.hash and moved.base_model_location == "/x"
+    mine = load_profile("mine", home)
+    assert [p.text for p in mine.index_prompts()] == ["a red cube", "a blue sphere"] and mine.seeds == [42, 43, 44]
+    assert len(mine.samples()) == 6
+    from signer.errors import ProfileError
+
+    with pytest.raises(ProfileError, match="cycle"):
+        load_profile("loop", home)
+    with pytest.raises(ProfileError, match="no signer profile 'nope'"):
+        load_profile("nope", home)
+    (tmp_path / "profiles.toml").write_text("[profiles.bad]\nstepz = 3\n")
+    with pytest.raises(ProfileError, match="unknown keys"):
+        load_profile("bad", home)
