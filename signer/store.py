@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from registry.artifacts import ArtifactStore
 from registry.models import BaseCache, File, Signature, SignJob, Version, utcnow
 from registry.queue import JobQueue
+from registry.signatures import save_signature as registry_save_signature
 from registry.vectors import from_blob, to_blob
 from signer.engine import BaseBranch, SignOutcome
 from signer.validate import PICKLE_SUFFIXES
@@ -103,18 +104,12 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
     buf = io.BytesIO()
     np.save(buf, outcome.ensemble.astype(np.float16), allow_pickle=False)
     rel = artifacts.put_bytes("ensemble", buf.getvalue(), ".npy")
-    row = session.execute(sa.select(Signature).where(Signature.version_id == version_id,
-                                                     Signature.profile_id == profile_id)).scalars().first()
-    if row is None:
-        row = Signature(version_id=version_id, profile_id=profile_id, dim=0, direction=b"", strength=0.0,
-                        consistency=0.0)
-        session.add(row)
     s = outcome.stats
-    row.dim, row.direction = int(s.direction.shape[0]), to_blob(s.direction)
-    row.strength, row.consistency, row.n_samples = float(s.strength), float(s.consistency), int(s.n)
-    row.valid, row.flags, row.estimates = bool(outcome.valid), list(outcome.flags), dict(outcome.estimates)
-    row.file_sha256, row.ensemble_path, row.job_id = file_sha256, rel, job_id
-    row.source, row.created_at = "signed", utcnow()
+    row = registry_save_signature(
+        session, version_id=version_id, profile_id=profile_id, direction=s.direction, strength=float(s.strength),
+        consistency=float(s.consistency), n_samples=int(s.n), valid=bool(outcome.valid), flags=list(outcome.flags),
+        estimates=dict(outcome.estimates), file_sha256=file_sha256, ensemble_path=rel, job_id=job_id,
+        source="signed")
     session.flush()
     return row
 
