@@ -6,7 +6,6 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= .demo
-CARLOS_PARQUET ?= ../shared/reference/carlos_metrics_database.parquet
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test clean
@@ -19,13 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# Until the offline end-to-end demo lands: import the published signatures and list them.
 demo: venv
-	@if [ -f "$(CARLOS_PARQUET)" ]; then \
-	  $(BIN)/carlos-reg --home $(DEMO_HOME) import carlos "$(CARLOS_PARQUET)" && \
-	  $(BIN)/carlos-reg --home $(DEMO_HOME) loras --signed --limit 15 && \
-	  $(BIN)/carlos-reg --home $(DEMO_HOME) show "add-detail-xl"; \
-	else echo "Put the CARLoS metrics_database.parquet at $(CARLOS_PARQUET) (or set CARLOS_PARQUET=...)"; fi
+	$(BIN)/carlos-reg demo --dir $(DEMO_HOME)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,6 +16,7 @@ import argparse
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,13 +35,28 @@ def query_prompts() -> list[str]:
         return [" ".join(rng.choice(words, size=rng.integers(6, 18))) for _ in range(280)]
 
 
-def bench_text(n_queries: int) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_text(n_queries: int, device: str = "cpu") -> dict:
+    import importlib.util
+
     import open_clip
 
-    from plugins.search.textenc import TextTower
+    # by file: the plugin package's __init__ pulls in the registry (and its database packages)
+    spec = importlib.util.spec_from_file_location("textenc", Path(__file__).resolve().parent.parent
+                                                  / "plugins" / "search" / "textenc.py")
+    textenc = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["textenc"] = textenc
+    spec.loader.exec_module(textenc)
+    TextTower = textenc.TextTower
 
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval().to(device)
     tok = open_clip.get_tokenizer("ViT-B-32-quickgelu")
     tower = TextTower(model, tok)
     prompts = query_prompts()
@@ -49,23 +65,28 @@ def bench_text(n_queries: int) -> dict:
 
     def naive(q: str) -> np.ndarray:
         with torch.no_grad():
-            a = model.encode_text(tok([p + " " + q for p in prompts]))
-            b = model.encode_text(tok(prompts))
-        return (a - b).mean(0).numpy()
+            a = model.encode_text(tok([p + " " + q for p in prompts]).to(device))
+            b = model.encode_text(tok(prompts).to(device))
+        return (a - b).mean(0).cpu().numpy()
 
-    t0 = time.perf_counter()
-    mean_p = tower.encode(prompts).mean(0)
-    t_mean = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cache = tower.prepare_prefixes(prompts)
-    t_prefix = time.perf_counter() - t0
+    def timed(fn):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        return out, time.perf_counter() - t0
+
+    for warm_up in range(2 if device.startswith("cuda") else 0):
+        naive("warm up")
+
+    mean_p, t_mean = timed(lambda: tower.encode(prompts).mean(0))
+    cache, t_prefix = timed(lambda: tower.prepare_prefixes(prompts))
     naive_t, warm_t, cold_t, diffs = [], [], [], []
     for q in queries:
-        t0 = time.perf_counter(); ref = naive(q); naive_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); warm = (tower.encode_with_suffix(cache, q).mean(0) - mean_p).numpy()
-        warm_t.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); cold = (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).numpy()
-        cold_t.append(time.perf_counter() - t0)
+        ref, t = timed(lambda: naive(q)); naive_t.append(t)
+        warm, t = timed(lambda: (tower.encode_with_suffix(cache, q).mean(0) - mean_p).cpu().numpy()); warm_t.append(t)
+        cold, t = timed(lambda: (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).cpu().numpy())
+        cold_t.append(t)
         diffs.append(float(max(np.abs(ref - warm).max(), np.abs(ref - cold).max())))
     return {"prompts": len(prompts), "queries": len(queries), "naive_s": statistics.median(naive_t),
             "fast_warm_s": statistics.median(warm_t), "fast_cold_s": statistics.median(cold_t),
@@ -109,13 +130,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--sizes", default="740,100000,1000000")
+    ap.add_argument("--sizes", default="740,100000,1000000", help="ranking sizes; empty: skip ranking")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-          f"torch {torch.__version__}")
-    t = bench_text(args.queries)
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
+    print(f"machine: {gpu or platform.processor() or platform.machine()}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, torch {torch.__version__}")
+    t = bench_text(args.queries, args.device)
     print("\nquery vector, ViT-B/32 text tower, |P'| = %d, median of %d queries" % (t["prompts"], t["queries"]))
     print(f"  naive (560 full-length encodes per query): {t['naive_s']*1e3:9.1f} ms")
     print(f"  fast, warm (prefix reuse):                 {t['fast_warm_s']*1e3:9.1f} ms   "
@@ -125,6 +148,8 @@ def main() -> None:
     print(f"  one-time: mean u(p) {t['one_time_prompt_mean_s']*1e3:.0f} ms, prefix cache "
           f"{t['one_time_prefix_cache_s']*1e3:.0f} ms ({t['prefix_cache_mb']:.0f} MB); max |diff| vs naive "
           f"{t['max_abs_diff']:.2e}")
+    if not args.sizes:
+        return
     print("\nranking (top 10, filters on), median")
     for r in bench_ranking([int(s) for s in args.sizes.split(",")]):
         print(f"  N={r['n']:>9,}: {r['rank_ms']:8.2f} ms   (full argsort {r['argsort_ms']:8.2f} ms, "

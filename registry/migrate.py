@@ -37,7 +37,7 @@ def head_revision() -> str:
 
 def current_revisions(db: Database) -> tuple[str, ...]:
     try:
-        with db.engine.connect() as conn:
+        with db.read_engine.connect() as conn:  # a read: no write lock on SQLite
             heads = MigrationContext.configure(conn).get_current_heads()
             conn.rollback()
             return tuple(heads)

@@ -262,3 +262,48 @@ def lora_file_verified(app, session, version_id: int, file_id: int):
         info(f"not queued for signing: {exc}")
         return
     enqueue_lora(session, app.queue, register(session, profile).id, version_id)
+
+
+def nightly_sign(app: App, options: dict) -> dict:
+    """The scheduled run's signing step: queue every verified, unsigned version for the default
+    profile; with ``serve --sign-local``, drain that queue here (stopping cleanly on shutdown)."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from registry.models import File, Signature
+    from signer import store
+    from signer.worker import Worker
+
+    profile, pid = _profile(app, None)
+    with app.db.write() as s:
+        signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
+        vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
+            File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars().all()
+        queued = sum(bool(store.enqueue_lora(s, app.queue, pid, v)) for v in vids)
+    out = {"profile": profile.name, "unsigned": len(vids), "newly_queued": queued}
+    if not options.get("sign_local"):
+        return out
+    worker = Worker(app.db, app.settings, device=_device(options.get("device")), profiles=[profile.name], once=True,
+                    say=_say)
+    stop = options.get("stop")
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.5):
+            if stop is not None and stop.is_set():
+                worker.request_stop("shutdown")
+                return
+
+    threading.Thread(target=watch, daemon=True, name="nightly-sign-stop").start()
+    try:
+        report = worker.run()
+    finally:
+        done.set()
+    out.update(signed=report.done, failed=report.failed, released=report.released, interrupted=report.interrupted)
+    return out
+
+
+@hookimpl
+def register_nightly_steps(register):
+    register("sign", nightly_sign, 200)

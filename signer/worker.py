@@ -139,6 +139,10 @@ class Worker:
     def _on_signal(self, signum, frame) -> None:
         self._signal = signal.Signals(signum).name
 
+    def request_stop(self, reason: str = "shutdown") -> None:
+        """Stop as on SIGTERM (the current job finishes its batch, then releases its lease); thread-safe."""
+        self._signal = reason
+
     # ---------------------------------------------------------------- claiming
 
     def _runnable_profiles(self) -> dict[int, Profile]:

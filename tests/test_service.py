@@ -154,3 +154,53 @@ def test_malformed_uploads_are_rejected(reference_registry):
         assert status == 400 and "at most 8 images" in doc["error"]
     finally:
         server.stop()
+
+
+def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_finishes(tmp_path, tiny_models):
+    """serve --sign-local drains the queue in its nightly run; SIGTERM mid-job gives the job back."""
+    import time
+
+    import sqlalchemy as sa
+
+    from registry.db import Database
+    from registry.migrate import ensure_schema
+    from registry.models import Signature, SignJob
+    from registry.settings import Settings
+    from signer import lorafiles as lf
+    from tests.conftest import run_cli
+    from tests.signer_support import add_local_version
+    home = tmp_path / "home"
+    home.mkdir()
+    # a slower tiny profile (more seeds), so that the signal lands while a LoRA job holds its lease
+    (home / "profiles.toml").write_text('[profiles.slow]\nextends = "tiny"\nseeds = { count = 30 }\n')
+    env = {"CARLOS_REG_HOME": str(home), "CARLOS_REG_PROFILE": "slow", "CARLOS_REG_MODELS": str(tiny_models),
+           "CARLOS_REG_LOAD_PLUGINS": "serve,sign"}  # no crawl step: nothing leaves this machine
+    settings = Settings.load(home=home)
+    db = Database(settings.db_url)
+    ensure_schema(db)
+    with db.write() as s:
+        for vid in (1, 2):
+            add_local_version(s, settings.artifacts, vid, lf.write_kohya_lora(tmp_path / f"{vid}.safetensors", seed=vid))
+    server = Server.start(serve_args=("--schedule", "off", "--sign-local", "--device", "cpu", "--run-now"), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        held = None
+        while time.monotonic() < deadline and held is None:
+            with db.read() as s:
+                held = s.execute(sa.select(SignJob.id).where(SignJob.kind == "lora", SignJob.state == "running")).scalar()
+            time.sleep(0.2)
+        assert held is not None, server.output()
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()
+    with db.read() as s:
+        job = s.get(SignJob, held)
+        assert job.state == "queued" and job.attempts == 0 and job.lease_token is None
+        run = s.execute(sa.text("SELECT status, steps FROM service_run ORDER BY id DESC")).first()
+    assert run[0] in ("interrupted", "ok")
+    proc = run_cli("signer", "work", "--once", "--device", "cpu", env=env)
+    assert proc.returncode == 0, proc.stderr
+    with db.read() as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Signature)).scalar_one() == 2
+        assert s.get(SignJob, held).state == "done"
+    db.dispose()

@@ -5,7 +5,6 @@ import json
 
 from signer import lorafiles as lf
 from tests.conftest import run_cli
-from tests.signer_support import tiny_models  # noqa: F401 (fixture)
 
 
 def test_sign_a_folder_with_good_and_bad_files_explains_every_bad_one(tmp_path, tiny_models):
@@ -71,7 +70,6 @@ def test_sign_all_signs_every_verified_unsigned_version(tmp_path, tiny_models):
     from registry.migrate import ensure_schema
     from registry.settings import Settings
     from tests.signer_support import add_local_version
-
     settings = Settings.load()
     db = Database(settings.db_url)
     ensure_schema(db)

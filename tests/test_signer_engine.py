@@ -8,7 +8,7 @@ import pytest
 
 from signer import lorafiles as lf
 from signer.errors import LoraRejected, ModelUnavailable
-from tests.signer_support import UnetCalls, tiny_engine, tiny_models, tiny_profile  # noqa: F401 (fixtures)
+from tests.signer_support import UnetCalls, tiny_profile
 
 
 def test_zero_up_weights_lora_has_no_effect(tiny_engine, tmp_path):

@@ -21,7 +21,7 @@ from signer import store
 from signer.profiles import register
 from signer.worker import Worker, get_engine
 from tests.conftest import REPO
-from tests.signer_support import UnetCalls, add_local_version, tiny_models, tiny_profile  # noqa: F401 (fixtures)
+from tests.signer_support import UnetCalls, add_local_version, tiny_profile
 
 
 @pytest.fixture

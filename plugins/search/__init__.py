@@ -46,8 +46,11 @@ def search(app: App, query, images, k, profile, no_filter, max_strength, min_con
 def _explain_filters(doc: dict) -> None:
     dropped = {k: v for k, v in (doc.get("filtered") or {}).items() if v}
     if dropped:
-        info("filtered out: " + ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items())
-             + " (use --no-filter to keep them)")
+        hint = (" (--no-filter keeps the too strong / too inconsistent ones)"
+                if {"strength_above_max", "consistency_below_min"} & set(dropped) else "")
+        info("filtered out: " + ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in dropped.items()) + hint)
+    if (doc.get("query") or {}).get("cached"):
+        info("query vector from the cache (no model loaded)")
     for item in doc.get("filtered_from_top") or []:
         info(f"  would have ranked (score {item['score']:.3f}): version {item['version_id']} — "
              + "; ".join(item["reasons"]))

@@ -139,7 +139,9 @@ class QueryEncoder:
     def _compute_text(self, text: str) -> np.ndarray:
         tower = self.source.tower()
         prompts = self.source.query_prompts
-        if self.warm and tower.supports_prefix:
+        # Prefix reuse saves arithmetic; on a GPU the many small per-length batches cost more in
+        # kernel launches than they save (bench/search.py), so there the cut-length path wins.
+        if self.warm and tower.supports_prefix and tower.device.type == "cpu":
             if self.source._prefixes is None:
                 self.source._prefixes = tower.prepare_prefixes(prompts)
             feats = tower.encode_with_suffix(self.source._prefixes, text)

@@ -1,0 +1,210 @@
+"""Built-in plugin: ``carlos-reg demo`` — the whole system, offline, on tiny local models.
+
+It writes a catalog of a dozen LoRAs with deliberately different effects (strong, subtle, none, a
+near-duplicate re-upload, a text-encoder LoRA, a Pony LoRA, an SD 1.5 LoRA the crawler must drop,
+and a pickle, a LoHa and a corrupt file) in the mirror format, serves it on loopback, crawls it,
+signs with the tiny profile, and shows search, similar, compare and the copyright report — each
+step through the same commands a user types. Random weights make every ranking meaningless;
+the mechanics (downloads, verification, failures and their reasons, queue, signatures, caches,
+duplicate detection) are real.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from registry import hookimpl
+from registry.errors import CarlosError
+from registry.output import err, info
+
+MARKER = ".carlos-reg-demo"
+WORDS = {"ink": ["inkwash"], "neon": ["neoncity"], "armor": ["goldarmor"]}
+
+
+def _catalog(folder: Path, work: Path) -> dict:
+    """LoRA files and Civitai-shaped metadata for the demo mirror."""
+    from crawler.mirror import file_entry, model_entry, version_entry, write_catalog
+    from signer import lorafiles as lf
+
+    files = work / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    specs = [
+        # (model id, name, tags, trained words, base model, how the file is made)
+        (101, "Ink Wash Painting", ["style", "ink"], WORDS["ink"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=11, strength=1.0)),
+        (102, "Neon Cyberpunk City", ["style", "cyberpunk"], WORDS["neon"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=22, strength=1.0)),
+        (103, "Pastel Watercolor", ["style", "watercolor"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=33, strength=0.6)),
+        (104, "Film Grain Photo", ["photography"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=44, strength=0.15)),
+        (105, "Soft Lighting", ["lighting"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=55, strength=0.08)),
+        (106, "Does Nothing", ["concept"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, zero_up=True)),
+        (107, "Ink Wash Painting (re-upload)", ["style", "ink"], WORDS["ink"], "SDXL 1.0", None),  # near duplicate of 101
+        (108, "Golden Armor", ["clothing", "armor"], WORDS["armor"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=66, strength=0.8, te=True)),
+        (109, "Pony Pastel Style", ["style"], [], "Pony", lambda p: lf.write_kohya_lora(p, seed=77, strength=0.9)),
+        (110, "Sketchy LoHa", ["style", "sketch"], [], "SDXL 1.0", lambda p: lf.write_loha(p, seed=1)),
+        (111, "Corrupt Upload", ["style"], [], "SDXL 1.0", lambda p: lf.write_truncated(p, seed=2)),
+        (112, "Old Pickle LoRA", ["style"], [], "SDXL 1.0", lambda p: lf.write_pickle_lora(p, seed=3)),
+        (113, "SD 1.5 Anime", ["anime"], [], "SD 1.5", lambda p: lf.write_sd15_lora(p, seed=4)),
+    ]
+    models, blobs = [], {}
+    for model_id, name, tags, words, base, make in specs:
+        suffix = ".pt" if model_id == 112 else ".safetensors"
+        path = files / f"{model_id}{suffix}"
+        if make is None:
+            lf.write_near_duplicate(files / "101.safetensors", path, noise=0.01)
+        else:
+            make(path)
+        data = path.read_bytes()
+        file_id, version_id = 3000 + model_id, 2000 + model_id
+        fmt = "PickleTensor" if suffix == ".pt" else "SafeTensor"
+        entry = file_entry(file_id, data, name=f"{name.replace(' ', '_')}{suffix}", format=fmt)
+        models.append(model_entry(model_id, name=name, tags=tags, creator="demo", versions=[
+            version_entry(version_id, name="v1.0", files=[entry], base_model=base, trained_words=words)]))
+        blobs[file_id] = path
+    write_catalog(folder, models, blobs)
+    return {"models": len(models)}
+
+
+def _explain_failures(home: Path) -> None:
+    import sqlalchemy as sa
+
+    from registry.app import App
+    from registry.models import File, Model, SignJob, Version
+    from registry.output import table
+    from registry.settings import Settings
+
+    app = App(Settings.load(home=home))
+    with app.db.read() as s:
+        files = s.execute(sa.select(Model.name, File.state, File.error).join(Version, Version.id == File.version_id)
+                          .join(Model, Model.id == Version.model_id).where(File.state != "verified")).all()
+        jobs = s.execute(sa.select(Model.name, SignJob.last_error).join(Version, Version.id == SignJob.version_id)
+                         .join(Model, Model.id == Version.model_id).where(SignJob.state == "dead")).all()
+    rows = [(name, f"file {state}", error or "") for name, state, error in files]
+    rows += [(name, "signing failed", error or "") for name, error in jobs]
+    table(["LoRA", "what", "why"], rows, title="rejected on the way")
+    info("The SD 1.5 LoRA never entered the registry: the crawler keeps only SDXL-architecture LoRAs, "
+         "whatever the server returns.")
+    app.close()
+
+
+def _step(n: int, title: str, what: str) -> None:
+    err.rule(f"[bold]{n}. {title}")
+    err.print(what, highlight=False)
+
+
+class _Runner:
+    """Runs carlos-reg commands in this process against the demo's data dir."""
+
+    def __init__(self, home: Path):
+        self.home = home
+
+    def __call__(self, *args: str, allow_fail: bool = False) -> int:
+        from registry.cli import get_cli
+
+        info(f"$ carlos-reg {' '.join(args)}")
+        try:
+            get_cli().main(args=["--home", str(self.home), *args], prog_name="carlos-reg", standalone_mode=False)
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except CarlosError as exc:
+            err.print(f"Error: {exc}", highlight=False)
+            code = exc.exit_code
+        if code and not allow_fail:
+            raise CarlosError(f"demo step `carlos-reg {' '.join(args)}` failed (exit {code})")
+        return code
+
+
+@click.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="carlos-demo", show_default=True,
+              help="Fresh data dir for the demo (recreated on each run; the registry in --home is not touched).")
+def demo(directory: str):
+    """Offline end-to-end run on tiny local models: crawl a mirror, sign, search, compare, report."""
+    started = time.monotonic()
+    root = Path(directory).resolve()
+    if root.exists():
+        if not (root / MARKER).exists() and any(root.iterdir()):
+            raise CarlosError(f"{root} exists and is not a demo directory; choose another --dir")
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / MARKER).write_text("made by carlos-reg demo; safe to delete\n")
+    home = root / "home"
+    os.environ.update({"CARLOS_REG_PROFILE": "tiny", "CARLOS_REG_MODELS": str(root / "models"),
+                       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    os.environ.pop("CARLOS_REG_DB", None)
+    os.environ.pop("CIVITAI_API_KEY", None)
+    run = _Runner(home)
+    err.print(f"[bold]carlos-reg demo[/bold] — data in {root}", highlight=False)
+    err.print("Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
+              "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).", highlight=False)
+
+    _step(1, "Tiny models", "An SDXL-architecture pipeline and a CLIP model with random weights, built from small "
+          "configs and saved, then loaded back through the same from_pretrained path as real weights.")
+    from signer.tiny import ensure_tiny_sdxl
+
+    ensure_tiny_sdxl(root / "models")
+    info(f"built in {root / 'models'}")
+
+    _step(2, "A Civitai-compatible mirror", "13 LoRAs in the mirror format: strong, subtle, zero-effect, a "
+          "near-duplicate re-upload, a text-encoder LoRA, a Pony LoRA, plus an SD 1.5 LoRA (not SDXL: dropped), a "
+          "pickle .pt (never downloaded as usable), a LoHa (diffusers cannot load it) and a truncated file.")
+    from crawler.mirror import BackgroundServer, make_app
+
+    _catalog(root / "mirror", root / "work")
+    with BackgroundServer(make_app(root / "mirror")) as server:
+        os.environ["CIVITAI_BASE_URL"] = server.url
+        info(f"serving {root / 'mirror'} at {server.url}")
+
+        _step(3, "Crawl", "Listing with cursor pagination, SDXL LoRAs only, files downloaded with SHA256 "
+              "verification; every verified file is queued for signing with the default profile (tiny).")
+        run("crawl", "--concurrency", "2", allow_fail=True)
+        run("crawls", "--limit", "1")
+    _step(4, "Sign", "A worker claims jobs with a lease: first the profile's base branch (computed once), then each "
+          "LoRA (paired generations with and without it, CLIP-space differences → Direction, Strength, Consistency). "
+          "Bad files fail their job with the reason; the worker goes on.")
+    run("signer", "work", "--once", "--device", "cpu", allow_fail=True)
+    run("signer", "status")
+
+    _step(5, "What failed, and why", "Nothing bad is lost or silent: each rejected file keeps its reason.")
+    _explain_failures(home)
+
+    _step(6, "The registry", "What was crawled and signed (zero-effect LoRAs get Strength 0 and a no_effect flag).")
+    run("loras")
+
+    _step(7, "Search by behavior", "The query's CLIP-text shift over the profile's prompts, against each LoRA's "
+          "Direction. The second identical query comes from the cache without loading a model.")
+    run("search", "ink wash painting", "-k", "5", "--no-filter")
+    run("search", "ink wash painting", "-k", "3", "--no-filter")
+    run("search", "watercolor", "-k", "5", "--retriever", "metadata", allow_fail=True)
+
+    _step(8, "Similar LoRAs", "Nearest Directions: the re-upload of 'Ink Wash Painting' shows up as a near duplicate.")
+    run("similar", "Ink Wash Painting", "-k", "3")
+
+    _step(9, "Claims vs behavior", "Does each LoRA do what its name, tags and trigger words say? Worst first.")
+    run("compare", "--worst", "5")
+
+    _step(10, "Copyright-risk screening", "Strength (substantiality) and Consistency (volition) against the registry's "
+          "own distribution, with quality flags; also written as a self-contained HTML report.")
+    html = root / "copyright-report.html"
+    run("report", "copyright", "--min-samples", "16", "--limit", "12")
+    run("report", "copyright", "--min-samples", "16", "--format", "html", "--out", str(html))
+
+    err.rule("[bold]Done")
+    err.print(f"Finished in {time.monotonic() - started:.0f} s. Open {html} in a browser; the registry is "
+              f"{home / 'registry.db'} (try: carlos-reg --home {home} loras).\n\n"
+              "Real weights on a GPU (see the README):\n"
+              "  export CIVITAI_API_KEY=...            # your Civitai token\n"
+              "  carlos-reg crawl --max-models 50      # SDXL LoRAs from civitai.com\n"
+              "  carlos-reg signer work --device cuda  # paper profile: SDXL base 1.0 + CLIP ViT-B/32\n"
+              "  carlos-reg search 'watercolor painting'\n"
+              "Or start from the published signatures: carlos-reg import carlos metrics_database.parquet",
+              highlight=False)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(demo)

@@ -1,0 +1,30 @@
+"""`carlos-reg demo` (what `make demo` runs): offline, end to end, rerunnable."""
+from __future__ import annotations
+
+import sqlite3
+
+from tests.conftest import run_cli
+
+
+def test_demo_runs_end_to_end_and_again(tmp_path):
+    target = tmp_path / "demo"
+    for _ in range(2):  # a rerun starts fresh in the same directory
+        proc = run_cli("demo", "--dir", str(target), timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "meaningless" in out and "Traceback" not in out
+    assert "LoHa" in out and "quarantined" in out and "pickle" in out  # every bad file explained
+    assert "near" in proc.stdout  # the re-upload is found as a near duplicate
+    assert (target / "copyright-report.html").read_text().startswith("<!doctype html>")
+    db = sqlite3.connect(target / "home" / "registry.db")
+    states = dict(db.execute("SELECT state, count(*) FROM sign_job WHERE kind = 'lora' GROUP BY state").fetchall())
+    assert states == {"done": 9, "dead": 1}
+    assert db.execute("SELECT count(*) FROM version").fetchone()[0] == 12  # the SD 1.5 LoRA was dropped
+    db.close()
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    proc = run_cli("demo", "--dir", str(tmp_path))
+    assert proc.returncode == 1 and "not a demo directory" in proc.stderr
+    assert (tmp_path / "precious.txt").exists()
