@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version
@@ -24,30 +25,43 @@ def civitai_url(model_id: int | None, version_id: int | None) -> str | None:
     return None
 
 
-def _chosen_signature(profile_id: int | None):
+def _chosen_signature(profile_id: int | None, version_ids: list[int] | None = None):
     """Subquery: the signature id shown for each version (the given profile's, else the newest)."""
     stmt = sa.select(Signature.version_id.label("vid"), sa.func.max(Signature.id).label("sid"))
     if profile_id is not None:
         stmt = stmt.where(Signature.profile_id == profile_id)
+    if version_ids is not None:  # a few rows (search results): do not group the whole table
+        stmt = stmt.where(Signature.version_id.in_(version_ids))
     return stmt.group_by(Signature.version_id).subquery("chosen")
 
 
 def lora_rows(session: Session, *, signed: bool | None = None, base_model: str | None = None,
               profile_id: int | None = None, limit: int | None = None, offset: int = 0,
               version_ids: list[int] | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Return ``(total, rows)`` of LoRA listing dicts, ordered by version id."""
-    chosen = _chosen_signature(profile_id)
+    """Return ``(total, rows)`` of LoRA listing dicts, ordered by version id.
+
+    A page (``limit``) is found first by id (an indexed EXISTS for ``signed``), then only its rows
+    are joined with their signatures; without a limit one grouped join reads everything.
+    """
     where = []
-    if signed is True:
-        where.append(chosen.c.sid.is_not(None))
-    elif signed is False:
-        where.append(chosen.c.sid.is_(None))
+    if signed is not None:
+        other = aliased(Signature)  # not the outer query's Signature
+        has = sa.select(other.id).where(other.version_id == Version.id).correlate(Version)
+        if profile_id is not None:
+            has = has.where(other.profile_id == profile_id)
+        where.append(sa.exists(has) if signed else ~sa.exists(has))
     if base_model:
         where.append(sa.func.lower(Version.base_model) == base_model.lower())
     if version_ids is not None:
         where.append(Version.id.in_(version_ids))
-    joined = (sa.select(Version.id).outerjoin(chosen, chosen.c.vid == Version.id).where(*where))
-    total = session.execute(sa.select(sa.func.count()).select_from(joined.subquery())).scalar_one()
+    total = session.execute(sa.select(sa.func.count()).select_from(Version).where(*where)).scalar_one()
+    if limit:
+        page = session.execute(sa.select(Version.id).where(*where).order_by(Version.id)
+                               .offset(offset).limit(limit)).scalars().all()
+        if not page:
+            return total, []
+        where, version_ids, offset = [Version.id.in_(page)], list(page), 0
+    chosen = _chosen_signature(profile_id, version_ids)
     stmt = (
         sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
                   Version.trained_words, Version.source, Version.air, Version.gone_at, Model.nsfw,
@@ -61,8 +75,6 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         .order_by(Version.id)
         .offset(offset)
     )
-    if limit:
-        stmt = stmt.limit(limit)
     return total, [lora_dict(r._mapping) for r in session.execute(stmt)]
 
 

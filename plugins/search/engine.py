@@ -7,6 +7,7 @@ Retrievers come from the ``register_retrievers`` hook; ``carlos`` (behavior) is 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,7 @@ class SearchEngine:
         self._indexes: dict[int, RankingIndex] = {}
         self._encoders: dict[int, object] = {}
         self._lock = threading.RLock()  # the service shares one engine between request threads
+        self._allowed: dict[tuple, tuple[float, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ profiles, indexes, encoders
 
@@ -126,9 +128,20 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ metadata filters
 
+    ALLOWED_TTL_S = 60.0  # a warm service re-reads base-model/NSFW metadata at most this often
+
     def allowed_ids(self, base_model: str | None, nsfw: bool | None) -> np.ndarray | None:
         if base_model is None and nsfw is None:
             return None
+        key = ((base_model or "").lower() if base_model is not None else None, nsfw)
+        hit = self._allowed.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ALLOWED_TTL_S:
+            return hit[1]
+        ids = self._query_allowed_ids(base_model, nsfw)
+        self._allowed[key] = (time.monotonic(), ids)
+        return ids
+
+    def _query_allowed_ids(self, base_model: str | None, nsfw: bool | None) -> np.ndarray:
         stmt = sa.select(Version.id).outerjoin(Model, Model.id == Version.model_id)
         if base_model is not None:
             stmt = stmt.where(sa.func.lower(Version.base_model) == base_model.lower())
@@ -226,7 +239,8 @@ class CarlosRetriever:
                           min_consistency=min_c if request.apply_filters else None,
                           allowed_ids=engine.allowed_ids(request.base_model, request.nsfw),
                           allowed_reason="base_model_or_nsfw")
-        ranked = index.rank(query, request.k, filters)
+        scores = index.scores(query)
+        ranked = index.rank(query, request.k, filters, scores=scores)
         info = {
             "query": {"text": request.text, "images": [str(p) for p in request.images],
                       "retriever": self.name, "cached": bool(cached) and all(cached)},
@@ -237,13 +251,13 @@ class CarlosRetriever:
             "signed": len(index), "candidates": ranked.considered, "filtered": ranked.filtered,
         }
         if request.apply_filters:
-            info["filtered_from_top"] = self._filtered_from_top(index, query, request.k, filters, ranked)
+            info["filtered_from_top"] = self._filtered_from_top(index, query, request.k, filters, ranked, scores)
         return ranked.version_ids, ranked.scores, info
 
     @staticmethod
-    def _filtered_from_top(index: RankingIndex, query, k: int, filters: Filters, ranked) -> list[dict]:
+    def _filtered_from_top(index: RankingIndex, query, k: int, filters: Filters, ranked, scores) -> list[dict]:
         """LoRAs that would have made the top k without the Strength/Consistency filters, and why not."""
-        unfiltered = index.rank(query, k, Filters(allowed_ids=filters.allowed_ids))
+        unfiltered = index.rank(query, k, Filters(allowed_ids=filters.allowed_ids), scores=scores)
         kept = set(ranked.version_ids.tolist())
         out = []
         for vid, score in zip(unfiltered.version_ids, unfiltered.scores):

@@ -160,15 +160,23 @@ class RankingIndex:
 
     # ------------------------------------------------------------------ queries
 
-    def rank(self, query: np.ndarray, k: int, filters: Filters | None = None,
-             exclude: int | None = None) -> Ranked:
-        """Top-k version ids by cosine between ``query`` and each unit Direction, after filters."""
-        filters = filters or Filters()
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Cosine of ``query`` with every Direction (zero Directions score 0)."""
         q = np.asarray(query, dtype=np.float32)
         qn = float(np.linalg.norm(q))
         if qn == 0 or not np.isfinite(qn):
             raise ValueError("the query vector is zero or not finite")
-        scores = self.units @ (q / qn)
+        return self.units @ (q / qn)
+
+    def rank(self, query: np.ndarray, k: int, filters: Filters | None = None,
+             exclude: int | None = None, scores: np.ndarray | None = None) -> Ranked:
+        """Top-k version ids by cosine between ``query`` and each unit Direction, after filters.
+
+        ``scores`` (from ``self.scores(query)``) saves the product when ranking one query twice.
+        """
+        filters = filters or Filters()
+        if scores is None:
+            scores = self.scores(query)
         keep = np.ones(len(self), dtype=bool)
         filtered: dict[str, int] = {}
 
@@ -214,40 +222,52 @@ class RankingIndex:
         return self.ids[same]
 
 
-def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, block: int = 2048,
+def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, grid_dims: int = 4,
                          seed: int = 0) -> list[tuple[int, int, float]]:
     """All pairs (i < j) of unit rows with cosine ≥ ``min_cos``, exactly, without an N² × d product.
 
-    For unit vectors, cos ≥ c ⇔ ‖a − b‖ ≤ r with r² = 2(1 − c). Projecting onto any subspace
-    can only shorten a difference, so pairs whose projections onto the top ``dims`` principal
-    directions are farther apart than r cannot qualify; rows sorted by the first principal
-    coordinate are only compared within a window of width r. Survivors are checked in full.
+    For unit vectors, cos ≥ c ⇔ ‖a − b‖ ≤ r with r² = 2(1 − c). A projection can only shorten a
+    difference, so a qualifying pair is within r on every principal coordinate: rows are bucketed
+    on a grid of cell size r over the top ``grid_dims`` principal coordinates, only neighbouring
+    cells are compared, first on ``dims`` principal coordinates, then survivors in full.
     """
     n, d = units.shape
     if n < 2:
         return []
-    r = float(np.sqrt(2.0 * (1.0 - min_cos))) + 1e-6
+    r = float(np.sqrt(max(2.0 * (1.0 - min_cos), 0.0))) + 1e-6
     rng = np.random.default_rng(seed)
-    sample = units[rng.choice(n, size=min(n, 20_000), replace=False)]
-    _, _, vt = np.linalg.svd(sample - sample.mean(axis=0), full_matrices=False)
-    proj = (units @ vt[:min(dims, d)].T).astype(np.float32)
-    order = np.argsort(proj[:, 0], kind="stable")
-    proj = proj[order]
-    first = proj[:, 0]
+    sample = units[rng.choice(n, size=min(n, 20_000), replace=False)].astype(np.float64)
+    centered = sample - sample.mean(axis=0)
+    _, vecs = np.linalg.eigh(centered.T @ centered)
+    basis = vecs[:, ::-1][:, :min(dims, d)]  # principal directions, largest variance first
+    proj = (units @ basis).astype(np.float32)
     sq = np.einsum("ij,ij->i", proj, proj)
-    valid = (np.linalg.norm(units, axis=1) > 0)[order]
+    valid = np.linalg.norm(units, axis=1) > 0
+    g = min(grid_dims, proj.shape[1])
+    cells = np.floor(proj[:, :g] / r).astype(np.int64)
+    order = np.lexsort(cells.T[::-1])
+    keys = [tuple(row) for row in cells[order]]
+    groups: dict[tuple, np.ndarray] = {}
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or keys[i] != keys[start]:
+            groups[keys[start]] = order[start:i]
+            start = i
+    offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * g, indexing="ij")).reshape(g, -1).T
     pairs = []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        upper = int(np.searchsorted(first, first[stop - 1] + r, side="right"))
-        dist = sq[start:stop, None] + sq[None, start:upper] - 2.0 * (proj[start:stop] @ proj[start:upper].T)
-        rows, cols = np.nonzero(dist <= r * r)
-        rows, cols = rows + start, cols + start
-        keep = (cols > rows) & valid[rows] & valid[cols]
-        a, b = order[rows[keep]], order[cols[keep]]
+    for key, rows in groups.items():
+        near = [groups[k] for k in (tuple(np.add(key, o)) for o in offsets) if k in groups and k >= key]
+        cols = np.concatenate(near)
+        dist = sq[rows, None] + sq[None, cols] - 2.0 * (proj[rows] @ proj[cols].T)
+        a, b = np.nonzero(dist <= r * r)
+        a, b = rows[a], cols[b]
+        keep = (a != b) & valid[a] & valid[b]
+        same_cell = np.isin(b, rows)
+        keep &= ~same_cell | (a < b)  # inside one cell, each pair once
+        a, b = a[keep], b[keep]
         if a.size:
             cos = np.einsum("ij,ij->i", units[a], units[b])
             hit = cos >= min_cos
             lo, hi = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
             pairs.extend(zip(lo.tolist(), hi.tolist(), cos[hit].tolist()))
-    return sorted(pairs)
+    return sorted(set(pairs))
