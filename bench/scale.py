@@ -197,6 +197,7 @@ def run_backend(name: str, url: str, n: int, clients: int, per_client: int, sqli
         out["first_search_from_db_s"] = round(first, 2)
         search = [f"/api/search?q={urllib.parse.quote(t)}&{q}" for t in QUERIES]
         filtered = [p + "&base_model=SDXL%201.0&nsfw=false" for p in search]
+        out["search_1_client"] = load(server, search, 1, per_client)
         out["search"] = load(server, search, clients, per_client)
         out["search_base_model_nsfw"] = load(server, filtered, clients, per_client)
         rng = np.random.default_rng(1)
