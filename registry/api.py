@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 APP = web.AppKey("carlos_app", App)
 EXECUTOR = web.AppKey("carlos_executor", ThreadPoolExecutor)
+API_THREADS = 8  # blocking queries run on this many threads (each may hold a database connection)
 OPTIONS = web.AppKey("carlos_options", dict)
 STARTED = web.AppKey("carlos_started", float)
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -202,7 +203,7 @@ async def runs(request: web.Request) -> web.Response:
     return respond({"runs": await blocking(request, recent_runs, request.app[APP], limit)})
 
 
-def create_web_app(app: App, options: dict | None = None, *, threads: int = 8) -> web.Application:
+def create_web_app(app: App, options: dict | None = None, *, threads: int = API_THREADS) -> web.Application:
     from registry.plugins import load_plugins, pm
 
     web_app = web.Application(middlewares=[errors], client_max_size=MAX_UPLOAD_BYTES)

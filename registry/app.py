@@ -5,18 +5,22 @@ from functools import cached_property
 
 import click
 
-from registry.db import Database
+from registry.db import Database, pool_size_setting
 from registry.settings import Settings
 
 
 class App:
+    #: PostgreSQL connections this process may open unless ``$CARLOS_REG_DB_POOL`` says otherwise;
+    #: a command sets it before it first touches ``db`` (``signer work``: 3, ``serve``: threads + 4).
+    default_pool_size: int = 5
+
     def __init__(self, settings: Settings):
         self.settings = settings
 
     @cached_property
     def raw_db(self) -> Database:
         """The database as it is, without migrating (for the ``db`` commands)."""
-        return Database(self.settings.db_url)
+        return Database(self.settings.db_url, pool_size=pool_size_setting(self.default_pool_size))
 
     @cached_property
     def db(self) -> Database:

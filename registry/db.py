@@ -4,10 +4,20 @@ SQLite: WAL, busy_timeout, foreign keys on, and every write transaction starts w
 ``BEGIN IMMEDIATE`` so two writer processes queue on the lock instead of failing with
 "database is locked" (a deferred transaction that reads and then writes cannot wait).
 Reads use a second engine with deferred ``BEGIN``. PostgreSQL uses one pooled engine for both.
+
+PostgreSQL connection pool: ``CARLOS_REG_DB_POOL=N`` is the most connections one process opens
+(N stay open in the pool, no overflow beyond N; a thread that finds all N busy waits up to 30 s).
+Without it each command picks what it needs (``App.default_pool_size``): ``signer work`` 3 (its
+main loop and the heartbeat thread, one spare), ``serve`` its API threads + 4 (nightly run, its
+lease heartbeat, the crawler's writer, a local signer's heartbeat), other commands 5. Size the
+server's ``max_connections`` as the sum over all processes. Stale connections (after a database
+restart) are detected on checkout (``pool_pre_ping``) and replaced; see ``registry.retry`` for
+riding out the outage itself.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -17,9 +27,25 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session
 
-from registry.errors import DatabaseError
+from registry.errors import DatabaseError, UsageError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+DEFAULT_POOL_SIZE = 5
+POOL_ENV = "CARLOS_REG_DB_POOL"
+
+
+def pool_size_setting(default: int = DEFAULT_POOL_SIZE) -> int:
+    """``$CARLOS_REG_DB_POOL`` if set (a positive integer), else ``default``."""
+    raw = os.environ.get(POOL_ENV)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{POOL_ENV}={raw!r}: give the number of database connections per process (1 or more)")
+    return value
 
 
 def redact_url(url: str) -> str:
@@ -61,8 +87,8 @@ def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
     return engine
 
 
-def create_engines(url: str, *, pool_size: int = 5) -> tuple[Engine, Engine]:
-    """Return ``(write_engine, read_engine)`` for a SQLAlchemy URL."""
+def create_engines(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> tuple[Engine, Engine]:
+    """Return ``(write_engine, read_engine)`` for a SQLAlchemy URL (``pool_size``: PostgreSQL only)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -78,9 +104,12 @@ def create_engines(url: str, *, pool_size: int = 5) -> tuple[Engine, Engine]:
                 parsed,
                 pool_pre_ping=True,  # survive a database restart: stale connections are replaced
                 pool_size=pool_size,
-                max_overflow=pool_size,
+                max_overflow=0,  # pool_size is the process's ceiling: predictable for max_connections
                 pool_recycle=1800,
-                connect_args={"connect_timeout": 10, "application_name": "carlos-reg"},
+                # TCP keepalives: a server that vanished without closing (host down, network cut) is
+                # noticed in about a minute instead of the kernel's ~15 min, and the retry takes over
+                connect_args={"connect_timeout": 10, "application_name": "carlos-reg", "keepalives": 1,
+                              "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3},
             )
             return engine, engine
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
@@ -98,9 +127,11 @@ def describe_operational_error(url: str, exc: BaseException) -> DatabaseError:
 class Database:
     """The registry's engines; hands out sessions for reading or writing."""
 
-    def __init__(self, url: str, *, pool_size: int = 5):
+    def __init__(self, url: str, *, pool_size: int | None = None):
+        """``pool_size`` (PostgreSQL): connections this process may open; default ``$CARLOS_REG_DB_POOL`` or 5."""
         self.url = url
-        self.engine, self.read_engine = create_engines(url, pool_size=pool_size)
+        self.pool_size = pool_size if pool_size is not None else pool_size_setting()
+        self.engine, self.read_engine = create_engines(url, pool_size=self.pool_size)
         self.dialect = self.engine.dialect.name
 
     @property

@@ -11,6 +11,12 @@ Lifecycle: ``queued`` → ``running`` (leased) → ``done`` | back to ``queued``
   ``release`` act only while the token still holds; ``complete`` runs inside the caller's write
   transaction so the result and the completion commit or roll back together.
 - Lease times use the database clock, so workers on machines with skewed clocks agree.
+- The queue's own transactions (``claim``, ``heartbeat``, ``complete_with``, ``fail``,
+  ``release``, ``reap``) ride out a database restart: transient connection errors are retried
+  with capped backoff (``registry.retry``). Every retry is safe because the lease token fences
+  it: a retried ``claim`` first looks for the lease its token may already hold (a COMMIT whose
+  answer was lost), and ``complete_with`` finds a job already completed under its token and
+  writes nothing a second time.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -26,6 +32,9 @@ from sqlmodel import Session
 from registry.db import Database
 from registry.errors import LeaseLost
 from registry.models import SignJob, utcnow
+from registry.retry import RetryPolicy, retry_call
+
+T = TypeVar("T")
 
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -66,11 +75,18 @@ class Lease:
 
 class JobQueue:
     def __init__(self, db: Database, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                 backoff_seconds: float = RETRY_BACKOFF_SECONDS):
+                 backoff_seconds: float = RETRY_BACKOFF_SECONDS, retry: RetryPolicy | None = None):
+        """``retry``: how the queue's transactions wait out a database outage [default: from
+        ``$CARLOS_REG_DB_RETRY_SECONDS``]; ``backoff_seconds``: delay before a failed job's next try."""
         self.db = db
         self.lease_seconds = float(lease_seconds)
         self.backoff_seconds = float(backoff_seconds)
+        self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
+        self.wait: Callable[[float], bool] | None = None  # the retries' sleep; True ends them (a worker's stop)
         self._now = db_now_sql(db.dialect)
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return retry_call(fn, what=what, policy=self.retry_policy, wait=self.wait)
 
     # -------------------------------------------------------------- producing
 
@@ -104,7 +120,7 @@ class JobQueue:
     def claim(self, owner: str, *, kinds: Iterable[str] | None = None,
               profile_ids: Iterable[int] | None = None, job_ids: Iterable[int] | None = None) -> Lease | None:
         """Lease the next available job (optionally only among ``job_ids``), or return None."""
-        token = secrets.token_hex(16)
+        token = secrets.token_hex(16)  # one token for every try: a retry can find what an unanswered COMMIT did
         params: dict = {"owner": owner, "token": token, "ttl": self.lease_seconds, "started": utcnow()}
         filters = ""
         if kinds is not None:
@@ -136,9 +152,21 @@ class JobQueue:
                    f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}")
         else:
             sql = f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
-        with self.db.write() as session:
-            self._reap(session)
-            row = session.execute(sa.text(sql), params).mappings().first()
+        tries = 0
+
+        def attempt():
+            nonlocal tries
+            tries += 1
+            with self.db.write() as session:
+                if tries > 1:
+                    held = session.execute(sa.text(f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
+                                                   f"AND state = 'running'"), {"token": token}).mappings().first()
+                    if held is not None:
+                        return held
+                self._reap(session)
+                return session.execute(sa.text(sql), params).mappings().first()
+
+        row = self._retry(attempt, "claiming a job")
         if row is None:
             return None
         return Lease(job_id=row["id"], token=token, owner=owner, kind=row["kind"], version_id=row["version_id"],
@@ -154,16 +182,27 @@ class JobQueue:
         return session.execute(sa.text(sql)).rowcount
 
     def reap(self) -> int:
-        with self.db.write() as session:
-            return self._reap(session)
+        def attempt():
+            with self.db.write() as session:
+                return self._reap(session)
 
-    def heartbeat(self, lease: Lease) -> Lease:
-        """Extend the lease; raises LeaseLost if another worker has taken the job."""
+        return self._retry(attempt, "reaping expired leases")
+
+    def heartbeat(self, lease: Lease, *, retry: bool = True) -> Lease:
+        """Extend the lease; raises LeaseLost if another worker has taken the job.
+
+        A heartbeat that cannot reach the database is not a lost lease: with ``retry`` it waits
+        for the database (``retry=False``: the error goes to the caller, who may beat again later).
+        """
         sql = (f"UPDATE sign_job SET lease_expires_at = {self._now} + :ttl, heartbeat_at = {self._now} "
                f"WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING lease_expires_at")
-        with self.db.write() as session:
-            row = session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
-                                                 "token": lease.token}).first()
+
+        def attempt():
+            with self.db.write() as session:
+                return session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
+                                                      "token": lease.token}).first()
+
+        row = self._retry(attempt, f"heartbeat of job {lease.job_id}") if retry else attempt()
         if row is None:
             raise LeaseLost(f"job {lease.job_id}: lease lost (taken over or finished elsewhere)")
         return Lease(**{**lease.__dict__, "expires_at": float(row[0])})
@@ -176,10 +215,34 @@ class JobQueue:
         if session.execute(stmt).rowcount != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before completion; result discarded")
 
+    def completed_by(self, session: Session, lease: Lease) -> bool:
+        """True if the job is done under this lease's token (this worker's completion committed)."""
+        return session.execute(sa.select(sa.func.count()).select_from(SignJob).where(
+            SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == "done")).scalar_one() == 1
+
+    def complete_with(self, lease: Lease, write: Callable[[Session], object]) -> bool:
+        """Run ``write(session)`` and ``complete`` in one write transaction, retried as a whole on a
+        transient database error.
+
+        Returns True when this call committed the completion, False when the job was already done
+        under this lease (an earlier try committed but its answer was lost): ``write`` is then not
+        run again, so a result is never written twice. Raises LeaseLost if the lease is gone.
+        """
+        def attempt() -> bool:
+            with self.db.write() as session:
+                if self.completed_by(session, lease):
+                    return False
+                write(session)
+                self.complete(session, lease)
+                return True
+
+        return self._retry(attempt, f"completing job {lease.job_id}")
+
     def fail(self, lease: Lease, reason: str, *, retryable: bool = True) -> str:
         """Record a failure: back to the queue with backoff while attempts remain, else dead.
 
-        Returns the job's new state, or raises LeaseLost.
+        Returns the job's new state, or raises LeaseLost (also when a retry follows a COMMIT whose
+        answer was lost: the failure was recorded, the token is gone).
         """
         retry = retryable and lease.attempts < lease.max_attempts
         delay = min(self.backoff_seconds * 2 ** max(lease.attempts - 1, 0), RETRY_BACKOFF_CAP_SECONDS)
@@ -187,11 +250,14 @@ class JobQueue:
         sql = (f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
                f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "
                f"WHERE id = :id AND lease_token = :token AND state = 'running'")
-        with self.db.write() as session:
-            n = session.execute(sa.text(sql), {"state": new_state, "reason": reason[:4000], "delay": delay,
-                                               "finished": None if retry else utcnow(), "id": lease.job_id,
-                                               "token": lease.token}).rowcount
-        if n != 1:
+        params = {"state": new_state, "reason": reason[:4000], "delay": delay,
+                  "finished": None if retry else utcnow(), "id": lease.job_id, "token": lease.token}
+
+        def attempt() -> int:
+            with self.db.write() as session:
+                return session.execute(sa.text(sql), params).rowcount
+
+        if self._retry(attempt, f"recording the failure of job {lease.job_id}") != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before the failure could be recorded")
         return new_state
 
@@ -200,8 +266,12 @@ class JobQueue:
         sql = (f"UPDATE sign_job SET state = 'queued', attempts = attempts - 1, lease_token = NULL, "
                f"lease_owner = NULL, lease_expires_at = NULL, available_at = {self._now} "
                f"WHERE id = :id AND lease_token = :token AND state = 'running'")
-        with self.db.write() as session:
-            return session.execute(sa.text(sql), {"id": lease.job_id, "token": lease.token}).rowcount == 1
+
+        def attempt() -> bool:
+            with self.db.write() as session:
+                return session.execute(sa.text(sql), {"id": lease.job_id, "token": lease.token}).rowcount == 1
+
+        return self._retry(attempt, f"releasing job {lease.job_id}")
 
     # -------------------------------------------------------------- watching
 

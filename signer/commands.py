@@ -171,21 +171,64 @@ def signer_group():
     """The signer worker, the queue and the profiles."""
 
 
+WORKER_POOL_SIZE = 3  # connections of one worker: main loop, heartbeat thread, one spare
+
+
 @signer_group.command()
-@click.option("--device", metavar="DEV", help=DEVICE_HELP)
+@click.option("--device", metavar="DEV", help=DEVICE_HELP[:-1] + "; 'all': one worker per visible CUDA device.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Worker processes per device. With N > 1 or --device all, a launcher starts the workers, "
+                   "restarts crashed ones and forwards SIGTERM/Ctrl-C to them.")
 @click.option("--once", is_flag=True, help="Exit when no job is left to claim instead of waiting for new ones.")
-@click.option("--max-jobs", type=click.IntRange(min=1), metavar="N", help="Exit after N jobs.")
+@click.option("--max-jobs", type=click.IntRange(min=1), metavar="N", help="Exit after N jobs (per worker).")
 @click.option("--profile", "profiles", multiple=True, metavar="NAME",
               help="Only jobs of this profile (repeatable) [default: every profile this machine defines].")
 @click.option("--lease-seconds", type=click.FloatRange(min=0.5), metavar="S",
               help="Lease length; the heartbeat renews it every S/3 seconds [default: 300].")
 @pass_app
-def work(app: App, device, once, max_jobs, profiles, lease_seconds):
-    """Claim and run signing jobs from the shared queue (SIGTERM/Ctrl-C release the current job)."""
+def work(app: App, device, workers, once, max_jobs, profiles, lease_seconds):
+    """Claim and run signing jobs from the shared queue (SIGTERM/Ctrl-C release the current job).
+
+    \b
+    A worker rides out a registry database restart: it retries with backoff for up to
+    $CARLOS_REG_DB_RETRY_SECONDS (default 300) and goes on. Each worker process opens at most
+    $CARLOS_REG_DB_POOL (default 3) PostgreSQL connections.
+    \b
+    Several workers on one machine:
+      carlos-reg signer work --device all              # one per CUDA device (cuda:0, cuda:1, ...)
+      carlos-reg signer work --device cpu --workers 2  # two CPU workers sharing the cores
+    """
+    from registry.retry import retry_call
+    from signer.launcher import die_with_launcher
+
+    die_with_launcher()  # a no-op unless this worker was started by the launcher
+    app.default_pool_size = WORKER_POOL_SIZE
+    retry_call(lambda: app.db, what="opening the registry")  # upgrade an older schema once, before any worker
+    if device == "all" or workers > 1:
+        _launch(app, device=device, workers=workers, once=once, max_jobs=max_jobs, profiles=profiles,
+                lease_seconds=lease_seconds)
+        return
     report = _run_worker(app, device=device, profiles=list(profiles) or None, once=once, max_jobs=max_jobs,
                          lease_seconds=lease_seconds)
     info(f"worker finished: {report.done} done, {report.failed} failed, {report.released} released"
          + (f" ({report.interrupted})" if report.interrupted else ""))
+
+
+def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_seconds) -> None:
+    from signer.launcher import Launcher, plan_devices
+
+    app.close()  # the launcher itself holds no connection
+    devices = plan_devices(device or _device(None), workers)
+    args = (["--once"] if once else []) + (["--max-jobs", str(max_jobs)] if max_jobs else [])
+    args += [a for p in profiles for a in ("--profile", p)]
+    args += ["--lease-seconds", repr(lease_seconds)] if lease_seconds else []
+    env = {**os.environ, "CARLOS_REG_DB": app.settings.db_url, "CARLOS_REG_HOME": str(app.settings.home)}
+    launcher = Launcher(devices, args, global_args=["-v"] * min(app.settings.verbose, 2), env=env, say=_say)
+    info(f"launching {len(devices)} workers ({', '.join(devices)}); SIGTERM or Ctrl-C stops them")
+    code = launcher.run()
+    info("launcher: every worker has exited" + ("" if code == 0 else "; some did not end cleanly (see above)"))
+    if code:
+        sys.exit(code)
 
 
 @signer_group.command()

@@ -16,6 +16,13 @@ Contract:
   not counted as an attempt); the worker then exits. A lost lease (another worker took the job
   over) abandons the job without writing anything.
 - The signature (or base cache) and the job's completion are written in one transaction.
+- The database may go away for a while (a restart, a failover): every database step is retried
+  with capped backoff on transient connection errors (``registry.retry``) and the worker goes
+  on where it was. A heartbeat that cannot reach the database keeps trying (only a token
+  mismatch is a lost lease); the result write is retried as one transaction, fenced by the
+  lease token, so it lands once. SIGTERM during an outage stops the retries: the job's lease
+  then expires by itself. After ``$CARLOS_REG_DB_RETRY_SECONDS`` of outage the worker exits with
+  one line.
 """
 from __future__ import annotations
 
@@ -23,16 +30,17 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 
 from registry.errors import CarlosError, LeaseLost
 from registry.models import BaseCache, SignerProfile, SignJob, Version
 from registry.queue import JobQueue, Lease, worker_name
+from registry.retry import DatabaseUnavailable, describe, is_transient, retry_call
+from signer import store
 from signer.errors import Interrupted, LoraRejected, ProfileError, SignerError
 from signer.profiles import Profile, load_profile
-from signer import store
 
 log = logging.getLogger(__name__)
 _ENGINE: dict = {}  # the one loaded engine of this process: {"engine": Engine}
@@ -70,22 +78,42 @@ def get_engine(profile: Profile, device: str):
 
 
 class Heartbeat(threading.Thread):
+    """Renews a lease every third of its length until stopped.
+
+    ``lost``: the token no longer holds (another worker has the job). An unreachable database is
+    not a lost lease: the beat is retried with backoff capped at the beat interval, for as long
+    as the job runs. ``error``: a non-transient failure (the job should stop).
+    """
+
     def __init__(self, queue: JobQueue, lease: Lease):
         super().__init__(daemon=True, name=f"heartbeat-{lease.job_id}")
         self.queue, self.lease = queue, lease
         self.lost = False
+        self.error: str | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         interval = max(self.queue.lease_seconds / 3.0, 0.05)
+        policy = self.queue.retry_policy.with_cap(interval)
+        if policy.deadline != 0:
+            policy = replace(policy, deadline=None)
+        what = f"heartbeat of job {self.lease.job_id}"
         while not self._stop_event.wait(interval):
             try:
-                self.lease = self.queue.heartbeat(self.lease)
+                self.lease = retry_call(lambda: self.queue.heartbeat(self.lease, retry=False), what=what,
+                                        policy=policy, wait=self._stop_event.wait)
             except LeaseLost:
                 self.lost = True
                 return
-            except Exception as exc:  # the database is briefly away: try again next beat
-                log.warning("heartbeat for job %s failed: %s", self.lease.job_id, exc)
+            except Exception as exc:
+                if self._stop_event.is_set():
+                    return
+                if is_transient(exc):  # retries are off: try again at the next beat
+                    log.warning("%s failed: %s", what, describe(exc))
+                    continue
+                self.error = describe(exc)
+                log.error("%s failed: %s; stopping the job", what, self.error)
+                return
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -102,6 +130,7 @@ class Worker:
         self.job_ids = list(job_ids) if job_ids is not None else None
         self.once, self.max_jobs, self.poll_seconds = once, max_jobs, poll_seconds
         self.queue = JobQueue(db, **({"lease_seconds": lease_seconds} if lease_seconds else {}))
+        self.queue.wait = self._wait  # a stop request cuts the queue's retries short
         self.owner = worker_name()
         self.progress = progress  # a signer.progress.Bars-like object or None
         self.say = say
@@ -121,15 +150,24 @@ class Worker:
             while self._signal is None:
                 if self.max_jobs is not None and self.report.done + self.report.failed >= self.max_jobs:
                     break
-                lease = self._claim()
-                if lease is None:
-                    if self.job_ids is not None and not self._pending(self.job_ids):
+                try:
+                    lease = self._retry(self._claim, "looking for a job")
+                    if lease is None:
+                        if self.job_ids is not None and not self._retry(lambda: self._pending(self.job_ids),
+                                                                        "checking the requested jobs"):
+                            break
+                        if self.once and self.job_ids is None and not self._retry(self._waiting_for_base,
+                                                                                  "checking for a base job"):
+                            break
+                        self._wait(self.poll_seconds)
+                        continue
+                    self._run_job(lease)
+                except Exception as exc:
+                    if self._signal is not None and is_transient(exc):
+                        self.say(f"stopping ({self._signal}) while the registry database is unreachable: "
+                                 f"{describe(exc)}")
                         break
-                    if self.once and self.job_ids is None and not self._waiting_for_base():
-                        break
-                    time.sleep(self.poll_seconds)
-                    continue
-                self._run_job(lease)
+                    raise
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
@@ -142,6 +180,20 @@ class Worker:
     def request_stop(self, reason: str = "shutdown") -> None:
         """Stop as on SIGTERM (the current job finishes its batch, then releases its lease); thread-safe."""
         self._signal = reason
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when a stop was requested."""
+        end = time.monotonic() + seconds
+        while self._signal is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, 0.1))
+        return True
+
+    def _retry(self, fn, what: str):
+        """Run one database step, riding out a database outage (a stop request ends the wait)."""
+        return retry_call(fn, what=what, policy=self.queue.retry_policy, wait=self._wait)
 
     # ---------------------------------------------------------------- claiming
 
@@ -210,17 +262,21 @@ class Worker:
 
     def _run_job(self, lease: Lease) -> None:
         profile = self._profiles[lease.profile_id]
+        beat = Heartbeat(self.queue, lease)
+        beat.start()  # before loading the models: a load longer than the lease must not lose the job
         try:
             engine = get_engine(profile, self.device)
-        except CarlosError:
-            self.queue.release(lease)
+        except BaseException as exc:
+            beat.stop()
+            if isinstance(exc, CarlosError) and not isinstance(exc, DatabaseUnavailable):
+                self.queue.release(lease)
             raise
-        beat = Heartbeat(self.queue, lease)
-        beat.start()
 
         def stop():
             if beat.lost:
                 return "lease lost"
+            if beat.error:
+                return f"heartbeat failed: {beat.error}"
             return f"received {self._signal}" if self._signal else None
 
         try:
@@ -233,6 +289,8 @@ class Worker:
         except Interrupted as exc:
             if beat.lost:
                 self._event(lease, "lost", "another worker took the job over; nothing written")
+            elif beat.error:
+                self._fail(lease, f"heartbeat failed: {beat.error}", retryable=True)
             else:
                 self.queue.release(lease)
                 self.report.released += 1
@@ -243,10 +301,20 @@ class Worker:
             self._fail(lease, str(exc), retryable=False)
         except SignerError as exc:
             self._fail(lease, str(exc), retryable=False)
+        except DatabaseUnavailable:  # retries gave up: nothing can be written; the lease expires by itself
+            raise
         except CarlosError:
             self.queue.release(lease)
             raise
-        except Exception as exc:  # a bug or a transient failure: retried while attempts remain
+        except Exception as exc:
+            if is_transient(exc):  # the database went away (and a stop cut the retry short): not the job's fault
+                if self._signal is None:
+                    self.queue.release(lease)
+                    self.report.released += 1
+                    self._event(lease, "released", f"database unreachable: {describe(exc)}")
+                    return
+                raise
+            # a bug or another unexpected failure: retried while attempts remain
             log.exception("job %s failed", lease.job_id)
             self._fail(lease, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}",
                        retryable=True)
@@ -272,11 +340,17 @@ class Worker:
 
     def _base_job(self, engine, lease: Lease, stop) -> str:
         artifacts = self.settings.artifacts
-        with self.db.read() as s:
-            if store.base_cache_row(s, lease.profile_id) is not None:
-                with self.db.write() as w:
-                    self.queue.complete(w, lease)
-                return "already cached"
+
+        def cached() -> bool:
+            with self.db.read() as s:
+                return store.base_cache_row(s, lease.profile_id) is not None
+
+        if self._retry(cached, f"reading job {lease.job_id}"):
+            self.queue.complete_with(lease, lambda s: None)
+            return "already cached"
+        # one line per computation: the fleet computes a profile's base branch once (tests count these)
+        self.say(f"job {lease.job_id} (base branch of profile {engine.profile.name}): computing "
+                 f"{len(engine.samples)} samples")
         if self.progress is not None:
             self.progress.start_job(f"base branch [{engine.profile.name}]", len(engine.samples))
         t0 = time.monotonic()
@@ -285,27 +359,29 @@ class Worker:
         if n_bad:
             raise SignerError(f"{n_bad} of {len(base.degenerate)} base images are NaN or black (an fp16 VAE "
                               "overflow?): use a VAE that does not overflow in this dtype, or dtype float32")
-        with self.db.write() as s:
-            store.save_base(s, artifacts, lease.profile_id, base, lease.job_id)
-            self.queue.complete(s, lease)
+        committed = self.queue.complete_with(
+            lease, lambda s: store.save_base(s, artifacts, lease.profile_id, base, lease.job_id))
         self._bases[lease.profile_id] = base
-        return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s"
+        return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s" + _already(committed)
 
     def _lora_job(self, engine, lease: Lease, stop) -> str:
         artifacts = self.settings.artifacts
-        with self.db.read() as s:
-            base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
-            if base is None:
-                job = store.base_job(s, lease.profile_id)
-                reason = job.last_error if job is not None and job.state == "dead" else "no base cache"
-                raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
-            self._bases[lease.profile_id] = base
-            version = s.get(Version, lease.version_id)
-            f = store.verified_file(s, lease.version_id)
-            if version is None or f is None:
-                raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
-            words = version.trained_words or []
-            name, sha, rel = f.name, f.sha256, f.local_path
+
+        def inputs():
+            with self.db.read() as s:
+                base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
+                if base is None:
+                    job = store.base_job(s, lease.profile_id)
+                    reason = job.last_error if job is not None and job.state == "dead" else "no base cache"
+                    raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
+                version = s.get(Version, lease.version_id)
+                f = store.verified_file(s, lease.version_id)
+                if version is None or f is None:
+                    raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
+                return base, list(version.trained_words or []), f.name, f.sha256, f.local_path
+
+        base, words, name, sha, rel = self._retry(inputs, f"reading job {lease.job_id}")
+        self._bases[lease.profile_id] = base
         if not artifacts.exists(rel):
             raise SignerError(f"the verified file of version {lease.version_id} is missing from the artifact store")
         if self.progress is not None:
@@ -313,11 +389,15 @@ class Worker:
         t0 = time.monotonic()
         outcome = engine.sign_lora(artifacts.path(rel), words, base,
                                    progress=self.progress.advance if self.progress else None, stop=stop)
-        with self.db.write() as s:
-            store.save_signature(s, artifacts, version_id=lease.version_id, profile_id=lease.profile_id,
-                                 outcome=outcome, file_sha256=sha, job_id=lease.job_id)
-            self.queue.complete(s, lease)
+        committed = self.queue.complete_with(
+            lease, lambda s: store.save_signature(s, artifacts, version_id=lease.version_id,
+                                                  profile_id=lease.profile_id, outcome=outcome, file_sha256=sha,
+                                                  job_id=lease.job_id))
         st = outcome.stats
         return (f"strength {st.strength:.4g}, consistency {st.consistency:.4g}, {st.n} samples in "
                 f"{time.monotonic() - t0:.1f} s" + ("" if outcome.valid else ", NOT VALID")
-                + (f" [{', '.join(outcome.flags)}]" if outcome.flags else ""))
+                + (f" [{', '.join(outcome.flags)}]" if outcome.flags else "") + _already(committed))
+
+
+def _already(committed: bool) -> str:
+    return "" if committed else " (committed by an earlier try whose answer was lost)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -123,6 +124,9 @@ def test_compare_planted_claim_scores_high_and_unrelated_is_flagged(signed, tmp_
     from registry.vectors import from_blob
 
     env, ids, _ = signed
+    # plant into a copy of the registry: the module's other tests expect its three LoRAs alone
+    shutil.copytree(env["CARLOS_REG_HOME"], tmp_path / "home")
+    env = {**env, "CARLOS_REG_HOME": str(tmp_path / "home")}
     import sqlalchemy as sa
 
     settings = Settings.load(home=env["CARLOS_REG_HOME"])

@@ -114,6 +114,11 @@ def serve(app: App, host, port, schedule, sign_local, device, run_now):
     schedule = None if schedule.strip().lower() in ("off", "none", "") else schedule.strip()
     if schedule:
         cron_trigger(schedule)  # fail now, not at the first fire
+    from registry.api import API_THREADS
+
+    # every API thread may hold a connection, plus the nightly run, its lease heartbeat, the crawler's
+    # writer thread and a local signer's heartbeat ($CARLOS_REG_DB_POOL overrides)
+    app.default_pool_size = API_THREADS + 4
     app.db  # migrate before listening
     options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event()}
     asyncio.run(_serve(app, host, port, schedule, options, run_now))
