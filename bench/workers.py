@@ -48,14 +48,14 @@ def prepare(url: str, home: Path, loras: int, seeds: int) -> dict:
 
 
 def drain(env: dict, workers: int, extra: list[str] | None = None) -> float:
+    """``signer work --workers N``: the launcher splits the cores between its CPU workers."""
     full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-m", "registry", "signer", "work", "--once", "--device", "cpu",
-                               *(extra or [])], env=full, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for _ in range(workers)]
-    for p in procs:
-        if p.wait() != 0:
-            raise RuntimeError(f"worker exited {p.returncode}")
+    proc = subprocess.run([sys.executable, "-m", "registry", "signer", "work", "--once", "--device", "cpu",
+                           "--workers", str(workers), *(extra or [])], env=full, cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"signer work exited {proc.returncode}: {proc.stderr[-2000:]}")
     return time.perf_counter() - t0
 
 
