@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import sqlite3
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -55,6 +58,30 @@ def redact_url(url: str) -> str:
         return url.split(":", 1)[0] + ":…"
 
 
+def _ensure_wal(cur) -> None:
+    """Switch the file to WAL, riding out SQLITE_BUSY.
+
+    Changing the journal mode needs an exclusive lock, and SQLite returns "database is locked"
+    at once, without calling the busy handler, when that would deadlock with another connection
+    (e.g. two processes opening a fresh registry together): so wait and retry here, up to the
+    same deadline the busy timeout gives ordinary statements.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode").fetchall()[0][0]
+            if str(mode).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL").fetchall()
+            return
+        except sqlite3.OperationalError as exc:
+            message = str(exc).lower()
+            if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
 def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
     if url.database and url.database != ":memory:":
         folder = Path(url.database).expanduser().parent
@@ -72,8 +99,8 @@ def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # autocommit at the driver; we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _ensure_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()

@@ -140,3 +140,36 @@ def test_two_processes_writing_sqlite_at_once_never_see_locked(sqlite_url):
         from registry.models import VectorCache
         assert s.execute(sa.select(sa.func.count()).select_from(VectorCache)).scalar_one() == 400
     db.dispose()
+
+
+def test_processes_opening_a_fresh_sqlite_registry_together_never_see_locked(tmp_path):
+    """Switching a new file to WAL takes an exclusive lock that SQLite refuses at once (no busy wait)
+    when another connection holds it: eight processes open the same fresh registry at one instant,
+    round after round, and all of them get a working write connection."""
+    rounds = 12
+    code = textwrap.dedent("""
+        import sys, time
+        import sqlalchemy as sa
+        from registry.db import Database
+        folder, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+        for r in range(rounds):
+            db = Database(f"sqlite:///{folder}/r{r}.db")
+            while time.time() < start + r * 0.4:
+                pass
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+            db.dispose()
+    """)
+    import time
+    start = time.time() + 4.0  # after every interpreter has imported SQLAlchemy
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start), str(rounds)], cwd=REPO,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    import sqlite3
+    for r in range(rounds):
+        with sqlite3.connect(tmp_path / f"r{r}.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 8
