@@ -42,6 +42,7 @@ from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedM
 from crawler.store import ErrorRecord, PageResult, RegistryStore
 from registry.errors import CarlosError, DatabaseError
 from registry.models import utcnow
+from registry.retry import RetryPolicy as DbRetryPolicy, retry_call
 
 log = logging.getLogger("crawler.sync")
 MODELS_PATH = "/api/v1/models"
@@ -132,6 +133,7 @@ class Crawler:
         check_base_url(app.settings.civitai_base_url)
         self.stats = CrawlStats(base_url=safe_url(app.settings.civitai_base_url))
         self.store = RegistryStore(app.db, app)
+        self._db_retry = DbRetryPolicy.from_env()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-reg-writer")
         self._listed: set[int] = set()  # every model id the listing returned
         self._seen: dict[int, str] = {}  # kept model id -> hash of what was taken
@@ -143,8 +145,15 @@ class Crawler:
     # -------------------------------------------------------------- plumbing
 
     async def _write(self, fn: Callable, *args):
-        """Run a registry call on the one writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        """Run a registry call on the one writer thread, riding out a database restart.
+
+        Every store call is one transaction that is safe to rerun (upserts compare payload hashes,
+        downloads are recorded by file id), so a lost connection is retried with backoff for up to
+        ``CARLOS_REG_DB_RETRY_SECONDS``; then ``DatabaseUnavailable`` fails the crawl.
+        """
+        what = f"crawl: {getattr(fn, '__name__', 'write')}"
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, lambda: retry_call(lambda: fn(*args), what=what, policy=self._db_retry))
 
     def _error(self, stage: str, ref: str | None, message: str, status: int | None = None) -> None:
         self.stats.errors += 1

@@ -288,3 +288,44 @@ def test_one_unstorable_item_costs_only_itself(app, catalog, monkeypatch):
     with app.db.read() as s:
         (error,) = s.execute(sa.select(CrawlError)).scalars().all()
     assert error.stage == "model" and error.ref == "model 102" and "value too long" in error.message
+
+
+@pytest.mark.postgres
+def test_crawl_rides_out_a_database_restart(tmp_path, pg_server, pg_url, caplog):
+    """PostgreSQL goes down for a few seconds in the middle of a crawl (the scheduler host keeps
+    running): the writer thread retries with backoff and the crawl ends ok with every model."""
+    import logging
+    import threading
+
+    from crawler.mirror import write_catalog
+
+    blobs: dict[int, bytes] = {}
+    models = [lora_model(10_000 + i, [20_000 + i], blobs=blobs) for i in range(600)]
+    write_catalog(tmp_path / "mirror", models, blobs)
+    faults = Faults()
+    restarts: list[threading.Thread] = []
+
+    async def restart_database_then_answer(request, handler):
+        thread = threading.Thread(target=pg_server.restart, kwargs={"down_seconds": 2.5})
+        thread.start()
+        restarts.append(thread)
+        return await handler(request)
+
+    faults.add(lambda r: LISTING(r) and "cursor" in r.query, restart_database_then_answer, times=1)
+    with serve(tmp_path / "mirror", faults) as server:
+        app = make_app_obj(tmp_path / "home", pg_url, server.url)
+        try:
+            with caplog.at_level(logging.INFO, logger="registry.retry"):
+                stats = run(app, download=False)
+            for thread in restarts:
+                thread.join()
+            assert len(restarts) == 1
+            text = caplog.text
+            assert "registry database unavailable (crawl:" in text and "reachable again" in text
+            assert stats.status == "ok" and stats.complete and stats.errors == 0
+            assert stats.models_new == 600 and versions_in(app.db) == {20_000 + i for i in range(600)}
+            with app.db.read() as s:
+                run_row = s.get(CrawlRun, stats.run_id)
+            assert run_row.status == "ok" and run_row.models_seen == 600
+        finally:
+            app.close()
