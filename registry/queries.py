@@ -78,6 +78,13 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
     return total, [lora_dict(r._mapping) for r in session.execute(stmt)]
 
 
+def lora_ref(model_id: int | None, version_id: int) -> str:
+    """The shortest REF that names this version for ``show``/``similar``/``compare``."""
+    if version_id < 0:
+        return f"local:{-version_id}"
+    return f"civitai:{model_id}@{version_id}" if model_id is not None else str(version_id)
+
+
 def display_name(model_name: str | None, version_name: str | None) -> str:
     return (model_name or "").strip() or (version_name or "").strip()
 
@@ -90,6 +97,7 @@ def lora_dict(r) -> dict[str, Any]:
         "version_name": r["name"],
         "base_model": r["base_model"],
         "url": civitai_url(r["model_id"], r["id"]),
+        "ref": lora_ref(r["model_id"], r["id"]),
         "air": r["air"],
         "trained_words": list(r["trained_words"] or []),
         "source": r["source"],

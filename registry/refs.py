@@ -1,4 +1,5 @@
-"""REF → version id: a version id, ``civitai:MODEL@VERSION``, an AIR URN, or an unambiguous name."""
+"""REF → version id: a version id, ``civitai:MODEL@VERSION``, an AIR URN, ``local:N`` (= version -N),
+or an unambiguous name."""
 from __future__ import annotations
 
 import re
@@ -12,9 +13,10 @@ from registry.models import Model, Version
 _CIVITAI = re.compile(r"^civitai:(\d+)(?:@(\d+))?$", re.I)
 _AIR = re.compile(r"^urn:air:[a-z0-9_.-]+:[a-z0-9_.-]+:civitai:(\d+)(?:@(\d+))?$", re.I)
 _INT = re.compile(r"^-?\d+$")
+_LOCAL = re.compile(r"^local:(\d+)$", re.I)  # local files signed by path have version id -N
 
 REF_HELP = ("a version id, civitai:MODEL@VERSION, urn:air:sdxl:lora:civitai:MODEL@VERSION, "
-            "or an unambiguous name")
+            "local:N (a file signed from disk), or an unambiguous name")
 
 
 class AmbiguousRef(NotFound):
@@ -26,8 +28,9 @@ def resolve_ref(session: Session, ref: str) -> int:
     ref = ref.strip()
     if not ref:
         raise NotFound("empty REF: give " + REF_HELP)
-    if _INT.match(ref):
-        vid = int(ref)
+    local = _LOCAL.match(ref)
+    if _INT.match(ref) or local:
+        vid = -int(local.group(1)) if local else int(ref)
         if session.get(Version, vid) is None:
             raise NotFound(f"no LoRA version {vid} in the registry")
         return vid

@@ -71,7 +71,7 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
 
     \b
     Each TARGET that exists on disk is a file or a folder of files (local LoRAs get negative
-    version ids and are copied into the artifact store); anything else is a REF. Bad files
+    version ids, REF local:N, and are copied into the artifact store); anything else is a REF. Bad files
     (pickle, LoHa, SD1.5, truncated, ...) are reported with their reason; the rest are signed.
     Exits 1 when any target could not be signed validly.
     """

@@ -54,6 +54,7 @@ def test_loras_json_fields_and_filters(small_registry):
     for field in ("version_id", "model_id", "name", "base_model", "url", "strength", "consistency"):
         assert field in first
     assert first["name"] == "Ink Style" and first["url"] == "https://civitai.com/models/5?modelVersionId=1000"
+    assert first["ref"] == "civitai:5@1000"
     assert run_json("--db", small_registry, "loras", "--unsigned")["total"] == 0
     assert run_json("--db", small_registry, "loras", "--signed", "--limit", "1")["count"] == 1
     assert run_json("--db", small_registry, "loras", "--base-model", "Pony")["total"] == 0
@@ -75,6 +76,7 @@ def test_show_resolves_every_ref_form(small_registry, ref):
     ("999", "no LoRA version 999"),
     ("civitai:6@1000", "belongs to model 5, not 6"),
     ("civitai:77", "no versions of Civitai model 77"),
+    ("local:4", "no LoRA version -4"),
     ("no such lora", "no LoRA matches 'no such lora'"),
     ("i", "matches several LoRAs"),
 ])

@@ -53,6 +53,8 @@ def test_sign_a_folder_with_good_and_bad_files_explains_every_bad_one(tmp_path, 
     assert triggered["version_id"] == vid and triggered["strength"] != by_name["style_a.safetensors"]["strength"]
     shown = json.loads(run_cli("show", "--json", "--", str(vid), check=True).stdout)  # "--": negative id
     assert shown["source"] == "local" and shown["trained_words"] == ["inkwash"]
+    assert shown["ref"] == f"local:{-vid}"
+    assert json.loads(run_cli("show", "--json", shown["ref"], check=True).stdout)["version_id"] == vid
     assert shown["signatures"][0]["profile"] == "tiny" and shown["signatures"][0]["n_samples"] == 20
 
 
