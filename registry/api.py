@@ -2,7 +2,9 @@
 add through ``register_routes`` (search, reports, compare, the search page).
 
 Conventions: JSON in and out; the same parameters and documents as the CLI's ``--json``; a bad
-parameter is a 400 and an unknown REF a 404, both as ``{"error": "..."}``; blocking work (the
+parameter is a 400 and an unknown REF a 404, both as ``{"error": "..."}``; a database that is
+restarting or unreachable is a 503 with ``Retry-After`` (requests fail fast; the pool reconnects
+once it is back); blocking work (the
 database, models) runs in a thread pool so the event loop keeps serving.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import web
 from registry import __version__
 from registry.app import App
 from registry.errors import CarlosError, NotFound, UsageError
+from registry.retry import describe, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ API_THREADS = 8  # blocking queries run on this many threads (each may hold a da
 OPTIONS = web.AppKey("carlos_options", dict)
 STARTED = web.AppKey("carlos_started", float)
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+DB_RETRY_AFTER_SECONDS = 5
 
 
 class BadRequest(UsageError):
@@ -58,9 +62,14 @@ async def errors(request: web.Request, handler):
         return json_error(404, str(exc))
     except (UsageError, ValueError) as exc:
         return json_error(400, str(exc))
-    except CarlosError as exc:
-        return json_error(503, str(exc))
-    except Exception:
+    except Exception as exc:
+        if is_transient(exc):  # the database is restarting or unreachable: the client should come back
+            log.warning("%s %s: registry database unavailable: %s", request.method, request.path, describe(exc))
+            response = json_error(503, "the registry database is unavailable; retry shortly")
+            response.headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
+            return response
+        if isinstance(exc, CarlosError):
+            return json_error(503, str(exc))
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal error (see the server log)")
 

@@ -139,6 +139,35 @@ def test_two_services_on_one_postgres_registry_never_run_the_job_at_once(step_en
     _App.db.dispose()
 
 
+@pytest.mark.postgres
+def test_api_answers_503_with_retry_after_while_the_database_is_down_then_recovers(pg_server, pg_url):
+    import urllib.error
+    import urllib.request
+
+    server = Server.start("--db", pg_url, serve_args=("--schedule", "off"))
+    try:
+        status, doc = server.get("/api/loras?limit=5")
+        assert status == 200 and doc["total"] == 0
+        pg_server.stop()
+        try:
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                urllib.request.urlopen(server.url + "/api/loras?limit=5", timeout=60)
+            assert caught.value.code == 503 and caught.value.headers["Retry-After"] == "5"
+            doc = json.loads(caught.value.read())
+            assert doc == {"error": "the registry database is unavailable; retry shortly"}
+            status, _ = server.get("/api/loras/civitai:1@2")
+            assert status == 503
+        finally:
+            pg_server.start()
+        status, doc = server.get("/api/loras?limit=5")  # stale pooled connections are replaced
+        assert status == 200 and doc["total"] == 0
+        status, doc = server.get("/api/loras/civitai:1@2")
+        assert status == 404
+        assert "registry database unavailable" in server.output() and "Traceback" not in server.output()
+    finally:
+        server.stop()
+
+
 def test_malformed_uploads_are_rejected(reference_registry):
     from tests.service_support import multipart
 
