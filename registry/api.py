@@ -4,8 +4,8 @@ add through ``register_routes`` (search, reports, compare, the search page).
 Conventions: JSON in and out; the same parameters and documents as the CLI's ``--json``; a bad
 parameter is a 400 and an unknown REF a 404, both as ``{"error": "..."}``; a database that is
 restarting or unreachable is a 503 with ``Retry-After`` (requests fail fast; the pool reconnects
-once it is back); blocking work (the
-database, models) runs in a thread pool so the event loop keeps serving.
+once it is back); blocking work (the database, models) runs in a thread pool so the event loop
+keeps serving.
 """
 from __future__ import annotations
 

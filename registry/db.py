@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sqlite3
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session
 
 from registry.errors import DatabaseError, UsageError
+from registry.retry import RetryPolicy
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 DEFAULT_POOL_SIZE = 5
@@ -67,8 +67,7 @@ def _ensure_wal(cur) -> None:
     same deadline the busy timeout gives ordinary statements.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    delay = 0.005
-    while True:
+    for delay in RetryPolicy(initial=0.005, cap=0.25, jitter=0.5, deadline=None).delays():
         try:
             mode = cur.execute("PRAGMA journal_mode").fetchall()[0][0]
             if str(mode).lower() != "wal":
@@ -78,8 +77,7 @@ def _ensure_wal(cur) -> None:
             message = str(exc).lower()
             if ("locked" not in message and "busy" not in message) or time.monotonic() > deadline:
                 raise
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.25)
+        time.sleep(delay)
 
 
 def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:

@@ -85,8 +85,18 @@ class JobQueue:
         self.wait: Callable[[float], bool] | None = None  # the retries' sleep; True ends them (a worker's stop)
         self._now = db_now_sql(db.dialect)
 
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
+    def retried(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn`` (one database step, safe to rerun), riding out a database outage with this
+        queue's policy; ``self.wait`` (a worker's stop) cuts the wait short."""
         return retry_call(fn, what=what, policy=self.retry_policy, wait=self.wait)
+
+    def _write_retried(self, fn: Callable[[Session], T], what: str) -> T:
+        """``fn(session)`` in one write transaction, the whole transaction retried on an outage."""
+        def attempt() -> T:
+            with self.db.write() as session:
+                return fn(session)
+
+        return self.retried(attempt, what)
 
     # -------------------------------------------------------------- producing
 
@@ -154,19 +164,18 @@ class JobQueue:
             sql = f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
         tries = 0
 
-        def attempt():
+        def attempt(session: Session):
             nonlocal tries
             tries += 1
-            with self.db.write() as session:
-                if tries > 1:
-                    held = session.execute(sa.text(f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
-                                                   f"AND state = 'running'"), {"token": token}).mappings().first()
-                    if held is not None:
-                        return held
-                self._reap(session)
-                return session.execute(sa.text(sql), params).mappings().first()
+            if tries > 1:
+                held = session.execute(sa.text(f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
+                                               f"AND state = 'running'"), {"token": token}).mappings().first()
+                if held is not None:
+                    return held
+            self._reap(session)
+            return session.execute(sa.text(sql), params).mappings().first()
 
-        row = self._retry(attempt, "claiming a job")
+        row = self._write_retried(attempt, "claiming a job")
         if row is None:
             return None
         return Lease(job_id=row["id"], token=token, owner=owner, kind=row["kind"], version_id=row["version_id"],
@@ -182,11 +191,7 @@ class JobQueue:
         return session.execute(sa.text(sql)).rowcount
 
     def reap(self) -> int:
-        def attempt():
-            with self.db.write() as session:
-                return self._reap(session)
-
-        return self._retry(attempt, "reaping expired leases")
+        return self._write_retried(self._reap, "reaping expired leases")
 
     def heartbeat(self, lease: Lease, *, retry: bool = True) -> Lease:
         """Extend the lease; raises LeaseLost if another worker has taken the job.
@@ -197,12 +202,15 @@ class JobQueue:
         sql = (f"UPDATE sign_job SET lease_expires_at = {self._now} + :ttl, heartbeat_at = {self._now} "
                f"WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING lease_expires_at")
 
-        def attempt():
-            with self.db.write() as session:
-                return session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
-                                                      "token": lease.token}).first()
+        def beat(session: Session):
+            return session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
+                                                  "token": lease.token}).first()
 
-        row = self._retry(attempt, f"heartbeat of job {lease.job_id}") if retry else attempt()
+        if retry:
+            row = self._write_retried(beat, f"heartbeat of job {lease.job_id}")
+        else:
+            with self.db.write() as session:
+                row = beat(session)
         if row is None:
             raise LeaseLost(f"job {lease.job_id}: lease lost (taken over or finished elsewhere)")
         return Lease(**{**lease.__dict__, "expires_at": float(row[0])})
@@ -228,15 +236,14 @@ class JobQueue:
         under this lease (an earlier try committed but its answer was lost): ``write`` is then not
         run again, so a result is never written twice. Raises LeaseLost if the lease is gone.
         """
-        def attempt() -> bool:
-            with self.db.write() as session:
-                if self.completed_by(session, lease):
-                    return False
-                write(session)
-                self.complete(session, lease)
-                return True
+        def attempt(session: Session) -> bool:
+            if self.completed_by(session, lease):
+                return False
+            write(session)
+            self.complete(session, lease)
+            return True
 
-        return self._retry(attempt, f"completing job {lease.job_id}")
+        return self._write_retried(attempt, f"completing job {lease.job_id}")
 
     def fail(self, lease: Lease, reason: str, *, retryable: bool = True) -> str:
         """Record a failure: back to the queue with backoff while attempts remain, else dead.
@@ -253,11 +260,9 @@ class JobQueue:
         params = {"state": new_state, "reason": reason[:4000], "delay": delay,
                   "finished": None if retry else utcnow(), "id": lease.job_id, "token": lease.token}
 
-        def attempt() -> int:
-            with self.db.write() as session:
-                return session.execute(sa.text(sql), params).rowcount
-
-        if self._retry(attempt, f"recording the failure of job {lease.job_id}") != 1:
+        n = self._write_retried(lambda session: session.execute(sa.text(sql), params).rowcount,
+                                f"recording the failure of job {lease.job_id}")
+        if n != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before the failure could be recorded")
         return new_state
 
@@ -266,12 +271,9 @@ class JobQueue:
         sql = (f"UPDATE sign_job SET state = 'queued', attempts = attempts - 1, lease_token = NULL, "
                f"lease_owner = NULL, lease_expires_at = NULL, available_at = {self._now} "
                f"WHERE id = :id AND lease_token = :token AND state = 'running'")
-
-        def attempt() -> bool:
-            with self.db.write() as session:
-                return session.execute(sa.text(sql), {"id": lease.job_id, "token": lease.token}).rowcount == 1
-
-        return self._retry(attempt, f"releasing job {lease.job_id}")
+        params = {"id": lease.job_id, "token": lease.token}
+        return self._write_retried(lambda session: session.execute(sa.text(sql), params).rowcount == 1,
+                                   f"releasing job {lease.job_id}")
 
     # -------------------------------------------------------------- watching
 

@@ -193,7 +193,7 @@ class Worker:
 
     def _retry(self, fn, what: str):
         """Run one database step, riding out a database outage (a stop request ends the wait)."""
-        return retry_call(fn, what=what, policy=self.queue.retry_policy, wait=self._wait)
+        return self.queue.retried(fn, what)  # the queue waits with self._wait
 
     # ---------------------------------------------------------------- claiming
 
