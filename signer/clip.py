@@ -6,7 +6,15 @@ Contract: ``load_clip(profile, device) -> ClipEncoder``.
   It is resized on the device (shortest side to the model's input size, bicubic with
   antialiasing, centre crop), normalised with the model's mean/std and encoded; returns raw
   (unnormalised) float32 features, shape (B, dim). No PIL or PNG round trip.
-- ``encode_text(texts)``: raw float32 text features, shape (len(texts), dim).
+  With ``preprocess="uint8-bicubic"`` (the ``paper`` profile) the device path takes the 8-bit steps
+  of the reference's path (PNG, then the transformers CLIP processor, which resizes with PIL):
+  pixels rounded to 8 bits, the horizontal then the vertical antialiased bicubic pass each
+  rounded to 8 bits as PIL does, then ``/255`` and mean/std. ``"float-bicubic"`` skips the rounding.
+- ``encode_text(texts)``: raw float32 text features, shape (len(texts), dim). With
+  ``text_clean="transformers"`` (every built-in profile) text is normalised as the reference's
+  ``CLIPProcessor`` (a ``CLIPTokenizerFast``) does — NFC, whitespace runs to one space, lowercase —
+  instead of open_clip's ftfy clean-up, which rewrites curly quotes and HTML entities (12 of the
+  reference's 280 retrieval prompts hold a curly apostrophe).
 - ``key`` names the weights the profile asks for (``open_clip:MODEL:TAG``), for caches; where a
   machine loads them from (Hub cache or a local checkpoint) is not part of it, so workers that get
   the weights differently share one base cache.
@@ -31,12 +39,13 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class ClipEncoder:
-    def __init__(self, model, tokenizer, *, key: str, device, dtype=None):
+    def __init__(self, model, tokenizer, *, key: str, device, dtype=None, preprocess: str = "float-bicubic"):
         import torch
 
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.key = key
+        self.preprocess_mode = preprocess
         self.device = torch.device(device)
         self.dtype = dtype or next(model.parameters()).dtype
         pp = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -58,7 +67,14 @@ class ClipEncoder:
         h, w = x.shape[-2:]
         scale = max(th / h, tw / w)  # shortest side to the target, then centre crop
         nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
-        if (nh, nw) != (h, w):
+        if self.preprocess_mode == "uint8-bicubic":
+            x = (x.clamp(0.0, 1.0) * 255.0).round()  # the 8-bit image the reference saves as PNG
+            for size in ((h, nw), (nh, nw)):  # PIL: horizontal pass, then vertical, each stored in 8 bits
+                if size != tuple(x.shape[-2:]):
+                    x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+                    x = x.round().clamp(0.0, 255.0)
+            x = x / 255.0
+        elif (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0.0, 1.0)  # bicubic overshoots; the PIL path clamps to uint8 as well
         top, left = (nh - th) // 2, (nw - tw) // 2
@@ -118,12 +134,31 @@ def _cached_hub_file(model_name: str, tag: str) -> str | None:
 
 
 def _missing(profile: Profile, model_name: str, tag: str) -> ModelUnavailable:
-    env = " or set CARLOS_REG_CLIP=/path/to/open_clip_model.safetensors" if (model_name, tag) == (
-        "ViT-B-32-quickgelu", "openai") else ""
+    env = (" or set CARLOS_REG_CLIP to an open_clip checkpoint file or a transformers "
+           "openai/clip-vit-base-patch32 folder") if (model_name, tag) == ("ViT-B-32-quickgelu", "openai") else ""
     return ModelUnavailable(
         f"CLIP weights {model_name}/{tag} (profile {profile.name!r}) are not on this machine: put a local open_clip "
         f"checkpoint in the profile's clip_checkpoint{env}, or allow a one-time download with "
         f"CARLOS_REG_ALLOW_DOWNLOAD=1 (Hugging Face Hub)")
+
+
+def _transformers_clean(text: str) -> str:
+    import re
+    import unicodedata
+
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip().lower()
+
+
+def clip_tokenizer(model_name: str, clean: str = "transformers"):
+    """open_clip's tokenizer for ``model_name``; with ``clean="transformers"``, the fast tokenizer's normalisation."""
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(model_name)
+    if clean == "transformers":
+        if not hasattr(tokenizer, "clean_fn"):
+            raise ModelUnavailable(f"{model_name}: its tokenizer cannot be normalised as transformers does")
+        tokenizer.clean_fn = _transformers_clean
+    return tokenizer
 
 
 def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
@@ -140,22 +175,30 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
             model = open_clip.create_model(TINY_CLIP, pretrained=None)  # random on purpose: no warning
         key = f"open_clip:{TINY_CLIP}:seed{TINY_CLIP_SEED}"
     else:
+        from signer.clip_hf import cached_hub_folder, is_transformers_folder, load_transformers_clip
+
+        openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
         source = profile.clip_checkpoint
         if source:
-            if not os.path.isfile(source):
-                raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) does not exist: fix "
-                                       f"clip_checkpoint / CARLOS_REG_CLIP")
+            if not (os.path.isfile(source) or is_transformers_folder(source)):
+                raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) is neither an open_clip "
+                                       "checkpoint file nor a transformers CLIP folder: fix clip_checkpoint / "
+                                       "CARLOS_REG_CLIP")
         else:
-            source = _cached_hub_file(model_name, tag)
+            source = _cached_hub_file(model_name, tag) or (cached_hub_folder() if openai_b32 else None)
             if source is None and not profile.allow_download:
                 raise _missing(profile, model_name, tag)
             source = source or tag
-        key = f"open_clip:{model_name}:{tag}"
-        try:
-            model = open_clip.create_model(model_name, pretrained=source)
-        except RuntimeError as exc:
-            if "Failed to download" in str(exc) or "download" in str(exc).lower():
-                raise _missing(profile, model_name, tag) from None
-            raise
+        key = f"open_clip:{model_name}:{tag}"  # the same weights whichever form they were read from
+        if os.path.isdir(source):
+            model = load_transformers_clip(source)
+        else:
+            try:
+                model = open_clip.create_model(model_name, pretrained=source)
+            except RuntimeError as exc:
+                if "Failed to download" in str(exc) or "download" in str(exc).lower():
+                    raise _missing(profile, model_name, tag) from None
+                raise
     model = model.to(device=device, dtype=dtype)
-    return ClipEncoder(model, open_clip.get_tokenizer(model_name), key=key, device=device, dtype=dtype)
+    return ClipEncoder(model, clip_tokenizer(model_name, profile.settings.get("text_clean", "ftfy")), key=key, device=device, dtype=dtype,
+                       preprocess=profile.settings.get("image_preprocess", "float-bicubic"))

@@ -15,6 +15,7 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, table
 
+_REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
 
 
@@ -283,6 +284,74 @@ def profiles_command(app: App, as_json):
             r["settings"]["sampling"]["mode"] if "settings" in r else "") for r in rows])
 
 
+@signer_group.command(name="prompts")
+@click.argument("profile_name", metavar="PROFILE")
+@click.option("--query", is_flag=True, help="The query prompts P' (search) instead of the index prompts P (signing).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def prompts_command(app: App, profile_name, query, as_json):
+    """A profile's index prompts (or query prompts) in the set's own order, with their set's hash.
+
+    For ``paper`` these are the reference's prompts_for_indexing() (or prompts_for_retrieval()),
+    category by category, subcategory by subcategory: check them before spending GPU hours."""
+    from signer.profiles import load_profile
+
+    profile = load_profile(profile_name, app.settings)
+    ps = profile.prompt_set(query)
+    rows = [{"index": i, "category": p.category, "subcategory": p.subcategory, "prompt": p.text}
+            for i, p in enumerate(profile.listed_prompts(query))]
+    doc = {"profile": profile.name, "profile_hash": profile.hash, "part": "query" if query else "index",
+           "prompt_set": {"name": ps.name, "version": ps.version, "sha256": ps.sha256, "size": len(ps.prompts)},
+           "count": len(rows), "prompts": rows}
+    if as_json:
+        emit_json(doc)
+        return
+    table(["#", "category", "subcategory", "prompt"],
+          [(r["index"], r["category"], r["subcategory"], r["prompt"]) for r in rows])
+    info(f"{len(rows)} {doc['part']} prompts of {ps.name} {ps.version} (sha256 {ps.sha256})")
+
+
+@signer_group.command(name="samples")
+@click.argument("profile_name", metavar="PROFILE")
+@click.option("--trigger", "triggers", multiple=True, metavar="WORD",
+              help="A trainedWords entry, verbatim (repeatable, in order); shows the LoRA-branch prompt.")
+@click.option("--triggers-missing", is_flag=True,
+              help="The version has no trainedWords list at all (the reference then appends ', ').")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="K")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
+              help="How many samples (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def samples_command(app: App, profile_name, triggers, triggers_missing, offset, limit, as_json):
+    """A profile's samples in visiting order: prompt, LoRA-branch prompt, image number, noise seed and
+    the SHA-256 of each sample's initial noise (standard normal, float16 bytes, shape (4, H/8, W/8))."""
+    from registry.errors import UsageError
+    from signer.engine import trigger_suffix
+    from signer.noise import noise_sha256
+    from signer.profiles import load_profile
+
+    if triggers and triggers_missing:
+        raise UsageError("--trigger and --triggers-missing contradict each other")
+    profile = load_profile(profile_name, app.settings)
+    suffix = trigger_suffix(None if triggers_missing else list(triggers), profile.settings["trigger_words"])
+    samples = profile.samples()
+    chosen = samples[offset:offset + limit] if limit else samples[offset:]
+    rows = [{"index": x.index, "prompt": x.prompt, "lora_prompt": x.prompt + suffix, "image_index": x.image,
+             "seed": x.seed, "noise_row": x.row, "noise_sha256": noise_sha256(profile.sample_noise(x))}
+            for x in chosen]
+    doc = {"profile": profile.name, "profile_hash": profile.hash, "total": len(samples), "offset": offset,
+           "noise": {"batch": profile.noise_batch, "dtype": profile.settings.get("noise_dtype"),
+                     "shape": list(profile.latent_shape)},
+           "trigger_suffix": suffix, "samples": rows}
+    if as_json:
+        emit_json(doc)
+        return
+    table(["#", "image", "seed", "row", "noise sha256", "LoRA-branch prompt"],
+          [(r["index"], r["image_index"], r["seed"], r["noise_row"], r["noise_sha256"][:16], r["lora_prompt"])
+           for r in rows])
+    info(f"samples {offset}–{offset + len(rows) - 1} of {len(samples)}")
+
+
 # ---------------------------------------------------------------- hooks
 
 
@@ -302,7 +371,9 @@ def lora_file_verified(app, session, version_id: int, file_id: int):
     try:
         profile = load_profile(app.settings.default_profile, app.settings)
     except ProfileError as exc:  # never let a bad profile setting roll back the crawler's write
-        info(f"not queued for signing: {exc}")
+        if str(exc) not in _REPORTED:  # once per process, not once per file
+            _REPORTED.add(str(exc))
+            info(f"not queued for signing: {exc}")
         return
     enqueue_lora(session, app.queue, register(session, profile).id, version_id)
 

@@ -6,12 +6,13 @@ Contract:
 - ``Engine.samples`` is the profile's visiting order of (prompt, seed) pairs; work is cut into
   batches at fixed boundaries (multiples of the profile's batch size), so the base branch and
   every LoRA branch run each sample in the same batch layout.
-- One CPU ``torch.Generator`` per sample, seeded with the sample's seed: the initial noise of a
-  sample does not depend on the batch it runs in or on the device.
+- Each sample's initial noise is its row of the reference's noise draw (``signer.noise``), passed
+  as ``latents=``: it does not depend on the batch it runs in or on the device.
 - ``base_branch()`` generates the base images (no adapter loaded) and returns their CLIP image
   features; the caller caches them once per profile.
 - ``sign_lora(path, trigger_words, base)`` screens the file, loads it, proves that it attached,
-  generates the LoRA branch (trigger words appended to the prompt as ", w1, w2"; LoRA scale via
+  generates the LoRA branch (every trigger-word entry appended verbatim as ", w"; a missing list
+  appends ", " as the reference does; LoRA scale via
   ``cross_attention_kwargs``), subtracts the cached base features and returns the signature,
   the float16 ensemble, flags and estimates. NaN/black images are detected per sample;
   a signature that used any is flagged ``degenerate_images`` and marked not valid.
@@ -35,8 +36,6 @@ from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
 log = logging.getLogger(__name__)
 ADAPTER = "signee"
 BLACK_MAX = 1.0 / 255.0  # an image whose brightest pixel is below one 8-bit step is black
-MAX_TRIGGER_WORDS = 32
-MAX_TRIGGER_CHARS = 200
 
 Progress = Callable[[int], None]
 Stop = Callable[[], "str | None"]
@@ -68,12 +67,13 @@ class SignOutcome:
 
 
 def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
-    """", w1, w2" for the LoRA branch prompt (DESIGN §1), or "" when the profile ignores triggers."""
-    if mode != "append" or not words:
+    """The LoRA-branch suffix exactly as the reference builds it: ``prompt += f", {w}"`` for every
+    ``trainedWords`` entry, verbatim and in order; ``None`` (a missing or null list) counts as ``[""]``
+    and appends ", ". "" when the profile ignores trigger words. The text encoders cut prompts at
+    77 tokens, so a long list costs nothing past that."""
+    if mode != "append":
         return ""
-    cleaned = [" ".join(str(w).split())[:MAX_TRIGGER_CHARS] for w in words]
-    cleaned = [w for w in cleaned if w][:MAX_TRIGGER_WORDS]
-    return "".join(f", {w}" for w in cleaned)
+    return "".join(f", {w}" for w in ([""] if words is None else [str(w) for w in words]))
 
 
 def load_pipeline(profile: Profile, device="cpu"):
@@ -133,6 +133,11 @@ class Engine:
         self.pipe = pipe if pipe is not None else load_pipeline(profile, device)
         self.clip = clip if clip is not None else load_clip(profile, device)
         self.samples: list[Sample] = profile.samples()
+        latent = (int(self.pipe.unet.config.in_channels), int(profile.settings["height"]) // self.pipe.vae_scale_factor,
+                  int(profile.settings["width"]) // self.pipe.vae_scale_factor)
+        if latent != profile.latent_shape:
+            raise SignerError(f"profile {profile.name!r}: the pipeline's latents are {latent}, the profile's noise "
+                              f"layout expects {profile.latent_shape}")
         self.batch_size = profile.batch_size
         self.lora_loaded = False
 
@@ -165,9 +170,9 @@ class Engine:
                 raise Interrupted(reason)
             return kwargs
 
-        generators = [torch.Generator("cpu").manual_seed(x.seed) for x in batch]
+        latents = torch.stack([self.profile.sample_noise(x) for x in batch]).to(self.device, self.pipe.unet.dtype)
         with torch.inference_mode():
-            out = self.pipe(prompt=[x.prompt + suffix for x in batch], generator=generators,
+            out = self.pipe(prompt=[x.prompt + suffix for x in batch], latents=latents,
                             num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"], width=s["width"],
                             height=s["height"], output_type="pt",
                             cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora else None,

@@ -13,9 +13,17 @@ Contract:
   stores the profile as a ``SignerProfile`` row.
 
 Environment: ``CARLOS_REG_SDXL`` (a local folder or Hub id to load the SDXL base from),
-``CARLOS_REG_CLIP`` (a local open_clip checkpoint for ViT-B-32 OpenAI weights),
+``CARLOS_REG_CLIP`` (ViT-B-32 OpenAI weights: an open_clip checkpoint file or a transformers
+``openai/clip-vit-base-patch32`` folder),
 ``CARLOS_REG_MODELS`` (where tiny models are built; default ``<home>/models``),
-``CARLOS_REG_ALLOW_DOWNLOAD=1`` (let diffusers/open_clip fetch missing weights from the Hub).
+``CARLOS_REG_ALLOW_DOWNLOAD=1`` (let diffusers/open_clip fetch missing weights from the Hub, and
+fetch the reference prompt file once), ``CARLOS_REG_CARLOS_PROMPTS`` (the reference implementation's
+``generative_prompts.py``, which ``paper`` signs with; see ``signer.prompts.reference``).
+
+``paper`` is the reference implementation exactly: its index prompts, its noise layout (batches of
+4 drawn from ``torch.manual_seed(42 + 4k)``, see ``signer.noise``), its trigger-word suffix (every
+``trainedWords`` entry verbatim; a missing list appends ", "). ``carlos-reg`` is the same method on
+the project's own prompt sets, for users without the reference file.
 """
 from __future__ import annotations
 
@@ -29,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from signer.errors import ProfileError
-from signer.prompts import Prompt, load_prompt_set
+from signer.noise import noise_slot, sample_noise
+from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve_source
 
-METHOD = "carlos-reg signer 1"  # bump when the computation changes what a signature means
+METHOD = "carlos-reg signer 2"  # bump when the computation changes what a signature means
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 TINY_CLIP = "carlos-tiny-clip"
 
@@ -52,11 +61,15 @@ PAPER: dict[str, Any] = {
     "scheduler": "EulerDiscreteScheduler",
     "lora_scale": 1.0,
     "seeds": {"start": 42, "count": 16},
-    "prompt_set": "carlos-reg-index",
+    "noise_batch": 4,  # images i of a prompt: row i % 4 of the batch drawn with seed 42 + 4 * (i // 4)
+    "noise_dtype": "float16",
+    "prompt_set": "carlos-reference",
     "prompt_subset": None,
-    "query_prompt_set": "carlos-reg-query",
+    "query_prompt_set": "carlos-reference",
     "query_prompt_subset": None,
     "trigger_words": "append",
+    "image_preprocess": "uint8-bicubic",  # 8-bit image, bicubic to 224 in 8 bits (PNG + CLIP processor)
+    "text_clean": "transformers",  # CLIPTokenizerFast's normalisation (the reference's CLIPProcessor), not ftfy
     "batch_size": 8,
     "sampling": {"mode": "full"},
     "filters": {"max_strength": 9.8, "min_consistency": 0.041},
@@ -68,8 +81,10 @@ ADAPTIVE_DEFAULTS: dict[str, Any] = {
     "min_samples": 256, "safety": 2.0,
 }
 
+OWN_PROMPTS: dict[str, Any] = {**PAPER, "prompt_set": "carlos-reg-index", "query_prompt_set": "carlos-reg-query"}
+
 TINY: dict[str, Any] = {
-    **PAPER,
+    **OWN_PROMPTS,
     "base_model": "tiny",  # replaced by tiny-sdxl-<confighash> at load time
     "clip_model": TINY_CLIP,
     "clip_pretrained": "random-seed-0",
@@ -87,6 +102,8 @@ TINY: dict[str, Any] = {
 BUILTINS: dict[str, dict[str, Any]] = {
     "paper": PAPER,
     "paper-adaptive": {**PAPER, "sampling": dict(ADAPTIVE_DEFAULTS)},
+    "carlos-reg": OWN_PROMPTS,
+    "carlos-reg-adaptive": {**OWN_PROMPTS, "sampling": dict(ADAPTIVE_DEFAULTS)},
     "tiny": TINY,
 }
 
@@ -96,16 +113,25 @@ LOCATION_KEYS = {"base_model_path", "clip_checkpoint", "extends"}
 SAMPLING_KEYS = set(ADAPTIVE_DEFAULTS)
 DTYPES = {"float16", "bfloat16", "float32"}
 TRIGGER_MODES = {"append", "none"}
+PREPROCESS_MODES = {"uint8-bicubic", "float-bicubic"}
+TEXT_CLEAN_MODES = {"transformers", "ftfy"}
+NOISE_DTYPES = {"float16", "bfloat16", "float32"}
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One (prompt, seed) pair; ``index`` is its position in the profile's stratified order."""
+    """One (prompt, image) pair; ``index`` is its position in the profile's visiting order.
+
+    ``image`` is the image number within the prompt (0–15 for ``paper``); its initial noise is row
+    ``row`` of the standard-normal batch drawn from a CPU generator seeded with ``seed``.
+    """
 
     index: int
     prompt_index: int
     prompt: str
+    image: int
     seed: int
+    row: int
 
 
 @dataclass(frozen=True)
@@ -132,9 +158,23 @@ class Profile:
         return int(self.settings["batch_size"])
 
     @property
-    def seeds(self) -> list[int]:
-        s = self.settings["seeds"]
-        return list(range(int(s["start"]), int(s["start"]) + int(s["count"])))
+    def images_per_prompt(self) -> int:
+        return int(self.settings["seeds"]["count"])
+
+    @property
+    def noise_batch(self) -> int:
+        """Rows per noise draw: the reference's batch of 4, or fewer when a prompt has fewer images."""
+        return max(1, min(int(self.settings.get("noise_batch", 1)), self.images_per_prompt))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, h, w) of one sample's initial latent."""
+        factor = 8
+        if self.is_tiny:
+            from signer.tiny import TINY_VAE
+
+            factor = 2 ** (len(TINY_VAE["block_out_channels"]) - 1)
+        return 4, int(self.settings["height"]) // factor, int(self.settings["width"]) // factor
 
     @property
     def sampling(self) -> dict:
@@ -149,27 +189,52 @@ class Profile:
         return self.settings["filters"].get("min_consistency")
 
     # -- prompts and samples
+    def prompt_set(self, query: bool = False):
+        """The ``PromptSet`` of P (or of P' with ``query``)."""
+        s = self.settings["query_prompt_set" if query else "prompt_set"]
+        return load_prompt_set(s["source"], "query" if query else "index")
+
+    def listed_prompts(self, query: bool = False) -> list[Prompt]:
+        """P (or P') in the set's own order — the reference's order for ``paper`` — cut to the subset.
+
+        The subset is the first ``subset`` prompts of the stratified order, listed in set order."""
+        s = self.settings["query_prompt_set" if query else "prompt_set"]
+        ps = self.prompt_set(query)
+        if not s["subset"]:
+            return list(ps.prompts)
+        chosen = set(ps.stratified(s["subset"]))
+        return [p for p in ps.prompts if p in chosen]
+
     def index_prompts(self) -> list[Prompt]:
         """The index prompts P in stratified order (the profile's subset when it sets one)."""
-        return load_prompt_set(self.settings["prompt_set"]["source"]).stratified(self.settings["prompt_set"]["subset"])
+        return self.prompt_set().stratified(self.settings["prompt_set"]["subset"])
 
     def query_prompts(self) -> list[str]:
-        """The query prompts P' (texts), disjoint from P, for the reciprocal suffix query vector."""
-        qs = self.settings["query_prompt_set"]
-        return [p.text for p in load_prompt_set(qs["source"]).stratified(qs["subset"])]
+        """The query prompts P' (texts), disjoint from P, for the reciprocal suffix query vector.
+
+        Order does not change the query vector (a mean); the set's own order keeps it the reference's."""
+        return [p.text for p in self.listed_prompts(query=True)]
 
     def samples(self) -> list[Sample]:
-        """Every (prompt, seed) pair in visiting order: seed rounds over the stratified prompts.
+        """Every (prompt, image) pair in visiting order: image rounds over the stratified prompts.
 
         Each prefix is spread over categories; the base cache and the LoRA branch both follow
         this order and the same batch boundaries, so paired samples share a batch layout.
+        A signature is a mean over all samples, so the order does not change it.
         """
         prompts = self.index_prompts()
+        start, batch = int(self.settings["seeds"]["start"]), self.noise_batch
         out = []
-        for seed in self.seeds:
+        for image in range(self.images_per_prompt):
+            seed, row = noise_slot(image, start=start, batch=batch)
             for pi, p in enumerate(prompts):
-                out.append(Sample(len(out), pi, p.text, seed))
+                out.append(Sample(len(out), pi, p.text, image, seed, row))
         return out
+
+    def sample_noise(self, sample: Sample):
+        """The sample's standard-normal initial latent (C, h, w) on the CPU, in the profile's noise dtype."""
+        return sample_noise(sample.seed, sample.row, rows=self.noise_batch, shape=self.latent_shape,
+                            dtype=self.settings.get("noise_dtype", "float32"))
 
     def describe(self) -> dict:
         return {"name": self.name, "hash": self.hash, "settings": self.settings,
@@ -242,21 +307,58 @@ def _resolve_raw(name: str, settings, seen: tuple[str, ...] = ()) -> tuple[dict,
                        f"[profiles.{name}] in {profiles_file(settings)}")
 
 
+# Bounds on profile values (README "Profiles"): generous for real use, small enough that a typo
+# fails here with a reason instead of as an out-of-memory kill in the middle of signing.
+LIMITS = {"steps": (1, 1000), "width": (8, 4096), "height": (8, 4096), "batch_size": (1, 1024),
+          "noise_batch": (1, 1024), "seeds.count": (1, 1024), "seeds.start": (0, 2**63 - 1 - 2**20)}
+FLOAT_LIMITS = {"guidance_scale": (0.0, 100.0), "lora_scale": (-10.0, 10.0), "no_effect_strength": (0.0, 1e6)}
+
+
 def _check(name: str, s: dict) -> None:
+    import math
+
     def bad(msg: str):
         raise ProfileError(f"profile {name!r}: {msg}")
 
+    def value(key: str):
+        parent, _, child = key.partition(".")
+        v = s.get(parent)
+        return v.get(child) if child and isinstance(v, dict) else v
+
+    if not isinstance(s.get("seeds"), dict) or not isinstance(s.get("sampling"), dict) \
+            or not isinstance(s.get("filters"), dict):
+        bad("seeds, sampling and filters must be tables")
+    for key, (lo, hi) in LIMITS.items():
+        v = value(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            bad(f"{key} must be an integer from {lo} to {hi} (got {v!r})")
+    for key, (lo, hi) in FLOAT_LIMITS.items():
+        v = value(key)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+            bad(f"{key} must be a number from {lo} to {hi} (got {v!r})")
+    for key in ("max_strength", "min_consistency"):
+        v = s["filters"].get(key)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+            bad(f"filters.{key} must be a number or absent (got {v!r})")
     if s["dtype"] not in DTYPES:
         bad(f"dtype must be one of {sorted(DTYPES)}")
+    if s.get("noise_dtype") not in NOISE_DTYPES:
+        bad(f"noise_dtype must be one of {sorted(NOISE_DTYPES)}")
+    if s.get("image_preprocess") not in PREPROCESS_MODES:
+        bad(f"image_preprocess must be one of {sorted(PREPROCESS_MODES)}")
+    if s.get("text_clean") not in TEXT_CLEAN_MODES:
+        bad(f"text_clean must be one of {sorted(TEXT_CLEAN_MODES)}")
     if s["trigger_words"] not in TRIGGER_MODES:
         bad(f"trigger_words must be one of {sorted(TRIGGER_MODES)}")
-    for key in ("steps", "width", "height", "batch_size"):
-        if not isinstance(s[key], int) or s[key] < 1:
-            bad(f"{key} must be a positive integer")
     if s["width"] % 8 or s["height"] % 8:
         bad("width and height must be multiples of 8")
-    if int(s["seeds"].get("count", 0)) < 1:
-        bad("seeds.count must be at least 1")
+    for key in ("prompt_set", "query_prompt_set", "base_model", "clip_model", "clip_pretrained", "scheduler"):
+        if not isinstance(s.get(key), str) or not s[key]:
+            bad(f"{key} must be a non-empty string")
+    for key in ("prompt_subset", "query_prompt_subset"):
+        v = s.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            bad(f"{key} must be an integer or absent")
     mode = s["sampling"].get("mode")
     if mode not in ("full", "adaptive"):
         bad("sampling.mode must be 'full' or 'adaptive'")
@@ -264,6 +366,10 @@ def _check(name: str, s: dict) -> None:
         unknown = set(s["sampling"]) - SAMPLING_KEYS
         if unknown:
             bad(f"unknown sampling keys {sorted(unknown)}")
+        for key in SAMPLING_KEYS - {"mode"}:
+            v = s["sampling"].get(key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                bad(f"sampling.{key} must be a non-negative number")
         if not 0 < float(s["sampling"]["target_cosine"]) < 1:
             bad("sampling.target_cosine must be between 0 and 1")
 
@@ -274,15 +380,21 @@ def load_profile(name: str, settings) -> Profile:
     _check(name, raw)
     mdir = models_dir(settings)
     identity = dict(raw)
-    for key, subset_key in (("prompt_set", "prompt_subset"), ("query_prompt_set", "query_prompt_subset")):
-        source = str(identity[key])
-        prompt_set = load_prompt_set(source)
+    allow_download = os.environ.get("CARLOS_REG_ALLOW_DOWNLOAD", "") in ("1", "true", "yes")
+    if is_reference_source(identity["prompt_set"]) and identity["query_prompt_set"] == "carlos-reference":
+        identity["query_prompt_set"] = identity["prompt_set"]  # P' from the same reference file as P
+    for key, subset_key, part in (("prompt_set", "prompt_subset", "index"),
+                                  ("query_prompt_set", "query_prompt_subset", "query")):
+        try:
+            source = resolve_source(identity[key], home=Path(settings.home), allow_download=allow_download)
+            prompt_set = load_prompt_set(source, part)
+        except ProfileError as exc:
+            raise ProfileError(f"profile {name!r}: {exc}") from None
         subset = identity.pop(subset_key)
         if subset is not None and not 1 <= int(subset) <= len(prompt_set.prompts):
             raise ProfileError(f"profile {name!r}: {subset_key} must be between 1 and {len(prompt_set.prompts)}")
         identity[key] = prompt_set.describe(int(subset) if subset is not None else None)
-        identity[key]["source"] = source if source in ("carlos-reg-index", "carlos-reg-query") else str(
-            Path(source).expanduser().resolve())
+        identity[key]["source"] = source
     if identity["clip_model"] == TINY_CLIP:
         from signer.tiny import tiny_model_name  # light: no torch at import
 
@@ -297,7 +409,7 @@ def load_profile(name: str, settings) -> Profile:
         clip_ckpt = os.environ.get("CARLOS_REG_CLIP") or None
     return Profile(name=name, settings=identity, hash=profile_hash(name, _without_sources(identity)), base_model_location=location,
                    clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None, models_dir=mdir,
-                   allow_download=os.environ.get("CARLOS_REG_ALLOW_DOWNLOAD", "") in ("1", "true", "yes"))
+                   allow_download=allow_download)
 
 
 def _without_sources(settings: dict) -> dict:

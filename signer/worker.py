@@ -378,7 +378,7 @@ class Worker:
                 f = store.verified_file(s, lease.version_id)
                 if version is None or f is None:
                     raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
-                return base, list(version.trained_words or []), f.name, f.sha256, f.local_path
+                return base, store.trigger_list(version), f.name, f.sha256, f.local_path
 
         base, words, name, sha, rel = self._retry(inputs, f"reading job {lease.job_id}")
         self._bases[lease.profile_id] = base

@@ -13,13 +13,15 @@ pytest_plugins = ["tests.signer_support"]  # the tiny-model fixtures, for every 
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
+REFERENCE_PROMPTS = REPO.parent / "shared" / "reference" / "carlos_generative_prompts.py"
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("CARLOS_REG_HOME", str(home))
-    for var in ("CARLOS_REG_DB", "CIVITAI_API_KEY", "CIVITAI_BASE_URL", "CARLOS_REG_LOAD_PLUGINS"):
+    for var in ("CARLOS_REG_DB", "CIVITAI_API_KEY", "CIVITAI_BASE_URL", "CARLOS_REG_LOAD_PLUGINS",
+                "CARLOS_REG_CARLOS_PROMPTS", "CARLOS_REG_CARLOS_PROMPTS_URL", "CARLOS_REG_ALLOW_DOWNLOAD"):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -84,6 +86,15 @@ def reference_parquet():
     if not REFERENCE_PARQUET.is_file():
         pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")
     return REFERENCE_PARQUET
+
+
+@pytest.fixture
+def reference_prompts(monkeypatch):
+    """The reference's generative_prompts.py, as CARLOS_REG_CARLOS_PROMPTS (skipped when absent)."""
+    if not REFERENCE_PROMPTS.is_file():
+        pytest.skip(f"reference prompt file not present at {REFERENCE_PROMPTS}")
+    monkeypatch.setenv("CARLOS_REG_CARLOS_PROMPTS", str(REFERENCE_PROMPTS))
+    return REFERENCE_PROMPTS
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 300,

@@ -154,14 +154,14 @@ def test_missing_real_weights_fail_with_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.delenv("CARLOS_REG_CLIP", raising=False)
     monkeypatch.delenv("CARLOS_REG_ALLOW_DOWNLOAD", raising=False)
     with pytest.raises(ModelUnavailable) as exc:
-        load_clip(tiny_profile("paper"))
+        load_clip(tiny_profile("carlos-reg"))
     msg = str(exc.value)
     assert "\n" not in msg and "ViT-B-32-quickgelu/openai" in msg and "CARLOS_REG_CLIP" in msg
     from signer.engine import load_pipeline
 
     monkeypatch.delenv("CARLOS_REG_SDXL", raising=False)
     with pytest.raises(ModelUnavailable) as exc:
-        load_pipeline(tiny_profile("paper"))
+        load_pipeline(tiny_profile("carlos-reg"))
     msg = str(exc.value)
     assert "\n" not in msg and "stabilityai/stable-diffusion-xl-base-1.0" in msg and "CARLOS_REG_SDXL" in msg
 

@@ -124,7 +124,7 @@ def test_stratified_prefixes_cover_categories_in_proportion():
 # ---------------------------------------------------------------- profiles
 
 
-def test_profile_hash_matches_the_registry_formula_and_paper_settings():
+def test_profile_hash_matches_the_registry_formula_and_paper_settings(reference_prompts):
     from registry.profiles import PAPER_SETTINGS
     from registry.profiles import profile_hash as registry_hash
 
@@ -135,11 +135,13 @@ def test_profile_hash_matches_the_registry_formula_and_paper_settings():
     for key in ("base_model", "clip_model", "clip_pretrained", "steps", "guidance_scale", "width", "height", "dtype",
                 "scheduler", "lora_scale", "seeds", "filters"):
         assert PAPER[key] == PAPER_SETTINGS[key], key
-    assert len(p.samples()) == 280 * 16 and p.samples()[280].seed == 43
+    samples = p.samples()
+    assert len(samples) == 280 * 16 and (samples[280].image, samples[280].seed, samples[280].row) == (1, 42, 1)
+    assert [(x.seed, x.row) for x in samples[::280]] == [(42 + 4 * (i // 4), i % 4) for i in range(16)]
     assert len(p.query_prompts()) == 280
 
 
-def test_user_profiles_from_toml(tmp_path, monkeypatch):
+def test_user_profiles_from_toml(tmp_path, monkeypatch, reference_prompts):
     monkeypatch.delenv("CARLOS_REG_SDXL", raising=False)
     prompts = tmp_path / "mine.json"
     prompts.write_text(json.dumps(["a red cube", "a blue sphere", "a green cone"]))
@@ -170,8 +172,9 @@ extends = "loop"
     moved = load_profile("fast", home)
     assert moved.hash == fast.hash and moved.base_model_location == "/x"
     mine = load_profile("mine", home)
-    assert [p.text for p in mine.index_prompts()] == ["a red cube", "a blue sphere"] and mine.seeds == [42, 43, 44]
-    assert len(mine.samples()) == 6
+    assert [p.text for p in mine.index_prompts()] == ["a red cube", "a blue sphere"] and mine.images_per_prompt == 3
+    assert len(mine.samples()) == 6 and mine.noise_batch == 3
+    assert [(x.seed, x.row) for x in mine.samples()[::2]] == [(42, 0), (42, 1), (42, 2)]
     from signer.errors import ProfileError
 
     with pytest.raises(ProfileError, match="cycle"):

@@ -32,6 +32,11 @@ def search(app: App, query, images, k, profile, no_filter, max_strength, min_con
                             max_strength=max_strength, min_consistency=min_consistency, base_model=base_model,
                             nsfw=nsfw, retriever=retriever)
     doc = SearchEngine(app).search(request)
+    qp = doc.get("query_prompts") or {}
+    if qp.get("approximate"):
+        info(f"approximate: the query used {qp['count']} prompts of {qp['source']!r}, not the query prompts the "
+             f"signatures' profile names (for the published signatures: set CARLOS_REG_CARLOS_PROMPTS to the "
+             f"reference's generative_prompts.py)")
     if as_json:
         emit_json(doc)
         return

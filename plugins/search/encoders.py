@@ -65,21 +65,46 @@ class ClipSource:
     """Where a registry profile's CLIP model and P' come from (the signer's profile definitions)."""
 
     def __init__(self, app, row: SignerProfile):
-        from signer.profiles import load_profile
-
         self.app = app
         self.row = row
-        try:
-            self.profile = load_profile(row.name, app.settings)
-        except CarlosError:
-            # Imported signatures (e.g. the published CARLoS database) carry the paper's CLIP model.
-            self.profile = load_profile("paper", app.settings)
+        self.profile, wanted = self._resolve(app, row)
+        query_set = self.profile.prompt_set(query=True)
         self.query_prompts = list(self.profile.query_prompts())
-        self.prompts_hash = _digest(*self.query_prompts)
+        self.prompts_hash = _digest(self.profile.settings.get("text_clean", "ftfy"), *self.query_prompts)
+        # approximate: P' is not the set the signatures' profile names (the reference file is missing here)
+        self.query_prompts_info = {"source": query_set.name, "version": query_set.version, "count": len(self.query_prompts),
+                                   "hash": query_set.sha256, "approximate": not wanted(query_set)}
         self._clip = None
         self._tower = None
         self._prefixes = None
         self.lock = threading.RLock()  # one model, many request threads: compute one query at a time
+
+    @staticmethod
+    def _resolve(app, row: SignerProfile):
+        """(signer profile for CLIP and P', test that a P' is the one the row's signatures expect)."""
+        from signer.profiles import load_profile
+        from signer.prompts.reference import REFERENCE_COMMIT
+
+        recorded = (row.settings or {}).get("query_prompt_set") or {}
+
+        def wanted(query_set) -> bool:
+            if recorded.get("sha256"):
+                return query_set.sha256 == recorded["sha256"]
+            # imported signatures record the reference's retrieval set by name only
+            return query_set.name == "carlos-reference-query" and query_set.version == REFERENCE_COMMIT
+
+        loaded = []
+        for name in dict.fromkeys((row.name, "paper", "carlos-reg")):  # the paper's CLIP, P' as exact as we can
+            try:
+                profile = load_profile(name, app.settings)
+            except CarlosError:
+                continue
+            if wanted(profile.prompt_set(query=True)):
+                return profile, wanted
+            loaded.append(profile)
+        if not loaded:
+            raise QueryError(f"no signer profile can encode queries for {row.name!r}")
+        return loaded[0], wanted
 
     def clip(self, device: str | None = None):
         if self._clip is None:

@@ -250,6 +250,8 @@ class CarlosRetriever:
                         "nsfw": request.nsfw},
             "signed": len(index), "candidates": ranked.considered, "filtered": ranked.filtered,
         }
+        if request.text and request.text.strip():
+            info["query_prompts"] = dict(encoder.source.query_prompts_info)
         if request.apply_filters:
             info["filtered_from_top"] = self._filtered_from_top(index, query, request.k, filters, ranked, scores)
         return ranked.version_ids, ranked.scores, info

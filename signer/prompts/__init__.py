@@ -5,7 +5,10 @@ A prompt file is JSON, either the structured form the built-ins use::
     {"name": "...", "version": 1,
      "categories": [{"name": "...", "subcategories": [{"name": "...", "prompts": ["...", ...]}]}]}
 
-or a plain list of strings (one category), or a ``.txt`` file with one prompt per line.
+or a plain list of strings (one category), or a ``.txt`` file with one prompt per line. The
+reference implementation's ``generative_prompts.py`` (``carlos-reference``, or a path to a ``.py``
+file) is read as literal data by ``signer.prompts.reference``: its index part (first 8 prompts of
+every subcategory) or its query part (last 8).
 A set's ``sha256`` covers its name, version and every (category, subcategory, text) in order,
 so a signer profile records exactly which prompts produced a signature.
 
@@ -25,6 +28,7 @@ from typing import Sequence, TypeVar
 HERE = Path(__file__).resolve().parent
 BUILTIN = {"carlos-reg-index": HERE / "index.json", "carlos-reg-query": HERE / "query.json"}
 MAX_PROMPTS = 100_000
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -73,7 +77,13 @@ def parse_prompt_file(path: Path) -> PromptSet:
     from signer.errors import ProfileError
 
     try:
+        if not path.is_file():
+            raise ProfileError(f"prompt file {path} is not a regular file")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ProfileError(f"prompt file {path} is larger than {MAX_FILE_BYTES // 1024**2} MiB")
         raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"prompt file {path} is not UTF-8 text") from None
     except OSError as exc:
         raise ProfileError(f"cannot read prompt file {path}: {exc.strerror}") from None
     name, version, prompts = path.stem, "1", []
@@ -104,19 +114,56 @@ def parse_prompt_file(path: Path) -> PromptSet:
     return PromptSet(name, version, tuple(prompts), _digest(name, version, prompts))
 
 
+PARTS = ("index", "query")
+
+
+def _reference_set(path: Path, part: str) -> PromptSet:
+    from signer.prompts.reference import REFERENCE_COMMIT, SOURCE_NAME, read_reference_file
+
+    ref = read_reference_file(path)
+    name = f"{SOURCE_NAME}-{part}"
+    version = REFERENCE_COMMIT if ref.is_pinned else f"file-{ref.file_sha256[:16]}"
+    prompts = tuple(Prompt(text, cat, sub) for cat, sub, text in ref.part(part))
+    return PromptSet(name, version, prompts, _digest(name, version, prompts))
+
+
 @lru_cache(maxsize=16)
-def _load_cached(path: str, mtime_ns: int) -> PromptSet:
-    return parse_prompt_file(Path(path))
+def _load_cached(path: str, mtime_ns: int, part: str, reference: bool) -> PromptSet:
+    return _reference_set(Path(path), part) if reference else parse_prompt_file(Path(path))
 
 
-def load_prompt_set(name_or_path: str | Path) -> PromptSet:
-    """A built-in set by name (``carlos-reg-index``, ``carlos-reg-query``) or a prompt file."""
-    path = BUILTIN.get(str(name_or_path)) or Path(name_or_path).expanduser()
+def is_reference_source(source: str | Path) -> bool:
+    from signer.prompts.reference import SOURCE_NAME
+
+    return str(source) == SOURCE_NAME or str(source).lower().endswith(".py")
+
+
+def resolve_source(source: str | Path, *, home: Path | None = None, allow_download: bool = False) -> str:
+    """A built-in set name as it is, ``carlos-reference`` as the path of the user's reference file,
+    anything else as an absolute path."""
+    from signer.prompts.reference import SOURCE_NAME, locate_reference_file
+
+    if str(source) in BUILTIN:
+        return str(source)
+    if str(source) == SOURCE_NAME:
+        return str(locate_reference_file(home, allow_download=allow_download).resolve())
+    return str(Path(source).expanduser().resolve())
+
+
+def load_prompt_set(name_or_path: str | Path, part: str = "index", *, home: Path | None = None,
+                    allow_download: bool = False) -> PromptSet:
+    """A built-in set by name (``carlos-reg-index``, ``carlos-reg-query``), the reference's prompts
+    (``carlos-reference`` or a ``.py`` path; ``part`` picks index or query), or a .json/.txt file."""
+    from signer.errors import ProfileError
+
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}")
+    path = Path(resolve_source(name_or_path, home=home, allow_download=allow_download)) \
+        if str(name_or_path) not in BUILTIN else BUILTIN[str(name_or_path)]
     try:
-        mtime = path.stat().st_mtime_ns
+        st = path.stat()
     except OSError:
-        from signer.errors import ProfileError
-
         raise ProfileError(f"no prompt set {str(name_or_path)!r}: give a built-in name "
-                           f"({', '.join(BUILTIN)}) or a .json/.txt prompt file") from None
-    return _load_cached(str(path.resolve()), mtime)
+                           f"({', '.join(BUILTIN)}, carlos-reference) or a .json/.txt/.py prompt file") from None
+    reference = is_reference_source(name_or_path) or path.suffix.lower() == ".py"
+    return _load_cached(str(path.resolve()), st.st_mtime_ns, part if reference else "index", reference)
