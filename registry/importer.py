@@ -18,7 +18,7 @@ from registry.db import Database
 from registry.errors import CarlosError
 from registry.models import NSFW_LEVEL_BITS, Model, Signature, Version, utcnow
 from registry.signatures import reserve_seq, save_signature
-from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, get_or_create_profile
+from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, adopt_profile
 from registry.vectors import to_blob
 
 REQUIRED_COLUMNS = ("version_id", "model_id", "model_name", "model_description", "model_nsfw_level",
@@ -104,7 +104,7 @@ def import_carlos(db: Database, path: str | Path) -> dict:
               "signatures_updated": 0, "unchanged": 0}
     now = utcnow()
     with db.write() as session:
-        profile = get_or_create_profile(session, IMPORTED_PROFILE_NAME, IMPORTED_PROFILE_SETTINGS)
+        profile = adopt_profile(session, IMPORTED_PROFILE_NAME, IMPORTED_PROFILE_SETTINGS)
         ids = [r.version_id for r in rows]
         versions = {v.id: v for v in session.exec(sa.select(Version).where(Version.id.in_(ids))).scalars()}
         model_ids = {r.model_id for r in rows if r.model_id is not None}

@@ -27,9 +27,13 @@ PAPER_SETTINGS: dict = {
     "scheduler": "EulerDiscreteScheduler",
     "lora_scale": 1.0,
     "seeds": {"start": 42, "count": 16},
-    "prompt_set": {"name": "carlos-reference", "size": 280, "layout": "10 categories x 35 subcategories x 8"},
-    "query_prompt_set": {"name": "carlos-reference-retrieval", "size": 280},
-    "trigger_words": "append ', w1, w2' to the LoRA branch prompt",
+    "noise": "image i of a prompt: row i % 4 of the float16 batch drawn from torch.manual_seed(42 + 4 * (i // 4))",
+    "prompt_set": {"name": "carlos-reference-index", "version": "c284094", "size": 280,
+                   "layout": "prompts_for_indexing(): the first 8 of each of 10 categories x 35 subcategories"},
+    "query_prompt_set": {"name": "carlos-reference-query", "version": "c284094", "size": 280,
+                         "layout": "prompts_for_retrieval(): the last 8 of each subcategory"},
+    "trigger_words": "prompt += f', {w}' for every trainedWords entry; ', ' when the list is missing",
+    "image_preprocess": "8-bit PNG, transformers CLIPProcessor (PIL bicubic to 224, centre crop)",
     "filters": {"max_strength": 9.8, "min_consistency": 0.041},
 }
 
@@ -53,6 +57,20 @@ def get_or_create_profile(session: Session, name: str, settings: dict) -> Signer
     session.add(profile)
     session.flush()
     return profile
+
+
+def adopt_profile(session: Session, name: str, settings: dict) -> SignerProfile:
+    """The one row named ``name``, its settings brought up to ``settings`` (for rows that describe
+    data from elsewhere, such as the imported published signatures, whose record may be reworded)."""
+    digest = profile_hash(name, settings)
+    found = session.exec(sa.select(SignerProfile).where(SignerProfile.name == name)
+                         .order_by(SignerProfile.id)).scalars().first()
+    if found is None:
+        return get_or_create_profile(session, name, settings)
+    if found.hash != digest:
+        found.hash, found.settings = digest, settings
+        session.flush()
+    return found
 
 
 def find_profile(session: Session, name_or_hash: str) -> SignerProfile:

@@ -56,6 +56,27 @@ def test_reimport_changes_nothing(database, reference_parquet):
     assert before == after
 
 
+def test_reimport_rewrites_an_older_record_of_the_published_profile_in_place(database, tmp_path):
+    from registry.importer import IMPORTED_PROFILE_SETTINGS
+    from registry.models import SignerProfile
+    from registry.profiles import IMPORTED_PROFILE_NAME, profile_hash
+
+    path = _write(pa.table(_small_table()), tmp_path / "small.parquet")
+    import_carlos(database, path)
+    old = {**IMPORTED_PROFILE_SETTINGS, "query_prompt_set": {"name": "carlos-reference-retrieval", "size": 280}}
+    with database.write() as s:  # the record an earlier release wrote
+        row = s.execute(sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME)).scalar_one()
+        row.settings, row.hash, pid = old, profile_hash(IMPORTED_PROFILE_NAME, old), row.id
+    counts = import_carlos(database, path)
+    assert counts["unchanged"] == 3 and counts["signatures_added"] == 0
+    with database.read() as s:
+        rows = s.execute(sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME)).scalars().all()
+        assert [r.id for r in rows] == [pid] and rows[0].settings == IMPORTED_PROFILE_SETTINGS
+        assert rows[0].settings["query_prompt_set"]["name"] == "carlos-reference-query"
+        assert s.execute(sa.select(sa.func.count()).select_from(Signature)
+                         .where(Signature.profile_id == pid)).scalar_one() == 3
+
+
 def _small_table(n=3, dim=512) -> dict:
     rng = np.random.default_rng(0)
     return {
