@@ -356,3 +356,52 @@ def test_api_speaks_the_same_rules(signed):
         assert {r["version_id"] for r in doc["results"]} == {6001, 6211}
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- the migration
+
+
+def test_migration_fills_the_new_columns_from_raw_payloads_without_network(db_url, tmp_path):
+    """A registry as the previous revision left it (0003: trigger words split, no createdAt fallback,
+    sdxl-only AIR, early-access files failed after 3 attempts) is upgraded from its stored payloads
+    while no server is running."""
+    from registry.db import Database
+    from registry.migrate import current_revisions, downgrade, head_revision, upgrade
+    from registry.models import Model
+
+    blobs = {vid * 10: lora_bytes(tmp_path, seed=vid % 97) for vid in VERSIONS}
+    with serve(write_catalog(tmp_path / "m", catalog(1, blobs), blobs)) as server:
+        app = make_app_obj(tmp_path / "h", db_url, server.url)
+        run(app, download=False)
+        app.db.dispose()
+    # the mirror is gone: anything that tried the network now would fail
+    db = Database(db_url)
+    downgrade(db, "0003")
+    with db.write() as s:
+        s.execute(sa.update(Version).where(Version.id == 6301).values(
+            trained_words=["(hands on own chest", "deep skin:1.2)", "masterpiece", "best quality"], published_at=None,
+            air="urn:air:sdxl:lora:civitai:630@6301"))
+        s.execute(sa.update(Version).where(Version.id == 6101).values(air="urn:air:sdxl:lora:civitai:610@6101"))
+        for vid in (6101, 6001):  # early-access 403s counted as attempts by the previous revision
+            s.execute(sa.update(File).where(File.version_id == vid).values(
+                state="failed", attempts=3, error="failed: 403 forbidden (early access, paid or blocked)"))
+        s.execute(sa.update(Model).where(Model.id == 621).values(mode="Archived"))
+        s.execute(sa.update(File).where(File.version_id == 6211).values(state="pending", error=None))
+    upgrade(db)
+    assert current_revisions(db) == (head_revision(),)
+    with db.read() as s:
+        v, ea = s.get(Version, 6301), s.get(Version, 6101)
+        files = {f.version_id: f for f in s.execute(sa.select(File)).scalars()}
+        assert v.trained_words == WEIRD_WORDS
+        assert v.published_at.isoformat().startswith("2023-05-01T10:00:00")
+        assert v.civitai_created_at == v.published_at and v.civitai_updated_at.isoformat().startswith("2023-05-02")
+        assert ea.air == "urn:air:pony:lora:civitai:610@6101" and ea.early_access_ends_at.year == 2099
+        assert s.get(Version, 6001).status is None and s.get(Version, 6001).published_at.year == 2026
+        f = files[6301]
+        assert (f.autov1, f.autov3, f.size_type, f.pickle_scan_message) == ("1A2B3C4D", "44EE12AB90CD", "pruned",
+                                                                           "No Pickle imports")
+        assert f.scanned_at.isoformat().startswith("2026-03-02T10:58:12")
+        assert (files[6101].state, files[6101].attempts) == ("deferred", 0)
+        assert (files[6001].state, files[6001].attempts) == ("pending", 0)  # public now: tried again
+        assert files[6211].state == "unavailable"
+    db.dispose()
