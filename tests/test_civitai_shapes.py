@@ -404,4 +404,13 @@ def test_migration_fills_the_new_columns_from_raw_payloads_without_network(db_ur
         assert (files[6101].state, files[6101].attempts) == ("deferred", 0)
         assert (files[6001].state, files[6001].attempts) == ("pending", 0)  # public now: tried again
         assert files[6211].state == "unavailable"
+        # the NSFW rule and the mode filter in SQL, on this backend too
+        from registry.queries import lora_rows
+
+        _, rows = lora_rows(s, nsfw=False, mode="live")
+        assert {r["version_id"] for r in rows} == {6001, 6031, 6101, 6221, 6301}
+        _, rows = lora_rows(s, nsfw=True, limit=10)
+        assert {r["version_id"] for r in rows} == {6002, 6011, 6021}
+        _, rows = lora_rows(s, mode="archived")
+        assert {r["version_id"] for r in rows} == {6201, 6211}
     db.dispose()
