@@ -414,3 +414,51 @@ def test_migration_fills_the_new_columns_from_raw_payloads_without_network(db_ur
         _, rows = lora_rows(s, mode="archived")
         assert {r["version_id"] for r in rows} == {6201, 6211}
     db.dispose()
+
+
+# ---------------------------------------------------------------- parsing every era's fields
+
+
+@pytest.mark.parametrize("extra, ends", [
+    ({"earlyAccessEndsAt": FUTURE}, "2099-03-09"),
+    ({"earlyAccessDeadline": FUTURE}, "2099-03-09"),
+    ({"paidAccess": {"permanent": False, "endsAt": FUTURE}}, "2099-03-09"),
+    ({"earlyAccessTimeFrame": 3, "publishedAt": "2023-05-01T10:00:00.000Z"}, "2023-05-04"),
+    ({"earlyAccessTimeFrame": 0}, None),
+    ({}, None),
+])
+def test_early_access_end_in_every_era(extra, ends):
+    from datetime import datetime, timezone
+
+    from crawler.parse import parse_version
+
+    v, _ = parse_version(current_version(1, [], **extra), 2, "LORA")
+    assert (v.early_access_ends_at.date().isoformat() if v.early_access_ends_at else None) == ends
+    now = datetime(2026, 11, 29, tzinfo=timezone.utc)
+    assert v.early_access(now) is (ends is not None and ends > "2026")
+    ea, _ = parse_version(current_version(1, [], availability="EarlyAccess"), 2, "LORA")
+    assert ea.early_access(now) and ea.early_access_ends_at is None
+
+
+def test_a_missing_trigger_list_is_empty_and_says_so():
+    from crawler.parse import parse_version
+    from registry.catalog import words_missing
+
+    raw = {k: v for k, v in current_version(1, []).items() if k != "trainedWords"}  # /models/{id} drops []
+    v, _ = parse_version(raw, 2, "LORA")
+    assert v.trained_words == [] and words_missing(v.raw) is True
+    v, _ = parse_version(current_version(1, [], words=[]), 2, "LORA")
+    assert v.trained_words == [] and words_missing(v.raw) is False
+    v, _ = parse_version({**current_version(1, []), "trainedWords": None}, 2, "LORA")
+    assert v.trained_words == [] and words_missing(v.raw) is True
+
+
+@pytest.mark.parametrize("base, eco", [("SDXL 1.0", "sdxl"), ("SDXL Lightning", "sdxl"), ("Pony", "pony"),
+                                       ("Illustrious", "illustrious"), ("NoobAI", "noobai"), ("sdxl 1.0", "sdxl")])
+def test_air_ecosystem_follows_the_base_model(base, eco):
+    from crawler.parse import parse_version
+
+    v, _ = parse_version(current_version(7, [], base=base), 5, "LoCon")
+    assert v.air == f"urn:air:{eco}:lycoris:civitai:5@7"
+    given, _ = parse_version(current_version(7, [], base=base, air="urn:air:sdxl:lycoris:civitai:5@7"), 5, "LoCon")
+    assert given.air == "urn:air:sdxl:lycoris:civitai:5@7"  # the payload's own AIR wins
