@@ -413,6 +413,11 @@ def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_ur
         model_id, version = found
         if catalog.models[model_id].get("mode") == "Archived":
             return _json_error(410, "Model archived, not available for download")
+        if catalog.models[model_id].get("mode") == "TakenDown":
+            return _json_error(404, "File not found")
+        if version.get("availability") == "EarlyAccess":  # as Civitai answers a key without access
+            return _json_error(403, "Early Access", deadline=version.get("earlyAccessEndsAt"),
+                               message="This asset is in Early Access. You can use Buzz access it now!")
         files = [f for f in _as_list(version.get("files")) if isinstance(f, dict)]
         if "fileId" in request.query:
             chosen = [f for f in files if str(f.get("id")) == request.query["fileId"]]

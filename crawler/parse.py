@@ -7,9 +7,13 @@ optional field reads as absent. Only a model without a usable integer ``id`` is 
 version or file without one is skipped and named in ``ParsedModel.skipped``.
 
 Quirks handled: ``modelVersions`` empty or absent; license field ``allowCommercialUse`` as a
-string, a list or a Postgres array literal ``"{Image,RentCivit}"``; ``trainedWords`` as a list, a
-string, or elements that are comma-joined strings; ``primary`` absent (then Civitai's own scoring
-picks the primary file); ``hashes`` absent or partial; ``sizeKB`` in KiB.
+string, a list or a Postgres array literal ``"{Image,RentCivit}"``; ``trainedWords`` kept verbatim
+(a list of entries, order kept; an entry may hold several comma-joined words and is not split);
+``primary`` absent (then Civitai's own scoring picks the primary file); ``hashes`` absent or
+partial; ``sizeKB`` in KiB; 2023-shaped versions with ``createdAt`` and no ``publishedAt`` (the
+publish time falls back to ``createdAt``); early access in every era's fields (``availability``
+EarlyAccess, ``earlyAccessEndsAt``, ``earlyAccessDeadline``, ``paidAccess.endsAt``,
+``earlyAccessTimeFrame`` days).
 
 The raw payload is kept (``raw``) with a hash of its canonical JSON (``raw_hash``) so an unchanged
 item is recognised without comparing fields, and so the registry can be re-parsed later. A
@@ -22,8 +26,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from registry.catalog import in_early_access  # noqa: F401  (re-exported for the crawler)
 
 # DESIGN §4: base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
 SDXL_BASE_MODELS: tuple[str, ...] = ("SDXL 1.0", "SDXL 0.9", "SDXL 1.0 LCM", "SDXL Turbo", "SDXL Lightning",
@@ -151,13 +157,59 @@ def license_list(value: Any) -> list[str] | None:
 
 
 def trained_words(value: Any) -> list[str]:
-    """Trigger words: a list, one string, or list elements holding comma-joined words."""
-    parts = value if isinstance(value, list) else [value]
-    words: list[str] = []
-    for part in parts:
-        if isinstance(part, str):
-            words += [w.strip().replace("\x00", "") for w in part.split(",")]
-    return _dedupe([w for w in words if w])
+    """Trigger words exactly as Civitai gives them: the list's string entries, verbatim and in order.
+
+    Nothing is split, stripped or de-duplicated here (an entry such as ``"(hands on own chest,
+    deep skin:1.2)"`` is one prompt fragment, and the signer appends each entry as it is); only
+    non-string entries are dropped, and NUL characters, which a database cannot hold. A missing or
+    null list, or a single string in place of a list, is stored as ``[]`` / ``[string]``; whether
+    the list was missing stays visible in the raw payload (see ``trained_words_missing``).
+    Cleaning for display or for claims happens where the words are used.
+    """
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return []
+    return [w for w in (_text(x) for x in value) if w is not None]
+
+
+def trained_words_missing(raw: Any) -> bool:
+    """True when a version payload has no ``trainedWords`` list at all (absent or null)."""
+    return not isinstance(raw, dict) or raw.get("trainedWords") is None
+
+
+# Civitai's AIR ecosystem segment per SDXL-architecture base model (``urn:air:ECO:TYPE:civitai:M@V``).
+AIR_ECOSYSTEM = {"SDXL 1.0": "sdxl", "SDXL 0.9": "sdxl", "SDXL 1.0 LCM": "sdxl", "SDXL Turbo": "sdxl",
+                 "SDXL Lightning": "sdxl", "SDXL Hyper": "sdxl", "Pony": "pony", "Illustrious": "illustrious",
+                 "NoobAI": "noobai"}
+
+
+def air_for(base_model: str | None, model_type: str | None, model_id: int, version_id: int) -> str | None:
+    """The AIR of a version, its ecosystem taken from the version's base model."""
+    if model_type not in _AIR_TYPE:
+        return None
+    canon = canonical_base_model(base_model) if base_model else None
+    ecosystem = AIR_ECOSYSTEM.get(canon) if canon else None
+    if ecosystem is None:
+        ecosystem = re.sub(r"[^a-z0-9]+", "", (base_model or "").lower()) or "other"
+    return f"urn:air:{ecosystem}:{_AIR_TYPE[model_type]}:civitai:{model_id}@{version_id}"
+
+
+def early_access_end(item: dict) -> datetime | None:
+    """When a version's early access ends, from whichever field the payload's era uses."""
+    for key in ("earlyAccessEndsAt", "earlyAccessDeadline"):
+        when = _datetime(item.get(key))
+        if when is not None:
+            return when
+    paid = _dict(item.get("paidAccess"))
+    when = _datetime(paid.get("endsAt"))
+    if when is not None:
+        return when
+    days = _int(item.get("earlyAccessTimeFrame"))  # 2023: days after publication
+    start = _datetime(item.get("publishedAt")) or _datetime(item.get("createdAt"))
+    if days and days > 0 and start is not None and days < 10000:
+        return start + timedelta(days=days)
+    return None
 
 
 # ---------------------------------------------------------------- records
@@ -179,6 +231,11 @@ class ParsedFile:
     crc32: str | None
     pickle_scan: str | None
     virus_scan: str | None
+    autov1: str | None = None
+    autov3: str | None = None
+    pickle_scan_message: str | None = None
+    virus_scan_message: str | None = None
+    scanned_at: datetime | None = None
 
     @property
     def is_pickle(self) -> bool:
@@ -215,6 +272,14 @@ class ParsedVersion:
     files: list[ParsedFile]
     raw: dict
     raw_hash: str
+    created_at: datetime | None = None  # Civitai's; 2023-shaped payloads have it, current lists do not
+    civitai_updated_at: datetime | None = None
+    status: str | None = None
+    early_access_ends_at: datetime | None = None
+    usage_control: str | None = None
+
+    def early_access(self, now: datetime) -> bool:
+        return in_early_access(self.availability, self.early_access_ends_at, now)
 
     @property
     def is_sdxl(self) -> bool:
@@ -306,6 +371,11 @@ def parse_file(item: Any) -> ParsedFile:
         crc32=_text(hashes.get("crc32"), 16),
         pickle_scan=_text(item.get("pickleScanResult"), 32),
         virus_scan=_text(item.get("virusScanResult"), 32),
+        autov1=_text(hashes.get("autov1"), 64),
+        autov3=_text(hashes.get("autov3"), 64),
+        pickle_scan_message=_text(item.get("pickleScanMessage"), 4000),
+        virus_scan_message=_text(item.get("virusScanMessage"), 4000),
+        scanned_at=_datetime(item.get("scannedAt")),
     )
 
 
@@ -321,10 +391,9 @@ def parse_version(item: Any, model_id: int, model_type: str | None = None) -> tu
             files.append(parse_file(f))
         except ApiSchemaError as exc:
             skipped.append(f"version {version_id} file #{i}: {exc}")
-    air = _text(item.get("air"), 255)
-    if air is None and model_type in _AIR_TYPE:
-        air = f"urn:air:sdxl:{_AIR_TYPE[model_type]}:civitai:{model_id}@{version_id}"
     base = _text(item.get("baseModel"), 64)
+    air = _text(item.get("air"), 255) or air_for(base, model_type, model_id, version_id)
+    created = _datetime(item.get("createdAt"))
     stats = _dict(item.get("stats"))
     version = ParsedVersion(
         id=version_id,
@@ -334,7 +403,7 @@ def parse_version(item: Any, model_id: int, model_type: str | None = None) -> tu
         base_model=(canonical_base_model(base) or base) if base else None,
         base_model_type=_text(item.get("baseModelType"), 64),
         trained_words=trained_words(item.get("trainedWords")),
-        published_at=_datetime(item.get("publishedAt")),
+        published_at=_datetime(item.get("publishedAt")) or created,
         availability=_text(item.get("availability"), 32),
         nsfw_level=_int(item.get("nsfwLevel")),
         download_count=_int(stats.get("downloadCount")),
@@ -343,6 +412,11 @@ def parse_version(item: Any, model_id: int, model_type: str | None = None) -> tu
         files=files,
         raw=item,
         raw_hash=raw_hash(item),
+        created_at=created,
+        civitai_updated_at=_datetime(item.get("updatedAt")),
+        status=_text(item.get("status"), 32),
+        early_access_ends_at=early_access_end(item),
+        usage_control=_text(item.get("usageControl"), 32),
     )
     return version, skipped
 

@@ -9,7 +9,10 @@ Contract:
   marked gone that shows up again has ``gone_at`` cleared.
 - File state follows its role: the version's download choice is ``pending`` (until verified,
   failed or quarantined), a pickle-format primary file is ``unsupported``, the rest ``skipped``.
-  A file whose upstream SHA256 changes starts over (``pending``, 0 attempts).
+  A file whose upstream SHA256 changes starts over (``pending``, 0 attempts). While the version is
+  in early access the download choice is ``deferred`` (never attempted, no attempt counted; the
+  first crawl after it turns public makes it ``pending``); the files of an Archived or TakenDown
+  model are ``unavailable`` (never downloaded) until the model returns.
 - ``record_download`` stores one download outcome; a newly verified file calls the
   ``lora_file_verified`` hook inside the same write transaction (a failing hook rolls the
   verification back, and the next crawl tries again without downloading again).
@@ -27,7 +30,8 @@ from typing import Iterable, Sequence
 import sqlalchemy as sa
 
 from crawler.download import DownloadTask, Outcome
-from crawler.parse import ParsedFile, ParsedModel, ParsedVersion
+from crawler.parse import ParsedFile, ParsedModel, ParsedVersion, in_early_access
+from registry.catalog import UNAVAILABLE_MODES
 from registry.db import Database
 from registry.models import (CrawlError, CrawlRun, Creator, File, Model, ModelTag, Tag, Version, utcnow)
 
@@ -101,18 +105,35 @@ def version_row(v: ParsedVersion, now: datetime) -> dict:
     return dict(id=v.id, model_id=v.model_id, name=v.name, description=v.description, base_model=v.base_model,
                 base_model_type=v.base_model_type, trained_words=v.trained_words, published_at=v.published_at,
                 availability=v.availability, nsfw_level=v.nsfw_level, download_count=v.download_count,
-                download_url=v.download_url, air=v.air, source="civitai", raw=v.raw, raw_hash=v.raw_hash,
+                download_url=v.download_url, air=v.air, status=v.status, usage_control=v.usage_control,
+                early_access_ends_at=v.early_access_ends_at, civitai_created_at=v.created_at,
+                civitai_updated_at=v.civitai_updated_at, source="civitai", raw=v.raw, raw_hash=v.raw_hash,
                 last_seen_at=now, updated_at=now, gone_at=None)
 
 
-def file_roles(v: ParsedVersion) -> dict[int, tuple[str, str | None]]:
-    """``civitai_file_id -> (state, error)`` for a version's files as the payload describes them."""
+def early_access_note(ends_at: datetime | None) -> str:
+    until = f" until {ends_at.isoformat()}" if ends_at is not None else ""
+    return f"early access{until}: not downloaded until it is public"
+
+
+def file_roles(v: ParsedVersion, mode: str | None = None, now: datetime | None = None
+               ) -> dict[int, tuple[str, str | None]]:
+    """``civitai_file_id -> (state, error)`` for a version's files as the payload describes them.
+
+    The file to download is ``pending``, or ``deferred`` while the version is in early access (no
+    attempt is made or counted), or ``unavailable`` when the model is Archived or TakenDown.
+    """
     chosen, why_not = v.download_choice()
     primary = v.primary_file()
     roles: dict[int, tuple[str, str | None]] = {}
     for f in v.files:
         if chosen is not None and f.civitai_file_id == chosen.civitai_file_id:
-            roles[f.civitai_file_id] = ("pending", None if f.sha256 else "the API publishes no SHA256 for it yet")
+            if mode in UNAVAILABLE_MODES:
+                roles[f.civitai_file_id] = ("unavailable", f"the model is {mode} on Civitai: never downloaded")
+            elif v.early_access(now or utcnow()):
+                roles[f.civitai_file_id] = ("deferred", early_access_note(v.early_access_ends_at))
+            else:
+                roles[f.civitai_file_id] = ("pending", None if f.sha256 else "the API publishes no SHA256 for it yet")
         elif chosen is None and primary is not None and f.civitai_file_id == primary.civitai_file_id:
             roles[f.civitai_file_id] = ("unsupported", why_not)
         else:
@@ -123,7 +144,9 @@ def file_roles(v: ParsedVersion) -> dict[int, tuple[str, str | None]]:
 def file_row(f: ParsedFile, version_id: int, is_primary: bool) -> dict:
     return dict(civitai_file_id=f.civitai_file_id, version_id=version_id, name=f.name, size_bytes=f.size_bytes,
                 type=f.type, format=f.format, fp=f.fp, primary=is_primary, sha256=f.sha256, autov2=f.autov2,
-                blake3=f.blake3, crc32=f.crc32, pickle_scan=f.pickle_scan, virus_scan=f.virus_scan)
+                blake3=f.blake3, crc32=f.crc32, pickle_scan=f.pickle_scan, virus_scan=f.virus_scan,
+                autov1=f.autov1, autov3=f.autov3, size_type=f.size, pickle_scan_message=f.pickle_scan_message,
+                virus_scan_message=f.virus_scan_message, scanned_at=f.scanned_at)
 
 
 class RegistryStore:
@@ -177,7 +200,7 @@ class RegistryStore:
     def _changed(self, s, batch):
         model_ids = [m.id for m, _ in batch]
         version_ids = [v.id for _, vs in batch for v in vs]
-        models = {r.id: r for r in s.execute(sa.select(Model.id, Model.raw_hash, Model.gone_at)
+        models = {r.id: r for r in s.execute(sa.select(Model.id, Model.raw_hash, Model.gone_at, Model.mode)
                                              .where(Model.id.in_(model_ids)))}
         versions = {}
         for chunk in _chunks(version_ids):
@@ -188,8 +211,11 @@ class RegistryStore:
         for m, vs in batch:
             row = models.get(m.id)
             model_changed = row is None or row.raw_hash != m.raw_hash or row.gone_at is not None
-            new_vs = [v for v in vs if (r := versions.get(v.id)) is None or r.raw_hash != v.raw_hash
-                      or r.gone_at is not None or r.model_id != v.model_id]
+            if row is not None and row.mode != m.mode:
+                new_vs = list(vs)  # archived, taken down or back: every file's role changes
+            else:
+                new_vs = [v for v in vs if (r := versions.get(v.id)) is None or r.raw_hash != v.raw_hash
+                          or r.gone_at is not None or r.model_id != v.model_id]
             if model_changed or new_vs:
                 out.append((m, new_vs))
         return out
@@ -221,7 +247,8 @@ class RegistryStore:
         v_inserts = [{**version_row(v, now), "first_seen_at": now} for v in versions if v.id not in existing_versions]
         v_updates = [version_row(v, now) for v in versions if v.id in existing_versions]
         result.versions_new, result.versions_updated = _bulk_upsert(s, Version, v_inserts, v_updates)
-        result.files_new += self._files(s, versions, now)
+        modes = {v.id: m.mode for m, vs in batch for v in vs}
+        result.files_new += self._files(s, versions, now, modes)
 
     def _creators(self, s, models: list[ParsedModel]) -> dict[str, int]:
         wanted = {m.creator_username: m.creator_image for m in models if m.creator_username}
@@ -260,18 +287,20 @@ class RegistryStore:
         if new:
             s.execute(ModelTag.__table__.insert(), new)
 
-    def _files(self, s, versions: list[ParsedVersion], now: datetime) -> int:
+    def _files(self, s, versions: list[ParsedVersion], now: datetime, modes: dict[int, str | None]) -> int:
         parsed = [(v, f) for v in versions for f in v.files]
         existing = {}
         for chunk in _chunks([f.civitai_file_id for _, f in parsed]):
             existing.update({r.civitai_file_id: r for r in s.execute(
                 sa.select(File.id, File.civitai_file_id, File.version_id, File.name, File.size_bytes, File.type,
                           File.format, File.fp, File.primary, File.sha256, File.autov2, File.blake3, File.crc32,
-                          File.pickle_scan, File.virus_scan, File.state, File.error)
+                          File.pickle_scan, File.virus_scan, File.autov1, File.autov3, File.size_type,
+                          File.pickle_scan_message, File.virus_scan_message, File.scanned_at, File.state,
+                          File.error)
                 .where(File.civitai_file_id.in_(chunk)))})
         inserts, updates = [], []
         for v in versions:
-            roles = file_roles(v)
+            roles = file_roles(v, modes.get(v.id), now)
             primary = v.primary_file()
             for f in v.files:
                 row = file_row(f, v.id, primary is not None and f.civitai_file_id == primary.civitai_file_id)
@@ -293,22 +322,37 @@ class RegistryStore:
             s.execute(File.__table__.insert(), inserts)
         for row in updates:  # rows differ in their keys: one statement each (rare)
             s.execute(sa.update(File).where(File.id == row["id"]).values(**{k: v for k, v in row.items() if k != "id"}))
+        # an archived model's versions list no files: the files known from before are not downloadable either
+        for mode in UNAVAILABLE_MODES:
+            gone = [v.id for v in versions if modes.get(v.id) == mode]
+            for chunk in _chunks(gone):
+                s.execute(sa.update(File).where(File.version_id.in_(chunk), File.state.in_(("pending", "failed",
+                                                                                             "deferred")))
+                          .values(state="unavailable", error=f"the model is {mode} on Civitai: never downloaded",
+                                  updated_at=now))
         return len(inserts)
 
     # -------------------------------------------------------------- downloads
 
     def download_tasks(self, version_ids: Sequence[int]) -> list[DownloadTask]:
+        """Files to download now: never those of Archived/TakenDown models; a ``deferred`` (early
+        access) file only once its end date has passed and the listing no longer says EarlyAccess."""
         tasks = []
+        now = utcnow()
         with self.db.read() as s:
             for chunk in _chunks(list(version_ids)):
                 rows = s.execute(
-                    sa.select(File.id, File.version_id, File.civitai_file_id, File.sha256, File.size_bytes)
+                    sa.select(File.id, File.version_id, File.civitai_file_id, File.sha256, File.size_bytes,
+                              File.state, Version.availability, Version.early_access_ends_at)
                     .join(Version, Version.id == File.version_id)
-                    .where(File.version_id.in_(chunk), File.state.in_(RETRY_STATES), File.sha256.is_not(None),
-                           File.attempts < MAX_FILE_ATTEMPTS, Version.gone_at.is_(None))
+                    .outerjoin(Model, Model.id == Version.model_id)
+                    .where(File.version_id.in_(chunk), File.state.in_(RETRY_STATES + ("deferred",)),
+                           File.sha256.is_not(None), File.attempts < MAX_FILE_ATTEMPTS, Version.gone_at.is_(None),
+                           sa.or_(Model.mode.is_(None), Model.mode.not_in(UNAVAILABLE_MODES)))
                     .order_by(File.id))
                 tasks += [DownloadTask(file_id=r.id, version_id=r.version_id, civitai_file_id=r.civitai_file_id,
-                                       sha256=r.sha256, size_bytes=r.size_bytes) for r in rows]
+                                       sha256=r.sha256, size_bytes=r.size_bytes) for r in rows
+                          if r.state != "deferred" or not in_early_access(r.availability, r.early_access_ends_at, now)]
         return tasks
 
     def record_download(self, task: DownloadTask, outcome: Outcome) -> bool:

@@ -3,7 +3,8 @@
 Contract of ``crawl(app, options)`` / ``run_crawl``:
 
 - Listing: ``GET /api/v1/models`` with repeated ``types`` (LORA, LoCon, DoRA) and ``baseModels``
-  (default: every SDXL-architecture base model), ``limit=100``, ``nsfw=true``, ``sort=Oldest``
+  (default: every SDXL-architecture base model), ``limit=100``, ``nsfw=true``, ``archived=true``
+  (archived models are kept, marked and never downloaded), ``sort=Oldest``
   (keyset order: a model that changes mid-crawl moves *later*, so it is seen again rather than
   skipped), following ``metadata.nextCursor`` until it is absent. Items are de-duplicated by id
   (an item seen again with different content is taken again). Anything that is not an
@@ -246,7 +247,8 @@ class Crawler:
 
     def _list_params(self, cursor: str | None) -> list[tuple[str, str]]:
         params = [("types", t) for t in LORA_TYPES] + [("baseModels", b) for b in self.options.base_models]
-        params += [("limit", str(self.options.page_limit)), ("nsfw", "true"), ("sort", "Oldest")]
+        # archived=true: archived models are listed too (marked, never downloaded); Civitai hides them otherwise
+        params += [("limit", str(self.options.page_limit)), ("nsfw", "true"), ("archived", "true"), ("sort", "Oldest")]
         return params + ([("cursor", cursor)] if cursor is not None else [])
 
     async def _list(self, client: CivitaiClient, pages: asyncio.Queue) -> bool:

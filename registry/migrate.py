@@ -45,18 +45,24 @@ def current_revisions(db: Database) -> tuple[str, ...]:
         raise describe_operational_error(db.url, exc) from exc
 
 
+def _sqlite_pragma(conn, sql: str) -> None:
+    """Run a PRAGMA on the driver connection, outside any transaction, as SQLite requires for
+    ``foreign_keys`` (``conn.exec_driver_sql`` would first BEGIN, and the PRAGMA would do nothing)."""
+    conn.connection.driver_connection.execute(sql)
+
+
 def _run(db: Database, fn, *args) -> None:
     try:
         with db.engine.connect() as conn:
             if db.is_sqlite:
-                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside the transaction, as SQLite requires
+                _sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")  # table rebuilds must not cascade or fail
             try:
                 fn(_config(conn), *args)
                 conn.commit()
             finally:
                 if db.is_sqlite:
                     conn.rollback()
-                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    _sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
     except OperationalError as exc:
         raise describe_operational_error(db.url, exc) from exc
 

@@ -128,6 +128,11 @@ class Version(SQLModel, table=True):
     download_count: Optional[int] = None
     download_url: Optional[str] = None
     air: Optional[str] = None
+    status: Optional[str] = Field(default=None, max_length=32)  # Civitai's: Published, ...
+    usage_control: Optional[str] = Field(default=None, max_length=32)  # Download | Generation | ...
+    early_access_ends_at: Optional[datetime] = _ts()
+    civitai_created_at: Optional[datetime] = _ts()  # Civitai's createdAt / updatedAt (not this row's)
+    civitai_updated_at: Optional[datetime] = _ts()
     source: str = Field(default="civitai", max_length=16)  # civitai | local | carlos
     raw: Optional[dict] = _json()
     raw_hash: Optional[str] = Field(default=None, max_length=64)
@@ -155,7 +160,14 @@ class File(SQLModel, table=True):
     crc32: Optional[str] = None
     pickle_scan: Optional[str] = None
     virus_scan: Optional[str] = None
+    autov1: Optional[str] = Field(default=None, max_length=64)
+    autov3: Optional[str] = Field(default=None, max_length=64)
+    size_type: Optional[str] = Field(default=None, max_length=64)  # metadata.size: full | pruned
+    pickle_scan_message: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    virus_scan_message: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    scanned_at: Optional[datetime] = _ts()
     # pending | verified | failed | unsupported | quarantined | skipped
+    # | deferred (early access: not attempted until it is public) | unavailable (model Archived/TakenDown)
     state: str = Field(default="pending", max_length=16, index=True)
     local_path: Optional[str] = None  # relative to the artifacts dir
     error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))

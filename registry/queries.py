@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version
+from registry.catalog import display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, words_missing
+from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -37,13 +38,21 @@ def _chosen_signature(profile_id: int | None, version_ids: list[int] | None = No
 
 def lora_rows(session: Session, *, signed: bool | None = None, base_model: str | None = None,
               profile_id: int | None = None, limit: int | None = None, offset: int = 0,
-              version_ids: list[int] | None = None) -> tuple[int, list[dict[str, Any]]]:
+              version_ids: list[int] | None = None, nsfw: bool | None = None,
+              mode: str | None = None) -> tuple[int, list[dict[str, Any]]]:
     """Return ``(total, rows)`` of LoRA listing dicts, ordered by version id.
 
     A page (``limit``) is found first by id (an indexed EXISTS for ``signed``), then only its rows
     are joined with their signatures; without a limit one grouped join reads everything.
+    ``nsfw`` filters by the one NSFW rule (``registry.catalog``); ``mode`` is live, archived or
+    takendown.
     """
     where = []
+    needs_model = nsfw is not None or mode is not None
+    if nsfw is not None:
+        where.append(nsfw_clause() if nsfw else sa.not_(nsfw_clause()))
+    if mode is not None:
+        where.append(mode_clause(mode))
     if signed is not None:
         other = aliased(Signature)  # not the outer query's Signature
         has = sa.select(other.id).where(other.version_id == Version.id).correlate(Version)
@@ -54,9 +63,12 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         where.append(sa.func.lower(Version.base_model) == base_model.lower())
     if version_ids is not None:
         where.append(Version.id.in_(version_ids))
-    total = session.execute(sa.select(sa.func.count()).select_from(Version).where(*where)).scalar_one()
+    def base(stmt):
+        return stmt.outerjoin(Model, Model.id == Version.model_id) if needs_model else stmt
+
+    total = session.execute(base(sa.select(sa.func.count()).select_from(Version)).where(*where)).scalar_one()
     if limit:
-        page = session.execute(sa.select(Version.id).where(*where).order_by(Version.id)
+        page = session.execute(base(sa.select(Version.id)).where(*where).order_by(Version.id)
                                .offset(offset).limit(limit)).scalars().all()
         if not page:
             return total, []
@@ -65,6 +77,8 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
     stmt = (
         sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
                   Version.trained_words, Version.source, Version.air, Version.gone_at, Model.nsfw,
+                  Version.nsfw_level, Model.nsfw_level.label("model_nsfw_level"), Model.mode, Version.availability,
+                  Version.early_access_ends_at, Version.published_at,
                   Signature.strength, Signature.consistency, Signature.valid, Signature.flags,
                   Signature.n_samples, SignerProfile.name.label("profile"))
         .outerjoin(Model, Model.id == Version.model_id)
@@ -75,7 +89,8 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         .order_by(Version.id)
         .offset(offset)
     )
-    return total, [lora_dict(r._mapping) for r in session.execute(stmt)]
+    now = utcnow()
+    return total, [lora_dict(r._mapping, now) for r in session.execute(stmt)]
 
 
 def lora_ref(model_id: int | None, version_id: int) -> str:
@@ -89,7 +104,8 @@ def display_name(model_name: str | None, version_name: str | None) -> str:
     return (model_name or "").strip() or (version_name or "").strip()
 
 
-def lora_dict(r) -> dict[str, Any]:
+def lora_dict(r, now=None) -> dict[str, Any]:
+    early = r["source"] == "civitai" and in_early_access(r["availability"], r["early_access_ends_at"], now or utcnow())
     out = {
         "version_id": r["id"],
         "model_id": r["model_id"],
@@ -99,9 +115,13 @@ def lora_dict(r) -> dict[str, Any]:
         "url": civitai_url(r["model_id"], r["id"]),
         "ref": lora_ref(r["model_id"], r["id"]),
         "air": r["air"],
-        "trained_words": list(r["trained_words"] or []),
+        "trained_words": display_words(r["trained_words"]),
         "source": r["source"],
-        "nsfw": bool(r["nsfw"]) if r["nsfw"] is not None else None,
+        "nsfw": is_nsfw(r["nsfw_level"], r["model_nsfw_level"], r["nsfw"]),
+        "mode": r["mode"],  # Archived / TakenDown on Civitai, else null
+        "early_access": early,
+        "early_access_ends_at": _iso(r["early_access_ends_at"]) if early else None,
+        "published_at": _iso(r["published_at"]),
         "gone": r["gone_at"] is not None,
         "signed": r["strength"] is not None,
     }
@@ -117,7 +137,13 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     out = rows[0]
     version = session.get(Version, version_id)
     out.update(description=version.description, published_at=_iso(version.published_at),
-               first_seen_at=_iso(version.first_seen_at), gone_at=_iso(version.gone_at))
+               created_at=_iso(version.civitai_created_at), updated_at=_iso(version.civitai_updated_at),
+               status=version.status, availability=version.availability, usage_control=version.usage_control,
+               nsfw_level=version.nsfw_level, first_seen_at=_iso(version.first_seen_at), gone_at=_iso(version.gone_at),
+               # the entries as stored (as Civitai gives them; what the signer appends), and whether the
+               # payload had no list at all
+               trained_words_verbatim=list(version.trained_words or []),
+               trained_words_missing=words_missing(version.raw))
     if version.model_id is not None:
         model = session.get(Model, version.model_id)
         if model is not None:
@@ -125,6 +151,7 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
                                 .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
             out["model"] = {
                 "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
+                "nsfw_level": model.nsfw_level, "mode": model.mode,
                 "description": model.description, "tags": list(tags), "download_count": model.download_count,
                 "license": {"allow_no_credit": model.allow_no_credit, "allow_derivatives": model.allow_derivatives,
                             "allow_different_license": model.allow_different_license,
@@ -133,8 +160,14 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
             }
     files = session.exec(sa.select(File).where(File.version_id == version_id).order_by(File.id)).scalars().all()
     out["files"] = [{"id": f.id, "civitai_file_id": f.civitai_file_id, "name": f.name, "size_bytes": f.size_bytes,
-                     "format": f.format, "primary": f.primary, "sha256": f.sha256, "state": f.state,
-                     "error": f.error, "verified_at": _iso(f.verified_at)} for f in files]
+                     "type": f.type, "format": f.format, "fp": f.fp, "size_type": f.size_type, "primary": f.primary,
+                     "hashes": {k: v for k, v in (("SHA256", f.sha256), ("AutoV1", f.autov1), ("AutoV2", f.autov2),
+                                                  ("AutoV3", f.autov3), ("BLAKE3", f.blake3), ("CRC32", f.crc32))
+                                if v},
+                     "sha256": f.sha256, "pickle_scan": f.pickle_scan, "pickle_scan_message": f.pickle_scan_message,
+                     "virus_scan": f.virus_scan, "virus_scan_message": f.virus_scan_message,
+                     "scanned_at": _iso(f.scanned_at), "state": f.state, "error": f.error,
+                     "verified_at": _iso(f.verified_at)} for f in files]
     sigs = session.execute(
         sa.select(Signature, SignerProfile.name, SignerProfile.hash)
         .join(SignerProfile, SignerProfile.id == Signature.profile_id)

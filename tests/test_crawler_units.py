@@ -52,7 +52,7 @@ def test_parse_a_full_item():
     (v,) = m.versions
     assert v.base_model == "Illustrious" and v.is_sdxl and v.trained_words == ["inkwash style"]
     assert v.published_at == datetime(2026, 3, 2, 11, 4, 51, 120000, tzinfo=timezone.utc)
-    assert v.air == "urn:air:sdxl:lora:civitai:4811223@5120001"
+    assert v.air == "urn:air:illustrious:lora:civitai:4811223@5120001"  # the version's ecosystem
     f, zip_ = v.files
     assert f.sha256 == EXAMPLE["modelVersions"][0]["files"][0]["hashes"]["SHA256"].lower()
     assert f.size_bytes == round(223180.4 * 1024) and f.primary is True and zip_.primary is None
@@ -88,10 +88,13 @@ def test_license_field_shapes(value, expected):
 
 
 @pytest.mark.parametrize("value, expected", [
-    (["a", "b"], ["a", "b"]), ("one, two,three", ["one", "two", "three"]), (["x, y", "z", "x"], ["x", "y", "z"]),
-    ([], []), (None, []), ([None, 3, " "], []),
+    (["a", "b"], ["a", "b"]), ("one, two,three", ["one, two,three"]), (["x, y", "z", "x"], ["x, y", "z", "x"]),
+    ([], []), (None, []), ([None, 3, " "], [" "]), ({"a": 1}, []),
+    (["(hands on own chest, deep skin:1.2)", " spaced ", "", "ünï"], ["(hands on own chest, deep skin:1.2)",
+                                                                      " spaced ", "", "ünï"]),
 ])
-def test_trained_words_shapes(value, expected):
+def test_trained_words_are_stored_verbatim(value, expected):
+    """Entries as Civitai gives them: not split on commas, not stripped, not de-duplicated (issue #11)."""
     assert trained_words(value) == expected
 
 
@@ -171,7 +174,7 @@ def test_parser_reads_back_what_the_catalog_helpers_write(model_id, name, words,
     assert (m.id, m.name) == (model_id, name.encode("utf-8", "replace").decode())
     (v,) = m.versions
     assert v.base_model == base and v.is_sdxl == (base != "SD 1.5")
-    assert v.trained_words == list(dict.fromkeys(w.strip() for w in words))
+    assert v.trained_words == words
     assert v.files[0].sha256 == __import__("hashlib").sha256(data).hexdigest()
 
 

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.catalog import display_words
 from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
 from registry.output import emit_json, info, table
@@ -63,8 +64,9 @@ class ClaimChecker:
         out = {}
         for vid, vname, words, mid, mname in rows:
             name = (mname or "").strip() or (vname or "")
-            out[vid] = {"name": name, "trained_words": list(words or []), "tags": sorted(tags.get(mid, [])),
-                        "claim": claim_text(name, list(words or []), tags.get(mid, []))}
+            words = display_words(words)  # stored verbatim; cleaned here, where the claim is made
+            out[vid] = {"name": name, "trained_words": words, "tags": sorted(tags.get(mid, [])),
+                        "claim": claim_text(name, words, tags.get(mid, []))}
         return out
 
     def vocabulary(self) -> tuple[list[tuple[str, str]], np.ndarray]:

@@ -45,7 +45,8 @@ def clean_claim_text(text: str) -> str:
 
 def claim_text(name: str, trained_words: list[str], tags: list[str], max_words: int = 24) -> str:
     """Trigger words first (what the author tells users to type), then the cleaned name, then tags."""
-    parts = [clean_claim_text(", ".join(trained_words or [])), clean_claim_text(name), clean_claim_text(", ".join(tags or []))]
+    words = [w for w in trained_words or [] if isinstance(w, str)]  # entries as stored; cleaned here
+    parts = [clean_claim_text(", ".join(words)), clean_claim_text(name), clean_claim_text(", ".join(tags or []))]
     words, seen = [], set()
     for part in parts:
         for w in part.split():

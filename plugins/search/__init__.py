@@ -19,18 +19,22 @@ from registry.refs import REF_HELP
 @click.option("--max-strength", type=float, metavar="X", help="Drop LoRAs with Strength above X (default: the profile's).")
 @click.option("--min-consistency", type=float, metavar="Y", help="Drop LoRAs with Consistency below Y (default: the profile's).")
 @click.option("--base-model", metavar="NAME", help="Only LoRAs for this base model.")
-@click.option("--nsfw/--no-nsfw", default=None, help="Only NSFW LoRAs / no NSFW LoRAs (default: both).")
+@click.option("--nsfw/--no-nsfw", default=None,
+              help="Only NSFW LoRAs / no NSFW LoRAs (default: both). NSFW: the version's nsfwLevel has R/X/XXX, "
+                   "else the model's nsfwLevel, else the model's nsfw flag.")
+@click.option("--include-archived", is_flag=True,
+              help="Also LoRAs whose Civitai model is Archived or TakenDown (left out by default).")
 @click.option("--retriever", default="carlos", show_default=True, help="carlos (behavior) or another registered retriever, e.g. metadata.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def search(app: App, query, images, k, profile, no_filter, max_strength, min_consistency, base_model, nsfw,
-           retriever, as_json):
+           include_archived, retriever, as_json):
     """Find LoRAs by what they do: words (QUERY), example images (--image), or both."""
     from plugins.search.engine import SearchEngine, SearchRequest
 
     request = SearchRequest(text=query, images=list(images), k=k, profile=profile, apply_filters=not no_filter,
                             max_strength=max_strength, min_consistency=min_consistency, base_model=base_model,
-                            nsfw=nsfw, retriever=retriever)
+                            nsfw=nsfw, include_archived=include_archived, retriever=retriever)
     doc = SearchEngine(app).search(request)
     qp = doc.get("query_prompts") or {}
     if qp.get("approximate"):
@@ -42,7 +46,7 @@ def search(app: App, query, images, k, profile, no_filter, max_strength, min_con
         return
     table(["rank", "score", "strength", "consistency", "name", "version", "base model", "trigger words", "url"],
           [(r["rank"], r["score"], r.get("strength"), r.get("consistency"), r["name"], r["version_id"],
-            r["base_model"], r["trained_words"], r["url"]) for r in doc["results"]],
+            r["base_model"], " | ".join(r["trained_words"]), r["url"]) for r in doc["results"]],
           title=f"{doc['query']['text'] or 'image query'} — " + (f"profile {doc['profile']}" if doc.get("profile")
                                                                  else f"retriever {doc['query']['retriever']}"))
     _explain_filters(doc)

@@ -14,7 +14,8 @@ import numpy as np
 import sqlalchemy as sa
 
 from registry.errors import CarlosError, NotFound, UsageError
-from registry.models import NSFW_LEVEL_BITS, Model, Signature, SignerProfile, Version
+from registry.catalog import available_clause, nsfw_clause
+from registry.models import Model, Signature, SignerProfile, Version
 from registry.profiles import find_profile
 from registry.queries import lora_rows
 
@@ -36,7 +37,8 @@ class SearchRequest:
     max_strength: float | None = None
     min_consistency: float | None = None
     base_model: str | None = None
-    nsfw: bool | None = None  # None: everything; False: exclude NSFW models; True: only NSFW
+    nsfw: bool | None = None  # None: everything; False: exclude NSFW LoRAs; True: only NSFW (registry.catalog rule)
+    include_archived: bool = False  # LoRAs whose Civitai model is Archived or TakenDown are left out unless True
     retriever: str = "carlos"
 
     def validate(self) -> None:
@@ -130,27 +132,33 @@ class SearchEngine:
 
     ALLOWED_TTL_S = 60.0  # a warm service re-reads base-model/NSFW metadata at most this often
 
-    def allowed_ids(self, base_model: str | None, nsfw: bool | None) -> np.ndarray | None:
-        if base_model is None and nsfw is None:
+    def allowed_ids(self, base_model: str | None, nsfw: bool | None,
+                    include_archived: bool = True) -> np.ndarray | None:
+        """Version ids that pass the metadata filters (None: no filter leaves anything out)."""
+        if base_model is None and nsfw is None and include_archived:
             return None
-        key = ((base_model or "").lower() if base_model is not None else None, nsfw)
+        key = ((base_model or "").lower() if base_model is not None else None, nsfw, include_archived)
         hit = self._allowed.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.ALLOWED_TTL_S:
             return hit[1]
-        ids = self._query_allowed_ids(base_model, nsfw)
+        ids = self._query_allowed_ids(base_model, nsfw, include_archived)
         self._allowed[key] = (time.monotonic(), ids)
         return ids
 
-    def _query_allowed_ids(self, base_model: str | None, nsfw: bool | None) -> np.ndarray:
+    def _query_allowed_ids(self, base_model: str | None, nsfw: bool | None,
+                           include_archived: bool) -> np.ndarray | None:
         stmt = sa.select(Version.id).outerjoin(Model, Model.id == Version.model_id)
-        if base_model is not None:
-            stmt = stmt.where(sa.func.lower(Version.base_model) == base_model.lower())
-        if nsfw is not None:
-            flagged = sa.or_(sa.func.coalesce(Model.nsfw, False),
-                             sa.func.coalesce(Version.nsfw_level, 0).op("&")(NSFW_LEVEL_BITS) != 0,
-                             sa.func.coalesce(Model.nsfw_level, 0).op("&")(NSFW_LEVEL_BITS) != 0)
-            stmt = stmt.where(flagged if nsfw else sa.not_(flagged))
         with self.app.db.read() as session:
+            if base_model is None and nsfw is None:  # only the archive filter: usually nothing is archived
+                hidden = session.execute(stmt.where(sa.not_(available_clause())).limit(1)).first()
+                if hidden is None:
+                    return None
+            if base_model is not None:
+                stmt = stmt.where(sa.func.lower(Version.base_model) == base_model.lower())
+            if nsfw is not None:
+                stmt = stmt.where(nsfw_clause() if nsfw else sa.not_(nsfw_clause()))
+            if not include_archived:
+                stmt = stmt.where(available_clause())
             return np.array(session.execute(stmt).scalars().all(), dtype=np.int64)
 
     # ------------------------------------------------------------------ operations
@@ -237,8 +245,9 @@ class CarlosRetriever:
             min_c = request.min_consistency
         filters = Filters(max_strength=max_s if request.apply_filters else None,
                           min_consistency=min_c if request.apply_filters else None,
-                          allowed_ids=engine.allowed_ids(request.base_model, request.nsfw),
-                          allowed_reason="base_model_or_nsfw")
+                          allowed_ids=engine.allowed_ids(request.base_model, request.nsfw,
+                                                         request.include_archived),
+                          allowed_reason="base_model_nsfw_or_archived")
         scores = index.scores(query)
         ranked = index.rank(query, request.k, filters, scores=scores)
         info = {
@@ -247,7 +256,7 @@ class CarlosRetriever:
             "profile": row.name, "profile_hash": row.hash, "profile_id": row.id,
             "filters": {"applied": request.apply_filters, "max_strength": filters.max_strength,
                         "min_consistency": filters.min_consistency, "base_model": request.base_model,
-                        "nsfw": request.nsfw},
+                        "nsfw": request.nsfw, "include_archived": request.include_archived},
             "signed": len(index), "candidates": ranked.considered, "filtered": ranked.filtered,
         }
         if request.text and request.text.strip():

@@ -25,6 +25,7 @@ def _request_from(q, images: list[str]) -> SearchRequest:
                          apply_filters=not bool(param_bool(q, "no_filter")),
                          max_strength=param_float(q, "max_strength"), min_consistency=param_float(q, "min_consistency"),
                          base_model=q.get("base_model") or None, nsfw=param_bool(q, "nsfw"),
+                         include_archived=bool(param_bool(q, "include_archived")),
                          retriever=q.get("retriever") or "carlos")
 
 

@@ -13,11 +13,15 @@ from registry.refs import REF_HELP
 @click.option("--signed/--unsigned", default=None, help="Only signed (or only unsigned) LoRAs.")
 @click.option("--base-model", metavar="NAME", help="Only this base model, e.g. 'SDXL 1.0', 'Pony'.")
 @click.option("--profile", metavar="NAME", help="Signatures of this signer profile (default: the newest).")
+@click.option("--nsfw/--no-nsfw", default=None,
+              help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).")
+@click.option("--mode", type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
+              help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).")
 @click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="At most N rows (0: all).")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
-def loras(app: App, signed, base_model, profile, limit, offset, as_json):
+def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_json):
     """List LoRA versions in the registry."""
     from registry.profiles import find_profile
     from registry.queries import lora_rows
@@ -25,13 +29,13 @@ def loras(app: App, signed, base_model, profile, limit, offset, as_json):
     with app.db.read() as session:
         profile_id = find_profile(session, profile).id if profile else None
         total, rows = lora_rows(session, signed=signed, base_model=base_model, profile_id=profile_id,
-                                limit=limit or None, offset=offset)
+                                limit=limit or None, offset=offset, nsfw=nsfw, mode=mode)
     if as_json:
         emit_json({"total": total, "offset": offset, "count": len(rows), "loras": rows})
         return
-    table(["version", "name", "base model", "strength", "consistency", "profile", "flags"],
+    table(["version", "name", "base model", "strength", "consistency", "profile", "flags", "notes"],
           [(r["version_id"], r["name"], r["base_model"], r.get("strength"), r.get("consistency"), r.get("profile"),
-            r.get("flags")) for r in rows])
+            r.get("flags"), notes(r)) for r in rows])
     if total > offset + len(rows):
         info(f"{len(rows)} of {total} shown; use --limit 0 for all, or --offset")
     elif not rows:
@@ -54,7 +58,12 @@ def show(app: App, ref: str, as_json: bool):
         return
     rows = [("version", detail["version_id"]), ("model", detail["model_id"]), ("name", detail["name"]),
             ("version name", detail["version_name"]), ("base model", detail["base_model"]), ("url", detail["url"]),
-            ("trigger words", detail["trained_words"]), ("source", detail["source"]),
+            ("trigger words", " | ".join(detail["trained_words"])), ("source", detail["source"]),
+            ("nsfw", "yes" if detail["nsfw"] else "no"),
+            ("civitai mode", detail["mode"] or "live"),
+            ("early access", ("until " + detail["early_access_ends_at"] if detail["early_access_ends_at"] else "yes")
+             if detail["early_access"] else "no"),
+            ("published", detail["published_at"]), ("status", detail["status"]),
             ("gone", detail["gone_at"] or "no")]
     if "model" in detail:
         rows.append(("tags", detail["model"]["tags"]))
@@ -64,10 +73,26 @@ def show(app: App, ref: str, as_json: bool):
                      + ("" if s["valid"] else ", NOT VALID") + (f", flags: {', '.join(s['flags'])}" if s["flags"] else "")))
     for f in detail["files"]:
         rows.append((f"file {f['id']}", f"{f['name']} [{f['state']}]" + (f" {f['error']}" if f["error"] else "")))
+        if f["hashes"]:
+            rows.append(("  hashes", ", ".join(f"{k} {v}" for k, v in f["hashes"].items())))
     for j in detail["jobs"]:
         rows.append((f"job {j['id']} [{j['profile']}]",
                      f"{j['state']} after {j['attempts']} attempt(s)" + (f": {j['last_error']}" if j["last_error"] else "")))
     table(["field", "value"], rows, title=detail["name"])
+
+
+def notes(r: dict) -> str:
+    """What a listing row must not hide: Civitai mode, early access, NSFW, gone."""
+    out = []
+    if r.get("mode"):
+        out.append(r["mode"])
+    if r.get("early_access"):
+        out.append("early access" + (f" until {r['early_access_ends_at'][:10]}" if r.get("early_access_ends_at") else ""))
+    if r.get("nsfw"):
+        out.append("nsfw")
+    if r.get("gone"):
+        out.append("gone")
+    return ", ".join(out)
 
 
 @hookimpl
