@@ -163,7 +163,7 @@ def trained_words(value: Any) -> list[str]:
     deep skin:1.2)"`` is one prompt fragment, and the signer appends each entry as it is); only
     non-string entries are dropped, and NUL characters, which a database cannot hold. A missing or
     null list, or a single string in place of a list, is stored as ``[]`` / ``[string]``; whether
-    the list was missing stays visible in the raw payload (see ``trained_words_missing``).
+    the list was missing stays visible in the raw payload (see ``registry.catalog.words_missing``).
     Cleaning for display or for claims happens where the words are used.
     """
     if isinstance(value, str):
@@ -173,15 +173,12 @@ def trained_words(value: Any) -> list[str]:
     return [w for w in (_text(x) for x in value) if w is not None]
 
 
-def trained_words_missing(raw: Any) -> bool:
-    """True when a version payload has no ``trainedWords`` list at all (absent or null)."""
-    return not isinstance(raw, dict) or raw.get("trainedWords") is None
-
-
 # Civitai's AIR ecosystem segment per SDXL-architecture base model (``urn:air:ECO:TYPE:civitai:M@V``).
+# Civitai names the *root* ecosystem (its getAirEcosystem, research notes §10.1): Pony, Illustrious
+# and NoobAI versions are ``urn:air:sdxl:…`` too. A payload's own ``air`` always wins.
 AIR_ECOSYSTEM = {"SDXL 1.0": "sdxl", "SDXL 0.9": "sdxl", "SDXL 1.0 LCM": "sdxl", "SDXL Turbo": "sdxl",
-                 "SDXL Lightning": "sdxl", "SDXL Hyper": "sdxl", "Pony": "pony", "Illustrious": "illustrious",
-                 "NoobAI": "noobai"}
+                 "SDXL Lightning": "sdxl", "SDXL Hyper": "sdxl", "Pony": "sdxl", "Illustrious": "sdxl",
+                 "NoobAI": "sdxl"}
 
 
 def air_for(base_model: str | None, model_type: str | None, model_id: int, version_id: int) -> str | None:

@@ -195,7 +195,8 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
 def trigger_list(version) -> list[str] | None:
     """A version's trigger words as the reference reads them: the ``trainedWords`` entries in order,
     or ``None`` when Civitai's payload has no list (missing or null; the reference then appends ", ")."""
-    raw = version.raw if isinstance(version.raw, dict) else None
-    if version.source == "civitai" and raw is not None and raw.get("trainedWords") is None:
+    from registry.catalog import words_missing
+
+    if version.source == "civitai" and words_missing(version.raw):
         return None
     return [str(w) for w in (version.trained_words or [])]

@@ -169,7 +169,7 @@ def test_early_access_shown_by_show_and_loras(tmp_path):
     doc = json.loads(run_cli("--db", db_url, "show", "6101", "--json", env=env, check=True).stdout)
     assert doc["early_access"] is True and doc["early_access_ends_at"].startswith("2099-03-09T11:04:51")
     assert doc["files"][0]["state"] == "deferred"
-    assert doc["air"] == "urn:air:pony:lora:civitai:610@6101"  # the version's ecosystem, not always sdxl
+    assert doc["air"] == "urn:air:sdxl:lora:civitai:610@6101"  # Civitai's root ecosystem for Pony
     text = run_cli("--db", db_url, "show", "6101", env=env, check=True).stdout
     assert "until 2099-03-09" in text and "deferred" in text
     rows = {r["version_id"]: r for r in json.loads(run_cli("--db", db_url, "loras", "--json", env=env,
@@ -395,7 +395,7 @@ def test_migration_fills_the_new_columns_from_raw_payloads_without_network(db_ur
         assert v.trained_words == WEIRD_WORDS
         assert v.published_at.isoformat().startswith("2023-05-01T10:00:00")
         assert v.civitai_created_at == v.published_at and v.civitai_updated_at.isoformat().startswith("2023-05-02")
-        assert ea.air == "urn:air:pony:lora:civitai:610@6101" and ea.early_access_ends_at.year == 2099
+        assert ea.air == "urn:air:sdxl:lora:civitai:610@6101" and ea.early_access_ends_at.year == 2099
         assert s.get(Version, 6001).status is None and s.get(Version, 6001).published_at.year == 2026
         f = files[6301]
         assert (f.autov1, f.autov3, f.size_type, f.pickle_scan_message) == ("1A2B3C4D", "44EE12AB90CD", "pruned",
@@ -453,8 +453,9 @@ def test_a_missing_trigger_list_is_empty_and_says_so():
     assert v.trained_words == [] and words_missing(v.raw) is True
 
 
-@pytest.mark.parametrize("base, eco", [("SDXL 1.0", "sdxl"), ("SDXL Lightning", "sdxl"), ("Pony", "pony"),
-                                       ("Illustrious", "illustrious"), ("NoobAI", "noobai"), ("sdxl 1.0", "sdxl")])
+@pytest.mark.parametrize("base, eco", [("SDXL 1.0", "sdxl"), ("SDXL Lightning", "sdxl"), ("Pony", "sdxl"),
+                                       ("Illustrious", "sdxl"), ("NoobAI", "sdxl"), ("sdxl 1.0", "sdxl"),
+                                       ("SD 1.5", "sd15")])
 def test_air_ecosystem_follows_the_base_model(base, eco):
     from crawler.parse import parse_version
 

@@ -52,7 +52,7 @@ def test_parse_a_full_item():
     (v,) = m.versions
     assert v.base_model == "Illustrious" and v.is_sdxl and v.trained_words == ["inkwash style"]
     assert v.published_at == datetime(2026, 3, 2, 11, 4, 51, 120000, tzinfo=timezone.utc)
-    assert v.air == "urn:air:illustrious:lora:civitai:4811223@5120001"  # the version's ecosystem
+    assert v.air == "urn:air:sdxl:lora:civitai:4811223@5120001"  # Civitai's root ecosystem for Illustrious
     f, zip_ = v.files
     assert f.sha256 == EXAMPLE["modelVersions"][0]["files"][0]["hashes"]["SHA256"].lower()
     assert f.size_bytes == round(223180.4 * 1024) and f.primary is True and zip_.primary is None

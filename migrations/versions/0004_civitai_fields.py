@@ -34,8 +34,8 @@ depends_on = None
 
 _BATCH = 500
 _ECOSYSTEM = {"sdxl 1.0": "sdxl", "sdxl 0.9": "sdxl", "sdxl 1.0 lcm": "sdxl", "sdxl turbo": "sdxl",
-              "sdxl lightning": "sdxl", "sdxl hyper": "sdxl", "pony": "pony", "illustrious": "illustrious",
-              "noobai": "noobai"}
+              "sdxl lightning": "sdxl", "sdxl hyper": "sdxl", "pony": "sdxl", "illustrious": "sdxl",
+              "noobai": "sdxl"}  # Civitai's root ecosystem (crawler.parse.AIR_ECOSYSTEM)
 _AIR_TYPE = {"LORA": "lora", "LoCon": "lycoris", "DoRA": "dora"}
 
 
