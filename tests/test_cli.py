@@ -21,22 +21,34 @@ def small_registry(tmp_path, sqlite_url):
     return sqlite_url
 
 
-def test_help_lists_commands_and_does_not_import_torch():
-    code = textwrap.dedent("""
+HEAVY = ("torch", "diffusers", "open_clip", "transformers", "numpy", "sqlalchemy", "sqlmodel", "aiohttp", "PIL")
+
+
+def _imported_by(*argv: str) -> tuple[list[str], str]:
+    code = textwrap.dedent(f"""
         import sys
         from registry.cli import main
-        sys.argv = ["carlos-reg", "--help"]
+        sys.argv = ["carlos-reg", *{list(argv)!r}]
         try:
             main()
         except SystemExit:
             pass
-        heavy = [m for m in ("torch", "diffusers", "open_clip", "transformers") if m in sys.modules]
-        print("HEAVY:", heavy)
+        print("HEAVY:", [m for m in {HEAVY!r} if m in sys.modules])
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert "HEAVY: []" in proc.stdout, proc.stdout + proc.stderr
-    for command in ("db", "loras", "show", "import", "plugins"):
-        assert f"  {command} " in proc.stdout
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")), "")
+    return eval(line[len("HEAVY:"):]) if line else ["no output"], proc.stdout + proc.stderr
+
+
+def test_help_lists_commands_and_imports_no_heavy_module():
+    heavy, out = _imported_by("--help")
+    assert heavy == [], out
+    for command in ("db", "loras", "show", "import", "plugins", "sign", "search", "crawl"):
+        assert f"  {command} " in out
+    for argv in (["--version"], ["plugins", "--json"], ["show", "--help"], ["search", "--help"],
+                 ["signer", "--help"], ["report", "copyright", "--help"]):
+        heavy, out = _imported_by(*argv)
+        assert heavy == [], (argv, out)
 
 
 def test_plugins_json_lists_builtins_with_their_hooks():
@@ -85,6 +97,53 @@ def test_show_errors_are_one_clear_line(small_registry, ref, message):
     assert proc.returncode == 1
     assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.fixture
+def hashed_registry(small_registry):
+    """The small registry plus files with hashes on 1000 and 1001, and a local LoRA (version -3)."""
+    from registry.db import Database
+    from registry.models import File, Version
+
+    db = Database(small_registry)
+    with db.write() as s:
+        s.add(File(version_id=1000, name="ink.safetensors", sha256="ab" * 32, autov1="0A1B2C3D", autov2="ABCDEF0123",
+                   autov3="0123456789AB", state="verified", primary=True))
+        s.add(File(version_id=1001, name="copy.safetensors", sha256="cd" * 32, autov2="FEDCBA9876", state="pending"))
+        s.add(File(version_id=1002, name="copy2.safetensors", sha256="ef" * 32, autov2="FEDCBA9876", state="pending"))
+        s.add(Version(id=-3, name="my local lora", source="local"))
+    db.dispose()
+    return small_registry
+
+
+@pytest.mark.parametrize("ref, vid", [
+    ("https://civitai.com/models/5?modelVersionId=1000", 1000),  # what every table prints
+    ("https://civitai.com/models/5/ink-style?modelVersionId=1000", 1000),
+    ("civitai.com/models/5/ink-style", 1000),  # a model URL: its one version
+    ("https://civitai.com/api/download/models/1000", 1000),
+    ("https://civitai.com/api/v1/model-versions/1000", 1000),
+    ("ab" * 32, 1000), ("AB" * 32, 1000), ("abcdef0123", 1000), ("0123456789ab", 1000), ("0A1B2C3D", 1000),
+    ("-3", -3), ("local:3", -3),
+])
+def test_show_round_trips_urls_hashes_and_negative_ids(hashed_registry, ref, vid):
+    doc = run_json("--db", hashed_registry, "show", ref)
+    assert doc["version_id"] == vid
+
+
+def test_a_hash_shared_by_two_versions_is_ambiguous_and_urls_are_checked(hashed_registry):
+    proc = run_cli("--db", hashed_registry, "show", "FEDCBA9876")
+    assert proc.returncode == 1 and "1001, 1002" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/models/6?modelVersionId=1000")
+    assert proc.returncode == 1 and "belongs to model 5, not 6" in proc.stderr
+    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/api/download/models/424242")
+    assert proc.returncode == 1 and "no LoRA version 424242" in proc.stderr
+    # every URL the listing prints resolves back to its row
+    rows = run_json("--db", hashed_registry, "loras")["loras"]
+    assert sum(1 for r in rows if r["url"]) == 3  # local LoRAs have no Civitai URL
+    for row in rows:
+        if row["url"]:
+            assert run_json("--db", hashed_registry, "show", row["url"])["version_id"] == row["version_id"]
+        assert run_json("--db", hashed_registry, "show", row["ref"])["version_id"] == row["version_id"]
 
 
 def test_table_output_for_people(small_registry):

@@ -16,6 +16,7 @@ from registry import hookimpl
 from registry.app import App
 from registry.errors import CarlosError, UsageError
 from registry.output import emit_json, info
+from registry.refs import REF_COMMAND
 
 
 class Report:
@@ -110,7 +111,8 @@ def _command_for(report: Report) -> click.Command:
         click.Option(["--profile"], metavar="NAME", help="Signer profile (default: as for search)."),
         *report.options(),
     ]
-    return click.Command(report.name, callback=callback, params=params, help=report.description)
+    return click.Command(report.name, callback=callback, params=params, help=report.description,
+                         context_settings=REF_COMMAND)
 
 
 def _json_text(doc) -> str:

@@ -6,7 +6,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, table
-from registry.refs import REF_HELP
+from registry.refs import REF_COMMAND, REF_HELP
 
 
 @click.command()
@@ -43,7 +43,7 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_j
              "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`")
 
 
-@click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.")
+@click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.", context_settings=REF_COMMAND)
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
