@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,13 +16,19 @@ from registry.settings import Settings
 _state = {"verbose": 0, "registered": False}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+PROJECT_LOGGERS = ("registry", "crawler", "signer", "plugins", "migrations")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.option("--db", "db_url", metavar="URL", help="Registry database URL [env CARLOS_REG_DB; default: SQLite file in the data dir].")
-@click.option("--home", type=click.Path(file_okay=False), help="Data dir [env CARLOS_REG_HOME].")
-@click.option("-v", "--verbose", count=True, help="More logging on stderr; tracebacks on errors.")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="Data dir [env CARLOS_REG_HOME]; an explicit --home must exist unless --create is given.")
+@click.option("--create", is_flag=True, help="Create the --home data dir if it does not exist.")
+@click.option("-v", "--verbose", count=True, help="-v: this project's logs and tracebacks on errors; -vv: every library's too.")
 @click.version_option(__version__, prog_name="carlos-reg")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
+def cli(ctx: click.Context, db_url: str | None, home: str | None, create: bool, verbose: int):
     """carlos-reg: a registry of SDXL LoRAs that knows what each LoRA actually does.
 
     \b
@@ -31,9 +38,19 @@ def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
       carlos-reg loras --signed             # what the registry holds
       carlos-reg show civitai:MODEL@VERSION # one LoRA in detail
     """
+    if ctx.invoked_subcommand is None:  # bare `carlos-reg`: the help, and success
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if verbose == 1:
+        for name in PROJECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    if home is not None and not create and not Path(home).expanduser().is_dir():
+        from registry.errors import UsageError
+
+        raise UsageError(f"data dir {home} does not exist: check the path, or add --create to start a new registry there")
     app = App(Settings.load(home=home, db=db_url, verbose=verbose))
     ctx.obj = app
     ctx.call_on_close(app.close)

@@ -97,5 +97,9 @@ def get_plugins() -> list[dict[str, Any]]:
                                 "builtin": name in DEFAULT_PLUGINS, "hooks": hooks}
         if name in dists:
             info["distribution"], info["version"] = dists[name]
+        elif info["builtin"]:
+            from registry import __version__
+
+            info["distribution"], info["version"] = "carlos-reg", __version__
         out.append(info)
     return out

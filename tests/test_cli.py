@@ -234,3 +234,43 @@ def test_processes_opening_a_fresh_sqlite_registry_together_never_see_locked(tmp
         with sqlite3.connect(tmp_path / f"r{r}.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 8
+
+
+def test_bare_command_prints_help_and_succeeds():
+    proc = run_cli()
+    assert proc.returncode == 0 and "Usage: carlos-reg" in proc.stdout and "  loras " in proc.stdout
+
+
+def test_a_home_that_does_not_exist_is_refused_unless_created(tmp_path):
+    missing = tmp_path / "typo-home"
+    proc = run_cli("--home", str(missing), "loras")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr and "--create" in proc.stderr
+    assert not missing.exists()  # nothing was created behind the user's back
+    doc = run_json("--home", str(missing), "--create", "loras")
+    assert doc["total"] == 0 and (missing / "registry.db").is_file()
+    assert run_json("--home", str(missing), "loras")["total"] == 0  # exists now
+
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o"), ("zsh", "compdef"),
+                                           ("fish", "complete --no-files --command carlos-reg")])
+def test_completion_scripts_and_the_completion_they_call(shell, marker):
+    proc = run_cli("completion", shell, check=True)
+    assert marker in proc.stdout and "_CARLOS_REG_COMPLETE" in proc.stdout
+    # what the script asks the program at a <TAB> after "carlos-reg lo" and "carlos-reg signer "
+    env = {"_CARLOS_REG_COMPLETE": "bash_complete", "COMP_WORDS": "carlos-reg lo", "COMP_CWORD": "1"}
+    assert "plain,loras" in run_cli(env=env, check=True).stdout.splitlines()
+    env.update(COMP_WORDS="carlos-reg signer ", COMP_CWORD="2")
+    assert {"plain,prompts", "plain,samples", "plain,work"} <= set(run_cli(env=env, check=True).stdout.splitlines())
+
+
+def test_plugins_show_versions_and_verbosity_levels(small_registry):
+    from registry import __version__
+
+    doc = run_json("plugins")
+    assert all(p["version"] == __version__ for p in doc["plugins"] if p["builtin"])
+    quiet = run_cli("--db", small_registry, "loras", check=True)
+    assert "INFO" not in quiet.stderr
+    everything = run_cli("-vv", "--db", small_registry, "loras", check=True)
+    assert "DEBUG" in everything.stderr or "INFO" in everything.stderr
+    one = run_cli("-v", "--db", small_registry, "loras", check=True)
+    assert "alembic" not in one.stderr and "DEBUG" not in one.stderr
