@@ -274,3 +274,11 @@ def test_plugins_show_versions_and_verbosity_levels(small_registry):
     assert "DEBUG" in everything.stderr or "INFO" in everything.stderr
     one = run_cli("-v", "--db", small_registry, "loras", check=True)
     assert "alembic" not in one.stderr and "DEBUG" not in one.stderr
+
+
+def test_signer_profiles_lists_profiles_with_signatures_imported_ones_included(small_registry):
+    doc = run_json("--db", small_registry, "signer", "profiles")
+    by_name = {p["name"]: p for p in doc["profiles"]}
+    assert by_name["carlos-published"]["signatures"] == 3 and by_name["carlos-published"]["defined_here"] is False
+    assert by_name["tiny"]["signatures"] == 0 and "hash" in by_name["tiny"]
+    assert "CARLOS_REG_CARLOS_PROMPTS" in by_name["paper"]["error"]  # not on this machine, and it says how
