@@ -133,6 +133,7 @@ def demo(directory: str):
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by carlos-reg demo; safe to delete\n")
     home = root / "home"
+    home.mkdir()
     os.environ.update({"CARLOS_REG_PROFILE": "tiny", "CARLOS_REG_MODELS": str(root / "models"),
                        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     os.environ.pop("CARLOS_REG_DB", None)
