@@ -10,6 +10,7 @@ import click
 from registry import __version__
 from registry.app import App
 from registry.errors import CarlosError
+from registry.output import clean
 from registry.settings import Settings
 
 _state = {"verbose": 0, "registered": False}
@@ -32,8 +33,10 @@ def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
       carlos-reg show civitai:MODEL@VERSION # one LoRA in detail
     """
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from registry.output import CleanFormatter
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))  # logged values are untrusted
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), handlers=[handler])
     app = App(Settings.load(home=home, db=db_url, verbose=verbose))
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -69,11 +72,11 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {clean(exc)}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an unexpected failure: one line, the traceback only with -v
         if _state["verbose"]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"Error: {type(exc).__name__}: {first} (run with -v for the traceback)", err=True)
+        click.echo(f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True)
         sys.exit(1)
