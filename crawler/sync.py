@@ -65,6 +65,9 @@ class CrawlOptions:
     timeout: float = 60.0  # idle read timeout: a body with no data for this long is stalled
     connect_timeout: float = 30.0
     limits: DownloadLimits = field(default_factory=DownloadLimits)
+    min_rate: float = 16 * 1024  # bytes/s a body must average after its first ``timeout`` seconds
+    deadline: float | None = None  # seconds for the whole run (scheduled runs); then it ends ``partial``
+    max_stale_pages: int = 20  # consecutive pages without a new model end the listing (an endless cursor)
 
     @property
     def unfiltered(self) -> bool:
@@ -156,6 +159,9 @@ class Crawler:
             self._executor, lambda: retry_call(lambda: fn(*args), what=what, policy=self._db_retry))
 
     def _error(self, stage: str, ref: str | None, message: str, status: int | None = None) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:  # every problem is stored, printed and logged: never with the token in it
+            message = client.redact(message)
         self.stats.errors += 1
         record = ErrorRecord(stage=stage, ref=ref, message=message, status_code=status)
         self._errors.append(record)
@@ -188,9 +194,19 @@ class Crawler:
             async with CivitaiClient(self.app.settings.civitai_base_url, self.app.settings.civitai_api_key,
                                      policy=self.options.policy, per_host=self.options.concurrency,
                                      timeout=self.options.timeout, connect_timeout=self.options.connect_timeout,
-                                     **self.client_kwargs) as client:
+                                     min_rate=self.options.min_rate, **self.client_kwargs) as client:
                 self.client = client
-                await self._crawl(client)
+                limit = asyncio.timeout(self.options.deadline)
+                try:
+                    async with limit:
+                        await self._crawl(client)
+                except TimeoutError:
+                    if not limit.expired():
+                        raise
+                    # a hostile or broken server must not hold a scheduled run (and its lease) forever
+                    self._error("run", None, f"the run reached its deadline of {self.options.deadline:g} s and "
+                                             "stopped (partial downloads are kept for the next run)")
+                    self.stats.status = "partial"
         except BaseException as exc:
             failure = exc
             raise
@@ -259,6 +275,7 @@ class Crawler:
 
         pending: asyncio.Task | None = fetch(None)
         requested: set[str | None] = {None}
+        stale = 0  # consecutive pages that brought no model not listed before
         try:
             while pending is not None:
                 try:
@@ -274,9 +291,18 @@ class Crawler:
                     return False
                 self.stats.pages += 1
                 pending, complete = None, next_cursor is None
+                ids = {item["id"] for item in items if isinstance(item, dict) and type(item.get("id")) is int}
+                stale = 0 if ids - self._listed else stale + 1
                 if next_cursor in requested and not complete:
                     self._error("page", f"page {self.stats.pages}", "the server returned a cursor it had already "
                                                                     "returned (a loop); the listing stops here")
+                elif not complete and client.holds_token(next_cursor):
+                    self._error("page", f"page {self.stats.pages}", "the server returned a cursor that holds the "
+                                                                    "API token; it is not followed or stored")
+                elif not complete and stale >= self.options.max_stale_pages:
+                    self._error("page", f"page {self.stats.pages}",
+                                f"{stale} consecutive pages brought no new model (an endless cursor?); the listing "
+                                "stops here")
                 elif not complete:
                     requested.add(next_cursor)
                     self.stats.cursor = next_cursor
