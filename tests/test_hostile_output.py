@@ -14,8 +14,6 @@ import logging
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
-from aiohttp import web
 from rich.console import Console
 
 from crawler.mirror import BackgroundServer, make_app
