@@ -149,6 +149,14 @@ def tiny_lora(seed: int = 0, rank: int = 2, width: int = 32) -> bytes:
     }, metadata={"ss_base_model_version": "sdxl_base_v1-0", "ss_network_dim": str(rank)})
 
 
+def _json_bytes(doc: Any) -> bytes:
+    """UTF-8 JSON; a lone surrogate (valid in JSON, not in UTF-8) is written as a ``\\ud800`` escape."""
+    try:
+        return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, ensure_ascii=True).encode("ascii")
+
+
 def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[int, bytes | os.PathLike] | None = None,
                   *, replace: bool = True) -> Path:
     """Write models (and file bytes by file id) in the mirror format.
@@ -157,12 +165,12 @@ def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[i
     is written last, so a running server reloads once everything is in place.
     """
     root = Path(root)
+    encoded = {int(model["id"]): _json_bytes(model) for model in models}  # all of it, before the first write
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "files").mkdir(parents=True, exist_ok=True)
     written = set()
-    for model in models:
-        model_id = int(model["id"])
-        _atomic_write(root / "models" / f"{model_id}.json", json.dumps(model, ensure_ascii=False).encode())
+    for model_id, data in encoded.items():
+        _atomic_write(root / "models" / f"{model_id}.json", data)
         written.add(f"{model_id}.json")
     if replace:
         for stale in (root / "models").glob("*.json"):
@@ -591,17 +599,44 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
 
     ``out_dir`` must be empty, absent, or an earlier mirror (it has ``mirror.json``); models no
     longer in the registry's live set are removed from it. File bytes are hard-linked from the
-    artifact store when possible, else copied.
+    artifact store when possible, else copied. Everything is written into a temporary sibling
+    directory that replaces ``out_dir`` at the end: a failed export leaves ``out_dir`` as it was.
     """
-    import sqlalchemy as sa
-
-    from registry.models import File, Model, Version
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MirrorError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "mirror.json").is_file():
         raise MirrorError(f"{out} is not empty and not a mirror (no mirror.json); nothing was written")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        counts = _export_into(db, store, out, batch)
+        old = {p.name for p in (final / "models").glob("*.json")} if final.is_dir() else set()
+        counts["models_removed"] = len(old - {p.name for p in (out / "models").glob("*.json")})
+        _swap_in(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return counts
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished directory ``new`` at ``target`` (absent, empty, or an earlier mirror)."""
+    os.chmod(new, 0o755)  # mkdtemp makes it private
+    if target.is_dir() and any(target.iterdir()):
+        retired = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        os.rename(target, retired)
+        os.rename(new, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(new, target)  # over an empty directory too
+
+
+def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from registry.models import File, Model, Version
+
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "files").mkdir(parents=True, exist_ok=True)
     counts = {"models": 0, "versions": 0, "files": 0, "files_linked": 0, "files_copied": 0, "models_removed": 0}
@@ -627,7 +662,7 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
                     continue
                 raws.sort(key=lambda v: (v.get("index") if type(v.get("index")) is int else 1 << 30))
                 item = {**models[model_id], "modelVersions": raws}
-                _atomic_write(out / "models" / f"{model_id}.json", json.dumps(item, ensure_ascii=False).encode())
+                _atomic_write(out / "models" / f"{model_id}.json", _json_bytes(item))
                 written.add(f"{model_id}.json")
                 counts["models"] += 1
                 counts["versions"] += len(raws)
@@ -639,10 +674,6 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
                             how = _place_file(store.path(verified[fid]), out / "files" / str(int(fid)))
                             if how:
                                 counts[f"files_{how}"] += 1
-    for stale in (out / "models").glob("*.json"):
-        if stale.name not in written:
-            stale.unlink()
-            counts["models_removed"] += 1
     _write_manifest(out, counts["models"], source="carlos-reg mirror export")
     return counts
 
