@@ -85,6 +85,8 @@ class _RichReporter:
               help="Retries of a failing request (429, 5xx, timeouts, resets, HTML pages).")
 @click.option("--max-backoff", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="SECONDS",
               help="Cap of the exponential backoff between retries (Retry-After may ask for more).")
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=120.0, show_default=True, metavar="SECONDS",
+              help="Honour a server's Retry-After up to this long; a longer one fails the request instead.")
 @click.option("--timeout", type=click.FloatRange(min=0.05), default=60.0, show_default=True, metavar="SECONDS",
               help="A request or body with no data for this long counts as stalled; after it, a body must "
                    "average 16 KiB/s.")
@@ -95,7 +97,8 @@ class _RichReporter:
               help="Free space to keep in the data dir besides the file being downloaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary document.")
 @pass_app
-def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, timeout, deadline,
+def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, max_retry_after,
+          timeout, deadline,
           max_file_size, min_free_space, as_json):
     """Sync SDXL LoRAs (types LORA, LoCon, DoRA) from CIVITAI_BASE_URL into the registry.
 
@@ -120,7 +123,8 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
     options = CrawlOptions(
         base_models=tuple(chosen) or SDXL_BASE_MODELS, max_models=max_models, full=full, download=download,
         concurrency=concurrency, timeout=timeout, deadline=deadline,
-        policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff),
+        policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff,
+                           retry_after_max=max_retry_after),
         limits=DownloadLimits(max_file_bytes=parse_size(max_file_size), min_free_bytes=parse_size(min_free_space)))
     _ = app.db  # migrate before the progress display starts
     with _RichReporter() as reporter:

@@ -87,6 +87,8 @@ def param_int(query, name: str, default: int | None = None, lo: int | None = Non
     if raw is None or raw == "":
         return default
     try:
+        if len(raw) > 30:  # int() of thousands of digits is slow, and no parameter is that large
+            raise ValueError
         value = int(raw)
     except ValueError:
         raise BadRequest(f"parameter {name} must be an integer, got {raw!r}") from None
@@ -155,7 +157,7 @@ async def loras(request: web.Request) -> web.Response:
     app = request.app[APP]
     signed = param_bool(request.query, "signed")
     limit = param_int(request.query, "limit", 100, 0, 10_000)
-    offset = param_int(request.query, "offset", 0, 0)
+    offset = param_int(request.query, "offset", 0, 0, 2**62)
     base_model, profile = request.query.get("base_model"), request.query.get("profile")
 
     def query():

@@ -15,12 +15,23 @@ _AIR = re.compile(r"^urn:air:[a-z0-9_.-]+:[a-z0-9_.-]+:civitai:(\d+)(?:@(\d+))?$
 _INT = re.compile(r"^-?\d+$")
 _LOCAL = re.compile(r"^local:(\d+)$", re.I)  # local files signed by path have version id -N
 
+MAX_ID = 2**31 - 1  # ids are SQL INTEGER: a larger number names nothing (and must not reach the database)
+
 REF_HELP = ("a version id, civitai:MODEL@VERSION, urn:air:sdxl:lora:civitai:MODEL@VERSION, "
             "local:N (a file signed from disk), or an unambiguous name")
 
 
 class AmbiguousRef(NotFound):
     pass
+
+
+def _id(text: str) -> int | None:
+    """The integer ``text`` spells, or None when no id can be that large (or that long)."""
+    digits = text.lstrip("-")
+    if len(digits) > 12:
+        return None
+    value = int(text)
+    return value if abs(value) <= MAX_ID else None
 
 
 def resolve_ref(session: Session, ref: str) -> int:
@@ -30,13 +41,15 @@ def resolve_ref(session: Session, ref: str) -> int:
         raise NotFound("empty REF: give " + REF_HELP)
     local = _LOCAL.match(ref)
     if _INT.match(ref) or local:
-        vid = -int(local.group(1)) if local else int(ref)
-        if session.get(Version, vid) is None:
-            raise NotFound(f"no LoRA version {vid} in the registry")
+        vid = _id("-" + local.group(1)) if local else _id(ref)
+        if vid is None or session.get(Version, vid) is None:
+            raise NotFound(f"no LoRA version {vid if vid is not None else ref[:40]} in the registry")
         return vid
     m = _CIVITAI.match(ref) or _AIR.match(ref)
     if m:
-        model_id, version_id = int(m.group(1)), m.group(2)
+        model_id, version_id = _id(m.group(1)), m.group(2)
+        if model_id is None or (version_id is not None and _id(version_id) is None):
+            raise NotFound(f"no such LoRA in the registry ({ref[:60]})")
         if version_id is not None:
             version = session.get(Version, int(version_id))
             if version is None:

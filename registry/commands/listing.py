@@ -13,8 +13,8 @@ from registry.refs import REF_HELP
 @click.option("--signed/--unsigned", default=None, help="Only signed (or only unsigned) LoRAs.")
 @click.option("--base-model", metavar="NAME", help="Only this base model, e.g. 'SDXL 1.0', 'Pony'.")
 @click.option("--profile", metavar="NAME", help="Signatures of this signer profile (default: the newest).")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="At most N rows (0: all).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N rows.")
+@click.option("--limit", type=click.IntRange(min=0, max=2**62), default=100, show_default=True, help="At most N rows (0: all).")
+@click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def loras(app: App, signed, base_model, profile, limit, offset, as_json):
