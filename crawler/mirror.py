@@ -571,8 +571,11 @@ def serve(root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
     app = make_app(root, token=token, public_url=public_url)
 
     async def main() -> None:
+        from registry.api import json_parse_errors
+
         runner = web.AppRunner(app, handle_signals=False, access_log=log, access_log_class=_PathOnlyAccessLogger)
         await runner.setup()
+        json_parse_errors(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]

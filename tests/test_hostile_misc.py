@@ -66,7 +66,7 @@ def test_out_of_range_values_over_http_are_400_or_404(small_registry):
 
 
 @pytest.mark.timeout(120)
-def test_a_connection_that_never_finishes_its_headers_is_closed(small_registry):
+def test_slow_headers_are_closed_and_an_overlong_url_is_a_json_400(small_registry):
     server = Server.start("--db", small_registry, serve_args=("--schedule", "off", "--header-timeout", "1"))
     try:
         host, port = server.url.removeprefix("http://").split(":")
@@ -75,8 +75,18 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(small_registry):
             assert conn.recv(1024) == b""  # the server hung up (no answer to a request never completed)
         status, _ = server.get("/api/health")
         assert status == 200  # and it still serves everyone else
+        with socket.create_connection((host, int(port)), timeout=60) as conn:  # an overlong URL
+            conn.sendall(b"GET /api/loras/" + b"A" * 20_000 + b"<b> HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+        assert b"application/json" in head and "malformed HTTP request" in json.loads(body)["error"]
+        assert b"AAAA" not in answer  # the request is not quoted back
     finally:
         server.stop()
+    assert "Traceback" not in server.output()
 
 
 def test_a_retry_after_beyond_max_retry_after_fails_the_request_without_waiting(tmp_path):
@@ -102,3 +112,38 @@ def test_report_files_never_follow_a_planted_symlink(small_registry, tmp_path):
     assert not out.is_symlink() and (tmp_path / ".report.html.tmp").is_symlink()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.html.") and p.name.endswith(".tmp")
                 and not p.is_symlink()]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (needs root; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_stops_a_metadata_crawl_with_one_problem(small_disk, tmp_path):
+    from crawler.mirror import model_entry, version_entry, write_catalog
+
+    models = []
+    for i in range(1, 301):  # ~2.5 MB of payload for a 1 MiB disk
+        m = model_entry(i, versions=[version_entry(i * 10, files=[])])
+        m["description"] = f"model {i} " + "x" * 8000
+        models.append(m)
+    write_catalog(tmp_path / "mirror", models)
+    with BackgroundServer(make_app(tmp_path / "mirror")) as api:
+        proc = run_cli("crawl", "--no-download", "--json",
+                       env={"CARLOS_REG_HOME": str(small_disk / "home"), "CIVITAI_BASE_URL": api.url}, timeout=120)
+    assert proc.returncode == 1 and "disk is full" in proc.stderr, proc.stderr
+    assert proc.stderr.count("could not be stored") == 0  # not retried item by item
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "failed"
+    assert [e["message"] for e in summary["error_samples"] if "disk is full" in e["message"]]
+    assert len(summary["error_samples"]) == 1

@@ -39,7 +39,7 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
     from aiohttp import web
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-    from registry.api import create_web_app
+    from registry.api import create_web_app, json_parse_errors
     from registry.service import run_nightly
 
     import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
@@ -78,6 +78,7 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
     # closes a connection that trickles (or never finishes) its headers.
     runner = web.AppRunner(web_app, handle_signals=False, keepalive_timeout=options.get("header_timeout", 15.0))
     await runner.setup()
+    json_parse_errors(runner)
     site = web.TCPSite(runner, host, port)
     await site.start()
     if scheduler is not None:
