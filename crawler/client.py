@@ -8,10 +8,16 @@ Contract:
   wait, and a server that asks for more than ``retry_after_max`` is not retried. Final for that
   request: the page-number-cap 429 ("too many pages"), 400, 401, 403, 404, 410, 451, other 4xx.
 - Redirects are followed here, not by aiohttp, at most ``max_redirects`` hops, http(s) only; a
-  hop back to a URL already visited is a loop and final.
+  hop back to a URL already visited is a loop and final; a hop to a URL with user info is refused
+  (aiohttp would send it as Basic auth to the host the server names).
+- Deadlines: connect, then the response headers within ``connect_timeout + timeout``; a body with
+  no data for ``timeout`` is stalled, and after its first ``timeout`` seconds it must average
+  ``min_rate`` bytes/s (a trickle of single bytes never trips the idle timeout).
+- JSON nested beyond ``MAX_JSON_DEPTH`` (or past the parser's recursion limit) is malformed.
 - The API token travels only as ``Authorization: Bearer`` and only to the origin of
   ``base_url``; once a redirect chain leaves that origin no later hop carries it. It is never
-  put in a URL, and it is masked out of any server text that reaches an error message.
+  put in a URL, and it is masked out of any server text that reaches an error message: masked
+  first, cut second, and a token prefix left at the cut is masked too (``mask_token``).
 - Errors are ``CivitaiError``: its ``str``/``repr`` hold a URL without query string (signed
   storage URLs carry credentials there) and never a header.
 - Per-host concurrency: at most ``per_host`` open connections to one host (aiohttp connector).

@@ -8,7 +8,8 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   skipped), following ``metadata.nextCursor`` until it is absent. Items are de-duplicated by id
   (an item seen again with different content is taken again). Anything that is not an
   SDXL-architecture LoRA is dropped even when the server returns it. A cursor that comes back a
-  second time ends the listing (it would loop) and is recorded.
+  second time ends the listing (it would loop) and is recorded; so do ``max_stale_pages`` pages in
+  a row without a model not listed before (an endless cursor), and a cursor that carries the token.
 - Writes are funnelled through one writer thread, one short transaction per page, and only for
   rows that changed: a second crawl of an unchanged catalog writes no catalog row and downloads
   no byte. A page that cannot be stored is retried item by item, so an unstorable item costs only
@@ -21,7 +22,7 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   ``/api/v1/models/{id}`` confirms it (404/410, or the model no longer has the version / is no
   longer an SDXL LoRA). A model the listing merely skipped is refreshed from that answer instead.
 - Status: ``ok`` (listed to the end), ``partial`` (the listing stopped early: a page failed after
-  its retries, a repeated cursor, or ``max_models``), ``failed`` (not even the first page could
+  its retries, a repeated or endless cursor, or ``max_models``; or the run reached ``deadline``), ``failed`` (not even the first page could
   be read: ``CrawlFailed`` is raised after the run is recorded; or the registry failed),
   ``interrupted`` (cancelled, or killed: the next crawl on the same host marks a run whose
   process is gone).
@@ -29,6 +30,7 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +53,20 @@ MAX_ERROR_SAMPLES = 50
 
 class CrawlFailed(CarlosError):
     """The crawl as a whole could not run (e.g. the first page never came)."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a disk is full: SQLite, PostgreSQL or the OS."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if getattr(cur, "sqlstate", None) == "53100" or "database or disk is full" in str(cur):
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
 
 
 @dataclass
@@ -223,6 +239,11 @@ class Crawler:
         try:
             await self._flush_errors()
             await self._write(self.store.update_run, self.stats.run_id, {**self._run_values(), "finished_at": utcnow()})
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            # nothing more fits; the run row stays "running" and the next crawl marks it interrupted
+            log.warning("crawl run %s could not be recorded: the registry's disk is full", self.stats.run_id)
         finally:
             self._executor.shutdown(wait=True)
 
@@ -240,7 +261,11 @@ class Crawler:
                 await asyncio.gather(lister, return_exceptions=True)
                 consumer.result()
             complete = await lister
-            await pages.put(None)
+            # the consumer may fail while the queue is full: then the end marker would wait forever
+            end = asyncio.create_task(pages.put(None))
+            await asyncio.wait({end, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            if not end.done():
+                end.cancel()
             await consumer
             self.stats.complete = complete
             self.stats.status = "ok" if complete else "partial"
@@ -366,6 +391,11 @@ class Crawler:
         except DatabaseError:
             raise
         except Exception as page_error:
+            if disk_full(page_error):  # item by item would fail the same way, thousands of times
+                self._error("page", f"page {self.stats.pages}", "the registry's disk is full; the crawl stops "
+                                                                "(free space, then crawl again)")
+                raise CrawlFailed("the registry's disk is full; the crawl stopped (free space, then crawl again)") \
+                    from None
             if len(batch) == 1:
                 raise
             results, failed = [], []
