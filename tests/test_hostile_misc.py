@@ -147,3 +147,26 @@ def test_a_full_disk_stops_a_metadata_crawl_with_one_problem(small_disk, tmp_pat
     assert summary["status"] == "failed"
     assert [e["message"] for e in summary["error_samples"] if "disk is full" in e["message"]]
     assert len(summary["error_samples"]) == 1
+
+
+@pytest.mark.timeout(300)
+def test_read_commands_work_on_a_read_only_data_dir(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        parquet = tmp_path / "small.parquet"
+        pq.write_table(pa.table(_small_table()), parquet)
+        home = mount / "home"
+        run_cli("--home", str(home), "import", "carlos", str(parquet), check=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        for args in (("loras",), ("show", "1000"), ("similar", "1000"), ("crawls",), ("signer", "status")):
+            proc = run_cli("--home", str(home), *args)
+            assert proc.returncode == 0, (args, proc.stderr)
+            assert "cannot reach the registry database" not in proc.stderr
+        assert "Ink Style" in run_cli("--home", str(home), "loras").stdout
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
