@@ -25,8 +25,10 @@ err = Console(stderr=True)
 
 # Untrusted text (names from Civitai, server error bodies, file names) must not drive the terminal:
 # C0/C1 controls (ESC starts CSI/OSC sequences), DEL, bidi overrides/isolates and line separators
-# are shown as visible escapes instead of being interpreted.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# are shown as visible escapes instead of being interpreted; so are lone surrogates (valid in JSON,
+# not encodable as UTF-8: printing one would crash the command).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
 _UNSAFE_ONE_LINE = re.compile(_UNSAFE.pattern[:-1] + "\n\t]")
 
 
@@ -81,7 +83,13 @@ def json_safe(obj: Any):
 
 
 def emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(json_safe(doc), indent=2, ensure_ascii=False, default=_default, allow_nan=False) + "\n")
+    safe = json_safe(doc)
+    text = json.dumps(safe, indent=2, ensure_ascii=False, default=_default, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from crawled text: the \ud800 escape is valid JSON
+        text = json.dumps(safe, indent=2, ensure_ascii=True, default=_default, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

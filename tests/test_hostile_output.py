@@ -52,6 +52,14 @@ def test_clean_makes_controls_and_bidi_visible_and_keeps_text():
     assert output.clean("line\nnext\tcol") == "line\nnext\tcol"
     assert output.clean("line\nnext\tcol", one_line=True) == "line\\x0anext\\x09col"
     assert output.clean("Ünïcödé — 水墨 [bold]") == "Ünïcödé — 水墨 [bold]"
+    assert output.clean("lone \ud800 surrogate") == "lone \\ud800 surrogate"  # printing it would crash
+
+
+def test_json_output_survives_a_lone_surrogate(capsys):
+    output.emit_json({"name": "lone \ud800 surrogate", "ok": "水墨"})
+    text = capsys.readouterr().out
+    text.encode("utf-8")  # printable as UTF-8
+    assert json.loads(text) == {"name": "lone \ud800 surrogate", "ok": "水墨"}
 
 
 @pytest.mark.parametrize("args", [("loras",), ("show", "1000"), ("show", "1001"), ("show", "1002"),
