@@ -11,6 +11,7 @@ import click
 from registry import __version__
 from registry.app import App
 from registry.errors import CarlosError
+from registry.output import clean
 from registry.settings import Settings
 
 _state = {"verbose": 0, "registered": False}
@@ -42,8 +43,11 @@ def cli(ctx: click.Context, db_url: str | None, home: str | None, create: bool, 
         click.echo(ctx.get_help())
         ctx.exit(0)
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from registry.output import CleanFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))  # logged values are untrusted
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, handlers=[handler])
     if verbose == 1:
         for name in PROJECT_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
@@ -86,11 +90,11 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {clean(exc)}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an unexpected failure: one line, the traceback only with -v
         if _state["verbose"]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"Error: {type(exc).__name__}: {first} (run with -v for the traceback)", err=True)
+        click.echo(f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True)
         sys.exit(1)

@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from registry import hookspecs
+from registry.output import clean
 
 GROUP = "carlos_reg"
 
@@ -75,7 +76,7 @@ def load_plugins(*, entrypoints: bool = True) -> None:
             except Exception as exc:  # one broken plugin must not take the CLI down
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
                 _load_errors.append(msg)
-                print(f"Warning: {msg}", file=sys.stderr)
+                print(f"Warning: {clean(msg)}", file=sys.stderr)
     pm.check_pending()
 
 

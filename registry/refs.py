@@ -28,10 +28,11 @@ _URL_PATHS = [  # (pattern on the URL path, what its number is)
     (re.compile(r"^/api/download/models/(\d+)/?$"), "version"),
 ]
 
+MAX_ID = 2**31 - 1  # ids are SQL INTEGER: a larger number names nothing (and must not reach the database)
+
 REF_HELP = ("a version id, civitai:MODEL@VERSION, urn:air:sdxl:lora:civitai:MODEL@VERSION, a Civitai URL "
             "(civitai.com/models/M?modelVersionId=V), a file's SHA-256 or AutoV2 hash, local:N (a file signed "
             "from disk), or an unambiguous name")
-
 
 # For commands that take REFs: a negative version id such as -3 is a REF, not an unknown option.
 REF_COMMAND = {"ignore_unknown_options": True}
@@ -39,6 +40,15 @@ REF_COMMAND = {"ignore_unknown_options": True}
 
 class AmbiguousRef(NotFound):
     pass
+
+
+def _id(text: str) -> int | None:
+    """The integer ``text`` spells, or None when no id can be that large (or that long)."""
+    digits = text.lstrip("-")
+    if len(digits) > 12:
+        return None
+    value = int(text)
+    return value if abs(value) <= MAX_ID else None
 
 
 def resolve_ref(session: Session, ref: str) -> int:
@@ -52,17 +62,19 @@ def resolve_ref(session: Session, ref: str) -> int:
         raise NotFound("empty REF: give " + REF_HELP)
     local = _LOCAL.match(ref)
     if _INT.match(ref) or local:
-        vid = -int(local.group(1)) if local else int(ref)
-        if session.get(Version, vid) is None:
-            raise NotFound(f"no LoRA version {vid} in the registry")
+        vid = _id("-" + local.group(1)) if local else _id(ref)
+        if vid is None or session.get(Version, vid) is None:
+            raise NotFound(f"no LoRA version {vid if vid is not None else ref[:40]} in the registry")
         return vid
     m = _CIVITAI.match(ref) or _AIR.match(ref)
-    parsed = (int(m.group(1)), m.group(2)) if m else _parse_url(ref)
+    parsed = (m.group(1), m.group(2)) if m else _parse_url(ref)
     if parsed is not None:
-        model_id, version_id = parsed
+        model_id, version_id = (_id(parsed[0]) if parsed[0] is not None else None), parsed[1]
+        if (parsed[0] is not None and model_id is None) or (version_id is not None and _id(version_id) is None):
+            raise NotFound(f"no such LoRA in the registry ({ref[:60]})")
         if model_id is None:
             if session.get(Version, int(version_id)) is None:
-                raise NotFound(f"no LoRA version {version_id} in the registry ({ref})")
+                raise NotFound(f"no LoRA version {version_id} in the registry ({ref[:100]})")
             return int(version_id)
         if version_id is not None:
             version = session.get(Version, int(version_id))
@@ -85,7 +97,7 @@ def resolve_ref(session: Session, ref: str) -> int:
     return _resolve_name(session, ref)
 
 
-def _parse_url(ref: str) -> tuple[int | None, str | None] | None:
+def _parse_url(ref: str) -> tuple[str | None, str | None] | None:
     """(model id or None, version id or None) of a Civitai web, API or download URL; None if not one."""
     if not re.match(r"^(https?://)?([a-z0-9-]+\.)*[a-z0-9-]+(:\d+)?/", ref, re.I):
         return None
@@ -97,7 +109,7 @@ def _parse_url(ref: str) -> tuple[int | None, str | None] | None:
             if kind == "version":
                 return None, number
             version = (parse_qs(parts.query).get("modelVersionId") or [None])[0]
-            return int(number), version if version and version.isdigit() else None
+            return number, version if version and version.isdigit() else None
     return None
 
 

@@ -13,7 +13,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, say, table
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -32,7 +32,7 @@ def _device(device: str | None) -> str:
 
 
 def _say(message: str) -> None:
-    click.echo(message, err=True)  # one unwrapped line per job: readable in logs
+    say(message)  # one unwrapped, cleaned line per job: readable in logs
 
 
 def _profile(app: App, name: str | None):

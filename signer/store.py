@@ -153,6 +153,21 @@ def collect_paths(args: list[Path]) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+def _container_problem(path: Path) -> str | None:
+    """Why a local file is not a well-formed safetensors container (the crawler's own check), or None."""
+    from crawler import stfile
+    from signer.validate import MAX_FILE_BYTES
+
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES / 2**30:.1f} GiB limit for a LoRA"
+    try:
+        stfile.read_header(path)
+    except stfile.InvalidSafetensors as exc:
+        return f"not a valid safetensors file: {exc}"
+    return None
+
+
 def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *,
                          trigger_words: list[str] | None = None) -> list[LocalEntry]:
     out = []
@@ -176,10 +191,13 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
         session.flush()
         f = File(version_id=vid, name=path.name[:255], size_bytes=path.stat().st_size, primary=True, sha256=digest,
                  updated_at=utcnow())
+        problem = None if pickled else _container_problem(path)
         if pickled:
             f.state, f.format = "unsupported", "PickleTensor"
             f.error = (f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
                        "is signed")
+        elif problem:  # checked before a byte is copied: the store holds only well-formed files
+            f.state, f.error = "unsupported", problem
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):

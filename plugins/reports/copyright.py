@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from registry.errors import UsageError
-from registry.output import info, table
+from registry.errors import CarlosError, UsageError
+from registry.output import info, table, write_file
 
 from plugins.reports import Report, page
 
@@ -413,9 +413,8 @@ def scatter_png(doc: dict, render: dict) -> bytes:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    try:
+        target = write_file(path, data)
+    except OSError as exc:
+        raise CarlosError(f"cannot write {path}: {exc.strerror or exc}") from None
     info(f"wrote {target}")

@@ -17,8 +17,8 @@ from registry.refs import REF_COMMAND, REF_HELP
               help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).")
 @click.option("--mode", type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
               help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="At most N rows (0: all).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N rows.")
+@click.option("--limit", type=click.IntRange(min=0, max=2**62), default=100, show_default=True, help="At most N rows (0: all).")
+@click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_json):
