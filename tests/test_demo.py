@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.timeout(3600)  # two whole demos on a CPU; under a load of 6 one took 8 minutes
 def test_demo_runs_end_to_end_and_again(tmp_path):
     target = tmp_path / "demo"
     for _ in range(2):  # a rerun starts fresh in the same directory
-        proc = run_cli("demo", "--dir", str(target), timeout=900)
+        proc = run_cli("demo", "--dir", str(target), timeout=1700)
         assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "meaningless" in out and "Traceback" not in out

@@ -185,6 +185,7 @@ def test_malformed_uploads_are_rejected(reference_registry):
         server.stop()
 
 
+@pytest.mark.timeout(1800)  # three signing runs on a CPU: sized for a loaded 2-core machine, not for luck
 def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_finishes(tmp_path, tiny_models):
     """serve --sign-local drains the queue in its nightly run; SIGTERM mid-job gives the job back."""
     import time
@@ -200,8 +201,8 @@ def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_
     from tests.signer_support import add_local_version
     home = tmp_path / "home"
     home.mkdir()
-    # a slower tiny profile (more seeds), so that the signal lands while a LoRA job holds its lease
-    (home / "profiles.toml").write_text('[profiles.slow]\nextends = "tiny"\nseeds = { count = 30 }\n')
+    # a slower tiny profile (60 samples a LoRA), so that the signal lands while a LoRA job holds its lease
+    (home / "profiles.toml").write_text('[profiles.slow]\nextends = "tiny"\nseeds = { count = 6 }\n')
     env = {"CARLOS_REG_HOME": str(home), "CARLOS_REG_PROFILE": "slow", "CARLOS_REG_MODELS": str(tiny_models),
            "CARLOS_REG_LOAD_PLUGINS": "serve,sign"}  # no crawl step: nothing leaves this machine
     settings = Settings.load(home=home)
@@ -212,9 +213,9 @@ def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_
             add_local_version(s, settings.artifacts, vid, lf.write_kohya_lora(tmp_path / f"{vid}.safetensors", seed=vid))
     server = Server.start(serve_args=("--schedule", "off", "--sign-local", "--device", "cpu", "--run-now"), env=env)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 1200  # the base branch comes first; wait for the state, not a guess
         held = None
-        while time.monotonic() < deadline and held is None:
+        while time.monotonic() < deadline and held is None and server.proc.poll() is None:
             with db.read() as s:
                 held = s.execute(sa.select(SignJob.id).where(SignJob.kind == "lora", SignJob.state == "running")).scalar()
             time.sleep(0.2)
