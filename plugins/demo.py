@@ -11,6 +11,7 @@ duplicate detection) are real.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.text import Text
 
 from registry import hookimpl
 from registry.errors import CarlosError
-from registry.output import clean, err, info
+from registry.output import clean, err, info, say
 
 MARKER = ".carlos-reg-demo"
 WORDS = {"ink": ["inkwash"], "neon": ["neoncity"], "armor": ["goldarmor"]}
@@ -104,7 +105,7 @@ class _Runner:
     def __call__(self, *args: str, allow_fail: bool = False) -> int:
         from registry.cli import get_cli
 
-        info(f"$ carlos-reg {' '.join(args)}")
+        say(f"$ carlos-reg {shlex.join(args)}")  # copy-pasteable: quoted, one unwrapped line
         try:
             get_cli().main(args=["--home", str(self.home), *args], prog_name="carlos-reg", standalone_mode=False)
             code = 0
@@ -116,7 +117,7 @@ class _Runner:
             info(f"Error: {exc}")
             code = exc.exit_code
         if code and not allow_fail:
-            raise CarlosError(f"demo step `carlos-reg {' '.join(args)}` failed (exit {code})")
+            raise CarlosError(f"demo step `carlos-reg {shlex.join(args)}` failed (exit {code})")
         return code
 
 

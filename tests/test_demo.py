@@ -1,6 +1,7 @@
 """`carlos-reg demo` (what `make demo` runs): offline, end to end, rerunnable."""
 from __future__ import annotations
 
+import shlex
 import sqlite3
 
 import pytest
@@ -19,6 +20,15 @@ def test_demo_runs_end_to_end_and_again(tmp_path):
     assert "LoHa" in out and "quarantined" in out and "pickle" in out  # every bad file explained
     assert "near" in proc.stdout  # the re-upload is found as a near duplicate
     assert (target / "copyright-report.html").read_text().startswith("<!doctype html>")
+    # every command the demo echoes is a valid shell line: re-run each (but the crawl, whose mirror is gone)
+    echoed = [shlex.split(line[2:]) for line in proc.stderr.splitlines() if line.startswith("$ carlos-reg ")]
+    assert len(echoed) >= 10 and ["carlos-reg", "search", "ink wash painting", "-k", "5", "--no-filter"] in echoed
+    env = {"CARLOS_REG_HOME": str(target / "home"), "CARLOS_REG_PROFILE": "tiny",
+           "CARLOS_REG_MODELS": str(target / "models"), "HF_HUB_OFFLINE": "1"}
+    for argv in echoed:
+        if argv[1] != "crawl":
+            again = run_cli(*argv[1:], env=env)
+            assert again.returncode == 0, (argv, again.stderr[-2000:])
     db = sqlite3.connect(target / "home" / "registry.db")
     states = dict(db.execute("SELECT state, count(*) FROM sign_job WHERE kind = 'lora' GROUP BY state").fetchall())
     assert states == {"done": 9, "dead": 1}
