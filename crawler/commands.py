@@ -15,7 +15,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.errors import CarlosError, UsageError
-from registry.output import emit_json, err, info, plain, table
+from registry.output import emit_json, err, info, output_options, plain, table
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -95,7 +95,7 @@ class _RichReporter:
 @click.option("--max-file-size", default="4G", show_default=True, metavar="SIZE", help="Refuse larger files.")
 @click.option("--min-free-space", default="1G", show_default=True, metavar="SIZE",
               help="Free space to keep in the data dir besides the file being downloaded.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary document.")
+@output_options
 @pass_app
 def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, max_retry_after,
           timeout, deadline,
@@ -155,7 +155,7 @@ def _print_summary(s: dict) -> None:
              f"{s['files_verified']} / {s['files_failed']} / {s['files_quarantined']} / {s['files_deferred']}"),
             ("downloaded", human_bytes(s["bytes_downloaded"])), ("gone check", s["gone_check"]),
             ("problems", s["errors"]), ("seconds", s["seconds"])]
-    table(["field", "value"], rows, title="crawl")
+    table(["field", "value"], rows, title="crawl", wrap=True)
     if s["errors"]:
         info(f"{s['errors']} problem(s) recorded; see `carlos-reg crawls {s['run_id']}`")
 
@@ -163,7 +163,7 @@ def _print_summary(s: dict) -> None:
 @click.command()
 @click.argument("run_id", required=False, type=int)
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Runs (or errors) shown.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def crawls(app: App, run_id, limit, as_json):
     """List recent crawl runs, or show one run with its recorded problems."""
@@ -204,10 +204,10 @@ def crawls(app: App, run_id, limit, as_json):
     if as_json:
         emit_json(doc)
         return
-    table(["field", "value"], [(k, v) for k, v in doc.items() if k != "errors"], title=f"crawl run {run_id}")
+    table(["field", "value"], [(k, v) for k, v in doc.items() if k != "errors"], title=f"crawl run {run_id}", wrap=True)
     if doc["errors"]:
         table(["stage", "ref", "status", "message"],
-              [(e["stage"], e["ref"], e["status"], e["message"]) for e in doc["errors"]], title="problems")
+              [(e["stage"], e["ref"], e["status"], e["message"]) for e in doc["errors"]], title="problems", wrap=True)
         if run.error_count > len(doc["errors"]):
             info(f"{len(doc['errors'])} of {run.error_count} shown; use --limit")
 
@@ -246,7 +246,7 @@ def mirror_serve(directory, host, port, token, public_url):
 
 @mirror.command(name="export")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def mirror_export(app: App, directory, as_json):
     """Write the registry's crawled models and verified files to DIRECTORY in the mirror format."""

@@ -13,7 +13,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, say, table
+from registry.output import emit_json, info, output_options, say, table
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -65,7 +65,7 @@ def _run_worker(app: App, *, device, job_ids=None, profiles=None, once=False, ma
 @click.option("--device", metavar="DEV", help=DEVICE_HELP)
 @click.option("--trigger", "triggers", multiple=True, metavar="WORD",
               help="Trigger word for local files (repeatable); appended to the LoRA-branch prompts.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def sign(app: App, targets, all_, profile, device, triggers, as_json):
     """Sign LoRAs now, in this process: REFs, local .safetensors files or folders of them.
@@ -233,7 +233,7 @@ def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_second
 
 
 @signer_group.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Dead jobs to list.")
 @pass_app
 def status(app: App, as_json, limit):
@@ -260,7 +260,7 @@ def status(app: App, as_json, limit):
 
 
 @signer_group.command(name="profiles")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def profiles_command(app: App, as_json):
     """Signer profiles this machine defines (built-in and profiles.toml) and their hashes."""
@@ -311,7 +311,7 @@ def profiles_command(app: App, as_json):
 @signer_group.command(name="prompts")
 @click.argument("profile_name", metavar="PROFILE")
 @click.option("--query", is_flag=True, help="The query prompts P' (search) instead of the index prompts P (signing).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def prompts_command(app: App, profile_name, query, as_json):
     """A profile's index prompts (or query prompts) in the set's own order, with their set's hash.
@@ -344,7 +344,7 @@ def prompts_command(app: App, profile_name, query, as_json):
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="K")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, metavar="N",
               help="How many samples (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def samples_command(app: App, profile_name, triggers, triggers_missing, offset, limit, as_json):
     """A profile's samples in visiting order: prompt, LoRA-branch prompt, image number, noise seed and

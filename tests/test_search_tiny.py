@@ -202,3 +202,46 @@ def test_search_page_in_headless_chromium(signed):
             browser.close()
     finally:
         server.stop()
+
+
+LONG_NAME = "An extremely long LoRA name [/x] with \x1b[31m escapes and far more words than a terminal row holds"
+
+
+def _fits(proc, width: int = 80) -> list[str]:
+    lines = proc.stdout.splitlines()
+    assert lines and all(len(line) <= width for line in lines), "\n".join(ln for ln in lines if len(ln) > width)
+    assert "\x1b" not in proc.stdout
+    return lines
+
+
+def test_tables_fit_80_columns_names_cut_not_wrapped(signed, tmp_path):
+    import sqlite3
+
+    env, ids, _ = signed
+    home = tmp_path / "home"
+    shutil.copytree(env["CARLOS_REG_HOME"], home)
+    env = {**env, "CARLOS_REG_HOME": str(home), "COLUMNS": "80"}
+    db = sqlite3.connect(home / "registry.db")
+    db.execute("UPDATE version SET name = ? WHERE id = ?", (LONG_NAME, ids["ink"]))
+    db.commit()
+    db.close()
+    for args in (["loras"], ["search", "ink wash painting", "--no-filter"], ["similar", str(ids["neon"])],
+                 ["compare"], ["report", "copyright", "--min-samples", "1"]):
+        lines = _fits(run_cli(*args, env=env, check=True))
+        named = [ln for ln in lines if "│ An e" in ln]
+        assert len(named) == 1 and "…" in named[0], (args, lines)  # one row, cut with an ellipsis
+        assert "holds" not in "\n".join(lines)  # the rest of the name is not wrapped onto other lines
+    wide = run_cli("loras", env={**env, "COLUMNS": "300"}, check=True).stdout
+    assert "a terminal row holds" in wide  # with room, the whole name
+
+
+def test_listings_speak_csv_and_tsv(signed):
+    import csv
+    import io
+
+    env, ids, _ = signed
+    rows = list(csv.reader(io.StringIO(run_cli("loras", "--format", "csv", env=env, check=True).stdout)))
+    assert rows[0][:2] == ["version", "name"] and {int(r[0]) for r in rows[1:]} == set(ids.values())
+    tsv = run_cli("search", "ink", "--no-filter", "--format", "tsv", env=env, check=True).stdout.splitlines()
+    assert tsv[0].split("\t")[:3] == ["rank", "score", "strength"] and len(tsv) == 1 + len(ids)
+    assert json.loads(run_cli("similar", str(ids["ink"]), "--format", "json", env=env, check=True).stdout)["results"]

@@ -14,7 +14,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND
 
 
@@ -24,7 +24,7 @@ from registry.refs import REF_COMMAND
 @click.option("-k", "k", type=click.IntRange(1), default=20, show_default=True,
               help="A claim is supported only if the LoRA ranks within the top k for its own claim.")
 @click.option("--worst", type=click.IntRange(1), help="Only the N worst offenders.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def compare(app: App, refs, profile, k, worst, as_json):
     """Claims vs behavior: does each LoRA do what its name, tags and trigger words say? Worst first."""

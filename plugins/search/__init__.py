@@ -5,7 +5,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
 
 
@@ -25,7 +25,7 @@ from registry.refs import REF_COMMAND, REF_HELP
 @click.option("--include-archived", is_flag=True,
               help="Also LoRAs whose Civitai model is Archived or TakenDown (left out by default).")
 @click.option("--retriever", default="carlos", show_default=True, help="carlos (behavior) or another registered retriever, e.g. metadata.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def search(app: App, query, images, k, profile, no_filter, max_strength, min_consistency, base_model, nsfw,
            include_archived, retriever, as_json):
@@ -70,7 +70,7 @@ def _explain_filters(doc: dict) -> None:
 @click.argument("ref")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
 @click.option("--profile", metavar="NAME", help="Signer profile (default: the REF's newest signature's).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def similar(app: App, ref, k, profile, as_json):
     from plugins.search.engine import SearchEngine

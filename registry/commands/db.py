@@ -5,7 +5,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info
+from registry.output import emit_json, info, output_options
 
 
 @click.group(name="db")
@@ -39,7 +39,7 @@ def downgrade(app: App, revision: str):
 
 
 @db_group.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def current(app: App, as_json: bool):
     """Show the schema revision of the registry and of this code."""

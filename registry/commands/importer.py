@@ -5,7 +5,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info
+from registry.output import emit_json, info, output_options
 
 
 @click.group(name="import")
@@ -15,7 +15,7 @@ def import_group():
 
 @import_group.command(name="carlos")
 @click.argument("parquet", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def import_carlos_command(app: App, parquet: str, as_json: bool):
     """Import the published CARLoS database (metrics_database.parquet), all or nothing."""

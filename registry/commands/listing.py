@@ -5,7 +5,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
 
 
@@ -19,7 +19,7 @@ from registry.refs import REF_COMMAND, REF_HELP
               help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).")
 @click.option("--limit", type=click.IntRange(min=0, max=2**62), default=100, show_default=True, help="At most N rows (0: all).")
 @click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_json):
     """List LoRA versions in the registry."""
@@ -45,7 +45,7 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_j
 
 @click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.", context_settings=REF_COMMAND)
 @click.argument("ref")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def show(app: App, ref: str, as_json: bool):
     from registry.queries import lora_detail
@@ -78,7 +78,7 @@ def show(app: App, ref: str, as_json: bool):
     for j in detail["jobs"]:
         rows.append((f"job {j['id']} [{j['profile']}]",
                      f"{j['state']} after {j['attempts']} attempt(s)" + (f": {j['last_error']}" if j["last_error"] else "")))
-    table(["field", "value"], rows, title=detail["name"])
+    table(["field", "value"], rows, title=detail["name"], wrap=True)
 
 
 def notes(r: dict) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import click
 
 from registry import hookimpl
-from registry.output import emit_json, table
+from registry.output import emit_json, output_options, table
 
 
 @click.command(name="plugins")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 def plugins_command(as_json: bool):
     """List loaded plugins (built-in and installed) and their hooks."""
     from registry.plugins import get_plugins, load_errors
