@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "metadata-search": "plugins.metadata_search",
     "reports": "plugins.reports",
     "compare": "plugins.compare",
+    "library": "plugins.library",
     "demo": "plugins.demo",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})

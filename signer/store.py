@@ -17,8 +17,10 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,50 @@ def collect_paths(args: list[Path]) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+def new_local_version(session, *, name: str, file_name: str, size: int, digest: str, state: str,
+                      error: str | None = None, local_path: str | None = None, fmt: str | None = None,
+                      trigger_words: list[str] | None = None) -> tuple[int, File]:
+    """A new local LoRA version (the next negative id) with its one file; names are display text only."""
+    lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
+    vid = min(lowest or 0, 0) - 1
+    now = utcnow()
+    session.add(Version(id=vid, name=name[:200], source="local", trained_words=list(trigger_words or []),
+                        first_seen_at=now, updated_at=now))
+    session.flush()
+    f = File(version_id=vid, name=file_name[:255], size_bytes=size, primary=True, sha256=digest, updated_at=now,
+             state=state, error=error, format=fmt, local_path=local_path,
+             verified_at=now if state == "verified" else None)
+    session.add(f)
+    session.flush()
+    return vid, f
+
+
+def place_file(artifacts: ArtifactStore, path: Path, digest: str, *, copy: bool = True) -> str | None:
+    """The file's place in the artifact store (``lora/…/<sha256>.safetensors``), made if missing: a
+    hardlink when the store is on the same filesystem, else a copy when ``copy``, else None.
+    The worker re-verifies the SHA-256 before signing, so a linked file edited in place is refused."""
+    rel = artifacts.relative_path("lora", digest, ".safetensors")
+    if artifacts.exists(rel):
+        return rel
+    final = artifacts.path(rel)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-link-{os.getpid()}-{digest[:16]}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(path, tmp, follow_symlinks=True)
+        os.replace(tmp, final)
+        return rel
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    if not copy:
+        return None
+    with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return rel
+
+
 def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *,
                          trigger_words: list[str] | None = None) -> list[LocalEntry]:
     out = []
@@ -167,27 +213,24 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
             changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
             if changed:
                 version.trained_words = list(trigger_words)
+            if found.state == "verified" and found.local_path is None:  # a scanned file used in place until now
+                found.local_path = place_file(artifacts, path, digest)
             out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
             continue
-        lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
-        vid = min(lowest or 0, 0) - 1
-        session.add(Version(id=vid, name=path.stem[:200], source="local", trained_words=list(trigger_words or []),
-                            first_seen_at=utcnow(), updated_at=utcnow()))
-        session.flush()
-        f = File(version_id=vid, name=path.name[:255], size_bytes=path.stat().st_size, primary=True, sha256=digest,
-                 updated_at=utcnow())
         if pickled:
-            f.state, f.format = "unsupported", "PickleTensor"
-            f.error = (f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
-                       "is signed")
+            vid, f = new_local_version(
+                session, name=path.stem, file_name=path.name, size=path.stat().st_size, digest=digest,
+                state="unsupported", fmt="PickleTensor", trigger_words=trigger_words,
+                error=(f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
+                       "is signed"))
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):
                 with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            f.state, f.format, f.local_path, f.verified_at = "verified", "SafeTensor", rel, utcnow()
-        session.add(f)
-        session.flush()
+            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
+                                       digest=digest, state="verified", fmt="SafeTensor", local_path=rel,
+                                       trigger_words=trigger_words)
         out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
     return out
 
