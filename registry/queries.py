@@ -11,7 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from registry.catalog import display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, words_missing
-from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
+from registry.models import File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -168,6 +168,11 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
                      "virus_scan": f.virus_scan, "virus_scan_message": f.virus_scan_message,
                      "scanned_at": _iso(f.scanned_at), "state": f.state, "error": f.error,
                      "verified_at": _iso(f.verified_at)} for f in files]
+    local = session.exec(sa.select(LocalFile).where(LocalFile.version_id == version_id)
+                         .order_by(LocalFile.path)).scalars().all()
+    out["local_files"] = [{"path": lf.path, "status": lf.status, "sha256": lf.sha256, "size_bytes": lf.size_bytes,
+                           "last_seen_at": _iso(lf.last_seen_at), "missing_since": _iso(lf.missing_since)}
+                          for lf in local]
     sigs = session.execute(
         sa.select(Signature, SignerProfile.name, SignerProfile.hash)
         .join(SignerProfile, SignerProfile.id == Signature.profile_id)

@@ -134,12 +134,15 @@ def hash_file(path: str, counter: Callable[[int], None]) -> str:
 
 
 def screen(path: str) -> str | None:
-    """Why the signer would refuse the file, or None (the signer's own validator decides)."""
+    """Why the signer would refuse the file, or None (the signer's own validator decides).
+
+    Structure only (format, keys, SD 1.x, LoHa, DoRA, truncation, …): the tensor values (NaN, alphas)
+    need torch and are checked when the file is signed."""
     from signer.errors import LoraRejected
     from signer.validate import inspect_lora_file
 
     try:
-        inspect_lora_file(path)
+        inspect_lora_file(path, check_values=False)
     except LoraRejected as exc:
         return str(exc)
     except OSError as exc:
