@@ -180,6 +180,7 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     out["signatures"] = [{"profile": name, "profile_hash": digest, "strength": s.strength,
                           "consistency": s.consistency, "dim": s.dim, "n_samples": s.n_samples, "valid": s.valid,
                           "flags": list(s.flags or []), "estimates": s.estimates, "source": s.source,
+                          "reused_from_version": (s.estimates or {}).get("reused_from") if s.source == "reused" else None,
                           "created_at": _iso(s.created_at)} for s, name, digest in sigs]
     jobs = session.execute(
         sa.select(SignJob, SignerProfile.name).join(SignerProfile, SignerProfile.id == SignJob.profile_id)

@@ -41,8 +41,50 @@ LORA_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
 
 
 def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None) -> bool:
+    """Queue a LoRA job; False when one exists, or when a signature of the same file applies (reused)."""
+    if reuse_signature(session, profile_id, version_id) is not None:
+        return False
     queue.enqueue(session, profile_id=profile_id, kind="base", priority=BASE_PRIORITY)
     return queue.enqueue(session, profile_id=profile_id, version_id=version_id, payload=payload)
+
+
+def reuse_signature(session, profile_id: int, version_id: int) -> Signature | None:
+    """Give a version the signature its file (same SHA-256) already has under this profile.
+
+    The signature was made from the same bytes with the same settings; only the trigger words can
+    differ between two versions of one file, so it applies only when the LoRA-branch suffix it
+    recorded is the one this version gets. The copy says ``source='reused'`` and, in its
+    estimates, ``reused_from`` (the version signed). None when nothing applies or the version
+    already has a signature under the profile.
+    """
+    from registry.models import SignerProfile
+    from signer.engine import trigger_suffix
+
+    if session.execute(sa.select(Signature.id).where(Signature.version_id == version_id,
+                                                     Signature.profile_id == profile_id)).first() is not None:
+        return None
+    f = verified_file(session, version_id) or session.execute(
+        sa.select(File).where(File.version_id == version_id, File.sha256.is_not(None))
+        .order_by(File.primary.desc(), File.id)).scalars().first()
+    version = session.get(Version, version_id)
+    profile = session.get(SignerProfile, profile_id)
+    if f is None or f.sha256 is None or version is None or profile is None:
+        return None
+    suffix = trigger_suffix(trigger_list(version), (profile.settings or {}).get("trigger_words", "append"))
+    for src in session.execute(sa.select(Signature).where(
+            Signature.file_sha256 == f.sha256, Signature.profile_id == profile_id, Signature.version_id != version_id,
+            Signature.source != "reused").order_by(Signature.id)).scalars():
+        if (src.estimates or {}).get("trigger_suffix") != suffix:
+            continue
+        row = registry_save_signature(
+            session, version_id=version_id, profile_id=profile_id, direction=from_blob(src.direction, src.dim),
+            strength=src.strength, consistency=src.consistency, n_samples=src.n_samples, valid=src.valid,
+            flags=list(src.flags or []), estimates={**(src.estimates or {}), "reused_from": src.version_id},
+            file_sha256=src.file_sha256, ensemble_path=src.ensemble_path, job_id=None, source="reused",
+            existing=None)
+        session.flush()
+        return row
+    return None
 
 
 def find_jobs(session, profile_id: int, version_ids: list[int]) -> dict[int, SignJob]:

@@ -174,3 +174,43 @@ def test_scan_hashing_does_not_import_torch(world, sqlite_url):
 def test_scan_of_a_missing_folder_is_one_line(sqlite_url, tmp_path):
     proc = run_cli("--db", sqlite_url, "scan", str(tmp_path / "nope"))
     assert proc.returncode != 0 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_signature_applies_to_every_version_of_the_same_file(database):
+    """Same SHA-256 and the same trigger suffix: no job, a reused signature that says where it came from."""
+    import numpy as np
+
+    from registry.models import File, SignerProfile, SignJob, Signature, Version
+    from registry.queries import lora_detail
+    from registry.queue import JobQueue
+    from registry.signatures import save_signature
+    from signer import store
+
+    digest = "ab" * 32
+    with database.write() as s:
+        profile = SignerProfile(name="p", hash="f" * 64, settings={"trigger_words": "append"})
+        s.add(profile)
+        for vid, words in ((1, ["inkwash"]), (2, ["inkwash"]), (3, ["other words"])):
+            s.add(Version(id=vid, name=f"v{vid}", source="civitai", trained_words=words, raw={"trainedWords": words}))
+            s.flush()
+            s.add(File(version_id=vid, sha256=digest, state="verified", local_path=f"lora/x{vid}.safetensors",
+                       primary=True))
+        s.flush()
+        pid = profile.id
+        direction = np.linspace(-1, 1, 8).astype(np.float32)
+        save_signature(s, version_id=1, profile_id=pid, direction=direction, strength=3.5, consistency=0.25,
+                       n_samples=40, valid=True, flags=[], estimates={"trigger_suffix": ", inkwash"},
+                       file_sha256=digest, source="signed")
+    with database.write() as s:
+        queue = JobQueue(database)
+        assert store.enqueue_lora(s, queue, pid, 2) is False  # same file, same suffix: reused
+        assert store.enqueue_lora(s, queue, pid, 3) is True  # other trigger words: other prompts, signed anew
+    with database.read() as s:
+        import sqlalchemy as sa
+
+        jobs = set(s.execute(sa.select(SignJob.version_id).where(SignJob.kind == "lora")).scalars())
+        assert jobs == {3}
+        sigs = {r.version_id: r for r in s.execute(sa.select(Signature)).scalars()}
+        assert sigs[2].source == "reused" and sigs[2].direction == sigs[1].direction and 3 not in sigs
+        shown = lora_detail(s, 2)["signatures"][0]
+        assert shown["source"] == "reused" and shown["reused_from_version"] == 1 and shown["strength"] == 3.5

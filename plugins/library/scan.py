@@ -432,24 +432,17 @@ class Scanner:
 
     def _queue(self, s, r: LocalFile, profile_id: int) -> str:
         from registry.queue import JobQueue
-        from signer.store import enqueue_lora, verified_file
+        from signer.store import enqueue_lora, reuse_signature, verified_file
 
-        own = s.execute(sa.select(Signature.id).where(Signature.version_id == r.version_id,
-                                                      Signature.profile_id == profile_id)).first()
+        own = s.execute(sa.select(Signature.source).where(Signature.version_id == r.version_id,
+                                                          Signature.profile_id == profile_id)).first()
         if own is not None:
-            return "signed"
-        if reused_signature(s, r.sha256, profile_id) is not None:
+            return "reused" if own.source == "reused" else "signed"
+        if reuse_signature(s, profile_id, r.version_id) is not None:
             return "reused"
-        f = verified_file(s, r.version_id)
-        if f is None:
+        if verified_file(s, r.version_id) is None:
             return "not queued: the file is on another filesystem than the artifact store (use --copy)"
         return "queued" if enqueue_lora(s, JobQueue(self.db), profile_id, r.version_id) else "already queued"
-
-
-def reused_signature(s, sha256: str, profile_id: int) -> Signature | None:
-    """A signature of the same file (SHA-256) under the profile, whichever version it was made for."""
-    return s.execute(sa.select(Signature).where(Signature.file_sha256 == sha256, Signature.profile_id == profile_id)
-                     .order_by(Signature.id)).scalars().first()
 
 
 def _has_file(s, version_id: int, sha: str) -> bool:
