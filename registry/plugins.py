@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "export": "registry.commands.exchange",
     "serve": "registry.commands.serve",
     "crawl": "crawler.commands",
     "sign": "signer.commands",

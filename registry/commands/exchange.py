@@ -1,0 +1,40 @@
+"""``carlos-reg export signatures``: signatures leave the registry (the published CARLoS format)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from registry import hookimpl
+from registry.app import App, pass_app
+from registry.output import emit_json, info
+from registry.profiles import IMPORTED_PROFILE_NAME
+
+
+@click.group(name="export")
+def export_group():
+    """Export what the registry holds."""
+
+
+@export_group.command(name="signatures")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", default=None,
+              help=f"The profile whose signatures to export [default: {IMPORTED_PROFILE_NAME}].")
+@click.option("--format", "fmt", type=click.Choice(["carlos"]), default="carlos", show_default=True,
+              help="carlos: the published metrics_database.parquet format (512-value directions).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_json: bool):
+    """Write a profile's signatures to OUT (written whole, then renamed into place)."""
+    from registry.exchange import export_carlos
+
+    doc = export_carlos(app.db, out, profile or IMPORTED_PROFILE_NAME)
+    if as_json:
+        emit_json(doc)
+    else:
+        info(f"wrote {doc['signatures']} signatures of profile {doc['profile']!r} to {out} ({fmt} format)")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(export_group)
