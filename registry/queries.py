@@ -190,5 +190,11 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     return out
 
 
+def next_local_version_id(session) -> int:
+    """The id for a new local LoRA version: below every id in use, and negative (REF ``local:N``)."""
+    lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
+    return min(lowest or 0, 0) - 1
+
+
 def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None

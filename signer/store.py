@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from registry import __version__
 from registry.artifacts import ArtifactStore
 from registry.models import BaseCache, File, Signature, SignJob, Version, utcnow
+from registry.queries import next_local_version_id
 from registry.queue import JobQueue
 from registry.signatures import save_signature as registry_save_signature
 from registry.vectors import from_blob, to_blob
@@ -42,10 +44,21 @@ LORA_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
 
 def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None) -> bool:
     """Queue a LoRA job; False when one exists, or when a signature of the same file applies (reused)."""
-    if reuse_signature(session, profile_id, version_id) is not None:
+    if signed_already(session, profile_id, version_id) or reuse_signature(session, profile_id, version_id) is not None:
         return False
     queue.enqueue(session, profile_id=profile_id, kind="base", priority=BASE_PRIORITY)
     return queue.enqueue(session, profile_id=profile_id, version_id=version_id, payload=payload)
+
+
+def signed_already(session, profile_id: int, version_id: int) -> bool:
+    """The version has a signature under the profile for the file it would be signed from (or one that
+    names no file: imported), so a job would only repeat work."""
+    sig = session.execute(sa.select(Signature.file_sha256).where(Signature.version_id == version_id,
+                                                                  Signature.profile_id == profile_id)).first()
+    if sig is None:
+        return False
+    f = verified_file(session, version_id)
+    return sig.file_sha256 is None or f is None or f.sha256 == sig.file_sha256
 
 
 def reuse_signature(session, profile_id: int, version_id: int) -> Signature | None:
@@ -152,7 +165,7 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
     row = registry_save_signature(
         session, version_id=version_id, profile_id=profile_id, direction=s.direction, strength=float(s.strength),
         consistency=float(s.consistency), n_samples=int(s.n), valid=bool(outcome.valid), flags=list(outcome.flags),
-        estimates=dict(outcome.estimates), file_sha256=file_sha256, ensemble_path=rel, job_id=job_id,
+        estimates={**dict(outcome.estimates), "code_version": __version__}, file_sha256=file_sha256, ensemble_path=rel, job_id=job_id,
         source="signed")
     session.flush()
     return row
@@ -201,8 +214,7 @@ def new_local_version(session, *, name: str, file_name: str, size: int, digest: 
                       error: str | None = None, local_path: str | None = None, fmt: str | None = None,
                       trigger_words: list[str] | None = None) -> tuple[int, File]:
     """A new local LoRA version (the next negative id) with its one file; names are display text only."""
-    lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
-    vid = min(lowest or 0, 0) - 1
+    vid = next_local_version_id(session)
     now = utcnow()
     session.add(Version(id=vid, name=name[:200], source="local", trained_words=list(trigger_words or []),
                         first_seen_at=now, updated_at=now))

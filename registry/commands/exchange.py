@@ -19,16 +19,21 @@ def export_group():
 @export_group.command(name="signatures")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", default=None,
-              help=f"The profile whose signatures to export [default: {IMPORTED_PROFILE_NAME}].")
-@click.option("--format", "fmt", type=click.Choice(["carlos"]), default="carlos", show_default=True,
-              help="carlos: the published metrics_database.parquet format (512-value directions).")
+              help=f"The profile whose signatures to export [default: {IMPORTED_PROFILE_NAME} for carlos, "
+                   "every profile for bundle].")
+@click.option("--format", "fmt", type=click.Choice(["carlos", "bundle"]), default="carlos", show_default=True,
+              help="carlos: the published metrics_database.parquet format (512-value directions); bundle: every "
+                   "signature with its profile record, file hashes and Civitai ids, for `import signatures`.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_json: bool):
     """Write a profile's signatures to OUT (written whole, then renamed into place)."""
-    from registry.exchange import export_carlos
+    from registry.exchange import export_bundle, export_carlos
 
-    doc = export_carlos(app.db, out, profile or IMPORTED_PROFILE_NAME)
+    if fmt == "bundle":
+        doc = export_bundle(app.db, out, profile)
+    else:
+        doc = export_carlos(app.db, out, profile or IMPORTED_PROFILE_NAME)
     if as_json:
         emit_json(doc)
     else:
