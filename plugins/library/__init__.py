@@ -5,6 +5,7 @@ queue; nothing heavy is imported until a command runs (hashing never imports tor
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -40,13 +41,15 @@ def scan_command(app: App, dirs, offline, refresh, sign, profile, copy, as_json)
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
         raise CarlosError(f"no such file or folder: {missing[0]}")
+    started = time.monotonic()
     res = Scanner(app, offline=offline, refresh=refresh, copy=copy, sign=sign, profile=profile,
                   say=info).run(list(dirs))
+    seconds = round(time.monotonic() - started, 3)
     counts = res.counts()
     if as_json:
         emit_json({"files": res.files, "counts": counts, "missing": res.missing, "skipped": res.skipped,
                    "hashed_files": res.hashed_files, "bytes_hashed": res.bytes_hashed, "lookups": res.lookups,
-                   "errors": res.errors})
+                   "errors": res.errors, "seconds": seconds})
         return
     rows = [(CATEGORY_TITLES[f["category"]], f["ref"] or "", f["name"] or "", f["path"],
              f["reason"] or f["signing"] or ("changed" if f["changed"] else "")) for f in res.files]
