@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+from crawler.mirror import tiny_lora
 from registry.db import Database
 from registry.exchange import ExportRefused, export_carlos
 from registry.importer import import_carlos
@@ -135,7 +136,7 @@ def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url
     ensure_schema(a)
     import_carlos(a, reference_parquet)
     settings = Settings.load(home=tmp_path / "home")
-    _, digest = _sign_here(a, settings, b"my style lora bytes")
+    _, digest = _sign_here(a, settings, tiny_lora(7))
     bundle = tmp_path / "team.bundle.parquet"
     doc = export_bundle(a, bundle)
     assert doc["signatures"] == 741 and doc["profiles"] == ["carlos-published", "tiny"]
@@ -154,7 +155,7 @@ def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url
     # B holds the file's signature: scanning a folder with that file signs nothing
     folder = tmp_path / "loras"
     folder.mkdir()
-    (folder / "renamed by me.safetensors").write_bytes(b"my style lora bytes")
+    (folder / "renamed by me.safetensors").write_bytes(tiny_lora(7))
     proc = cli("--db", b_url, "scan", str(folder), "--offline", "--sign", "--profile", "tiny", "--json")
     assert proc.returncode == 0, proc.stderr
     entry = json.loads(proc.stdout)["files"][0]

@@ -33,14 +33,13 @@ from typing import Callable
 import sqlalchemy as sa
 
 from registry.models import File, HashLookup, LocalFile, Signature, Version, utcnow
+from signer.validate import MAX_FILE_BYTES, PICKLE_SUFFIXES
 
 LOOKUP_BATCH = 50
 CHUNK = 1 << 20
 
 
 def scan_suffixes() -> set[str]:
-    from signer.validate import PICKLE_SUFFIXES
-
     return {".safetensors"} | set(PICKLE_SUFFIXES)
 
 
@@ -191,6 +190,10 @@ class Scanner:
                                   .values(status="present", missing_since=None, last_seen_at=now))
                 ids.append(old[0])
                 continue
+            if f.size > MAX_FILE_BYTES:
+                res.skipped.append({"path": f.path, "reason": f"{f.size / 2**30:.1f} GiB, over the "
+                                    f"{MAX_FILE_BYTES / 2**30:.0f} GiB limit for a LoRA: not hashed"})
+                continue
             try:
                 digest = hash_file(f.path, self._count)
             except OSError as exc:
@@ -214,13 +217,14 @@ class Scanner:
                     ids.append(old[0])
         present = {f.path for f in found}
         prefixes = [os.path.abspath(r) for r in roots]
-        gone = [(i, p) for p, (i, *_rest) in known.items() if p not in present and known[p][3] == "present"
+        gone = [(i, p) for p, (i, *_rest) in known.items() if p not in present
                 and any(p == pre or p.startswith(pre.rstrip(os.sep) + os.sep) for pre in prefixes)]
-        if gone:
+        newly = [i for i, p in gone if known[p][3] == "present"]
+        if newly:
             with self.db.write() as s:
-                s.execute(sa.update(LocalFile).where(LocalFile.id.in_([i for i, _ in gone]))
-                          .values(status="missing", missing_since=now))
-        res.missing = sorted(p for _, p in gone)
+                s.execute(sa.update(LocalFile).where(LocalFile.id.in_(newly)).values(status="missing",
+                                                                                     missing_since=now))
+        res.missing = sorted(p for _, p in gone)  # under the scanned folders, gone now or earlier
         return ids
 
     def _count(self, n: int) -> None:
