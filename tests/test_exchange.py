@@ -128,7 +128,23 @@ def _copyright(db_url):
     return _answers(_cli_json(db_url, "report", "copyright", "--profile", "carlos-published"))
 
 
-def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url, reference_parquet, tmp_path):
+def _cache_query(urls, home, text: str) -> None:
+    """The same query vector cached in each registry (computing it needs the real CLIP weights)."""
+    from plugins.search.encoders import QueryEncoder, store_vector
+    from registry.app import App
+    from registry.settings import Settings
+
+    vec = np.random.default_rng(3).standard_normal(512).astype(np.float32)
+    for url in urls:
+        app = App(Settings.load(home=home, db=url))
+        with app.db.read() as s:
+            row = s.execute(sa.select(SignerProfile).where(SignerProfile.name == "carlos-published")).scalars().one()
+        store_vector(app.db, "query", QueryEncoder(app, row).text_key(text), vec, {"text": text})
+        app.close()
+
+
+def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url, reference_parquet, tmp_path,
+                                                                          reference_prompts):
     from registry.settings import Settings
     from tests.conftest import run_cli as cli
 
@@ -151,6 +167,11 @@ def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url
         there, here = (_cli_json(u, "similar", ref, "-k", "10") for u in (db_url, b_url))
         assert len(there["results"]) == 10 and _answers(there) == _answers(here)
     assert _copyright(db_url) == _copyright(b_url)
+    _cache_query([db_url, b_url], tmp_path / "home", "watercolor painting")
+    found = [_cli_json(u, "search", "watercolor painting", "--profile", "carlos-published", "-k", "20")
+             for u in (db_url, b_url)]
+    assert found[0]["query"]["cached"] and found[1]["query"]["cached"] and len(found[0]["results"]) == 20
+    assert _answers(found[0]) == _answers(found[1])
 
     # B holds the file's signature: scanning a folder with that file signs nothing
     folder = tmp_path / "loras"
