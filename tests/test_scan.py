@@ -214,3 +214,29 @@ def test_a_signature_applies_to_every_version_of_the_same_file(database):
         assert sigs[2].source == "reused" and sigs[2].direction == sigs[1].direction and 3 not in sigs
         shown = lora_detail(s, 2)["signatures"][0]
         assert shown["source"] == "reused" and shown["reused_from_version"] == 1 and shown["strength"] == 3.5
+
+
+def test_a_failed_lookup_stays_unresolved_and_is_asked_again_next_scan(world, sqlite_url, monkeypatch):
+    """Answers are stored as they come: a scan that could not ask about one hash resumes with it alone."""
+    from plugins.library.scan import Scanner
+    from registry.app import App
+    from registry.settings import Settings
+    from tests.crawler_helpers import FAST, respond
+
+    write_catalog(world["mirror"], [civitai_model(100, 1001, world["known"])], {})
+    broken = BY_HASH + sha(world["local"]).upper()
+    rule = world["faults"].add(lambda r: r.path == broken, respond(503, {"error": "busy"}), times=None)
+    monkeypatch.setenv("CIVITAI_BASE_URL", world["server"].url)
+    app = App(Settings.load(home=world["tmp_path"] / "home", db=sqlite_url))
+    first = Scanner(app, client_kwargs={"policy": FAST}).run([world["loras"]])
+    got = {f["path"]: f for f in first.files}
+    assert got[str(world["files"]["local"])]["category"] == "unresolved"
+    assert got[str(world["files"]["known"])]["category"] == "civitai"
+    assert first.lookups["errors"] == 1 and "503" in first.errors[0]
+    assert rule.hits == FAST.max_attempts  # retried as the crawler's policy says, then left for later
+    world["faults"].rules.clear()
+    world["faults"].seen.clear()
+    second = Scanner(app, client_kwargs={"policy": FAST}).run([world["loras"]])
+    assert [s.path for s in world["faults"].seen] == [broken]
+    assert {f["path"]: f for f in second.files}[str(world["files"]["local"])]["category"] == "local"
+    app.close()
