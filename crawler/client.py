@@ -8,10 +8,16 @@ Contract:
   wait, and a server that asks for more than ``retry_after_max`` is not retried. Final for that
   request: the page-number-cap 429 ("too many pages"), 400, 401, 403, 404, 410, 451, other 4xx.
 - Redirects are followed here, not by aiohttp, at most ``max_redirects`` hops, http(s) only; a
-  hop back to a URL already visited is a loop and final.
+  hop back to a URL already visited is a loop and final; a hop to a URL with user info is refused
+  (aiohttp would send it as Basic auth to the host the server names).
+- Deadlines: connect, then the response headers within ``connect_timeout + timeout``; a body with
+  no data for ``timeout`` is stalled, and after its first ``timeout`` seconds it must average
+  ``min_rate`` bytes/s (a trickle of single bytes never trips the idle timeout).
+- JSON nested beyond ``MAX_JSON_DEPTH`` (or past the parser's recursion limit) is malformed.
 - The API token travels only as ``Authorization: Bearer`` and only to the origin of
   ``base_url``; once a redirect chain leaves that origin no later hop carries it. It is never
-  put in a URL, and it is masked out of any server text that reaches an error message.
+  put in a URL, and it is masked out of any server text that reaches an error message: masked
+  first, cut second, and a token prefix left at the cut is masked too (``mask_token``).
 - Errors are ``CivitaiError``: its ``str``/``repr`` hold a URL without query string (signed
   storage URLs carry credentials there) and never a header.
 - Per-host concurrency: at most ``per_host`` open connections to one host (aiohttp connector).
@@ -25,6 +31,7 @@ import json
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -42,6 +49,9 @@ USER_AGENT = f"carlos-reg/{__version__} (SDXL LoRA registry crawler; python-aioh
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 MAX_ERROR_BODY = 64 * 1024
+MAX_ERROR_TEXT = 200  # characters of a server's error text kept in a message
+MAX_JSON_DEPTH = 64  # Civitai documents nest about 6 deep; deeper is hostile or broken
+MIN_FRAGMENT = 4  # a token prefix this long at a cut is masked too
 _PAGE_CAP = re.compile(rb"too many pages|use cursors", re.IGNORECASE)
 
 
@@ -138,17 +148,52 @@ def classify_status(status: int, body: bytes = b"") -> tuple[bool, str]:
     return status in RETRY_STATUSES, reason
 
 
-def _body_message(body: bytes) -> str:
-    """The API's own error text, when the body is a small JSON error object."""
+def _body_message(body: bytes, redact: Callable[..., str] | None = None) -> str:
+    """The API's own error text, when the body is a small JSON error object; masked, then cut."""
     try:
         doc = json.loads(body[:MAX_ERROR_BODY])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     if not isinstance(doc, dict):
         return ""
     parts = [doc.get(k) for k in ("error", "message")]
     text = ": ".join(p for p in parts if isinstance(p, str) and p.strip())
-    return " ".join(text.split())[:200]
+    text = " ".join(text.split())
+    return redact(text, limit=MAX_ERROR_TEXT) if redact else mask_token(text, None, MAX_ERROR_TEXT)
+
+
+def mask_token(text: str, token: str | None, limit: int | None = None) -> str:
+    """``text`` with every copy of ``token`` masked, then cut to ``limit`` characters.
+
+    Masking comes first: a cut taken before it could split the token and leave its prefix. A cut
+    may still end in the first characters of a masked copy or of the token itself (a server that
+    echoes headers chooses where), so a tail of at least ``MIN_FRAGMENT`` characters that starts the
+    token is masked as well.
+    """
+    if not text:
+        return text
+    if token:
+        text = text.replace(token, "***")
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+        if token:
+            for k in range(min(len(token) - 1, len(text)), min(MIN_FRAGMENT, len(token)) - 1, -1):
+                if text.endswith(token[:k]):
+                    text = text[:-k] + "***"
+                    break
+    return text
+
+
+def json_depth_ok(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``doc`` nests at most ``limit`` containers deep (checked without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return True
 
 
 def decode_json(body: bytes, content_type: str, url: URL | str | None = None) -> Any:
@@ -157,10 +202,15 @@ def decode_json(body: bytes, content_type: str, url: URL | str | None = None) ->
         raise CivitaiError("an HTML page instead of JSON (maintenance or challenge page)", url=url,
                            kind="html", retryable=True)
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         what = "an HTML page" if "html" in content_type.lower() else "malformed JSON"
-        raise CivitaiError(f"{what} ({type(exc).__name__})", url=url, kind="json", retryable=True) from None
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
+        raise CivitaiError(f"{what} ({detail})", url=url, kind="json", retryable=True) from None
+    if not json_depth_ok(doc):
+        raise CivitaiError(f"malformed JSON (nested more than {MAX_JSON_DEPTH} deep)", url=url, kind="json",
+                           retryable=True)
+    return doc
 
 
 def wrap_exception(exc: BaseException, url: URL | str, *, idle_timeout: float | None = None) -> CivitaiError:
@@ -206,6 +256,7 @@ class CivitaiClient:
     def __init__(self, base_url: str, token: Secret | str | None = None, *, policy: RetryPolicy | None = None,
                  per_host: int = 4, timeout: float = 60.0, connect_timeout: float = 30.0, max_redirects: int = 10,
                  user_agent: str = USER_AGENT, max_json_bytes: int = 64 * 1024 * 1024,
+                 min_rate: float = 16 * 1024,
                  sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None):
         self.base = check_base_url(base_url)
         self._token = token.get() if isinstance(token, Secret) else (token or None)
@@ -216,6 +267,7 @@ class CivitaiClient:
         self.max_redirects = max_redirects
         self.user_agent = user_agent
         self.max_json_bytes = max_json_bytes
+        self.min_rate = min_rate  # bytes/s a body must average after its first ``timeout`` seconds
         self._sleep = sleep or asyncio.sleep
         self.rng = rng or random.Random()
         self.requests = 0
@@ -240,12 +292,28 @@ class CivitaiClient:
     def has_token(self) -> bool:
         return self._token is not None
 
+    def holds_token(self, text: str | None) -> bool:
+        """Whether a server-chosen string (a cursor, say) carries the token."""
+        return bool(self._token and text and self._token in text)
+
+    def deadline(self, received: int, started: float) -> bool:
+        """True when a body is past its deadline: ``timeout`` plus its size so far at ``min_rate``.
+
+        The idle timeout alone lets a server that trickles a byte at a time hold a request forever.
+        """
+        return time.monotonic() - started > self.timeout + received / self.min_rate
+
+    def too_slow(self, url: URL | str) -> CivitaiError:
+        return CivitaiError(f"timed out (slower than {self.min_rate / 1024:g} KiB/s after {self.timeout:g} s)",
+                            url=url, kind="timeout", retryable=True)
+
     def api_url(self, path: str) -> URL:
         return URL(str(self.base) + path)
 
-    def redact(self, text: str) -> str:
-        """``text`` with the token masked (a hostile server can echo it into bodies or paths)."""
-        return text.replace(self._token, "***") if self._token and text else text
+    def redact(self, text: str, *, limit: int | None = None) -> str:
+        """``text`` with the token masked (a hostile server can echo it into bodies or paths), then
+        cut to ``limit`` characters without leaving a fragment of it at the cut."""
+        return mask_token(text, self._token, limit)
 
     def redacted(self, error: CivitaiError) -> CivitaiError:
         if not self._token or (self._token not in error.message and self._token not in (error.url or "")):
@@ -287,7 +355,9 @@ class CivitaiClient:
             if self._token and not left_api_origin:
                 send["Authorization"] = f"Bearer {self._token}"
             try:
-                resp = await self._session.get(url, headers=send, allow_redirects=False)
+                # the idle timeout does not bound headers that trickle in; this does
+                async with asyncio.timeout(self.connect_timeout + self.timeout):
+                    resp = await self._session.get(url, headers=send, allow_redirects=False)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
@@ -304,6 +374,10 @@ class CivitaiClient:
                 except (ValueError, TypeError):
                     raise CivitaiError("unparsable redirect Location", url=url, status=resp.status,
                                        kind="redirect") from None
+                if nxt.user is not None or nxt.password is not None:
+                    # aiohttp would send them as Basic auth to whatever host the server names
+                    raise CivitaiError("refusing a redirect to a URL with credentials in it", url=url,
+                                       status=resp.status, kind="redirect")
                 hops += 1
                 if str(nxt) in visited or hops > self.max_redirects:
                     raise CivitaiError(f"redirect loop ({hops} hops)", url=url, status=resp.status, kind="redirect")
@@ -316,7 +390,7 @@ class CivitaiClient:
                     body = await resp.content.read(MAX_ERROR_BODY)
                 resp.release()
                 retryable, reason = classify_status(resp.status, body)
-                detail = _body_message(body)
+                detail = _body_message(body, self.redact)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 raise CivitaiError(reason + (f": {detail}" if detail else ""), url=url, status=resp.status,
                                    retryable=retryable, retry_after=retry_after)
@@ -328,9 +402,11 @@ class CivitaiClient:
 
     async def read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes; transport failures as ``CivitaiError``."""
-        chunks, size = [], 0
+        chunks, size, started = [], 0, time.monotonic()
         try:
             async for chunk in resp.content.iter_chunked(1 << 16):
+                if self.deadline(size, started):
+                    raise self.too_slow(resp.url)
                 size += len(chunk)
                 if size > limit:
                     raise self.redacted(CivitaiError(f"response larger than {limit} bytes", url=resp.url, kind="size"))

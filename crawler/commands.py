@@ -15,7 +15,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.errors import CarlosError, UsageError
-from registry.output import emit_json, err, info, table
+from registry.output import emit_json, err, info, plain, table
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
@@ -66,7 +66,7 @@ class _RichReporter:
             + (f" · {s.errors} problem(s)" if s.errors else "")))
 
     def problem(self, message: str) -> None:
-        self.progress.console.print(f"! {message}", markup=False, highlight=False)
+        self.progress.console.print(plain(f"! {message}"), highlight=False)
 
 
 @click.command()
@@ -85,14 +85,20 @@ class _RichReporter:
               help="Retries of a failing request (429, 5xx, timeouts, resets, HTML pages).")
 @click.option("--max-backoff", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="SECONDS",
               help="Cap of the exponential backoff between retries (Retry-After may ask for more).")
+@click.option("--max-retry-after", type=click.FloatRange(min=0), default=120.0, show_default=True, metavar="SECONDS",
+              help="Honour a server's Retry-After up to this long; a longer one fails the request instead.")
 @click.option("--timeout", type=click.FloatRange(min=0.05), default=60.0, show_default=True, metavar="SECONDS",
-              help="A request or body with no data for this long counts as stalled.")
+              help="A request or body with no data for this long counts as stalled; after it, a body must "
+                   "average 16 KiB/s.")
+@click.option("--deadline", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Stop the whole crawl after this long (the run is partial; downloads resume next time).")
 @click.option("--max-file-size", default="4G", show_default=True, metavar="SIZE", help="Refuse larger files.")
 @click.option("--min-free-space", default="1G", show_default=True, metavar="SIZE",
               help="Free space to keep in the data dir besides the file being downloaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary document.")
 @pass_app
-def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, timeout,
+def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, max_retry_after,
+          timeout, deadline,
           max_file_size, min_free_space, as_json):
     """Sync SDXL LoRAs (types LORA, LoCon, DoRA) from CIVITAI_BASE_URL into the registry.
 
@@ -116,8 +122,9 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
             chosen.append(canon)
     options = CrawlOptions(
         base_models=tuple(chosen) or SDXL_BASE_MODELS, max_models=max_models, full=full, download=download,
-        concurrency=concurrency, timeout=timeout,
-        policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff),
+        concurrency=concurrency, timeout=timeout, deadline=deadline,
+        policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff,
+                           retry_after_max=max_retry_after),
         limits=DownloadLimits(max_file_bytes=parse_size(max_file_size), min_free_bytes=parse_size(min_free_space)))
     _ = app.db  # migrate before the progress display starts
     with _RichReporter() as reporter:
@@ -216,7 +223,10 @@ def mirror():
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
 @click.option("--token", envvar="CARLOS_REG_MIRROR_TOKEN", metavar="TOKEN",
               help="Require this Bearer token for downloads [env CARLOS_REG_MIRROR_TOKEN].")
-def mirror_serve(directory, host, port, token):
+@click.option("--public-url", metavar="URL",
+              help="Base URL clients use (behind a proxy); URLs in answers start with it [default: the address "
+                   "each client connected to, never its Host header].")
+def mirror_serve(directory, host, port, token, public_url):
     """Serve DIRECTORY as /api/v1/models, /api/v1/model-versions/… and /api/download/models/… until Ctrl-C."""
     from crawler.mirror import MirrorError, serve
 
@@ -227,7 +237,7 @@ def mirror_serve(directory, host, port, token):
              + (" (downloads need the token)" if token else "") + f"; crawl it with CIVITAI_BASE_URL={url}")
 
     try:
-        serve(directory, host=host, port=port, token=token or None, announce=announce)
+        serve(directory, host=host, port=port, token=token or None, public_url=public_url, announce=announce)
     except MirrorError as exc:
         raise CarlosError(str(exc)) from None
     except OSError as exc:
@@ -270,7 +280,10 @@ def nightly_crawl(app: App, options: dict) -> dict:
 
     from crawler.sync import Crawler, CrawlOptions
 
-    crawl_options = CrawlOptions(full=True, download=options.get("download", True))
+    # A deadline: a server that trickles bytes or never ends its cursor must not hold the nightly
+    # lease forever (every later run would be skipped).
+    crawl_options = CrawlOptions(full=True, download=options.get("download", True),
+                                 deadline=options.get("crawl_deadline", NIGHTLY_CRAWL_DEADLINE))
     crawler = Crawler(app, crawl_options, None)
     stop = options.get("stop")
 
@@ -294,6 +307,9 @@ def nightly_crawl(app: App, options: dict) -> dict:
     if summary.get("status") == "failed":
         out["error"] = f"crawl failed ({summary.get('errors')} problems recorded in crawl run {summary.get('run_id')})"
     return out
+
+
+NIGHTLY_CRAWL_DEADLINE = 20 * 3600.0
 
 
 @hookimpl

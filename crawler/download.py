@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -219,12 +221,18 @@ async def _fetch(client: CivitaiClient, task: DownloadTask, limits: DownloadLimi
                     raise CivitaiError(f"the body ({size + length} bytes) is larger than the declared size or the "
                                        f"limit ({cap} bytes)", url=resp.url, kind="size")
                 fh.seek(size)
+                started, body_bytes = time.monotonic(), 0
                 try:
                     async for chunk in resp.content.iter_chunked(CHUNK):
+                        if client.deadline(body_bytes, started):  # a trickle keeps the idle timeout happy
+                            raise client.too_slow(resp.url)
+                        body_bytes += len(chunk)
                         if size + len(chunk) > cap:
                             raise CivitaiError(f"the body is larger than the declared size or the limit "
                                                f"({cap} bytes)", url=resp.url, kind="size")
-                        fh.write(chunk)
+                        written = fh.write(chunk)
+                        if written != len(chunk):  # unbuffered: a short write means the disk is full
+                            raise OSError(errno.ENOSPC, "short write (disk full?)")
                         hasher.update(chunk)
                         size += len(chunk)
                         count(len(chunk))

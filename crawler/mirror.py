@@ -11,11 +11,15 @@ also cut ``modelVersions``, ``nsfw``, ``limit`` ≤ 100, ``query`` substring of 
 models only with ``archived=true``; ``page*limit > 1000`` → the page-cap 429),
 ``/api/v1/models/{id}``, ``/api/v1/model-versions/{id}``, ``/api/v1/model-versions/by-hash/{hash}``
 (any hash type), ``/api/download/models/{versionId}[?fileId=]`` → 307 to
-``/mirror-files/{fileId}?X-Amz-Signature=…`` (on ``files_base_url`` when given), which serves the
-bytes with ``Range`` support. With a token, downloads need ``Authorization: Bearer TOKEN``
-(or ``?token=``, as Civitai also accepts); the API routes stay public, as on Civitai. Every
-``downloadUrl`` in answers points at the serving host. A running server reloads the catalog when
-``mirror.json`` is replaced (``write_catalog`` replaces it last).
+``/mirror-files/{fileId}?X-Amz-Expires=…&X-Amz-Signature=…`` (on ``files_base_url`` when given),
+which serves the bytes with ``Range`` support. With a token, downloads need ``Authorization:
+Bearer TOKEN`` (or ``?token=``, as Civitai also accepts), and so does the file route unless its
+URL carries an unexpired HMAC signature made with a key derived from the token (the redirect's
+URL; valid for ``FILE_URL_SECONDS``); the API routes stay public, as on Civitai. Every URL in
+answers (``downloadUrl``, ``nextPage``, redirects) starts with ``public_url`` when given, else
+with the address the client actually connected to: never with the request's ``Host`` header.
+Only regular files directly under ``files/`` are served (no symlinks). A running server reloads
+the catalog when ``mirror.json`` is replaced (``write_catalog`` replaces it last).
 
 Also here: helpers that write a catalog (``model_entry``, ``version_entry``, ``file_entry``,
 ``write_catalog``, ``tiny_lora``), ``BackgroundServer`` (serve an app on loopback from a thread),
@@ -27,15 +31,18 @@ import asyncio
 import bisect
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
 import random
 import secrets
 import shutil
+import stat
 import struct
 import tempfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,6 +57,7 @@ FORMAT = "carlos-reg-mirror"
 FORMAT_VERSION = 1
 MAX_LIMIT = 100
 PAGE_CAP_MESSAGE = "You've requested too many pages, please use cursors instead"
+FILE_URL_SECONDS = 3600  # how long a redirect's signed file URL stays valid
 
 
 class MirrorError(ValueError):
@@ -141,6 +149,14 @@ def tiny_lora(seed: int = 0, rank: int = 2, width: int = 32) -> bytes:
     }, metadata={"ss_base_model_version": "sdxl_base_v1-0", "ss_network_dim": str(rank)})
 
 
+def _json_bytes(doc: Any) -> bytes:
+    """UTF-8 JSON; a lone surrogate (valid in JSON, not in UTF-8) is written as a ``\\ud800`` escape."""
+    try:
+        return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, ensure_ascii=True).encode("ascii")
+
+
 def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[int, bytes | os.PathLike] | None = None,
                   *, replace: bool = True) -> Path:
     """Write models (and file bytes by file id) in the mirror format.
@@ -149,12 +165,12 @@ def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[i
     is written last, so a running server reloads once everything is in place.
     """
     root = Path(root)
+    encoded = {int(model["id"]): _json_bytes(model) for model in models}  # all of it, before the first write
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "files").mkdir(parents=True, exist_ok=True)
     written = set()
-    for model in models:
-        model_id = int(model["id"])
-        _atomic_write(root / "models" / f"{model_id}.json", json.dumps(model, ensure_ascii=False).encode())
+    for model_id, data in encoded.items():
+        _atomic_write(root / "models" / f"{model_id}.json", data)
         written.add(f"{model_id}.json")
     if replace:
         for stale in (root / "models").glob("*.json"):
@@ -246,8 +262,13 @@ class MirrorCatalog:
             log.warning("%s", exc)
 
     def file_path(self, file_id: int) -> Path | None:
+        """A regular file directly in ``files/``; a symlink (which could point anywhere) is refused."""
         path = self.root / "files" / str(file_id)
-        return path if path.is_file() else None
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return None
+        return path if stat.S_ISREG(st.st_mode) else None
 
 
 def _as_list(value: Any) -> list:
@@ -264,7 +285,27 @@ def _json_error(status: int, error: str, **extra: Any) -> web.Response:
 
 
 def _origin(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+    """The address the client connected to; the ``Host`` header is the client's to choose."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return "http://127.0.0.1"
+    host, port = sockname[0], sockname[1]
+    return f"{request.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _file_url_key(token: str) -> bytes:
+    return hmac.new(token.encode(), b"carlos-reg mirror file URL", hashlib.sha256).digest()
+
+
+def sign_file_url(key: bytes, file_id: int, expires: int) -> str:
+    return hmac.new(key, f"{file_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _safe_filename(name: str, fallback: str) -> str:
+    """A file name for ``Content-Disposition``: the last path part, printable, no quotes or dots-only."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable() and c not in '"\\;').strip().lstrip(".")
+    return base[:200] or fallback
 
 
 def _with_urls(version: dict, origin: str, *, explicit_primary: bool = False) -> dict:
@@ -295,14 +336,20 @@ class _PathOnlyAccessLogger(AbstractAccessLogger):
 
 
 def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_url: str | None = None,
-             middlewares: Iterable[Callable] = ()) -> web.Application:
+             public_url: str | None = None, middlewares: Iterable[Callable] = ()) -> web.Application:
     catalog = MirrorCatalog(root)
     app = web.Application(middlewares=list(middlewares))
     app[CATALOG] = catalog
+    key = _file_url_key(token) if token is not None else None
 
     def origin_of(request: web.Request) -> str:
         catalog.maybe_reload()
-        return _origin(request)
+        return public_url.rstrip("/") if public_url else _origin(request)
+
+    def has_token(request: web.Request) -> bool:
+        bearer = request.headers.get("Authorization", "")
+        return (secrets.compare_digest(bearer.encode(), f"Bearer {token}".encode())
+                or secrets.compare_digest(request.query.get("token", "").encode(), token.encode()))
 
     async def list_models(request: web.Request) -> web.Response:
         origin, q = origin_of(request), request.query
@@ -352,7 +399,7 @@ def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_ur
         metadata = {}
         if next_id is not None:
             metadata = {"nextCursor": str(next_id),
-                        "nextPage": str(request.url.update_query(cursor=str(next_id)))}
+                        "nextPage": origin + str(request.rel_url.update_query(cursor=str(next_id)))}
         return web.json_response({"items": items, "metadata": metadata})
 
     def _int_arg(request: web.Request, name: str) -> int | None:
@@ -400,12 +447,9 @@ def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_ur
 
     async def download(request: web.Request) -> web.Response:
         origin = origin_of(request)
-        if token is not None:
-            bearer = request.headers.get("Authorization", "")
-            if not (secrets.compare_digest(bearer, f"Bearer {token}")
-                    or secrets.compare_digest(request.query.get("token", ""), token)):
-                return _json_error(401, "Unauthorized",
-                                   message="The creator of this asset requires you to be logged in to download it")
+        if token is not None and not has_token(request):
+            return _json_error(401, "Unauthorized",
+                               message="The creator of this asset requires you to be logged in to download it")
         version_id = _int_arg(request, "id")
         found = catalog.versions.get(version_id) if version_id is not None else None
         if found is None:
@@ -426,10 +470,19 @@ def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_ur
         path = catalog.file_path(chosen[0]["id"]) if chosen and type(chosen[0].get("id")) is int else None
         if path is None:
             return _json_error(404, "File not found")
-        signature = secrets.token_hex(16)
+        expires = int(time.time()) + FILE_URL_SECONDS
+        signature = sign_file_url(key, chosen[0]["id"], expires) if key is not None else secrets.token_hex(32)
         location = (f"{(files_base_url or origin).rstrip('/')}/mirror-files/{chosen[0]['id']}"
-                    f"?X-Amz-Expires=86400&X-Amz-Signature={signature}")
+                    f"?X-Amz-Expires={expires}&X-Amz-Signature={signature}")
         raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store, max-age=0"})
+
+    def signed(request: web.Request, file_id: int) -> bool:
+        try:
+            expires = int(request.query.get("X-Amz-Expires", ""))
+        except ValueError:
+            return False
+        given = request.query.get("X-Amz-Signature", "").encode()
+        return expires >= time.time() and hmac.compare_digest(given, sign_file_url(key, file_id, expires).encode())
 
     async def serve_file(request: web.Request) -> web.StreamResponse:
         catalog.maybe_reload()
@@ -437,11 +490,13 @@ def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_ur
             file_id = int(request.match_info["id"])
         except ValueError:
             raise web.HTTPNotFound() from None
+        if key is not None and not (has_token(request) or signed(request, file_id)):
+            return _json_error(401, "Unauthorized", message="This file URL is not signed, or it has expired")
         path = catalog.file_path(file_id)
         if path is None:
             raise web.HTTPNotFound()
         name = str((catalog.files.get(file_id) or (0, {}))[1].get("name") or file_id)
-        shown = "".join(c for c in name if c.isprintable() and c not in '"\\')  # a header, not a path
+        shown = _safe_filename(name, str(file_id))  # a header, not a path
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
                                                "Content-Disposition": f'attachment; filename="{shown}"'})
 
@@ -513,15 +568,19 @@ class BackgroundServer:
 
 
 def serve(root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          public_url: str | None = None,
           announce: Callable[[str, "MirrorCatalog"], None] | None = None) -> None:
     """Serve a mirror until SIGINT/SIGTERM (blocking)."""
     import signal
 
-    app = make_app(root, token=token)
+    app = make_app(root, token=token, public_url=public_url)
 
     async def main() -> None:
+        from registry.api import json_parse_errors
+
         runner = web.AppRunner(app, handle_signals=False, access_log=log, access_log_class=_PathOnlyAccessLogger)
         await runner.setup()
+        json_parse_errors(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
@@ -548,17 +607,44 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
 
     ``out_dir`` must be empty, absent, or an earlier mirror (it has ``mirror.json``); models no
     longer in the registry's live set are removed from it. File bytes are hard-linked from the
-    artifact store when possible, else copied.
+    artifact store when possible, else copied. Everything is written into a temporary sibling
+    directory that replaces ``out_dir`` at the end: a failed export leaves ``out_dir`` as it was.
     """
-    import sqlalchemy as sa
-
-    from registry.models import File, Model, Version
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MirrorError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "mirror.json").is_file():
         raise MirrorError(f"{out} is not empty and not a mirror (no mirror.json); nothing was written")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        counts = _export_into(db, store, out, batch)
+        old = {p.name for p in (final / "models").glob("*.json")} if final.is_dir() else set()
+        counts["models_removed"] = len(old - {p.name for p in (out / "models").glob("*.json")})
+        _swap_in(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return counts
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the finished directory ``new`` at ``target`` (absent, empty, or an earlier mirror)."""
+    os.chmod(new, 0o755)  # mkdtemp makes it private
+    if target.is_dir() and any(target.iterdir()):
+        retired = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+        os.rename(target, retired)
+        os.rename(new, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(new, target)  # over an empty directory too
+
+
+def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from registry.models import File, Model, Version
+
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "files").mkdir(parents=True, exist_ok=True)
     counts = {"models": 0, "versions": 0, "files": 0, "files_linked": 0, "files_copied": 0, "models_removed": 0}
@@ -584,7 +670,7 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
                     continue
                 raws.sort(key=lambda v: (v.get("index") if type(v.get("index")) is int else 1 << 30))
                 item = {**models[model_id], "modelVersions": raws}
-                _atomic_write(out / "models" / f"{model_id}.json", json.dumps(item, ensure_ascii=False).encode())
+                _atomic_write(out / "models" / f"{model_id}.json", _json_bytes(item))
                 written.add(f"{model_id}.json")
                 counts["models"] += 1
                 counts["versions"] += len(raws)
@@ -596,10 +682,6 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
                             how = _place_file(store.path(verified[fid]), out / "files" / str(int(fid)))
                             if how:
                                 counts[f"files_{how}"] += 1
-    for stale in (out / "models").glob("*.json"):
-        if stale.name not in written:
-            stale.unlink()
-            counts["models_removed"] += 1
     _write_manifest(out, counts["models"], source="carlos-reg mirror export")
     return counts
 

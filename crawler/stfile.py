@@ -35,28 +35,41 @@ def _no_duplicates(pairs):
     return out
 
 
-def parse_header(prefix: bytes, file_size: int) -> dict:
-    """Validate the header of a file of ``file_size`` bytes starting with ``prefix``.
+def _looks_like_pickle(prefix: bytes) -> bool:
+    """torch.save output: a zip archive, or a raw pickle (PROTO opcode, protocol 2 to 5)."""
+    return prefix[:4] == b"PK\x03\x04" or (prefix[:1] == b"\x80" and prefix[1:2] in (b"\x02", b"\x03", b"\x04",
+                                                                                  b"\x05"))
 
-    ``prefix`` must hold at least the 8-byte length and the header. Returns the tensor entries
-    (``__metadata__`` excluded).
+
+PICKLE_MESSAGE = "the file is a pickle/zip archive (torch.save) named .safetensors; it was not unpickled"
+
+
+def _split(prefix: bytes, file_size: int) -> tuple[dict | None, dict, int]:
+    """``(metadata, tensors, header_length)`` of a validated header (see ``parse_header``).
+
+    Pickle/zip magic is judged only when the bytes are not a plausible safetensors header: the
+    first bytes are the header *length*, and a valid length can start with 0x80 or "PK".
     """
     if file_size < 8 or len(prefix) < 8:
-        raise InvalidSafetensors("shorter than the 8-byte header length")
+        raise InvalidSafetensors(PICKLE_MESSAGE if _looks_like_pickle(prefix) else "shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
-    if n < 2 or n > MAX_HEADER_BYTES:
+    if n < 2 or n > MAX_HEADER_BYTES or 8 + n > file_size:
+        if _looks_like_pickle(prefix):
+            raise InvalidSafetensors(PICKLE_MESSAGE)
+        if 8 + n > file_size and 2 <= n <= MAX_HEADER_BYTES:
+            raise InvalidSafetensors(f"header length {n} runs past the end of the file (truncated?)")
         raise InvalidSafetensors(f"header length {n} out of range")
-    if 8 + n > file_size:
-        raise InvalidSafetensors(f"header length {n} runs past the end of the file")
     if len(prefix) < 8 + n:
         raise ValueError("prefix does not hold the whole header")
     raw = prefix[8:8 + n]
     if not raw.lstrip(b" ").startswith(b"{"):
-        raise InvalidSafetensors("header is not a JSON object")
+        raise InvalidSafetensors(PICKLE_MESSAGE if _looks_like_pickle(prefix) else "header is not a JSON object")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
         raise InvalidSafetensors("header is not UTF-8") from None
+    except RecursionError:  # hostile nesting: malformed input, not a crash
+        raise InvalidSafetensors("header is nested too deeply") from None
     except ValueError as exc:
         if isinstance(exc, InvalidSafetensors):
             raise
@@ -76,19 +89,23 @@ def parse_header(prefix: bytes, file_size: int) -> dict:
         if not isinstance(entry, dict):
             raise InvalidSafetensors(f"tensor {label}: entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPE_SIZES:
-            raise InvalidSafetensors(f"tensor {label}: unknown dtype {str(dtype)[:20]!r}")
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            shown = dtype[:20] if isinstance(dtype, str) else type(dtype).__name__  # never repr a nested value
+            raise InvalidSafetensors(f"tensor {label}: unknown dtype {shown!r}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise InvalidSafetensors(f"tensor {label}: bad shape")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
             raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
         begin, end = offsets
-        if not 0 <= begin <= end <= data_len:
-            raise InvalidSafetensors(f"tensor {label}: data_offsets outside the data")
+        if not 0 <= begin <= end:
+            raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
         if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
             raise InvalidSafetensors(f"tensor {label}: {end - begin} bytes for shape {shape} of {dtype}")
         spans.append((begin, end))
     spans.sort()
+    if spans[-1][1] > data_len:
+        raise InvalidSafetensors(f"truncated: the header describes {spans[-1][1]} bytes of tensor data but the file "
+                                 f"has only {data_len} (an interrupted download?)")
     position = 0
     for begin, end in spans:
         if begin != position:
@@ -96,21 +113,39 @@ def parse_header(prefix: bytes, file_size: int) -> dict:
         position = end
     if position != data_len:
         raise InvalidSafetensors(f"{data_len - position} bytes after the last tensor")
-    return header
+    return meta, header, n
 
 
-def validate_file(path: str | Path) -> dict:
-    """Validate a file's header (reads at most 8 + 100 MB); returns the tensor entries."""
+def parse_header(prefix: bytes, file_size: int) -> dict:
+    """Validate the header of a file of ``file_size`` bytes starting with ``prefix``.
+
+    ``prefix`` must hold at least the 8-byte length and the header. Returns the tensor entries
+    (``__metadata__`` excluded).
+    """
+    return _split(prefix, file_size)[1]
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The one header check the crawler and the signer share: ``(header, data_start)`` of a file,
+    ``__metadata__`` included; ``InvalidSafetensors`` says why a file is refused. Reads at most
+    8 + 100 MB."""
     path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as fh:
         first = fh.read(8)
-        if len(first) < 8:
-            raise InvalidSafetensors("shorter than the 8-byte header length")
-        (n,) = struct.unpack("<Q", first)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            return parse_header(first, size)  # raises the right message
-        return parse_header(first + fh.read(n), size)
+        if len(first) == 8:
+            (n,) = struct.unpack("<Q", first)
+            if 2 <= n <= MAX_HEADER_BYTES and 8 + n <= size:
+                first += fh.read(n)
+    meta, tensors, n = _split(first, size)
+    return ({"__metadata__": meta, **tensors} if meta is not None else tensors), 8 + n
+
+
+def validate_file(path: str | Path) -> dict:
+    """Validate a file's header (reads at most 8 + 100 MB); returns the tensor entries."""
+    header, _ = read_header(path)
+    header.pop("__metadata__", None)
+    return header
 
 
 def build(tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str] | None = None) -> bytes:

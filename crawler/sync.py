@@ -9,7 +9,8 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   skipped), following ``metadata.nextCursor`` until it is absent. Items are de-duplicated by id
   (an item seen again with different content is taken again). Anything that is not an
   SDXL-architecture LoRA is dropped even when the server returns it. A cursor that comes back a
-  second time ends the listing (it would loop) and is recorded.
+  second time ends the listing (it would loop) and is recorded; so do ``max_stale_pages`` pages in
+  a row without a model not listed before (an endless cursor), and a cursor that carries the token.
 - Writes are funnelled through one writer thread, one short transaction per page, and only for
   rows that changed: a second crawl of an unchanged catalog writes no catalog row and downloads
   no byte. A page that cannot be stored is retried item by item, so an unstorable item costs only
@@ -22,7 +23,7 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   ``/api/v1/models/{id}`` confirms it (404/410, or the model no longer has the version / is no
   longer an SDXL LoRA). A model the listing merely skipped is refreshed from that answer instead.
 - Status: ``ok`` (listed to the end), ``partial`` (the listing stopped early: a page failed after
-  its retries, a repeated cursor, or ``max_models``), ``failed`` (not even the first page could
+  its retries, a repeated or endless cursor, or ``max_models``; or the run reached ``deadline``), ``failed`` (not even the first page could
   be read: ``CrawlFailed`` is raised after the run is recorded; or the registry failed),
   ``interrupted`` (cancelled, or killed: the next crawl on the same host marks a run whose
   process is gone).
@@ -30,6 +31,7 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +56,20 @@ class CrawlFailed(CarlosError):
     """The crawl as a whole could not run (e.g. the first page never came)."""
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a disk is full: SQLite, PostgreSQL or the OS."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno == errno.ENOSPC:
+            return True
+        if getattr(cur, "sqlstate", None) == "53100" or "database or disk is full" in str(cur):
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
+
+
 @dataclass
 class CrawlOptions:
     base_models: tuple[str, ...] = SDXL_BASE_MODELS
@@ -66,6 +82,9 @@ class CrawlOptions:
     timeout: float = 60.0  # idle read timeout: a body with no data for this long is stalled
     connect_timeout: float = 30.0
     limits: DownloadLimits = field(default_factory=DownloadLimits)
+    min_rate: float = 16 * 1024  # bytes/s a body must average after its first ``timeout`` seconds
+    deadline: float | None = None  # seconds for the whole run (scheduled runs); then it ends ``partial``
+    max_stale_pages: int = 20  # consecutive pages without a new model end the listing (an endless cursor)
 
     @property
     def unfiltered(self) -> bool:
@@ -157,6 +176,9 @@ class Crawler:
             self._executor, lambda: retry_call(lambda: fn(*args), what=what, policy=self._db_retry))
 
     def _error(self, stage: str, ref: str | None, message: str, status: int | None = None) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:  # every problem is stored, printed and logged: never with the token in it
+            message = client.redact(message)
         self.stats.errors += 1
         record = ErrorRecord(stage=stage, ref=ref, message=message, status_code=status)
         self._errors.append(record)
@@ -189,9 +211,19 @@ class Crawler:
             async with CivitaiClient(self.app.settings.civitai_base_url, self.app.settings.civitai_api_key,
                                      policy=self.options.policy, per_host=self.options.concurrency,
                                      timeout=self.options.timeout, connect_timeout=self.options.connect_timeout,
-                                     **self.client_kwargs) as client:
+                                     min_rate=self.options.min_rate, **self.client_kwargs) as client:
                 self.client = client
-                await self._crawl(client)
+                limit = asyncio.timeout(self.options.deadline)
+                try:
+                    async with limit:
+                        await self._crawl(client)
+                except TimeoutError:
+                    if not limit.expired():
+                        raise
+                    # a hostile or broken server must not hold a scheduled run (and its lease) forever
+                    self._error("run", None, f"the run reached its deadline of {self.options.deadline:g} s and "
+                                             "stopped (partial downloads are kept for the next run)")
+                    self.stats.status = "partial"
         except BaseException as exc:
             failure = exc
             raise
@@ -208,6 +240,11 @@ class Crawler:
         try:
             await self._flush_errors()
             await self._write(self.store.update_run, self.stats.run_id, {**self._run_values(), "finished_at": utcnow()})
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            # nothing more fits; the run row stays "running" and the next crawl marks it interrupted
+            log.warning("crawl run %s could not be recorded: the registry's disk is full", self.stats.run_id)
         finally:
             self._executor.shutdown(wait=True)
 
@@ -225,7 +262,11 @@ class Crawler:
                 await asyncio.gather(lister, return_exceptions=True)
                 consumer.result()
             complete = await lister
-            await pages.put(None)
+            # the consumer may fail while the queue is full: then the end marker would wait forever
+            end = asyncio.create_task(pages.put(None))
+            await asyncio.wait({end, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            if not end.done():
+                end.cancel()
             await consumer
             self.stats.complete = complete
             self.stats.status = "ok" if complete else "partial"
@@ -261,6 +302,7 @@ class Crawler:
 
         pending: asyncio.Task | None = fetch(None)
         requested: set[str | None] = {None}
+        stale = 0  # consecutive pages that brought no model not listed before
         try:
             while pending is not None:
                 try:
@@ -276,9 +318,18 @@ class Crawler:
                     return False
                 self.stats.pages += 1
                 pending, complete = None, next_cursor is None
+                ids = {item["id"] for item in items if isinstance(item, dict) and type(item.get("id")) is int}
+                stale = 0 if ids - self._listed else stale + 1
                 if next_cursor in requested and not complete:
                     self._error("page", f"page {self.stats.pages}", "the server returned a cursor it had already "
                                                                     "returned (a loop); the listing stops here")
+                elif not complete and client.holds_token(next_cursor):
+                    self._error("page", f"page {self.stats.pages}", "the server returned a cursor that holds the "
+                                                                    "API token; it is not followed or stored")
+                elif not complete and stale >= self.options.max_stale_pages:
+                    self._error("page", f"page {self.stats.pages}",
+                                f"{stale} consecutive pages brought no new model (an endless cursor?); the listing "
+                                "stops here")
                 elif not complete:
                     requested.add(next_cursor)
                     self.stats.cursor = next_cursor
@@ -342,6 +393,11 @@ class Crawler:
         except DatabaseError:
             raise
         except Exception as page_error:
+            if disk_full(page_error):  # item by item would fail the same way, thousands of times
+                self._error("page", f"page {self.stats.pages}", "the registry's disk is full; the crawl stops "
+                                                                "(free space, then crawl again)")
+                raise CrawlFailed("the registry's disk is full; the crawl stopped (free space, then crawl again)") \
+                    from None
             if len(batch) == 1:
                 raise
             results, failed = [], []

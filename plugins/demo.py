@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import click
+from rich.text import Text
 
 from registry import hookimpl
 from registry.errors import CarlosError
-from registry.output import err, info
+from registry.output import clean, err, info
 
 MARKER = ".carlos-reg-demo"
 WORDS = {"ink": ["inkwash"], "neon": ["neoncity"], "armor": ["goldarmor"]}
@@ -112,7 +113,7 @@ class _Runner:
         except click.exceptions.Exit as exc:
             code = exc.exit_code
         except CarlosError as exc:
-            err.print(f"Error: {exc}", highlight=False)
+            info(f"Error: {exc}")
             code = exc.exit_code
         if code and not allow_fail:
             raise CarlosError(f"demo step `carlos-reg {' '.join(args)}` failed (exit {code})")
@@ -133,12 +134,13 @@ def demo(directory: str):
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by carlos-reg demo; safe to delete\n")
     home = root / "home"
+    home.mkdir()
     os.environ.update({"CARLOS_REG_PROFILE": "tiny", "CARLOS_REG_MODELS": str(root / "models"),
                        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     os.environ.pop("CARLOS_REG_DB", None)
     os.environ.pop("CIVITAI_API_KEY", None)
     run = _Runner(home)
-    err.print(f"[bold]carlos-reg demo[/bold] — data in {root}", highlight=False)
+    err.print(Text.assemble(("carlos-reg demo", "bold"), f" — data in {clean(root)}"), highlight=False)
     err.print("Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
               "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).", highlight=False)
 

@@ -13,9 +13,12 @@ import asyncio
 import functools
 import logging
 import time
+from http import HTTPStatus
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 from registry import __version__
 from registry.app import App
@@ -48,6 +51,35 @@ def respond(doc, status: int = 200) -> web.Response:
 
 def json_error(status: int, message: str) -> web.Response:
     return respond({"error": message}, status=status)
+
+
+class _JsonParseErrors(RequestHandler):
+    """Requests aiohttp cannot parse (an overlong URL or header, a bad request line) never reach the
+    middleware; aiohttp would answer them in plain text that quotes the request, and log a traceback."""
+
+    __slots__ = ()
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.info("unparsable request from %s: %s", request.remote, type(exc).__name__ if exc else status)
+        resp = json_error(status, f"malformed HTTP request ({HTTPStatus(status).phrase.lower()}): "
+                                  "an overlong URL or header, or a bad request line")
+        resp.force_close()
+        return resp
+
+
+class _JsonParseErrorServer(Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonParseErrors  # same layout (no new slots): only handle_error differs
+        return handler
+
+
+def json_parse_errors(runner: web.AppRunner) -> None:
+    """After ``runner.setup()``: answer unparsable requests with a JSON error (see ``_JsonParseErrors``)."""
+    runner.server.__class__ = _JsonParseErrorServer
 
 
 @web.middleware
@@ -87,6 +119,8 @@ def param_int(query, name: str, default: int | None = None, lo: int | None = Non
     if raw is None or raw == "":
         return default
     try:
+        if len(raw) > 30:  # int() of thousands of digits is slow, and no parameter is that large
+            raise ValueError
         value = int(raw)
     except ValueError:
         raise BadRequest(f"parameter {name} must be an integer, got {raw!r}") from None
@@ -155,7 +189,7 @@ async def loras(request: web.Request) -> web.Response:
     app = request.app[APP]
     signed = param_bool(request.query, "signed")
     limit = param_int(request.query, "limit", 100, 0, 10_000)
-    offset = param_int(request.query, "offset", 0, 0)
+    offset = param_int(request.query, "offset", 0, 0, 2**62)
     base_model, profile = request.query.get("base_model"), request.query.get("profile")
     nsfw, mode = param_bool(request.query, "nsfw"), request.query.get("mode") or None
     if mode is not None and mode.lower() not in ("live", "archived", "takendown"):

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import click
 
-from registry.db import Database, pool_size_setting
 from registry.settings import Settings
+
+if TYPE_CHECKING:  # the database layer (SQLAlchemy) loads on first use, not for --help
+    from registry.db import Database
 
 
 class App:
@@ -20,6 +23,8 @@ class App:
     @cached_property
     def raw_db(self) -> Database:
         """The database as it is, without migrating (for the ``db`` commands)."""
+        from registry.db import Database, pool_size_setting
+
         return Database(self.settings.db_url, pool_size=pool_size_setting(self.default_pool_size))
 
     @cached_property

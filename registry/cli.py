@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
 from registry import __version__
 from registry.app import App
 from registry.errors import CarlosError
+from registry.output import clean
 from registry.settings import Settings
 
 _state = {"verbose": 0, "registered": False}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+PROJECT_LOGGERS = ("registry", "crawler", "signer", "plugins", "migrations")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             invoke_without_command=True)
 @click.option("--db", "db_url", metavar="URL", help="Registry database URL [env CARLOS_REG_DB; default: SQLite file in the data dir].")
-@click.option("--home", type=click.Path(file_okay=False), help="Data dir [env CARLOS_REG_HOME].")
-@click.option("-v", "--verbose", count=True, help="More logging on stderr; tracebacks on errors.")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="Data dir [env CARLOS_REG_HOME]; an explicit --home must exist unless --create is given.")
+@click.option("--create", is_flag=True, help="Create the --home data dir if it does not exist.")
+@click.option("-v", "--verbose", count=True, help="-v: this project's logs and tracebacks on errors; -vv: every library's too.")
 @click.version_option(__version__, prog_name="carlos-reg")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
+def cli(ctx: click.Context, db_url: str | None, home: str | None, create: bool, verbose: int):
     """carlos-reg: a registry of SDXL LoRAs that knows what each LoRA actually does.
 
     \b
@@ -31,9 +39,22 @@ def cli(ctx: click.Context, db_url: str | None, home: str | None, verbose: int):
       carlos-reg loras --signed             # what the registry holds
       carlos-reg show civitai:MODEL@VERSION # one LoRA in detail
     """
+    if ctx.invoked_subcommand is None:  # bare `carlos-reg`: the help, and success
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from registry.output import CleanFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))  # logged values are untrusted
+    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, handlers=[handler])
+    if verbose == 1:
+        for name in PROJECT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
+    if home is not None and not create and not Path(home).expanduser().is_dir():
+        from registry.errors import UsageError
+
+        raise UsageError(f"data dir {home} does not exist: check the path, or add --create to start a new registry there")
     app = App(Settings.load(home=home, db=db_url, verbose=verbose))
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -69,11 +90,11 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {clean(exc)}", err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # an unexpected failure: one line, the traceback only with -v
         if _state["verbose"]:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"Error: {type(exc).__name__}: {first} (run with -v for the traceback)", err=True)
+        click.echo(f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True)
         sys.exit(1)

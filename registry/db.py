@@ -20,6 +20,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
@@ -80,17 +81,37 @@ def _ensure_wal(cur) -> None:
         time.sleep(delay)
 
 
+def _read_only_filesystem(path: Path) -> bool:
+    """The registry file sits on a read-only filesystem (a read-only mount, a snapshot, a CD)."""
+    try:
+        return path.is_file() and bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
+    read_only = False
     if url.database and url.database != ":memory:":
-        folder = Path(url.database).expanduser().parent
+        path = Path(url.database).expanduser()
+        # On a read-only filesystem no one can write: SQLite may then skip its locks and the WAL
+        # index (which it could not create there), so read commands still work.
+        read_only = _read_only_filesystem(path)
+        folder = path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseError(f"cannot create the folder of the SQLite registry {folder}: {exc.strerror}") from None
+    extra = {}
+    if read_only:
+        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
+        extra["creator"] = lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                                   check_same_thread=False)
     engine = sa.create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         pool_pre_ping=False,
+        **extra,
     )
 
     @event.listens_for(engine, "connect")
@@ -98,7 +119,8 @@ def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
         dbapi_conn.isolation_level = None  # autocommit at the driver; we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        _ensure_wal(cur)
+        if not read_only:
+            _ensure_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()

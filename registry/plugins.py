@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from registry import hookspecs
+from registry.output import clean
 
 GROUP = "carlos_reg"
 
@@ -77,7 +78,7 @@ def load_plugins(*, entrypoints: bool = True) -> None:
             except Exception as exc:  # one broken plugin must not take the CLI down
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
                 _load_errors.append(msg)
-                print(f"Warning: {msg}", file=sys.stderr)
+                print(f"Warning: {clean(msg)}", file=sys.stderr)
     pm.check_pending()
 
 
@@ -99,5 +100,9 @@ def get_plugins() -> list[dict[str, Any]]:
                                 "builtin": name in DEFAULT_PLUGINS, "hooks": hooks}
         if name in dists:
             info["distribution"], info["version"] = dists[name]
+        elif info["builtin"]:
+            from registry import __version__
+
+            info["distribution"], info["version"] = "carlos-reg", __version__
         out.append(info)
     return out

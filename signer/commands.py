@@ -13,7 +13,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, say, table
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -32,7 +32,7 @@ def _device(device: str | None) -> str:
 
 
 def _say(message: str) -> None:
-    click.echo(message, err=True)  # one unwrapped line per job: readable in logs
+    say(message)  # one unwrapped, cleaned line per job: readable in logs
 
 
 def _profile(app: App, name: str | None):
@@ -273,21 +273,45 @@ def profiles_command(app: App, as_json):
     from signer.errors import ProfileError
     from signer.profiles import available_profiles, load_profile, profiles_file
 
+    import sqlalchemy as sa
+
+    from registry.models import Signature, SignerProfile
+
     rows = []
     for name in available_profiles(app.settings):
         try:
             rows.append(load_profile(name, app.settings).describe())
         except ProfileError as exc:
             rows.append({"name": name, "error": str(exc)})
+    # profiles the registry holds signatures of, defined here or not (e.g. the imported carlos-published)
+    with app.db.read() as s:
+        counts = dict(s.execute(sa.select(Signature.profile_id, sa.func.count()).group_by(Signature.profile_id)).all())
+        stored = s.execute(sa.select(SignerProfile).where(SignerProfile.id.in_(list(counts)))).scalars().all()
+        stored = [(p.name, p.hash, counts[p.id], dict(p.settings or {})) for p in stored]
+    by_hash = {r["hash"]: r for r in rows if "hash" in r}
+    for r in rows:
+        r["signatures"] = 0
+    for name, digest, n, settings in stored:
+        if digest in by_hash:
+            by_hash[digest]["signatures"] = n
+        else:
+            rows.append({"name": name, "hash": digest, "settings": settings, "signatures": n, "defined_here": False})
     if as_json:
         emit_json({"profiles_file": str(profiles_file(app.settings)), "profiles": rows})
         return
-    table(["name", "hash", "base model", "clip", "samples", "sampling"],
-          [(r["name"], r.get("hash", "")[:12], r.get("base_model_location", r.get("error")),
-            r["settings"]["clip_model"] if "settings" in r else "",
-            (r["settings"]["prompt_set"]["subset"] or r["settings"]["prompt_set"]["size"])
-            * r["settings"]["seeds"]["count"] if "settings" in r else "",
-            r["settings"]["sampling"]["mode"] if "settings" in r else "") for r in rows])
+
+    def samples(r):
+        st = r.get("settings") or {}
+        try:
+            return (st["prompt_set"].get("subset") or st["prompt_set"]["size"]) * st["seeds"]["count"]
+        except (KeyError, TypeError, AttributeError):
+            return ""
+
+    table(["name", "hash", "signatures", "base model", "clip", "samples", "sampling"],
+          [(r["name"] + ("" if r.get("defined_here", True) else " (registry only)"), r.get("hash", "")[:12],
+            r.get("signatures", 0), r.get("base_model_location") or _short(r.get("error", "")),
+            (r.get("settings") or {}).get("clip_model", ""), samples(r),
+            ((r.get("settings") or {}).get("sampling") or {}).get("mode", "")) for r in rows])
 
 
 @signer_group.command(name="prompts")
@@ -356,6 +380,12 @@ def samples_command(app: App, profile_name, triggers, triggers_missing, offset, 
           [(r["index"], r["image_index"], r["seed"], r["noise_row"], r["noise_sha256"][:16], r["lora_prompt"])
            for r in rows])
     info(f"samples {offset}–{offset + len(rows) - 1} of {len(samples)}")
+
+
+def _short(error: str) -> str:
+    if "reference prompts" in error:
+        return "needs the reference prompt file (set CARLOS_REG_CARLOS_PROMPTS; --json says more)"
+    return error if len(error) <= 90 else error[:89] + "…"
 
 
 # ---------------------------------------------------------------- hooks

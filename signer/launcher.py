@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from registry.errors import CarlosError
+from registry.output import clean
 
 RESTART_INITIAL_SECONDS = 1.0
 RESTART_CAP_SECONDS = 60.0
@@ -133,7 +134,7 @@ class Launcher:
     def _relay(self, label: str, stream) -> None:
         for line in stream:
             with self._lock:
-                sys.stderr.write(f"[{label}] {line}" if line.endswith("\n") else f"[{label}] {line}\n")
+                sys.stderr.write(f"[{label}] {clean(line.rstrip(chr(10)), one_line=True)}\n")
                 sys.stderr.flush()
         stream.close()
 

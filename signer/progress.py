@@ -9,7 +9,8 @@ class Bars:
 
         self.console = Console(stderr=True)
         self.enabled = self.console.is_terminal
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        # markup=False: a description holds a LoRA name, which must not be parsed as rich markup
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                   TimeRemainingColumn(), console=self.console, transient=True,
                                   disable=not self.enabled)
         self._jobs = self._progress.add_task("LoRAs", total=total_jobs)
@@ -25,7 +26,9 @@ class Bars:
     def start_job(self, description: str, total: int) -> None:
         if self._samples is not None:
             self._progress.remove_task(self._samples)
-        self._samples = self._progress.add_task(f"  {description[:60]} (samples)", total=total)
+        from registry.output import clean
+
+        self._samples = self._progress.add_task(f"  {clean(description, one_line=True)[:60]} (samples)", total=total)
 
     def advance(self, n: int) -> None:
         if self._samples is not None:

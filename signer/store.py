@@ -253,6 +253,21 @@ def place_file(artifacts: ArtifactStore, path: Path, digest: str, *, copy: bool 
     return rel
 
 
+def _container_problem(path: Path) -> str | None:
+    """Why a local file is not a well-formed safetensors container (the crawler's own check), or None."""
+    from crawler import stfile
+    from signer.validate import MAX_FILE_BYTES
+
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        return f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES / 2**30:.1f} GiB limit for a LoRA"
+    try:
+        stfile.read_header(path)
+    except stfile.InvalidSafetensors as exc:
+        return f"not a valid safetensors file: {exc}"
+    return None
+
+
 def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *,
                          trigger_words: list[str] | None = None) -> list[LocalEntry]:
     out = []
@@ -271,12 +286,17 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
                 found.local_path = place_file(artifacts, path, digest)
             out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
             continue
+        problem = None if pickled else _container_problem(path)
         if pickled:
             vid, f = new_local_version(
                 session, name=path.stem, file_name=path.name, size=path.stat().st_size, digest=digest,
                 state="unsupported", fmt="PickleTensor", trigger_words=trigger_words,
                 error=(f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
                        "is signed"))
+        elif problem:  # checked before a byte is copied: the store holds only well-formed files
+            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
+                                       digest=digest, state="unsupported", error=problem,
+                                       trigger_words=trigger_words)
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):

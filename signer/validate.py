@@ -19,13 +19,12 @@ people download; a wrong signature is worse than none.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crawler import stfile
 from signer.errors import LoraRejected
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
@@ -69,29 +68,21 @@ def _reject(path: Path, reason: str):
 
 
 def read_header(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict, int]:
-    """The parsed safetensors header and the byte offset where tensor data starts."""
+    """The parsed safetensors header and the byte offset where tensor data starts.
+
+    The checks are the crawler's (``crawler.stfile.read_header``): one validator, so a file the
+    crawler verifies is a file the signer accepts, and pickle/zip is judged by content, never by
+    the first bytes of the length field alone.
+    """
     size = path.stat().st_size
     if size > max_bytes:
         _reject(path, f"file is {size / 2**30:.1f} GiB, over the {max_bytes / 2**30:.1f} GiB limit for a LoRA")
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            _reject(path, "the file is a pickle/zip archive (torch.save) named .safetensors; it was not unpickled")
-        if len(head) < 8:
-            _reject(path, f"not a safetensors file: only {size} bytes")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES:
-            _reject(path, f"not a safetensors file (header length {n} is over the {MAX_HEADER_BYTES} byte limit)")
-        if n > size - 8:
-            _reject(path, f"truncated: the header says {n} bytes but the file has {size - 8} after the length")
-        raw = fh.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        _reject(path, "not a safetensors file (the header is not JSON)")
-    if not isinstance(header, dict):
-        _reject(path, "not a safetensors file (the header is not a JSON object)")
-    return header, 8 + n
+        return stfile.read_header(path)
+    except stfile.InvalidSafetensors as exc:
+        message = str(exc)
+        _reject(path, message if message.startswith(("truncated", "the file is")) else
+                f"not a safetensors file ({message})")
 
 
 def _check_layout(path: Path, header: dict, data_start: int) -> dict[str, dict]:

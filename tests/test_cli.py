@@ -21,22 +21,34 @@ def small_registry(tmp_path, sqlite_url):
     return sqlite_url
 
 
-def test_help_lists_commands_and_does_not_import_torch():
-    code = textwrap.dedent("""
+HEAVY = ("torch", "diffusers", "open_clip", "transformers", "numpy", "sqlalchemy", "sqlmodel", "aiohttp", "PIL")
+
+
+def _imported_by(*argv: str) -> tuple[list[str], str]:
+    code = textwrap.dedent(f"""
         import sys
         from registry.cli import main
-        sys.argv = ["carlos-reg", "--help"]
+        sys.argv = ["carlos-reg", *{list(argv)!r}]
         try:
             main()
         except SystemExit:
             pass
-        heavy = [m for m in ("torch", "diffusers", "open_clip", "transformers") if m in sys.modules]
-        print("HEAVY:", heavy)
+        print("HEAVY:", [m for m in {HEAVY!r} if m in sys.modules])
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert "HEAVY: []" in proc.stdout, proc.stdout + proc.stderr
-    for command in ("db", "loras", "show", "import", "plugins"):
-        assert f"  {command} " in proc.stdout
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")), "")
+    return eval(line[len("HEAVY:"):]) if line else ["no output"], proc.stdout + proc.stderr
+
+
+def test_help_lists_commands_and_imports_no_heavy_module():
+    heavy, out = _imported_by("--help")
+    assert heavy == [], out
+    for command in ("db", "loras", "show", "import", "plugins", "sign", "search", "crawl"):
+        assert f"  {command} " in out
+    for argv in (["--version"], ["plugins", "--json"], ["show", "--help"], ["search", "--help"],
+                 ["signer", "--help"], ["report", "copyright", "--help"]):
+        heavy, out = _imported_by(*argv)
+        assert heavy == [], (argv, out)
 
 
 def test_plugins_json_lists_builtins_with_their_hooks():
@@ -85,6 +97,53 @@ def test_show_errors_are_one_clear_line(small_registry, ref, message):
     assert proc.returncode == 1
     assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.fixture
+def hashed_registry(small_registry):
+    """The small registry plus files with hashes on 1000 and 1001, and a local LoRA (version -3)."""
+    from registry.db import Database
+    from registry.models import File, Version
+
+    db = Database(small_registry)
+    with db.write() as s:
+        s.add(File(version_id=1000, name="ink.safetensors", sha256="ab" * 32, autov1="0A1B2C3D", autov2="ABCDEF0123",
+                   autov3="0123456789AB", state="verified", primary=True))
+        s.add(File(version_id=1001, name="copy.safetensors", sha256="cd" * 32, autov2="FEDCBA9876", state="pending"))
+        s.add(File(version_id=1002, name="copy2.safetensors", sha256="ef" * 32, autov2="FEDCBA9876", state="pending"))
+        s.add(Version(id=-3, name="my local lora", source="local"))
+    db.dispose()
+    return small_registry
+
+
+@pytest.mark.parametrize("ref, vid", [
+    ("https://civitai.com/models/5?modelVersionId=1000", 1000),  # what every table prints
+    ("https://civitai.com/models/5/ink-style?modelVersionId=1000", 1000),
+    ("civitai.com/models/5/ink-style", 1000),  # a model URL: its one version
+    ("https://civitai.com/api/download/models/1000", 1000),
+    ("https://civitai.com/api/v1/model-versions/1000", 1000),
+    ("ab" * 32, 1000), ("AB" * 32, 1000), ("abcdef0123", 1000), ("0123456789ab", 1000), ("0A1B2C3D", 1000),
+    ("-3", -3), ("local:3", -3),
+])
+def test_show_round_trips_urls_hashes_and_negative_ids(hashed_registry, ref, vid):
+    doc = run_json("--db", hashed_registry, "show", ref)
+    assert doc["version_id"] == vid
+
+
+def test_a_hash_shared_by_two_versions_is_ambiguous_and_urls_are_checked(hashed_registry):
+    proc = run_cli("--db", hashed_registry, "show", "FEDCBA9876")
+    assert proc.returncode == 1 and "1001, 1002" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/models/6?modelVersionId=1000")
+    assert proc.returncode == 1 and "belongs to model 5, not 6" in proc.stderr
+    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/api/download/models/424242")
+    assert proc.returncode == 1 and "no LoRA version 424242" in proc.stderr
+    # every URL the listing prints resolves back to its row
+    rows = run_json("--db", hashed_registry, "loras")["loras"]
+    assert sum(1 for r in rows if r["url"]) == 3  # local LoRAs have no Civitai URL
+    for row in rows:
+        if row["url"]:
+            assert run_json("--db", hashed_registry, "show", row["url"])["version_id"] == row["version_id"]
+        assert run_json("--db", hashed_registry, "show", row["ref"])["version_id"] == row["version_id"]
 
 
 def test_table_output_for_people(small_registry):
@@ -175,3 +234,51 @@ def test_processes_opening_a_fresh_sqlite_registry_together_never_see_locked(tmp
         with sqlite3.connect(tmp_path / f"r{r}.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 8
+
+
+def test_bare_command_prints_help_and_succeeds():
+    proc = run_cli()
+    assert proc.returncode == 0 and "Usage: carlos-reg" in proc.stdout and "  loras " in proc.stdout
+
+
+def test_a_home_that_does_not_exist_is_refused_unless_created(tmp_path):
+    missing = tmp_path / "typo-home"
+    proc = run_cli("--home", str(missing), "loras")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr and "--create" in proc.stderr
+    assert not missing.exists()  # nothing was created behind the user's back
+    doc = run_json("--home", str(missing), "--create", "loras")
+    assert doc["total"] == 0 and (missing / "registry.db").is_file()
+    assert run_json("--home", str(missing), "loras")["total"] == 0  # exists now
+
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o"), ("zsh", "compdef"),
+                                           ("fish", "complete --no-files --command carlos-reg")])
+def test_completion_scripts_and_the_completion_they_call(shell, marker):
+    proc = run_cli("completion", shell, check=True)
+    assert marker in proc.stdout and "_CARLOS_REG_COMPLETE" in proc.stdout
+    # what the script asks the program at a <TAB> after "carlos-reg lo" and "carlos-reg signer "
+    env = {"_CARLOS_REG_COMPLETE": "bash_complete", "COMP_WORDS": "carlos-reg lo", "COMP_CWORD": "1"}
+    assert "plain,loras" in run_cli(env=env, check=True).stdout.splitlines()
+    env.update(COMP_WORDS="carlos-reg signer ", COMP_CWORD="2")
+    assert {"plain,prompts", "plain,samples", "plain,work"} <= set(run_cli(env=env, check=True).stdout.splitlines())
+
+
+def test_plugins_show_versions_and_verbosity_levels(small_registry):
+    from registry import __version__
+
+    doc = run_json("plugins")
+    assert all(p["version"] == __version__ for p in doc["plugins"] if p["builtin"])
+    quiet = run_cli("--db", small_registry, "loras", check=True)
+    assert "INFO" not in quiet.stderr
+    everything = run_cli("-vv", "--db", small_registry, "loras", check=True)
+    assert "DEBUG" in everything.stderr or "INFO" in everything.stderr
+    one = run_cli("-v", "--db", small_registry, "loras", check=True)
+    assert "alembic" not in one.stderr and "DEBUG" not in one.stderr
+
+
+def test_signer_profiles_lists_profiles_with_signatures_imported_ones_included(small_registry):
+    doc = run_json("--db", small_registry, "signer", "profiles")
+    by_name = {p["name"]: p for p in doc["profiles"]}
+    assert by_name["carlos-published"]["signatures"] == 3 and by_name["carlos-published"]["defined_here"] is False
+    assert by_name["tiny"]["signatures"] == 0 and "hash" in by_name["tiny"]
+    assert "CARLOS_REG_CARLOS_PROMPTS" in by_name["paper"]["error"]  # not on this machine, and it says how

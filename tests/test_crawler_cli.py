@@ -26,7 +26,7 @@ from registry.db import Database
 from registry.models import CrawlRun, File
 from tests.conftest import REPO, run_cli
 from tests.crawler_helpers import (DOWNLOADS, FILES, LISTING, Faults, broken_body, redirect, respond, serve,
-                                   standard_catalog)
+                                   standard_catalog, transform_json)
 
 CANARY = "CANARY-c1v1ta1-9d8e7f6a5b4c3d2e1f00"
 FAST_FLAGS = ("--retries", "3", "--max-backoff", "0.01", "--timeout", "1")
@@ -52,6 +52,17 @@ def test_the_token_appears_nowhere(tmp_path):
     async def token_in_path(request, handler):  # ... or into the path of a redirect
         raise web.HTTPTemporaryRedirect(f"/leak/{request.headers.get('Authorization', '')[7:]}/file")
 
+    async def echo_cut(request, handler):  # ... padded so that the 200-character cut falls inside the token
+        pad = "p" * (200 - len("Bearer ") - len(CANARY) // 2)
+        return web.json_response({"error": f"{pad}{request.headers.get('Authorization')} end"}, status=403)
+
+    async def to_userinfo(request, handler):  # ... or into credentials of a redirect to another host
+        raise web.HTTPTemporaryRedirect(f"http://user:{CANARY}@localhost:9/x")
+
+    # a cursor that echoes the token: neither followed nor stored
+    faults.add(LISTING, transform_json(lambda d: {**d, "metadata": {"nextCursor": f"next-{CANARY}"}}), times=None)
+    faults.add(f"{DOWNLOADS}1050", to_userinfo, times=None)
+    faults.add(f"{DOWNLOADS}9000", echo_cut, times=None)
     faults.add(f"{DOWNLOADS}1010", echo_auth, times=None)
     faults.add(f"{DOWNLOADS}1040", token_in_path, times=None)
     faults.add(f"{DOWNLOADS}1020", redirect(f"{DOWNLOADS}1020?loop=1"), times=None)
@@ -77,20 +88,23 @@ def test_the_token_appears_nowhere(tmp_path):
 
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["files_verified"] == len(catalog.expected_files) - 4 and summary["errors"] >= 4
+    assert summary["files_verified"] == len(catalog.expected_files) - 6 and summary["errors"] >= 7
     assert failed.returncode == 1 and "Error:" in failed.stderr
     assert "you sent Bearer ***" in str(info.value)
     for text in (proc.stdout, proc.stderr, failed.stdout, failed.stderr, str(info.value), repr(info.value),
                  str(info.value.args)):
-        assert CANARY not in text
+        assert CANARY[:4] not in text  # not even a fragment
     assert "DEBUG" in proc.stderr and "GET http://" in proc.stderr  # -vv really logged requests
     for home_dir in (home, tmp_path / "home2"):
         for path in home_dir.rglob("*"):
             assert CANARY not in str(path)
             if path.is_file():
-                assert CANARY.encode() not in path.read_bytes(), path  # the database, its WAL, every artifact
+                assert CANARY[:4].encode() not in path.read_bytes(), path  # the database, its WAL, every artifact
     assert any("you sent Bearer ***" in e["message"] for e in summary["error_samples"])
     assert any("/leak/***/file" in e["message"] for e in summary["error_samples"])
+    assert any("holds the API token" in e["message"] for e in summary["error_samples"]) and summary["cursor"] is None
+    assert any("credentials" in e["message"] for e in summary["error_samples"])
+    assert any(e["message"].count("p" * 100) and "***" in e["message"] for e in summary["error_samples"])
     assert all(s.headers.get("Authorization") == f"Bearer {CANARY}" for s in faults.requests(DOWNLOADS))
     assert all("token" not in dict(s.query) for s in faults.seen)
     assert [s.path for s in faults.seen if CANARY in s.path] == [f"/leak/{CANARY}/file"]  # only the trap

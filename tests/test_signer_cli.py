@@ -43,7 +43,9 @@ def test_sign_a_folder_with_good_and_bad_files_explains_every_bad_one(tmp_path, 
     status = json.loads(run_cli("signer", "status", "--json", check=True).stdout)
     (tiny,) = status["profiles"]
     assert tiny["name"] == "tiny" and tiny["base_cache"]["state"] == "ready"
-    assert tiny["jobs"]["lora"]["done"] == 3 and tiny["jobs"]["lora"]["dead"] == 3
+    # LoHa and SD 1.5 die in their jobs; the truncated file never got one: it failed the container
+    # check before it was copied into the store (and the pickle is never opened)
+    assert tiny["jobs"]["lora"]["done"] == 3 and tiny["jobs"]["lora"]["dead"] == 2
     assert {d["reason"] for d in status["dead"]} and all(d["reason"] for d in status["dead"])
 
     # Trigger words for a local file: recorded, appended to the LoRA-branch prompts, a new signature.

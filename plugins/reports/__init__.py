@@ -15,7 +15,8 @@ import click
 from registry import hookimpl
 from registry.app import App
 from registry.errors import CarlosError, UsageError
-from registry.output import emit_json, info
+from registry.output import emit_json, info, write_file
+from registry.refs import REF_COMMAND
 
 
 class Report:
@@ -110,7 +111,8 @@ def _command_for(report: Report) -> click.Command:
         click.Option(["--profile"], metavar="NAME", help="Signer profile (default: as for search)."),
         *report.options(),
     ]
-    return click.Command(report.name, callback=callback, params=params, help=report.description)
+    return click.Command(report.name, callback=callback, params=params, help=report.description,
+                         context_settings=REF_COMMAND)
 
 
 def _json_text(doc) -> str:
@@ -126,10 +128,7 @@ def _json_text(doc) -> str:
 def _write(path: str, text: str) -> None:
     target = Path(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+        write_file(target, text.encode("utf-8"))
     except OSError as exc:
         raise CarlosError(f"cannot write {path}: {exc.strerror or exc}") from None
     info(f"wrote {target}")

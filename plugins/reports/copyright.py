@@ -15,19 +15,17 @@ import io
 from datetime import datetime, timezone
 from pathlib import Path
 
-import click
-import numpy as np
-import sqlalchemy as sa
+from typing import TYPE_CHECKING
 
-from registry.errors import UsageError
-from registry.models import Signature
-from registry.output import info, table
-from registry.queries import lora_rows
-from registry.refs import resolve_ref
+import click
+
+from registry.errors import CarlosError, UsageError
+from registry.output import info, table, write_file
 
 from plugins.reports import Report, page
-from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine
-from plugins.search.index import near_duplicate_pairs
+
+if TYPE_CHECKING:  # numpy, SQLAlchemy and the search engine load when a report is built, not for --help
+    import numpy as np
 
 TIERS = ("high", "elevated", "unreliable", "low")
 # Above this cosine two signatures are the same numbers up to float noise (the published database's
@@ -50,6 +48,8 @@ def _ordinal(p: float) -> str:
 
 def percentile_of(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Share (in %) of the registry's values at or below each x."""
+    import numpy as np
+
     if sorted_values.size == 0:
         return np.full(np.shape(x), np.nan)
     return 100.0 * np.searchsorted(sorted_values, x, side="right") / sorted_values.size
@@ -86,6 +86,15 @@ class CopyrightReport(Report):
     def build(self, app, *, refs, profile, strength_threshold=None, consistency_threshold=None,
               strength_percentile=90.0, consistency_percentile=90.0, reference=None, reference_top=10,
               min_samples=64, limit=50, png=None):
+        import numpy as np
+        import sqlalchemy as sa
+
+        from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine
+        from plugins.search.index import near_duplicate_pairs
+        from registry.models import Signature
+        from registry.queries import lora_rows
+        from registry.refs import resolve_ref
+
         engine = SearchEngine(app)
         row = engine.profile(profile)
         index = engine.index(row)
@@ -319,6 +328,8 @@ def _all_valid():
 
 
 def _round(x) -> float | None:
+    import numpy as np
+
     return None if x is None or np.isnan(x) else round(float(x), 2)
 
 
@@ -402,9 +413,8 @@ def scatter_png(doc: dict, render: dict) -> bytes:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    try:
+        target = write_file(path, data)
+    except OSError as exc:
+        raise CarlosError(f"cannot write {path}: {exc.strerror or exc}") from None
     info(f"wrote {target}")

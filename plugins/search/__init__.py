@@ -6,7 +6,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, table
-from registry.refs import REF_HELP
+from registry.refs import REF_COMMAND, REF_HELP
 
 
 @click.command()
@@ -65,7 +65,8 @@ def _explain_filters(doc: dict) -> None:
              + "; ".join(item["reasons"]))
 
 
-@click.command(help=f"Nearest LoRAs to REF by Direction (near-duplicates, derivatives). REF is {REF_HELP}.")
+@click.command(help=f"Nearest LoRAs to REF by Direction (near-duplicates, derivatives). REF is {REF_HELP}.",
+               context_settings=REF_COMMAND)
 @click.argument("ref")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
 @click.option("--profile", metavar="NAME", help="Signer profile (default: the REF's newest signature's).")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from registry.errors import CarlosError
+from registry.errors import CarlosError, UsageError
 from registry.models import BaseCache, SignerProfile, VectorCache, utcnow
 from registry.vectors import from_blob, to_blob
 
@@ -27,6 +27,53 @@ MAX_QUERY_CHARS = 500
 
 class QueryError(CarlosError):
     pass
+
+
+class ImageRejected(UsageError):
+    """A query image that cannot be used (the API answers 400); the message names the file, not its folder."""
+
+
+class ImageTooLarge(ImageRejected):
+    """Too many pixels (the API answers 413)."""
+
+
+# Decoding is what costs: a 164 KB PNG can declare 13000x13000 pixels (about 4 GB as floats, under
+# Pillow's own bomb limit). The caps are checked on the header, before any pixel is decoded.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_QUERY_PIXELS = 4 * MAX_IMAGE_PIXELS  # all images of one query together
+
+
+def load_images(paths: list[str | Path]) -> list[np.ndarray]:
+    """Decode query images to RGB float arrays; sizes are judged from every header before any decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    def opened(path: Path):
+        if not path.is_file():
+            raise ImageRejected(f"{path}: no such image file")
+        img = Image.open(path)
+        img.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced size when huge
+        return img
+
+    paths = [Path(p) for p in paths]
+    total = 0
+    try:
+        for path in paths:  # headers only
+            with opened(path) as img:
+                w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageTooLarge(f"image {path.name!r} is {w}x{h} pixels, over the limit of "
+                                    f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels")
+            total += w * h
+        if total > MAX_QUERY_PIXELS:
+            raise ImageTooLarge(f"the query images hold {total / 1e6:.1f} megapixels together, over the limit of "
+                                f"{MAX_QUERY_PIXELS / 1e6:.1f}")
+        arrays = []
+        for path in paths:
+            with opened(path) as img:
+                arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+        return arrays
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise ImageRejected(f"image {path.name!r} is not a readable image ({type(exc).__name__})") from None
 
 
 def normalize_query(text: str) -> str:
@@ -187,22 +234,14 @@ class QueryEncoder:
         return from_blob(row.mean_feature, row.dim)
 
     def image_vector(self, paths: list[str | Path]) -> np.ndarray:
+        images = load_images(paths)  # outside the lock: decoding must not hold up text queries
         with self.source.lock:
-            feats = [self._image_feature(Path(p)) for p in paths]
+            feats = [self._image_feature(rgb) for rgb in images]
         return (np.mean(feats, axis=0) - self.base_image_mean()).astype(np.float32)
 
-    def _image_feature(self, path: Path) -> np.ndarray:
+    def _image_feature(self, rgb: np.ndarray) -> np.ndarray:
         import torch
-        from PIL import Image, UnidentifiedImageError
 
-        if not path.is_file():
-            raise QueryError(f"{path}: no such image file")
-        try:
-            with Image.open(path) as img:
-                img.draft("RGB", (1024, 1024))  # JPEG: decode at a reduced size when huge
-                rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
-            raise QueryError(f"{path}: not a readable image ({exc})") from None
         clip = self.source.clip()
         x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
         with torch.no_grad():

@@ -9,8 +9,10 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.api import MAX_UPLOAD_BYTES, BadRequest, blocking, param_bool, param_float, param_int, respond
+from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, json_error, param_bool, param_float, param_int,
+                          respond)
 
+from plugins.search.encoders import ImageTooLarge
 from plugins.search.engine import SearchEngine, SearchRequest
 
 ENGINE = web.AppKey("carlos_search_engine", SearchEngine)
@@ -48,7 +50,10 @@ async def search_post(request: web.Request) -> web.Response:
         except (ValueError, AssertionError, HttpProcessingError) as exc:  # a broken multipart body
             raise BadRequest(f"malformed multipart body: {exc}") from None
         req = _request_from(fields, images)
-        return respond(await blocking(request, request.app[ENGINE].search, req))
+        try:
+            return respond(await blocking(request, request.app[ENGINE].search, req))
+        except ImageTooLarge as exc:
+            return json_error(413, str(exc))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -63,7 +68,7 @@ async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
             continue
         if len(images) >= MAX_IMAGES:
             raise BadRequest(f"at most {MAX_IMAGES} images per query")
-        path = tmp / f"upload-{len(images)}"
+        path = tmp / f"image-{len(images) + 1}"  # errors name it; the folder stays private
         size = 0
         with path.open("wb") as fh:
             while chunk := await part.read_chunk(1 << 16):

@@ -6,7 +6,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, table
-from registry.refs import REF_HELP
+from registry.refs import REF_COMMAND, REF_HELP
 
 
 @click.command()
@@ -17,8 +17,8 @@ from registry.refs import REF_HELP
               help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).")
 @click.option("--mode", type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
               help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="At most N rows (0: all).")
-@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N rows.")
+@click.option("--limit", type=click.IntRange(min=0, max=2**62), default=100, show_default=True, help="At most N rows (0: all).")
+@click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app
 def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_json):
@@ -43,7 +43,7 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_j
              "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`")
 
 
-@click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.")
+@click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.", context_settings=REF_COMMAND)
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_app

@@ -17,10 +17,23 @@ def plugins_command(as_json: bool):
     if as_json:
         emit_json({"plugins": plugins, "errors": load_errors()})
         return
-    table(["name", "module", "built-in", "hooks"],
-          [(p["name"], p["module"], "yes" if p["builtin"] else "no", p["hooks"]) for p in plugins])
+    table(["name", "module", "version", "built-in", "hooks"],
+          [(p["name"], p["module"], p.get("version", ""), "yes" if p["builtin"] else "no", p["hooks"]) for p in plugins])
+
+
+@click.command(name="completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_command(shell: str):
+    """Print the shell completion script, e.g. `eval "$(carlos-reg completion bash)"` in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    from registry.cli import get_cli
+
+    cls = get_completion_class(shell)
+    click.echo(cls(get_cli(), {}, "carlos-reg", "_CARLOS_REG_COMPLETE").source())
 
 
 @hookimpl
 def register_commands(cli):
     cli.add_command(plugins_command)
+    cli.add_command(completion_command)

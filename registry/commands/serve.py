@@ -39,7 +39,7 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
     from aiohttp import web
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-    from registry.api import create_web_app
+    from registry.api import create_web_app, json_parse_errors
     from registry.service import run_nightly
 
     import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
@@ -74,8 +74,11 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
                           misfire_grace_time=3600)
         options["scheduler"] = scheduler
     web_app = create_web_app(app, options)
-    runner = web.AppRunner(web_app, handle_signals=False)
+    # aiohttp's keep-alive timer also runs while a request's headers are still arriving: it is what
+    # closes a connection that trickles (or never finishes) its headers.
+    runner = web.AppRunner(web_app, handle_signals=False, keepalive_timeout=options.get("header_timeout", 15.0))
     await runner.setup()
+    json_parse_errors(runner)
     site = web.TCPSite(runner, host, port)
     await site.start()
     if scheduler is not None:
@@ -108,8 +111,10 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
               help="After crawling, drain the signing queue with a worker in this process.")
 @click.option("--device", default=None, help="Device of the local signer worker (cuda, mps, cpu).")
 @click.option("--run-now", is_flag=True, help="Also start one run right away.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True, metavar="SECONDS",
+              help="Close a connection whose request headers are not complete, or that is idle, after this long.")
 @pass_app
-def serve(app: App, host, port, schedule, sign_local, device, run_now):
+def serve(app: App, host, port, schedule, sign_local, device, run_now, header_timeout):
     """Serve the HTTP API and the search page; run the crawl-and-index job on a schedule."""
     schedule = None if schedule.strip().lower() in ("off", "none", "") else schedule.strip()
     if schedule:
@@ -120,7 +125,8 @@ def serve(app: App, host, port, schedule, sign_local, device, run_now):
     # writer thread and a local signer's heartbeat ($CARLOS_REG_DB_POOL overrides)
     app.default_pool_size = API_THREADS + 4
     app.db  # migrate before listening
-    options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event()}
+    options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event(),
+               "header_timeout": header_timeout}
     asyncio.run(_serve(app, host, port, schedule, options, run_now))
 
 

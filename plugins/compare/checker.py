@@ -1,0 +1,111 @@
+"""The claims-vs-behavior check behind ``carlos-reg compare`` and ``/api/v1/compare`` (see the
+plugin's docstring); loaded only when a comparison runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from registry.catalog import display_words
+from registry.errors import NotFound
+from registry.models import Model, ModelTag, Tag, Version
+
+from plugins.compare.claims import claim_text
+from plugins.search.engine import SearchEngine
+
+VOCABULARY = Path(__file__).with_name("vocabulary.json")
+
+
+def load_vocabulary() -> list[tuple[str, str]]:
+    data = json.loads(VOCABULARY.read_text())
+    return [(term, category) for category, terms in data["terms"].items() for term in terms]
+
+
+def _declared(term: str, claim: str) -> bool:
+    words = set(claim.split())
+    return all(w in words or w.rstrip("s") in words for w in term.lower().replace("-", " ").split()
+               if len(w) > 2)
+
+
+class ClaimChecker:
+    def __init__(self, app, profile: str | None = None, k: int = 20):
+        self.engine = SearchEngine(app, warm=True)  # many queries: keep the CLIP prefix states warm
+        self.app = app
+        self.row = self.engine.profile(profile)
+        self.index = self.engine.index(self.row)
+        self.encoder = self.engine.encoder(self.row)
+        self.k = k
+
+    def claims(self, version_ids: list[int]) -> dict[int, dict]:
+        with self.app.db.read() as session:
+            rows = session.execute(sa.select(Version.id, Version.name, Version.trained_words, Version.model_id,
+                                             Model.name).outerjoin(Model, Model.id == Version.model_id)
+                                   .where(Version.id.in_(version_ids))).all()
+            model_ids = [r[3] for r in rows if r[3] is not None]
+            tags: dict[int, list[str]] = {}
+            for mid, name in session.execute(sa.select(ModelTag.model_id, Tag.name).join(Tag, Tag.id == ModelTag.tag_id)
+                                             .where(ModelTag.model_id.in_(model_ids))):
+                tags.setdefault(mid, []).append(name)
+        out = {}
+        for vid, vname, words, mid, mname in rows:
+            name = (mname or "").strip() or (vname or "")
+            words = display_words(words)  # stored verbatim; cleaned here, where the claim is made
+            out[vid] = {"name": name, "trained_words": words, "tags": sorted(tags.get(mid, [])),
+                        "claim": claim_text(name, words, tags.get(mid, []))}
+        return out
+
+    def vocabulary(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        vocab = load_vocabulary()
+        vecs = np.stack([self.encoder.text_vector(term)[0] for term, _ in vocab])
+        return vocab, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    def check(self, version_ids: list[int] | None = None) -> list[dict]:
+        index = self.index
+        if version_ids is None:
+            version_ids = [int(v) for v, ok in zip(index.ids, index.valid) if ok]
+        claims = self.claims(version_ids)
+        vocab, vocab_units = self.vocabulary()
+        usable = index.valid & (index.norms > 0)
+        results = []
+        for vid in version_ids:
+            pos = index.position(vid)
+            if pos is None:
+                raise NotFound(f"LoRA {vid} has no signature under profile {self.row.name!r}")
+            c = claims[vid]
+            entry = {"version_id": vid, "name": c["name"], "claim": c["claim"],
+                     "claim_from": {"trained_words": c["trained_words"], "tags": c["tags"]},
+                     "strength": float(index.strength[pos]), "consistency": float(index.consistency[pos]),
+                     "flags": []}
+            unit = index.units[pos]
+            term_scores = vocab_units @ unit
+            order = np.argsort(-term_scores)
+            top_term, top_cat = vocab[order[0]]
+            entry["strongest_effect"] = {"term": top_term, "category": top_cat, "score": round(float(term_scores[order[0]]), 6)}
+            undeclared = next((i for i in order if not _declared(vocab[i][0], c["claim"])), None)
+            entry["undeclared_effect"] = None if undeclared is None else {
+                "term": vocab[undeclared][0], "category": vocab[undeclared][1],
+                "score": round(float(term_scores[undeclared]), 6)}
+            if not usable[pos]:
+                entry.update(agreement=None, claim_rank=None, supported=None)
+                entry["flags"].append("no_usable_signature")
+            elif not c["claim"]:
+                entry.update(agreement=None, claim_rank=None, supported=None)
+                entry["flags"].append("no_claim")
+            else:
+                q, _ = self.encoder.text_vector(c["claim"])
+                q = q / max(float(np.linalg.norm(q)), 1e-12)
+                scores = index.units @ q
+                own = float(scores[pos])
+                rank = 1 + int(np.sum(scores[usable] > own))
+                supported = own > 0 and rank <= self.k
+                entry.update(agreement=round(own, 6), claim_rank=rank, supported=supported)
+                if not supported:
+                    entry["flags"].append("claim_not_supported")
+            if not _declared(top_term, c["claim"]):
+                entry["flags"].append("strongest_effect_undeclared")
+            results.append(entry)
+        results.sort(key=lambda e: (e["supported"] is not False, e["agreement"] if e["agreement"] is not None else 2.0,
+                                    e["version_id"]))
+        return results
