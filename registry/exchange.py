@@ -67,10 +67,14 @@ def atomic_output(out: Path):
     return Path(tmp)
 
 
-def export_carlos(db: Database, out: str | os.PathLike, profile: str) -> dict:
+def export_carlos(db: Database, out: str | os.PathLike, profile: str | None = None) -> dict:
+    """``profile`` None: the imported published database's profile."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from registry.profiles import IMPORTED_PROFILE_NAME
+
+    profile = profile or IMPORTED_PROFILE_NAME
     out = Path(out)
     with db.read() as s:
         prof = profile_row(s, profile)

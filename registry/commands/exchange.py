@@ -8,7 +8,6 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info
-from registry.profiles import IMPORTED_PROFILE_NAME
 
 
 @click.group(name="export")
@@ -19,7 +18,7 @@ def export_group():
 @export_group.command(name="signatures")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--profile", default=None,
-              help=f"The profile whose signatures to export [default: {IMPORTED_PROFILE_NAME} for carlos, "
+              help="The profile whose signatures to export [default: the imported published one for carlos, "
                    "every profile for bundle].")
 @click.option("--format", "fmt", type=click.Choice(["carlos", "bundle"]), default="carlos", show_default=True,
               help="carlos: the published metrics_database.parquet format (512-value directions); bundle: every "
@@ -33,7 +32,7 @@ def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_jso
     if fmt == "bundle":
         doc = export_bundle(app.db, out, profile)
     else:
-        doc = export_carlos(app.db, out, profile or IMPORTED_PROFILE_NAME)
+        doc = export_carlos(app.db, out, profile)
     if as_json:
         emit_json(doc)
     else:
