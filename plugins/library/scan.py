@@ -255,9 +255,12 @@ class Scanner:
                 unresolved[rid] = sha  # 2. Civitai is asked once per hash, even about local-only files
         hashes = sorted(set(unresolved.values()))
         if not self.offline:
-            with self.db.read() as s:
-                asked = set() if self.refresh else {h for (h,) in s.execute(
-                    sa.select(HashLookup.sha256).where(HashLookup.sha256.in_(hashes)))} if hashes else set()
+            asked: set[str] = set()
+            if not self.refresh:
+                with self.db.read() as s:
+                    for i in range(0, len(hashes), 500):
+                        asked.update(s.execute(sa.select(HashLookup.sha256)
+                                               .where(HashLookup.sha256.in_(hashes[i:i + 500]))).scalars())
             wanted = [h for h in hashes if h not in asked]
             if wanted:
                 asyncio.run(self._lookup(wanted))
