@@ -9,14 +9,12 @@ Contract:
   so exporting the imported 740 gives back the published table value for value, in its order;
   other signatures are described from the registry (model and version rows). Directions must have
   512 values (CLIP ViT-B/32), else the profile cannot be written in this format.
-- The file is written to a temp file beside ``out`` and renamed into place.
+- Files are written whole or not at all (``registry.output.write_file``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,6 +22,7 @@ import sqlalchemy as sa
 from registry.db import Database
 from registry.errors import CarlosError
 from registry.models import Model, Signature, SignerProfile, Version
+from registry.output import write_file
 from registry.queries import next_local_version_id
 from registry.vectors import from_blob
 
@@ -60,17 +59,18 @@ def _folder(name: str, version_id: int) -> str:
     return f"{stem}_{version_id}"
 
 
-def atomic_output(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=out.parent)
-    os.close(fd)
-    return Path(tmp)
+def _parquet_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
 def export_carlos(db: Database, out: str | os.PathLike, profile: str | None = None) -> dict:
     """``profile`` None: the imported published database's profile."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from registry.profiles import IMPORTED_PROFILE_NAME
 
@@ -105,14 +105,7 @@ def export_carlos(db: Database, out: str | os.PathLike, profile: str | None = No
     records.sort(key=lambda r: r[0])
     schema = carlos_schema()
     table = pa.Table.from_pylist([r for _, r in records], schema=schema)
-    tmp = atomic_output(out)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_file(out, _parquet_bytes(table))
     return {"format": "carlos", "profile": prof.name, "profile_hash": prof.hash, "signatures": len(records),
             "out": str(out)}
 
@@ -153,7 +146,6 @@ def export_bundle(db: Database, out: str | os.PathLike, profile: str | None = No
     """Every signature (or one profile's) with what identifies it anywhere: profile record, file
     hashes, Civitai ids. Written whole, then renamed into place."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from registry import __version__
     from registry.models import File
@@ -188,14 +180,7 @@ def export_bundle(db: Database, out: str | os.PathLike, profile: str | None = No
             "source": sig.source, "code_version": estimates.get("code_version") or (
                 f"carlos-reg {__version__} (export)" if sig.source != "imported" else "published CARLoS database")})
     table = pa.Table.from_pylist(records, schema=bundle_schema())
-    tmp = atomic_output(out)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    write_file(out, _parquet_bytes(table))
     return {"format": "bundle", "profile": profile, "signatures": len(records), "out": str(out),
             "profiles": sorted({r["profile_name"] for r in records})}
 
