@@ -160,6 +160,12 @@ def test_offline_scan_asks_nothing_and_a_later_online_scan_identifies(world, sql
     online = by_path(scan(world, sqlite_url))
     assert online[str(world["files"]["known"])]["category"] == "civitai"
     assert online[str(world["files"]["known"])]["version_id"] == 1001
+    world["faults"].seen.clear()
+    scan(world, sqlite_url)
+    assert world["faults"].requests(BY_HASH) == []  # every hash was answered once (found or not)
+    scan(world, sqlite_url, "--refresh")
+    asked = {s.path[len(BY_HASH):].lower() for s in world["faults"].requests(BY_HASH)}
+    assert sha(world["local"]) in asked and sha(world["known"]) not in asked  # identified files are not re-asked
 
 
 def test_scan_hashing_does_not_import_torch(world, sqlite_url):
