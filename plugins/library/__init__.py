@@ -22,7 +22,8 @@ CATEGORY_TITLES = {"registry": "found in registry", "civitai": "identified on Ci
 @click.command(name="scan")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--offline", is_flag=True, help="Ask Civitai nothing; unknown files become local LoRAs.")
-@click.option("--refresh", is_flag=True, help="Ask Civitai again about files it did not know before (local-only ones).")
+@click.option("--refresh", is_flag=True,
+              help="Ask Civitai again about files it did not know before (local-only ones).")
 @click.option("--sign", "sign", is_flag=True, help="Queue every unsigned signable file for the profile.")
 @click.option("--profile", default=None, help="Profile for --sign [default: CARLOS_REG_PROFILE or paper].")
 @click.option("--copy", is_flag=True,
