@@ -165,7 +165,8 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
     row = registry_save_signature(
         session, version_id=version_id, profile_id=profile_id, direction=s.direction, strength=float(s.strength),
         consistency=float(s.consistency), n_samples=int(s.n), valid=bool(outcome.valid), flags=list(outcome.flags),
-        estimates={**dict(outcome.estimates), "code_version": __version__}, file_sha256=file_sha256, ensemble_path=rel, job_id=job_id,
+        estimates={**dict(outcome.estimates), "code_version": __version__}, file_sha256=file_sha256,
+        ensemble_path=rel, job_id=job_id,
         source="signed")
     session.flush()
     return row

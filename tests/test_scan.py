@@ -88,7 +88,8 @@ def test_scan_identifies_uses_in_place_and_rescans_for_free(world, db_url, tmp_p
     env = {"CIVITAI_BASE_URL": world["server"].url}
     run_cli("--db", db_url, "crawl", "--no-download", env=env, check=True)  # the registry knows 2001's file
     # Civitai also knows a LoRA the crawl did not bring (it appeared later), and an SD 1.5 one
-    write_catalog(world["mirror"], [civitai_model(200, 2001, world["crawled"]), civitai_model(100, 1001, world["known"]),
+    write_catalog(world["mirror"], [civitai_model(200, 2001, world["crawled"]),
+                                    civitai_model(100, 1001, world["known"]),
                                     civitai_model(300, 3001, world["sd15"], base_model="SD 1.5")],
                   {20010: world["crawled"]})
     faults, files = world["faults"], world["files"]
@@ -138,7 +139,8 @@ def test_scan_identifies_uses_in_place_and_rescans_for_free(world, db_url, tmp_p
     assert second["hashed_files"] == 1 and second["bytes_hashed"] == len(tiny_lora(402))
     changed = got2[str(files["changing"])]
     assert changed["changed"] and changed["previous_sha256"] == sha(world["changing"])
-    assert changed["sha256"] == sha(tiny_lora(402)) and changed["version_id"] != got[str(files["changing"])]["version_id"]
+    assert changed["sha256"] == sha(tiny_lora(402))
+    assert changed["version_id"] != got[str(files["changing"])]["version_id"]
     assert second["missing"] == [str(files["gone"])]
     assert [s.path for s in faults.requests()] == [BY_HASH + sha(tiny_lora(402)).upper()]
     gone = json.loads(run_cli("--db", db_url, "show", gone_ref, "--json", check=True).stdout)
