@@ -293,6 +293,12 @@ def import_bundle(db: Database, path: str | os.PathLike, *, replace: bool = Fals
     conflicts = []
     now = utcnow()
     with db.write() as s:
+        for digest, dim in sorted({(r["profile_hash"], r["dim"]) for r in rows}):
+            held = s.execute(sa.select(Signature.dim).join(SignerProfile, SignerProfile.id == Signature.profile_id)
+                             .where(SignerProfile.hash == digest).limit(1)).scalar()
+            if held is not None and held != dim:
+                raise BundleRefused(f"{Path(path).name}: profile {digest[:12]}… has {dim}-value directions in the "
+                                    f"bundle but {held}-value ones here; nothing was imported")
         for r in rows:
             prof = get_or_create_profile(s, r["profile_name"], r["settings"])
             vid = _place(s, r, counts, now, Model, File)

@@ -274,3 +274,25 @@ def test_a_different_signature_is_a_conflict_unless_replace(tmp_path, reference_
     replaced = import_bundle(b, changed, replace=True)
     assert (replaced["conflicts"], replaced["replaced"]) == (0, 1)
     b.dispose()
+
+
+def test_a_bundle_whose_directions_differ_in_width_from_the_registrys_is_refused(database, tmp_path):
+    settings = {"clip_model": "my-own-clip"}
+    digest = profile_hash("own", settings)
+    with database.write() as s:
+        s.add(SignerProfile(name="own", hash=digest, settings=settings))
+        s.add(Version(id=-1, name="held", source="local"))
+        s.flush()
+        pid = s.execute(sa.select(SignerProfile.id).where(SignerProfile.hash == digest)).scalar()
+        save_signature(s, version_id=-1, profile_id=pid, direction=np.ones(8, np.float32), strength=1.0,
+                       consistency=0.5, file_sha256="c" * 64, source="signed")
+    row = {"profile_name": "own", "profile_hash": digest, "profile_settings": json.dumps(settings),
+           "file_sha256": "d" * 64, "file_autov2": None, "civitai_model_id": None, "civitai_version_id": None,
+           "version_id": -5, "name": "x", "base_model": None, "dim": 16, "direction": [0.5] * 16, "strength": 1.0,
+           "consistency": 0.5, "n_samples": 4, "valid": True, "flags": "[]", "estimates": "{}", "source": "signed",
+           "code_version": "0.1.0"}
+    path = _write_rows(tmp_path / "wide.parquet", [row])
+    with pytest.raises(BundleRefused, match="16-value directions in the bundle but 8-value ones here"):
+        import_bundle(database, path)
+    with database.read() as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Version)).scalar() == 1
