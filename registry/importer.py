@@ -23,6 +23,8 @@ from registry.vectors import to_blob
 
 REQUIRED_COLUMNS = ("version_id", "model_id", "model_name", "model_description", "model_nsfw_level",
                     "folder_name", "direction", "strength", "consistency", "model_download_count")
+PUBLISHED_FIELDS = ("model_id", "model_name", "model_description", "model_nsfw_level", "folder_name",
+                    "model_download_count")
 DIRECTION_DIM = 512
 PAPER_SAMPLES = 280 * 16
 
@@ -44,6 +46,7 @@ class ImportRow:
     direction: np.ndarray
     strength: float
     consistency: float
+    published: dict | None = None  # the row's own fields as the file gives them (``export --format carlos``)
 
 
 def read_carlos_parquet(path: str | Path) -> list[ImportRow]:
@@ -89,7 +92,8 @@ def read_carlos_parquet(path: str | Path) -> list[ImportRow]:
             version_id=vid, model_id=cols["model_id"][i], name=model_name or stem_name(folder, vid) or f"version {vid}",
             description=cols["model_description"][i] or None, nsfw_level=cols["model_nsfw_level"][i],
             download_count=cols["model_download_count"][i], direction=direction.astype(np.float32),
-            strength=values["strength"], consistency=values["consistency"]))
+            strength=values["strength"], consistency=values["consistency"],
+            published={"row": i, **{c: cols[c][i] for c in PUBLISHED_FIELDS}}))
     return rows
 
 
@@ -129,7 +133,8 @@ def import_carlos(db: Database, path: str | Path) -> dict:
         for r in rows:
             sig = sigs.get(r.version_id)
             if sig is not None and (sig.direction == to_blob(r.direction) and sig.strength == r.strength
-                                    and sig.consistency == r.consistency):
+                                    and sig.consistency == r.consistency
+                                    and (sig.estimates or {}).get("published") == r.published):
                 counts["unchanged"] += 1
             else:
                 changed.append(r)
@@ -139,7 +144,7 @@ def import_carlos(db: Database, path: str | Path) -> dict:
             save_signature(session, version_id=r.version_id, profile_id=profile.id, direction=r.direction,
                            strength=r.strength, consistency=r.consistency, seq=first_seq + offset,
                            existing=sigs.get(r.version_id), n_samples=PAPER_SAMPLES, valid=True, flags=[],
-                           source="imported", created_at=now)
+                           estimates={"published": r.published}, source="imported", created_at=now)
     counts["profile"] = IMPORTED_PROFILE_NAME
     return counts
 

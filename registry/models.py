@@ -176,6 +176,48 @@ class File(SQLModel, table=True):
     updated_at: Optional[datetime] = _ts()
 
 
+# ---------------------------------------------------------------- your own LoRA folders (scan)
+
+
+class LocalFile(SQLModel, table=True):
+    """A file found by ``carlos-reg scan`` where it lives: used in place, never copied by default.
+
+    The row is the hash cache (``path`` + ``size_bytes`` + ``mtime_ns``: unchanged means not read
+    again) and the link to the version it was identified as. ``path`` is the path as found (absolute,
+    symlinks not resolved); it is shown, never opened without a fresh ``stat``. A file that vanished
+    is ``missing`` (``missing_since``), one whose content changed keeps its ``previous_sha256``.
+    """
+
+    __tablename__ = "local_file"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    path: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, unique=True))
+    size_bytes: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    mtime_ns: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    sha256: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, index=True))
+    autov2: Optional[str] = Field(default=None, max_length=16)
+    previous_sha256: Optional[str] = Field(default=None, max_length=64)
+    status: str = Field(default="present", max_length=16)  # present | missing
+    match: str = Field(default="pending", max_length=16)  # registry | civitai | local | pending
+    signable: bool = True
+    reason: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    version_id: Optional[int] = Field(default=None, foreign_key="version.id", index=True)
+    first_seen_at: Optional[datetime] = _ts()
+    last_seen_at: Optional[datetime] = _ts()
+    hashed_at: Optional[datetime] = _ts()
+    changed_at: Optional[datetime] = _ts()
+    missing_since: Optional[datetime] = _ts()
+
+
+class HashLookup(SQLModel, table=True):
+    """What Civitai's by-hash endpoint answered for a SHA-256 (asked once; ``scan --refresh`` asks again)."""
+
+    __tablename__ = "hash_lookup"
+    sha256: str = Field(primary_key=True, max_length=64)
+    status: str = Field(max_length=16)  # found | not_found
+    version_id: Optional[int] = None
+    looked_up_at: Optional[datetime] = _ts()
+
+
 # ---------------------------------------------------------------- crawling
 
 

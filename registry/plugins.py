@@ -28,6 +28,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
     "import": "registry.commands.importer",
+    "export": "registry.commands.exchange",
     "serve": "registry.commands.serve",
     "crawl": "crawler.commands",
     "sign": "signer.commands",
@@ -35,6 +36,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "metadata-search": "plugins.metadata_search",
     "reports": "plugins.reports",
     "compare": "plugins.compare",
+    "library": "plugins.library",
     "demo": "plugins.demo",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})

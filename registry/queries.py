@@ -11,7 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from registry.catalog import display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, words_missing
-from registry.models import File, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
+from registry.models import File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -168,6 +168,11 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
                      "virus_scan": f.virus_scan, "virus_scan_message": f.virus_scan_message,
                      "scanned_at": _iso(f.scanned_at), "state": f.state, "error": f.error,
                      "verified_at": _iso(f.verified_at)} for f in files]
+    local = session.exec(sa.select(LocalFile).where(LocalFile.version_id == version_id)
+                         .order_by(LocalFile.path)).scalars().all()
+    out["local_files"] = [{"path": lf.path, "status": lf.status, "sha256": lf.sha256, "size_bytes": lf.size_bytes,
+                           "last_seen_at": _iso(lf.last_seen_at), "missing_since": _iso(lf.missing_since)}
+                          for lf in local]
     sigs = session.execute(
         sa.select(Signature, SignerProfile.name, SignerProfile.hash)
         .join(SignerProfile, SignerProfile.id == Signature.profile_id)
@@ -175,6 +180,7 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     out["signatures"] = [{"profile": name, "profile_hash": digest, "strength": s.strength,
                           "consistency": s.consistency, "dim": s.dim, "n_samples": s.n_samples, "valid": s.valid,
                           "flags": list(s.flags or []), "estimates": s.estimates, "source": s.source,
+                          "reused_from_version": (s.estimates or {}).get("reused_from") if s.source == "reused" else None,
                           "created_at": _iso(s.created_at)} for s, name, digest in sigs]
     jobs = session.execute(
         sa.select(SignJob, SignerProfile.name).join(SignerProfile, SignerProfile.id == SignJob.profile_id)
@@ -182,6 +188,12 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     out["jobs"] = [{"id": j.id, "profile": name, "state": j.state, "attempts": j.attempts,
                     "last_error": j.last_error} for j, name in jobs]
     return out
+
+
+def next_local_version_id(session) -> int:
+    """The id for a new local LoRA version: below every id in use, and negative (REF ``local:N``)."""
+    lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
+    return min(lowest or 0, 0) - 1
 
 
 def _iso(value) -> str | None:

@@ -143,6 +143,12 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
         if i["unsupported"]:
             row.update(outcome="unsupported", reason=i["unsupported"])
+        elif job is None and sig is not None:  # the same file signed before, or a signature imported
+            reused = sig.source == "reused"
+            row.update(outcome="reused" if reused else "already signed", strength=sig.strength,
+                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
+                       valid=sig.valid, reason=(f"signature of version {(sig.estimates or {}).get('reused_from')} "
+                                                f"(same file)") if reused else f"signature {sig.source} earlier")
         elif job is not None and job.state == "done" and sig is not None:
             row.update(outcome="signed" if sig.valid else "invalid", strength=sig.strength,
                        consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
@@ -150,7 +156,7 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         else:
             row.update(outcome="failed" if job is not None and job.state == "dead" else (job.state if job else "?"),
                        reason=job.last_error if job is not None else None)
-        bad += row["outcome"] != "signed"
+        bad += row["outcome"] not in ("signed", "reused", "already signed")
         results.append(row)
     if as_json:
         emit_json({"profile": profile_obj.name, "profile_hash": profile_obj.hash, "results": results,

@@ -17,8 +17,10 @@ Contract:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from registry import __version__
 from registry.artifacts import ArtifactStore
 from registry.models import BaseCache, File, Signature, SignJob, Version, utcnow
+from registry.queries import next_local_version_id
 from registry.queue import JobQueue
 from registry.signatures import save_signature as registry_save_signature
 from registry.vectors import from_blob, to_blob
@@ -39,8 +43,61 @@ LORA_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
 
 
 def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None) -> bool:
+    """Queue a LoRA job; False when one exists, or when a signature of the same file applies (reused)."""
+    if signed_already(session, profile_id, version_id) or reuse_signature(session, profile_id, version_id) is not None:
+        return False
     queue.enqueue(session, profile_id=profile_id, kind="base", priority=BASE_PRIORITY)
     return queue.enqueue(session, profile_id=profile_id, version_id=version_id, payload=payload)
+
+
+def signed_already(session, profile_id: int, version_id: int) -> bool:
+    """The version has a signature under the profile for the file it would be signed from (or one that
+    names no file: imported), so a job would only repeat work."""
+    sig = session.execute(sa.select(Signature.file_sha256).where(Signature.version_id == version_id,
+                                                                  Signature.profile_id == profile_id)).first()
+    if sig is None:
+        return False
+    f = verified_file(session, version_id)
+    return sig.file_sha256 is None or f is None or f.sha256 == sig.file_sha256
+
+
+def reuse_signature(session, profile_id: int, version_id: int) -> Signature | None:
+    """Give a version the signature its file (same SHA-256) already has under this profile.
+
+    The signature was made from the same bytes with the same settings; only the trigger words can
+    differ between two versions of one file, so it applies only when the LoRA-branch suffix it
+    recorded is the one this version gets. The copy says ``source='reused'`` and, in its
+    estimates, ``reused_from`` (the version signed). None when nothing applies or the version
+    already has a signature under the profile.
+    """
+    from registry.models import SignerProfile
+    from signer.engine import trigger_suffix
+
+    if session.execute(sa.select(Signature.id).where(Signature.version_id == version_id,
+                                                     Signature.profile_id == profile_id)).first() is not None:
+        return None
+    f = verified_file(session, version_id) or session.execute(
+        sa.select(File).where(File.version_id == version_id, File.sha256.is_not(None))
+        .order_by(File.primary.desc(), File.id)).scalars().first()
+    version = session.get(Version, version_id)
+    profile = session.get(SignerProfile, profile_id)
+    if f is None or f.sha256 is None or version is None or profile is None:
+        return None
+    suffix = trigger_suffix(trigger_list(version), (profile.settings or {}).get("trigger_words", "append"))
+    for src in session.execute(sa.select(Signature).where(
+            Signature.file_sha256 == f.sha256, Signature.profile_id == profile_id, Signature.version_id != version_id,
+            Signature.source != "reused").order_by(Signature.id)).scalars():
+        if (src.estimates or {}).get("trigger_suffix") != suffix:
+            continue
+        row = registry_save_signature(
+            session, version_id=version_id, profile_id=profile_id, direction=from_blob(src.direction, src.dim),
+            strength=src.strength, consistency=src.consistency, n_samples=src.n_samples, valid=src.valid,
+            flags=list(src.flags or []), estimates={**(src.estimates or {}), "reused_from": src.version_id},
+            file_sha256=src.file_sha256, ensemble_path=src.ensemble_path, job_id=None, source="reused",
+            existing=None)
+        session.flush()
+        return row
+    return None
 
 
 def find_jobs(session, profile_id: int, version_ids: list[int]) -> dict[int, SignJob]:
@@ -108,7 +165,8 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
     row = registry_save_signature(
         session, version_id=version_id, profile_id=profile_id, direction=s.direction, strength=float(s.strength),
         consistency=float(s.consistency), n_samples=int(s.n), valid=bool(outcome.valid), flags=list(outcome.flags),
-        estimates=dict(outcome.estimates), file_sha256=file_sha256, ensemble_path=rel, job_id=job_id,
+        estimates={**dict(outcome.estimates), "code_version": __version__}, file_sha256=file_sha256,
+        ensemble_path=rel, job_id=job_id,
         source="signed")
     session.flush()
     return row
@@ -153,6 +211,49 @@ def collect_paths(args: list[Path]) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+def new_local_version(session, *, name: str, file_name: str, size: int, digest: str, state: str,
+                      error: str | None = None, local_path: str | None = None, fmt: str | None = None,
+                      trigger_words: list[str] | None = None) -> tuple[int, File]:
+    """A new local LoRA version (the next negative id) with its one file; names are display text only."""
+    vid = next_local_version_id(session)
+    now = utcnow()
+    session.add(Version(id=vid, name=name[:200], source="local", trained_words=list(trigger_words or []),
+                        first_seen_at=now, updated_at=now))
+    session.flush()
+    f = File(version_id=vid, name=file_name[:255], size_bytes=size, primary=True, sha256=digest, updated_at=now,
+             state=state, error=error, format=fmt, local_path=local_path,
+             verified_at=now if state == "verified" else None)
+    session.add(f)
+    session.flush()
+    return vid, f
+
+
+def place_file(artifacts: ArtifactStore, path: Path, digest: str, *, copy: bool = True) -> str | None:
+    """The file's place in the artifact store (``lora/…/<sha256>.safetensors``), made if missing: a
+    hardlink when the store is on the same filesystem, else a copy when ``copy``, else None.
+    The worker re-verifies the SHA-256 before signing, so a linked file edited in place is refused."""
+    rel = artifacts.relative_path("lora", digest, ".safetensors")
+    if artifacts.exists(rel):
+        return rel
+    final = artifacts.path(rel)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-link-{os.getpid()}-{digest[:16]}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(path, tmp, follow_symlinks=True)
+        os.replace(tmp, final)
+        return rel
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    if not copy:
+        return None
+    with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return rel
+
+
 def _container_problem(path: Path) -> str | None:
     """Why a local file is not a well-formed safetensors container (the crawler's own check), or None."""
     from crawler import stfile
@@ -182,30 +283,29 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
             changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
             if changed:
                 version.trained_words = list(trigger_words)
+            if found.state == "verified" and found.local_path is None:  # a scanned file used in place until now
+                found.local_path = place_file(artifacts, path, digest)
             out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
             continue
-        lowest = session.execute(sa.select(sa.func.min(Version.id))).scalar()
-        vid = min(lowest or 0, 0) - 1
-        session.add(Version(id=vid, name=path.stem[:200], source="local", trained_words=list(trigger_words or []),
-                            first_seen_at=utcnow(), updated_at=utcnow()))
-        session.flush()
-        f = File(version_id=vid, name=path.name[:255], size_bytes=path.stat().st_size, primary=True, sha256=digest,
-                 updated_at=utcnow())
         problem = None if pickled else _container_problem(path)
         if pickled:
-            f.state, f.format = "unsupported", "PickleTensor"
-            f.error = (f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
-                       "is signed")
+            vid, f = new_local_version(
+                session, name=path.stem, file_name=path.name, size=path.stat().st_size, digest=digest,
+                state="unsupported", fmt="PickleTensor", trigger_words=trigger_words,
+                error=(f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
+                       "is signed"))
         elif problem:  # checked before a byte is copied: the store holds only well-formed files
-            f.state, f.error = "unsupported", problem
+            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
+                                       digest=digest, state="unsupported", error=problem,
+                                       trigger_words=trigger_words)
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):
                 with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            f.state, f.format, f.local_path, f.verified_at = "verified", "SafeTensor", rel, utcnow()
-        session.add(f)
-        session.flush()
+            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
+                                       digest=digest, state="verified", fmt="SafeTensor", local_path=rel,
+                                       trigger_words=trigger_words)
         out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
     return out
 

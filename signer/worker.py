@@ -384,6 +384,9 @@ class Worker:
         self._bases[lease.profile_id] = base
         if not artifacts.exists(rel):
             raise SignerError(f"the verified file of version {lease.version_id} is missing from the artifact store")
+        if sha and store.sha256_file(artifacts.path(rel)) != sha:  # a scanned file is a hardlink: it can be edited
+            raise SignerError(f"the file of version {lease.version_id} changed since it was hashed (its SHA-256 is "
+                              "no longer the registry's): scan its folder again")
         if self.progress is not None:
             self.progress.start_job(name or f"version {lease.version_id}", len(engine.samples))
         t0 = time.monotonic()

@@ -230,3 +230,20 @@ def test_claim_can_be_limited_to_job_ids(database):
     assert lease.version_id == 3
     assert q.claim("w", job_ids=[ids[3]]) is None
     assert q.claim("w").version_id == 1
+
+
+def test_a_file_edited_since_it_was_hashed_is_not_signed(reg, tmp_path):
+    """Scanned files are hardlinked, so their owner can edit the stored bytes: the worker re-hashes first."""
+    db, settings, profile, pid = reg
+    path = lf.write_kohya_lora(tmp_path / "mine.safetensors", strength=0.5, seed=4)
+    _enqueue(db, settings, pid, {11: path})
+    with db.read() as s:
+        stored = settings.artifacts.path(store.verified_file(s, 11).local_path)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0x01  # one bit of tensor data, as an in-place edit would change it
+    stored.write_bytes(bytes(data))
+    Worker(db, settings, profiles=["tiny"], once=True, poll_seconds=0.1).run()
+    with db.read() as s:
+        job = s.execute(sa.select(SignJob).where(SignJob.version_id == 11)).scalars().one()
+    assert "changed since it was hashed" in (job.last_error or "")
+    assert 11 not in _signatures(db, pid)

@@ -30,6 +30,27 @@ def import_carlos_command(app: App, parquet: str, as_json: bool):
              f"{counts['unchanged']} unchanged signatures; {counts['versions_added']} new versions")
 
 
+@import_group.command(name="signatures")
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="Overwrite a different signature already held for a file and profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_app
+def import_signatures_command(app: App, bundle: str, replace: bool, as_json: bool):
+    """Import a signature bundle (`export signatures --format bundle`): validated whole, one transaction."""
+    from registry.exchange import import_bundle
+
+    counts = import_bundle(app.db, bundle, replace=replace)
+    if as_json:
+        emit_json(counts)
+        return
+    info(f"{counts['rows']} signatures in the bundle: {counts['added']} added, {counts['replaced']} replaced, "
+         f"{counts['unchanged']} unchanged, {counts['conflicts']} conflicts kept as they were"
+         + (" (--replace overwrites them)" if counts["conflicts"] else "")
+         + f"; {counts['versions_added']} new versions")
+    for c in counts["conflict_list"][:20]:
+        info(f"conflict: version {c['version_id']} under profile {c['profile']!r} already has a different signature")
+
+
 @hookimpl
 def register_commands(cli):
     cli.add_command(import_group)
