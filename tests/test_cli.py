@@ -46,7 +46,8 @@ def test_help_lists_commands_and_imports_no_heavy_module():
     for command in ("db", "loras", "show", "import", "plugins", "sign", "search", "crawl"):
         assert f"  {command} " in out
     for argv in (["--version"], ["plugins", "--json"], ["show", "--help"], ["search", "--help"],
-                 ["signer", "--help"], ["report", "copyright", "--help"]):
+                 ["signer", "--help"], ["report", "copyright", "--help"], ["scan", "--help"],
+                 ["export", "signatures", "--help"], ["compare", "--help"], ["crawl", "--help"]):
         heavy, out = _imported_by(*argv)
         assert heavy == [], (argv, out)
 

@@ -13,7 +13,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.errors import CarlosError
-from registry.output import emit_json, info, table
+from registry.output import emit_json, info, output_options, table
 
 CATEGORY_TITLES = {"registry": "found in registry", "civitai": "identified on Civitai", "local": "local only",
                    "unsignable": "unsignable", "unresolved": "not identified yet (lookup failed)"}
@@ -28,7 +28,7 @@ CATEGORY_TITLES = {"registry": "found in registry", "civitai": "identified on Ci
 @click.option("--profile", default=None, help="Profile for --sign [default: CARLOS_REG_PROFILE or paper].")
 @click.option("--copy", is_flag=True,
               help="Copy files into the artifact store when a hardlink is impossible (another filesystem).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def scan_command(app: App, dirs, offline, refresh, sign, profile, copy, as_json):
     """Hash the LoRAs in your folders (ComfyUI, Forge, A1111, any), identify them, use them in place.

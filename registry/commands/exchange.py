@@ -7,7 +7,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
-from registry.output import emit_json, info
+from registry.output import emit_json, info, output_options
 
 
 @click.group(name="export")
@@ -23,7 +23,7 @@ def export_group():
 @click.option("--format", "fmt", type=click.Choice(["carlos", "bundle"]), default="carlos", show_default=True,
               help="carlos: the published metrics_database.parquet format (512-value directions); bundle: every "
                    "signature with its profile record, file hashes and Civitai ids, for `import signatures`.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_json: bool):
     """Write a profile's signatures to OUT (written whole, then renamed into place)."""

@@ -33,7 +33,7 @@ def import_carlos_command(app: App, parquet: str, as_json: bool):
 @import_group.command(name="signatures")
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option("--replace", is_flag=True, help="Overwrite a different signature already held for a file and profile.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@output_options
 @pass_app
 def import_signatures_command(app: App, bundle: str, replace: bool, as_json: bool):
     """Import a signature bundle (`export signatures --format bundle`): validated whole, one transaction."""
