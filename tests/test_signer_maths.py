@@ -184,3 +184,38 @@ extends = "loop"
     (tmp_path / "profiles.toml").write_text("[profiles.bad]\nstepz = 3\n")
     with pytest.raises(ProfileError, match="unknown keys"):
         load_profile("bad", home)
+
+
+@pytest.mark.parametrize("setting, reason", [
+    ("seeds = { count = 1000000000000 }", "seeds.count must be an integer from 1 to 1024"),
+    ("width = 1000000", "width must be an integer from 8 to 4096"),
+    ('steps = "25"', "steps must be an integer"),
+    ("steps = true", "steps must be an integer"),
+    ("guidance_scale = nan", "guidance_scale must be a number"),
+    ('lora_scale = "1.0"', "lora_scale must be a number"),
+    ("batch_size = 0", "batch_size must be an integer from 1 to 1024"),
+    ('prompt_set = "/dev/zero"', "not a regular file"),
+    ('image_preprocess = "magic"', "image_preprocess must be one of"),
+    ('noise_dtype = "int8"', "noise_dtype must be one of"),
+    ("filters = { max_strength = inf }", "filters.max_strength must be a number"),
+])
+def test_absurd_profile_values_are_refused_when_the_profile_loads(tmp_path, setting, reason):
+    from signer.errors import ProfileError
+
+    (tmp_path / "profiles.toml").write_text(f'[profiles.bad]\nextends = "tiny"\n{setting}\n')
+    with pytest.raises(ProfileError) as exc:
+        load_profile("bad", SimpleNamespace(home=tmp_path))
+    assert reason in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_prompt_files_must_be_regular_and_small(tmp_path, monkeypatch):
+    import signer.prompts as prompts
+    from signer.errors import ProfileError
+
+    big = tmp_path / "big.txt"
+    big.write_text("a prompt\n" * 10)
+    monkeypatch.setattr(prompts, "MAX_FILE_BYTES", 50)
+    with pytest.raises(ProfileError, match="larger than"):
+        prompts.parse_prompt_file(big)
+    with pytest.raises(ProfileError, match="not a regular file"):
+        prompts.parse_prompt_file(tmp_path)
