@@ -161,7 +161,7 @@ def test_read_commands_work_on_a_read_only_data_dir(tmp_path):
         parquet = tmp_path / "small.parquet"
         pq.write_table(pa.table(_small_table()), parquet)
         home = mount / "home"
-        run_cli("--home", str(home), "import", "carlos", str(parquet), check=True)
+        run_cli("--home", str(home), "--create", "import", "carlos", str(parquet), check=True)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         for args in (("loras",), ("show", "1000"), ("similar", "1000"), ("crawls",), ("signer", "status")):
             proc = run_cli("--home", str(home), *args)

@@ -37,8 +37,16 @@ def test_good_lora_signature_is_finite_and_trigger_words_change_it(tiny_engine, 
 def test_batch_sizes_1_and_8_give_the_same_signature(tiny_engine, tmp_path):
     from signer.engine import Engine
 
-    engine, base8 = tiny_engine
-    one = Engine(tiny_profile(batch_size=1), pipe=engine.pipe, clip=engine.clip)
+    from signer.clip import ClipEncoder
+
+    shared, _ = tiny_engine
+    # The generation under test, without the 8-bit rounding of the paper's preprocessing: batching moves
+    # pixels by float noise, and rounding turns a rare one into a whole 1/255 step (~5e-4 on a feature).
+    clip = ClipEncoder(shared.clip.model, shared.clip.tokenizer, key=shared.clip.key, device="cpu",
+                       preprocess="float-bicubic")
+    engine = Engine(tiny_profile(image_preprocess="float-bicubic"), pipe=shared.pipe, clip=clip)
+    one = Engine(tiny_profile(batch_size=1, image_preprocess="float-bicubic"), pipe=shared.pipe, clip=clip)
+    base8 = engine.base_branch()
     with UnetCalls(engine.pipe) as calls:
         base1 = one.base_branch()
     assert calls.n == len(engine.samples) * engine.profile.steps  # one sample per UNet call
