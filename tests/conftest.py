@@ -82,6 +82,20 @@ def reference_registry(tmp_path_factory):
 
 
 @pytest.fixture
+def small_registry(tmp_path, sqlite_url):
+    """A SQLite registry holding three imported signatures (versions 1000–1002, see test_import._small_table)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_import import _small_table
+
+    path = tmp_path / "small.parquet"
+    pq.write_table(pa.table(_small_table()), path)
+    run_cli("--db", sqlite_url, "import", "carlos", str(path), check=True)
+    return sqlite_url
+
+
+@pytest.fixture
 def reference_parquet():
     if not REFERENCE_PARQUET.is_file():
         pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")

@@ -5,20 +5,9 @@ import subprocess
 import sys
 import textwrap
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, run_cli, run_json
-from tests.test_import import _small_table
-
-
-@pytest.fixture
-def small_registry(tmp_path, sqlite_url):
-    path = tmp_path / "small.parquet"
-    pq.write_table(pa.table(_small_table()), path)
-    run_cli("--db", sqlite_url, "import", "carlos", str(path), check=True)
-    return sqlite_url
 
 
 HEAVY = ("torch", "diffusers", "open_clip", "transformers", "numpy", "sqlalchemy", "sqlmodel", "aiohttp", "PIL")

@@ -5,14 +5,10 @@ from __future__ import annotations
 import struct
 import zlib
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from plugins.search.encoders import MAX_IMAGE_PIXELS, ImageRejected, ImageTooLarge, load_images
-from tests.conftest import run_cli
 from tests.service_support import Server, multipart
-from tests.test_import import _small_table
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -46,14 +42,6 @@ def test_garbage_is_a_clear_rejection_naming_only_the_file(tmp_path):
     with pytest.raises(ImageRejected) as info:
         load_images([junk])
     assert str(tmp_path) not in str(info.value) and "'junk.png' is not a readable image" in str(info.value)
-
-
-@pytest.fixture
-def small_registry(tmp_path, sqlite_url):
-    path = tmp_path / "small.parquet"
-    pq.write_table(pa.table(_small_table()), path)
-    run_cli("--db", sqlite_url, "import", "carlos", str(path), check=True)
-    return sqlite_url
 
 
 def test_bad_and_oversized_uploads_are_json_4xx_without_server_paths(small_registry):

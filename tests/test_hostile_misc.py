@@ -18,14 +18,6 @@ from tests.service_support import Server
 from tests.test_import import _small_table
 
 
-@pytest.fixture
-def small_registry(tmp_path, sqlite_url):
-    path = tmp_path / "small.parquet"
-    pq.write_table(pa.table(_small_table()), path)
-    run_cli("--db", sqlite_url, "import", "carlos", str(path), check=True)
-    return sqlite_url
-
-
 def test_local_sign_refuses_bad_containers_before_copying_them(tmp_path):
     bad = {"zero.safetensors": b"", "pickle.safetensors": b"\x80\x04\x95" + b"\0" * 64,
            "zip.safetensors": b"PK\x03\x04" + b"\0" * 64,
