@@ -443,3 +443,10 @@ def test_search_on_published_signatures_uses_the_reference_retrieval_prompts(ref
     qp = json.loads(proc.stdout)["query_prompts"]
     assert qp["approximate"] is True and qp["source"] == "carlos-reg-query" and qp["count"] == 280
     assert proc.stderr.count("approximate") == 1 and "CARLOS_REG_CARLOS_PROMPTS" in proc.stderr
+
+
+def test_the_reference_path_must_be_a_python_file(tmp_path, reference_prompts):
+    copy = tmp_path / "prompts.txt"
+    copy.write_bytes(reference_prompts.read_bytes())
+    proc = run_cli("signer", "prompts", "paper", env={"CARLOS_REG_CARLOS_PROMPTS": str(copy)})
+    assert proc.returncode == 1 and "must name the reference's generative_prompts.py" in proc.stderr

@@ -158,12 +158,12 @@ def load_prompt_set(name_or_path: str | Path, part: str = "index", *, home: Path
 
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}")
-    path = Path(resolve_source(name_or_path, home=home, allow_download=allow_download)) \
-        if str(name_or_path) not in BUILTIN else BUILTIN[str(name_or_path)]
+    source = resolve_source(name_or_path, home=home, allow_download=allow_download)
+    path = BUILTIN.get(source) or Path(source)
     try:
         st = path.stat()
     except OSError:
         raise ProfileError(f"no prompt set {str(name_or_path)!r}: give a built-in name "
                            f"({', '.join(BUILTIN)}, carlos-reference) or a .json/.txt/.py prompt file") from None
-    reference = is_reference_source(name_or_path) or path.suffix.lower() == ".py"
+    reference = path.suffix.lower() == ".py"  # carlos-reference resolves to a .py path (see locate_reference_file)
     return _load_cached(str(path.resolve()), st.st_mtime_ns, part if reference else "index", reference)

@@ -219,6 +219,9 @@ def locate_reference_file(home: Path | None = None, *, allow_download: bool = Fa
     """Where the reference prompts are on this machine (see the module doc for the order)."""
     env = os.environ.get(ENV_PATH)
     if env:
+        # a .py path: that suffix is how a stored profile's prompt source is known to be this format
+        if not env.lower().endswith(".py"):
+            raise ProfileError(f"{ENV_PATH} must name the reference's generative_prompts.py (a .py file), not {env}")
         return Path(env).expanduser()
     found = _installed_package_file()
     if found is not None:
