@@ -65,6 +65,8 @@ class _RichReporter:
             f"files {s.files_verified} verified / {s.files_queued} queued · {human_bytes(s.bytes_downloaded)}"
             + (f" · {s.errors} problem(s)" if s.errors else "")))
 
+    shows_problems = True
+
     def problem(self, message: str) -> None:
         self.progress.console.print(plain(f"! {message}"), highlight=False)
 
@@ -77,6 +79,11 @@ class _RichReporter:
 @click.option("--full", is_flag=True,
               help="Also mark models/versions that disappeared upstream as gone (each confirmed first); "
                    "needs an unfiltered listing that reaches its end.")
+@click.option("--model", "model_ids", multiple=True, type=click.IntRange(min=1), metavar="ID",
+              help="Fetch this Civitai model by id instead of walking the listing (repeatable).")
+@click.option("--imported", is_flag=True,
+              help="Fetch the models of imported signatures (`import carlos`) that lack Civitai metadata: base "
+                   "model, trigger words, tags, descriptions, files and hashes.")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Download and verify the primary safetensors file of each version.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True,
@@ -97,9 +104,8 @@ class _RichReporter:
               help="Free space to keep in the data dir besides the file being downloaded.")
 @output_options
 @pass_app
-def crawl(app: App, base_models, max_models, full, download, concurrency, retries, max_backoff, max_retry_after,
-          timeout, deadline,
-          max_file_size, min_free_space, as_json):
+def crawl(app: App, base_models, max_models, model_ids, imported, full, download, concurrency, retries, max_backoff,
+          max_retry_after, timeout, deadline, max_file_size, min_free_space, as_json):
     """Sync SDXL LoRAs (types LORA, LoCon, DoRA) from CIVITAI_BASE_URL into the registry.
 
     Uses CIVITAI_API_KEY (sent only as a Bearer header to that host) when set. Safe to rerun and to
@@ -120,7 +126,13 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
                              f"choose from: {', '.join(SDXL_BASE_MODELS)}")
         if canon not in chosen:
             chosen.append(canon)
-    options = CrawlOptions(
+    wanted = _wanted_models(app, model_ids, imported)
+    if wanted is not None and full:
+        raise UsageError("--full needs the whole listing; it cannot be combined with --model or --imported")
+    if wanted == ():
+        info("every imported LoRA already has its Civitai metadata: nothing to fetch")
+        return
+    options = CrawlOptions(model_ids=wanted,
         base_models=tuple(chosen) or SDXL_BASE_MODELS, max_models=max_models, full=full, download=download,
         concurrency=concurrency, timeout=timeout, deadline=deadline,
         policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff,
@@ -142,6 +154,25 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
         _print_summary(summary)
     if failure is not None:
         raise failure
+
+
+def _wanted_models(app: App, model_ids, imported: bool) -> tuple[int, ...] | None:
+    """The model ids of a by-id crawl (``--model``/``--imported``), or None for the listing."""
+    if not model_ids and not imported:
+        return None
+    wanted = dict.fromkeys(model_ids)
+    if imported:
+        import sqlalchemy as sa
+
+        from registry.models import Version
+
+        with app.db.read() as s:
+            wanted.update(dict.fromkeys(s.execute(
+                # crawled rows become source "civitai": what is still "carlos" was never filled in
+                sa.select(Version.model_id).where(Version.source == "carlos", Version.model_id.is_not(None))
+                .distinct().order_by(Version.model_id)
+            ).scalars()))
+    return tuple(wanted)
 
 
 def _print_summary(s: dict) -> None:
@@ -188,7 +219,7 @@ def crawls(app: App, run_id, limit, as_json):
                 return
             table(["#", "status", "started", "pages", "models", "versions new", "files verified", "failed",
                    "problems"],
-                  [(d["id"], d["status"], d["started_at"], d["pages"], d["models_seen"], d["versions_new"],
+                  [(d["id"], d["status"], _when(d["started_at"]), d["pages"], d["models_seen"], d["versions_new"],
                     d["files_verified"], d["files_failed"], d["error_count"]) for d in docs])
             if not docs:
                 info("no crawl yet: try `carlos-reg crawl`")
@@ -199,17 +230,40 @@ def crawls(app: App, run_id, limit, as_json):
         errors = s.execute(sa.select(CrawlError).where(CrawlError.run_id == run_id).order_by(CrawlError.id)
                            .limit(limit)).scalars().all()
         doc = run_dict(run)
-        doc["errors"] = [{"at": e.at, "stage": e.stage, "ref": e.ref, "status": e.status_code, "message": e.message}
+        doc["errors"] = [{"at": e.at, "stage": e.stage, "item": e.ref, "status": e.status_code, "message": e.message}
                          for e in errors]
     if as_json:
         emit_json(doc)
         return
-    table(["field", "value"], [(k, v) for k, v in doc.items() if k != "errors"], title=f"crawl run {run_id}", wrap=True)
+    table(["field", "value"], _run_rows(doc), title=f"crawl run {run_id}", wrap=True)
     if doc["errors"]:
-        table(["stage", "ref", "status", "message"],
-              [(e["stage"], e["ref"], e["status"], e["message"]) for e in doc["errors"]], title="problems", wrap=True)
+        table(["stage", "item", "status", "message"],
+              [(e["stage"], e["item"], e["status"], e["message"]) for e in doc["errors"]], title="problems", wrap=True)
         if run.error_count > len(doc["errors"]):
             info(f"{len(doc['errors'])} of {run.error_count} shown; use --limit")
+
+
+def _when(value) -> str:
+    """A timestamp to the second, in UTC (the registry stores UTC)."""
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else ""
+
+
+def _run_rows(doc: dict) -> list[tuple[str, object]]:
+    """One crawl run as readable (label, value) rows: times to the second, parameters one per line."""
+    started, finished = doc["started_at"], doc["finished_at"]
+    params = doc["params"] or {}
+    rows = [("run", doc["id"]), ("status", doc["status"]), ("started", _when(started)),
+            ("finished", _when(finished) + (f" ({(finished - started).total_seconds():.0f} s)"
+                                            if started and finished else "")),
+            ("parameters", "\n".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                                      for k, v in params.items() if v is not None and v != [])),
+            ("resume cursor", doc["cursor"] or "")]
+    labels = {"pages": "pages", "requests": "requests", "models_seen": "models seen",
+              "models_written": "models written", "versions_new": "versions new", "versions_gone": "versions gone",
+              "files_verified": "files verified", "files_failed": "files failed",
+              "bytes_downloaded": "bytes downloaded", "error_count": "problems"}
+    rows += [(label, doc[key]) for key, label in labels.items()]
+    return rows
 
 
 @click.group()

@@ -85,12 +85,15 @@ class CrawlOptions:
     min_rate: float = 16 * 1024  # bytes/s a body must average after its first ``timeout`` seconds
     deadline: float | None = None  # seconds for the whole run (scheduled runs); then it ends ``partial``
     max_stale_pages: int = 20  # consecutive pages without a new model end the listing (an endless cursor)
+    model_ids: tuple[int, ...] | None = None  # fetch these models by id instead of walking the listing
 
     @property
     def unfiltered(self) -> bool:
         return set(self.base_models) == set(SDXL_BASE_MODELS)
 
     def describe(self) -> dict:
+        if self.model_ids is not None:
+            return {"models": len(self.model_ids), "download": self.download, "concurrency": self.concurrency}
         return {"base_models": list(self.base_models), "max_models": self.max_models, "full": self.full,
                 "download": self.download, "concurrency": self.concurrency, "sort": "Oldest"}
 
@@ -135,6 +138,8 @@ class CrawlStats:
 
 class Reporter:
     """Progress callbacks (the CLI draws them with rich); the default reports nothing."""
+
+    shows_problems = False  # True: problems reach the user here, so the log keeps them at INFO (said once)
 
     def refresh(self, stats: CrawlStats) -> None:
         pass
@@ -183,8 +188,8 @@ class Crawler:
         record = ErrorRecord(stage=stage, ref=ref, message=message, status_code=status)
         self._errors.append(record)
         if len(self.stats.error_samples) < MAX_ERROR_SAMPLES:
-            self.stats.error_samples.append({"stage": stage, "ref": ref, "status": status, "message": message})
-        log.warning("%s %s: %s", stage, ref or "", message)
+            self.stats.error_samples.append({"stage": stage, "item": ref, "status": status, "message": message})
+        log.log(logging.INFO if self.reporter.shows_problems else logging.WARNING, "%s %s: %s", stage, ref or "", message)
         self.reporter.problem(f"{stage} {ref or ''}: {message}".strip())
 
     async def _flush_errors(self) -> None:
@@ -252,6 +257,16 @@ class Crawler:
         downloads: asyncio.Queue[DownloadTask] = asyncio.Queue()
         workers = [asyncio.create_task(self._download_worker(downloads))
                    for _ in range(self.options.concurrency if self.options.download else 0)]
+        if self.options.model_ids is not None:
+            try:
+                await self._fetch_models(client, downloads)
+                await downloads.join()
+            finally:
+                for task in workers:
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                self._sync_counters()
+            return
         pages: asyncio.Queue = asyncio.Queue(maxsize=2)  # the lister runs at most two pages ahead of the writer
         consumer = asyncio.create_task(self._consume(pages, downloads))
         lister = asyncio.create_task(self._list(client, pages))
@@ -277,6 +292,33 @@ class Crawler:
                 task.cancel()
             await asyncio.gather(lister, consumer, *workers, return_exceptions=True)
             self._sync_counters()
+
+    async def _fetch_models(self, client: CivitaiClient, downloads: asyncio.Queue) -> None:
+        """Fetch ``options.model_ids`` one by one (``/api/v1/models/{id}``) and store their SDXL LoRA
+        versions as a listing page would: for rows known only by id, such as imported signatures."""
+        limit = asyncio.Semaphore(self.options.concurrency)
+        missing = 0
+
+        async def fetch(model_id: int) -> None:
+            nonlocal missing
+            async with limit:
+                try:
+                    doc = await client.get_json(f"{MODELS_PATH}/{model_id}")
+                except CivitaiError as exc:
+                    missing += 1
+                    gone = exc.status in (404, 410)
+                    self._error("fetch", f"model {model_id}", "not on Civitai (deleted or never public)" if gone
+                                else f"could not be fetched: {exc}", exc.status)
+                    return
+            self.stats.pages += 1
+            batch = self._select([doc])
+            if not batch and isinstance(doc, dict) and doc.get("id") == model_id:
+                self._error("fetch", f"model {model_id}", "not an SDXL LoRA on Civitai: nothing to fill in")
+            await self._ingest(batch, downloads)
+
+        await asyncio.gather(*(fetch(m) for m in self.options.model_ids))
+        self.stats.complete = missing == 0
+        self.stats.status = "ok" if missing == 0 else "partial"
 
     def _sync_counters(self) -> None:
         client = getattr(self, "client", None)

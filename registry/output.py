@@ -200,8 +200,9 @@ def _cell(value: str, column: str, link: bool) -> Text:
     return text
 
 
-NUMERIC_COLUMNS = {"#", "version", "model", "strength", "consistency", "score", "rank", "count", "samples", "pct",
-                   "signatures", "agreement", "image", "seed", "row"}
+NUMERIC_COLUMNS = {"#", "version", "model", "strength", "consistency", "score", "rank", "claim rank", "count", "samples", "pct",
+                   "signatures", "agreement", "image", "seed", "row",
+                   "reference score"}
 
 
 def fmt(value: Any) -> str:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from registry.errors import NotFound
-from registry.models import SignerProfile, utcnow
+from registry.models import Signature, SignerProfile, utcnow
 
 PAPER_SETTINGS: dict = {
     "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
@@ -71,6 +71,25 @@ def adopt_profile(session: Session, name: str, settings: dict) -> SignerProfile:
         found.hash, found.settings = digest, settings
         session.flush()
     return found
+
+
+def default_profile(session: Session, configured: str, name: str | None = None) -> SignerProfile:
+    """The profile whose signatures a reading command uses (``registry.settings.PROFILE_HELP``):
+    ``name`` when given; else the configured profile when it has signatures; else the profile with
+    the most signatures (the newest on a tie). Raises NotFound when nothing is signed."""
+    if name:
+        return find_profile(session, name)
+    counts = dict(session.execute(sa.select(Signature.profile_id, sa.func.count())
+                                  .group_by(Signature.profile_id)).all())
+    if not counts:
+        raise NotFound("no signed LoRAs in the registry yet: sign some (`carlos-reg sign`) "
+                       "or import the published ones (`carlos-reg import carlos FILE`)")
+    rows = {p.id: p for p in session.execute(sa.select(SignerProfile)
+                                             .where(SignerProfile.id.in_(list(counts)))).scalars()}
+    preferred = [p for p in rows.values() if p.name == configured]
+    if preferred:
+        return max(preferred, key=lambda p: p.id)
+    return rows[max(counts, key=lambda pid: (counts[pid], pid))]
 
 
 def find_profile(session: Session, name_or_hash: str) -> SignerProfile:

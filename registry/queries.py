@@ -11,7 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from registry.catalog import display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, words_missing
-from registry.models import File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
+from registry.models import Creator, File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -39,16 +39,24 @@ def _chosen_signature(profile_id: int | None, version_ids: list[int] | None = No
 def lora_rows(session: Session, *, signed: bool | None = None, base_model: str | None = None,
               profile_id: int | None = None, limit: int | None = None, offset: int = 0,
               version_ids: list[int] | None = None, nsfw: bool | None = None,
-              mode: str | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """Return ``(total, rows)`` of LoRA listing dicts, ordered by version id.
+              mode: str | None = None, query: str | None = None,
+              sort: str = "version") -> tuple[int, list[dict[str, Any]]]:
+    """Return ``(total, rows)`` of LoRA listing dicts, ordered by ``sort`` (one of ``SORTS``).
 
     A page (``limit``) is found first by id (an indexed EXISTS for ``signed``), then only its rows
     are joined with their signatures; without a limit one grouped join reads everything.
     ``nsfw`` filters by the one NSFW rule (``registry.catalog``); ``mode`` is live, archived or
-    takendown.
+    takendown; ``query`` keeps rows whose model or version name contains it (any case). Unsigned
+    rows carry ``sign_status`` (``sign_status()``).
     """
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort!r}")
     where = []
-    needs_model = nsfw is not None or mode is not None
+    needs_model = nsfw is not None or mode is not None or bool(query) or sort in ("name", "downloads")
+    if query:
+        words = query.lower()
+        where.append(sa.or_(sa.func.lower(Model.name).contains(words, autoescape=True),
+                            sa.func.lower(Version.name).contains(words, autoescape=True)))
     if nsfw is not None:
         where.append(nsfw_clause() if nsfw else sa.not_(nsfw_clause()))
     if mode is not None:
@@ -67,12 +75,20 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         return stmt.outerjoin(Model, Model.id == Version.model_id) if needs_model else stmt
 
     total = session.execute(base(sa.select(sa.func.count()).select_from(Version)).where(*where)).scalar_one()
+    order = [Version.id]
     if limit:
-        page = session.execute(base(sa.select(Version.id)).where(*where).order_by(Version.id)
-                               .offset(offset).limit(limit)).scalars().all()
+        page_stmt = base(sa.select(Version.id)).where(*where)
+        if sort in ("strength", "consistency"):
+            chosen = _chosen_signature(profile_id)
+            page_stmt = (page_stmt.outerjoin(chosen, chosen.c.vid == Version.id)
+                         .outerjoin(Signature, Signature.id == chosen.c.sid))
+        page = session.execute(page_stmt.order_by(*_sort_order(sort)).offset(offset).limit(limit)).scalars().all()
         if not page:
             return total, []
         where, version_ids, offset = [Version.id.in_(page)], list(page), 0
+        rank = {vid: i for i, vid in enumerate(page)}
+    else:
+        order = _sort_order(sort)
     chosen = _chosen_signature(profile_id, version_ids)
     stmt = (
         sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
@@ -86,11 +102,37 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         .outerjoin(Signature, Signature.id == chosen.c.sid)
         .outerjoin(SignerProfile, SignerProfile.id == Signature.profile_id)
         .where(*where)
-        .order_by(Version.id)
+        .order_by(*order)
         .offset(offset)
     )
     now = utcnow()
-    return total, [lora_dict(r._mapping, now) for r in session.execute(stmt)]
+    rows = [lora_dict(r._mapping, now) for r in session.execute(stmt)]
+    if limit:
+        rows.sort(key=lambda r: rank[r["version_id"]])
+    unsigned = [r["version_id"] for r in rows if not r["signed"]]
+    if unsigned:
+        status = sign_status(session, unsigned, profile_id)
+        for r in rows:
+            if not r["signed"]:
+                r["sign_status"] = status[r["version_id"]]
+    return total, rows
+
+
+# ``loras --sort``: name → ORDER BY (version id breaks ties; unsigned rows last for the measures)
+SORTS = ("version", "name", "strength", "consistency", "downloads", "newest")
+
+
+def _sort_order(sort: str) -> list:
+    if sort == "name":
+        return [sa.func.lower(sa.func.coalesce(Model.name, Version.name)), Version.id]
+    if sort in ("strength", "consistency"):
+        col = Signature.strength if sort == "strength" else Signature.consistency
+        return [col.is_(None), col.desc(), Version.id]
+    if sort == "downloads":
+        return [Model.download_count.is_(None), Model.download_count.desc(), Version.id]
+    if sort == "newest":
+        return [Version.published_at.is_(None), Version.published_at.desc(), Version.id.desc()]
+    return [Version.id]
 
 
 def lora_ref(model_id: int | None, version_id: int) -> str:
@@ -147,10 +189,12 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     if version.model_id is not None:
         model = session.get(Model, version.model_id)
         if model is not None:
+            creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
             tags = session.exec(sa.select(Tag.name).join(ModelTag, ModelTag.tag_id == Tag.id)
                                 .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
             out["model"] = {
                 "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
+                "creator": creator.username if creator is not None else None,
                 "nsfw_level": model.nsfw_level, "mode": model.mode,
                 "description": model.description, "tags": list(tags), "download_count": model.download_count,
                 "license": {"allow_no_credit": model.allow_no_credit, "allow_derivatives": model.allow_derivatives,
@@ -188,6 +232,66 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     out["jobs"] = [{"id": j.id, "profile": name, "state": j.state, "attempts": j.attempts,
                     "last_error": j.last_error} for j, name in jobs]
     return out
+
+
+# Why an unsigned version has no signature: files and jobs, in the order that decides.
+SIGN_STATES = ("failed", "signing", "queued", "ready", "downloading", "deferred", "unsignable")
+_UNUSABLE_FILE_STATES = {"failed", "unsupported", "quarantined", "skipped", "unavailable"}
+
+
+def sign_status(session: Session, version_ids: list[int],
+                profile_id: int | None = None) -> dict[int, dict[str, str | None]]:
+    """``{version_id: {"state", "reason"}}`` for versions without a signature: ``failed`` (the job
+    died; its error), ``signing``, ``queued``, ``ready`` (a verified file, not queued yet),
+    ``downloading`` (a file still to fetch), ``deferred`` (early access) or ``unsignable`` (no file
+    the signer can use; the file's reason). Jobs of ``profile_id`` only, when given."""
+    out: dict[int, dict[str, str | None]] = {}
+    for start in range(0, len(version_ids), 900):  # SQL parameter limits
+        chunk = version_ids[start:start + 900]
+        files: dict[int, list] = {}
+        for vid, state, error, name in session.execute(
+                sa.select(File.version_id, File.state, File.error, File.name).where(File.version_id.in_(chunk))
+                .order_by(File.primary.desc(), File.id)):
+            files.setdefault(vid, []).append((state, error, name))
+        jobs = sa.select(SignJob.version_id, SignJob.state, SignJob.last_error).where(
+            SignJob.kind == "lora", SignJob.version_id.in_(chunk)).order_by(SignJob.id)
+        if profile_id is not None:
+            jobs = jobs.where(SignJob.profile_id == profile_id)
+        job = {vid: (state, error) for vid, state, error in session.execute(jobs)}  # the newest job wins
+        for vid in chunk:
+            out[vid] = _one_status(files.get(vid, []), job.get(vid))
+    return out
+
+
+def _one_status(files: list, job: tuple | None) -> dict[str, str | None]:
+    if job is not None and job[0] == "dead":
+        return {"state": "failed", "reason": (job[1] or "").strip().splitlines()[0] if job[1] else None}
+    if job is not None and job[0] in ("running", "queued"):
+        return {"state": "signing" if job[0] == "running" else "queued", "reason": None}
+    states = [f[0] for f in files]
+    for wanted, state in (("verified", "ready"), ("pending", "downloading"), ("deferred", "deferred")):
+        if wanted in states:
+            return {"state": state, "reason": None}
+    if not files:
+        return {"state": "unsignable", "reason": "no files in the registry"}
+    state, error, name = files[0]
+    return {"state": "unsignable", "reason": f"{name}: {error or state}"}
+
+
+def unsigned_message(session: Session, version_id: int, profile: SignerProfile) -> str:
+    """Why a version has no signature under ``profile``, and what to do about it (one line)."""
+    others = session.execute(sa.select(SignerProfile.name).join(Signature, Signature.profile_id == SignerProfile.id)
+                             .where(Signature.version_id == version_id).distinct()).scalars().all()
+    if others:
+        return (f"LoRA {version_id} has no signature under profile {profile.name!r}; it is signed under "
+                f"{', '.join(sorted(others))}: pass --profile NAME")
+    status = sign_status(session, [version_id], profile.id)[version_id]
+    ref = lora_ref(session.execute(sa.select(Version.model_id).where(Version.id == version_id)).scalar(), version_id)
+    if status["state"] == "unsignable":
+        return f"LoRA {version_id} cannot be signed: {status['reason']}"
+    if status["state"] == "failed":
+        return f"LoRA {version_id} has no signature: signing failed ({status['reason']})"
+    return (f"LoRA {version_id} has no signature yet ({status['state']}): sign it with `carlos-reg sign {ref}`")
 
 
 def next_local_version_id(session) -> int:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 DEFAULT_CIVITAI_BASE_URL = "https://civitai.com"
 DEFAULT_PROFILE = "paper"
+# The one rule for the profile a command uses, shown in every --profile help.
+PROFILE_HELP = ("Signer profile [default: $CARLOS_REG_PROFILE, else paper; commands that read signatures use the "
+                "profile with the most signatures when that one has none].")
 
 
 def default_home() -> Path:

@@ -113,15 +113,28 @@ def _register_tiny_config() -> None:
         open_clip.add_model_config(TINY_CONFIG_DIR / f"{TINY_CLIP}.json")
 
 
-def _cached_hub_file(model_name: str, tag: str) -> str | None:
-    """The tag's weights if they are already in the Hugging Face cache (never downloads)."""
+# open_clip's Hub repositories for the pretrained tags the built-in profiles use, so weights can be
+# located (and their absence reported) without importing open_clip, and with it torch.
+_KNOWN_HUB_REPOS = {("ViT-B-32-quickgelu", "openai"): "timm/vit_base_patch32_clip_224.openai"}
+
+
+def _hub_repo(model_name: str, tag: str) -> tuple[str, str]:
+    """(Hub repository, file name or "") of an open_clip pretrained tag."""
+    if (model_name, tag) in _KNOWN_HUB_REPOS:
+        return _KNOWN_HUB_REPOS[(model_name, tag)], ""
     from open_clip.pretrained import get_pretrained_cfg
 
-    cfg = get_pretrained_cfg(model_name, tag)
-    hub = (cfg or {}).get("hf_hub", "")
+    hub = (get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "")
     if not hub:
+        return "", ""
+    return (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
+
+
+def _cached_hub_file(model_name: str, tag: str) -> str | None:
+    """The tag's weights if they are already in the Hugging Face cache (never downloads)."""
+    repo, filename = _hub_repo(model_name, tag)
+    if not repo:
         return None
-    repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
@@ -133,13 +146,46 @@ def _cached_hub_file(model_name: str, tag: str) -> str | None:
     return None
 
 
-def _missing(profile: Profile, model_name: str, tag: str) -> ModelUnavailable:
-    env = (" or set CARLOS_REG_CLIP to an open_clip checkpoint file or a transformers "
-           "openai/clip-vit-base-patch32 folder") if (model_name, tag) == ("ViT-B-32-quickgelu", "openai") else ""
+def find_clip_weights(profile: Profile, *, used_for: str | None = None) -> str | None:
+    """Where the profile's CLIP weights are on this machine (a file or a transformers folder); None
+    for the tiny profile's random weights or when the profile may download them.
+
+    Imports neither torch nor open_clip, so a command can refuse at once when the weights are
+    missing. ``used_for`` names what the user asked for (e.g. "profile 'carlos-published'")
+    when that is not the profile itself.
+    """
+    from signer.clip_hf import cached_hub_folder, is_transformers_folder
+
+    model_name, tag = profile.settings["clip_model"], profile.settings["clip_pretrained"]
+    if model_name == TINY_CLIP:
+        return None
+    source = profile.clip_checkpoint
+    if source:
+        if not (os.path.isfile(source) or is_transformers_folder(source)):
+            raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) is neither an open_clip "
+                                   "checkpoint file nor a transformers CLIP folder: fix clip_checkpoint / "
+                                   "CARLOS_REG_CLIP")
+        return source
+    openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
+    found = _cached_hub_file(model_name, tag) or (cached_hub_folder() if openai_b32 else None)
+    if found is None and not profile.allow_download:
+        raise _missing(profile, model_name, tag, used_for)
+    return found
+
+
+def _missing(profile: Profile, model_name: str, tag: str, used_for: str | None = None) -> ModelUnavailable:
+    from signer.clip_hf import HUB_ID
+
+    repo, filename = _hub_repo(model_name, tag)
+    files = f"{repo}/{filename or _WEIGHT_FILES[0]}" if repo else f"open_clip {model_name}/{tag}"
+    openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
+    forms = f"the file {files} from the Hugging Face Hub" + (
+        f", or the transformers model {HUB_ID} (config.json + model.safetensors)" if openai_b32 else "")
+    what = f"{used_for} (queries encoded as profile {profile.name!r} does)" if used_for else f"profile {profile.name!r}"
     return ModelUnavailable(
-        f"CLIP weights {model_name}/{tag} (profile {profile.name!r}) are not on this machine: put a local open_clip "
-        f"checkpoint in the profile's clip_checkpoint{env}, or allow a one-time download with "
-        f"CARLOS_REG_ALLOW_DOWNLOAD=1 (Hugging Face Hub)")
+        f"{what} needs the CLIP weights {model_name}/{tag}, which are not on this machine. Get {forms}; then "
+        f"set CARLOS_REG_CLIP=/path/to/it (or the profile's clip_checkpoint), put it in the Hugging Face "
+        f"cache, or allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1")
 
 
 def _transformers_clean(text: str) -> str:
@@ -175,20 +221,9 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
             model = open_clip.create_model(TINY_CLIP, pretrained=None)  # random on purpose: no warning
         key = f"open_clip:{TINY_CLIP}:seed{TINY_CLIP_SEED}"
     else:
-        from signer.clip_hf import cached_hub_folder, is_transformers_folder, load_transformers_clip
+        from signer.clip_hf import load_transformers_clip
 
-        openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
-        source = profile.clip_checkpoint
-        if source:
-            if not (os.path.isfile(source) or is_transformers_folder(source)):
-                raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) is neither an open_clip "
-                                       "checkpoint file nor a transformers CLIP folder: fix clip_checkpoint / "
-                                       "CARLOS_REG_CLIP")
-        else:
-            source = _cached_hub_file(model_name, tag) or (cached_hub_folder() if openai_b32 else None)
-            if source is None and not profile.allow_download:
-                raise _missing(profile, model_name, tag)
-            source = source or tag
+        source = find_clip_weights(profile) or tag
         key = f"open_clip:{model_name}:{tag}"  # the same weights whichever form they were read from
         if os.path.isdir(source):
             model = load_transformers_clip(source)

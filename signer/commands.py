@@ -14,6 +14,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, say, table
+from registry.settings import PROFILE_HELP
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -61,7 +62,7 @@ def _run_worker(app: App, *, device, job_ids=None, profiles=None, once=False, ma
 @click.command()
 @click.argument("targets", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every version with a verified file and no signature yet.")
-@click.option("--profile", metavar="NAME", help="Signer profile [default: $CARLOS_REG_PROFILE or paper].")
+@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
 @click.option("--device", metavar="DEV", help=DEVICE_HELP)
 @click.option("--trigger", "triggers", multiple=True, metavar="WORD",
               help="Trigger word for local files (repeatable); appended to the LoRA-branch prompts.")
@@ -86,6 +87,9 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
     if not targets and not all_:
         raise UsageError("give REFs, .safetensors files or folders, or --all")
     profile_obj, pid = _profile(app, profile)
+    from signer.weights import check_weights
+
+    check_weights(profile_obj)  # before anything is queued or torch is imported
     paths = [Path(t) for t in targets if os.path.exists(t)]
     refs = [t for t in targets if not os.path.exists(t)]
     files, skipped = store.collect_paths(paths)

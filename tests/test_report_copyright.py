@@ -44,7 +44,7 @@ def test_identical_signatures_are_flagged_unreliable(reference_registry):
     flagged = {e["version_id"]: e for e in doc["loras"] if "identical_signature" in e["quality_flags"]}
     assert set(flagged) == DEGENERATE_GROUP
     assert all(e["tier"] == "unreliable" for e in flagged.values())
-    assert set(flagged[212213]["identical_to"]) == DEGENERATE_GROUP - {212213}
+    assert set(flagged[212213]["exact_duplicates"]) == DEGENERATE_GROUP - {212213}
     near = {e["version_id"] for e in doc["loras"] if "near_duplicate" in e["quality_flags"]}
     assert near == {268828, 268846, 273996, 269354}  # versions of one LoRA uploaded twice
 

@@ -24,16 +24,19 @@ def test_similar_of_a_style_lora_returns_its_family(reference_registry, family):
         top = [r["version_id"] for r in doc["results"]]
         others = [m for m in members if m != vid]
         assert set(others) & set(top), (family, vid, top)
-        assert doc["results"][0]["model_id"] == doc["ref"]["model_id"]
+        assert doc["results"][0]["model_id"] == doc["target"]["model_id"]
 
 
 def test_identical_signatures_are_reported_as_duplicates(reference_registry):
     doc = run_json("--db", reference_registry, "similar", "212213", "-k", "5")
-    assert doc["exact_duplicates"] == [159294, 234730]
+    # 159294 and 234730 are bitwise equal; 510981 differs in the 4th decimal (cosine ≥ 0.99999): the
+    # same degenerate output, and "exact" in similar as in the report (one vocabulary)
+    assert doc["exact_duplicates"] == [159294, 234730, 510981]
     marks = {r["version_id"]: r["duplicate"] for r in doc["results"]}
-    assert marks[159294] == marks[234730] == "exact"
-    assert marks[510981] == "near"  # differs in the 4th decimal: the same degenerate output
+    assert marks[159294] == marks[234730] == marks[510981] == "exact"
     assert all(m is None for v, m in marks.items() if v not in (159294, 234730, 510981))
+    report = run_json("--db", reference_registry, "report", "copyright", "212213")
+    assert sorted(report["loras"][0]["exact_duplicates"]) == [159294, 234730, 510981]
 
 
 def test_versions_of_one_lora_are_near_duplicates(reference_registry):

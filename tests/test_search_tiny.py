@@ -247,7 +247,7 @@ def test_listings_speak_csv_and_tsv(signed):
 
     env, ids, _ = signed
     rows = list(csv.reader(io.StringIO(run_cli("loras", "--format", "csv", env=env, check=True).stdout)))
-    assert rows[0][:2] == ["version", "name"] and {int(r[0]) for r in rows[1:]} == set(ids.values())
+    assert rows[0][:2] == ["ref", "name"] and {r[0] for r in rows[1:]} == {f"local:{-v}" for v in ids.values()}
     tsv = run_cli("search", "ink", "--no-filter", "--format", "tsv", env=env, check=True).stdout.splitlines()
     assert tsv[0].split("\t")[:3] == ["rank", "score", "strength"] and len(tsv) == 1 + len(ids)
     assert json.loads(run_cli("similar", str(ids["ink"]), "--format", "json", env=env, check=True).stdout)["results"]

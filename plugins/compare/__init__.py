@@ -16,11 +16,12 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND
+from registry.settings import PROFILE_HELP
 
 
 @click.command(context_settings=REF_COMMAND)
 @click.argument("refs", nargs=-1)
-@click.option("--profile", metavar="NAME", help="Signer profile (default: as for search).")
+@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
 @click.option("-k", "k", type=click.IntRange(1), default=20, show_default=True,
               help="A claim is supported only if the LoRA ranks within the top k for its own claim.")
 @click.option("--worst", type=click.IntRange(1), help="Only the N worst offenders.")
@@ -43,7 +44,7 @@ def compare(app: App, refs, profile, k, worst, as_json):
     if as_json:
         emit_json(doc)
         return
-    table(["version", "name", "claim", "agreement", "rank", "supported", "strongest effect", "undeclared"],
+    table(["version", "name", "claim", "agreement", "claim rank", "supported", "strongest effect", "undeclared"],
           [(r["version_id"], r["name"], r["claim"], r["agreement"], r["claim_rank"],
             {True: "yes", False: "NO", None: "—"}[r["supported"]], r["strongest_effect"]["term"],
             (r["undeclared_effect"] or {}).get("term")) for r in shown],

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from registry.catalog import display_words
 from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
+from registry.queries import lora_ref
 
 from plugins.compare.claims import claim_text
 from plugins.search.engine import SearchEngine
@@ -52,7 +53,7 @@ class ClaimChecker:
         for vid, vname, words, mid, mname in rows:
             name = (mname or "").strip() or (vname or "")
             words = display_words(words)  # stored verbatim; cleaned here, where the claim is made
-            out[vid] = {"name": name, "trained_words": words, "tags": sorted(tags.get(mid, [])),
+            out[vid] = {"name": name, "ref": lora_ref(mid, vid), "trained_words": words, "tags": sorted(tags.get(mid, [])),
                         "claim": claim_text(name, words, tags.get(mid, []))}
         return out
 
@@ -74,7 +75,7 @@ class ClaimChecker:
             if pos is None:
                 raise NotFound(f"LoRA {vid} has no signature under profile {self.row.name!r}")
             c = claims[vid]
-            entry = {"version_id": vid, "name": c["name"], "claim": c["claim"],
+            entry = {"version_id": vid, "ref": c["ref"], "name": c["name"], "claim": c["claim"],
                      "claim_from": {"trained_words": c["trained_words"], "tags": c["tags"]},
                      "strength": float(index.strength[pos]), "consistency": float(index.consistency[pos]),
                      "flags": []}

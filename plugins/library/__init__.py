@@ -14,6 +14,7 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.errors import CarlosError
 from registry.output import emit_json, info, output_options, table
+from registry.settings import PROFILE_HELP
 
 CATEGORY_TITLES = {"registry": "found in registry", "civitai": "identified on Civitai", "local": "local only",
                    "unsignable": "unsignable", "unresolved": "not identified yet (lookup failed)"}
@@ -25,7 +26,7 @@ CATEGORY_TITLES = {"registry": "found in registry", "civitai": "identified on Ci
 @click.option("--refresh", is_flag=True,
               help="Ask Civitai again about files it did not know before (local-only ones).")
 @click.option("--sign", "sign", is_flag=True, help="Queue every unsigned signable file for the profile.")
-@click.option("--profile", default=None, help="Profile for --sign [default: CARLOS_REG_PROFILE or paper].")
+@click.option("--profile", default=None, help="Profile for --sign. " + PROFILE_HELP)
 @click.option("--copy", is_flag=True,
               help="Copy files into the artifact store when a hardlink is impossible (another filesystem).")
 @output_options

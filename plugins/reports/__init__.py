@@ -17,6 +17,7 @@ from registry.app import App
 from registry.errors import CarlosError, UsageError
 from registry.output import emit_json, info, write_file
 from registry.refs import REF_COMMAND
+from registry.settings import PROFILE_HELP
 
 
 class Report:
@@ -108,7 +109,7 @@ def _command_for(report: Report) -> click.Command:
                      show_default=True, help="Output format."),
         click.Option(["--json", "as_json"], is_flag=True, help="Same as --format json."),
         click.Option(["--out"], type=click.Path(dir_okay=False), help="Write the JSON or HTML to this file."),
-        click.Option(["--profile"], metavar="NAME", help="Signer profile (default: as for search)."),
+        click.Option(["--profile"], metavar="NAME", help=PROFILE_HELP),
         *report.options(),
     ]
     return click.Command(report.name, callback=callback, params=params, help=report.description,

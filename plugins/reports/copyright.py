@@ -28,10 +28,6 @@ if TYPE_CHECKING:  # numpy, SQLAlchemy and the search engine load when a report 
     import numpy as np
 
 TIERS = ("high", "elevated", "unreliable", "low")
-# Above this cosine two signatures are the same numbers up to float noise (the published database's
-# degenerate group agrees to 1e-5; the closest genuinely different pair, a LoRA retrained at another
-# rank, stops at 0.99997).
-IDENTICAL_COS = 0.99999
 LABELLED = 15
 DEGENERATE_FLAGS = {"degenerate_images", "nan_images", "black_images", "degenerate"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
@@ -89,10 +85,10 @@ class CopyrightReport(Report):
         import numpy as np
         import sqlalchemy as sa
 
-        from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine
+        from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine, duplicate_kind
         from plugins.search.index import near_duplicate_pairs
         from registry.models import Signature
-        from registry.queries import lora_rows
+        from registry.queries import lora_ref, lora_rows
         from registry.refs import resolve_ref
 
         engine = SearchEngine(app)
@@ -117,7 +113,7 @@ class CopyrightReport(Report):
                      for pos in members}
         near: dict[int, list[int]] = {}
         for a, b, cos in near_duplicate_pairs(index.units, NEAR_DUPLICATE_COS):
-            if cos >= IDENTICAL_COS:
+            if duplicate_kind(cos) == "exact":
                 identical.setdefault(a, []).append(b)
                 identical.setdefault(b, []).append(a)
             else:
@@ -164,7 +160,8 @@ class CopyrightReport(Report):
         loras = []
         for pos in positions:
             vid = int(ids[pos])
-            m = meta.get(vid, {"version_id": vid, "model_id": None, "name": str(vid), "url": None, "base_model": None})
+            m = meta.get(vid, {"version_id": vid, "model_id": None, "ref": lora_ref(None, vid), "name": str(vid),
+                               "url": None, "base_model": None})
             quality, reasons = [], []
             same = identical.get(pos, [])
             if degenerate[pos]:
@@ -205,7 +202,7 @@ class CopyrightReport(Report):
                 "consistency": float(index.consistency[pos]), "strength_percentile": _round(s_pct[pos]),
                 "consistency_percentile": _round(c_pct[pos]), "n_samples": int(n_samples[pos]),
                 "substantiality": sub, "volition": vol, "quality_flags": quality,
-                "identical_to": [int(ids[p]) for p in same], "near_duplicates": dup_of,
+                "ref": m.get("ref"), "exact_duplicates": [int(ids[p]) for p in same], "near_duplicates": dup_of,
             }
             if ref_scores is not None:
                 score, rank = float(ref_scores[pos]), int(ref_ranks[pos])
@@ -251,7 +248,7 @@ class CopyrightReport(Report):
         self._write_png(doc, render)
         rows = doc["loras"][: render["limit"] or None]
         ref = doc["thresholds"]["reference"] is not None
-        cols = ["tier", "version", "name", "strength", "pct", "consistency", "pct", "flags"] + (["ref"] if ref else [])
+        cols = ["tier", "version", "name", "strength", "pct", "consistency", "pct", "flags"] + (["reference score"] if ref else [])
         table(cols, [(e["tier"], e["version_id"], e["name"], e["strength"], e["strength_percentile"],
                       e["consistency"], e["consistency_percentile"],
                       [*(["substantiality"] if e["substantiality"] else []), *(["volition"] if e["volition"] else []),

@@ -7,6 +7,7 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
+from registry.settings import PROFILE_HELP
 
 
 @click.command()
@@ -14,7 +15,7 @@ from registry.refs import REF_COMMAND, REF_HELP
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An example image of the look to find (repeatable; alone or with QUERY).")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
-@click.option("--profile", metavar="NAME", help="Signer profile whose signatures to search (default: the configured one, else the largest).")
+@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
 @click.option("--no-filter", is_flag=True, help="Keep LoRAs that are too strong or too inconsistent.")
 @click.option("--max-strength", type=float, metavar="X", help="Drop LoRAs with Strength above X (default: the profile's).")
 @click.option("--min-consistency", type=float, metavar="Y", help="Drop LoRAs with Consistency below Y (default: the profile's).")
@@ -69,7 +70,7 @@ def _explain_filters(doc: dict) -> None:
                context_settings=REF_COMMAND)
 @click.argument("ref")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
-@click.option("--profile", metavar="NAME", help="Signer profile (default: the REF's newest signature's).")
+@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
 @output_options
 @pass_app
 def similar(app: App, ref, k, profile, as_json):
@@ -82,9 +83,9 @@ def similar(app: App, ref, k, profile, as_json):
     table(["rank", "score", "duplicate", "strength", "consistency", "name", "version", "url"],
           [(r["rank"], r["score"], r["duplicate"] or "", r.get("strength"), r.get("consistency"), r["name"],
             r["version_id"], r["url"]) for r in doc["results"]],
-          title=f"similar to {doc['ref']['name']} ({doc['ref']['version_id']}) — profile {doc['profile']}")
+          title=f"similar to {doc['target']['name']} ({doc['target']['version_id']}) — profile {doc['profile']}")
     if doc["exact_duplicates"]:
-        info(f"identical signatures: {', '.join(map(str, doc['exact_duplicates']))} "
+        info(f"exact duplicates: {', '.join(map(str, doc['exact_duplicates']))} "
              "(the same weights, or degenerate output such as black images)")
 
 

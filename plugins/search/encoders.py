@@ -155,16 +155,19 @@ class ClipSource:
 
     def clip(self, device: str | None = None):
         if self._clip is None:
-            from signer.clip import load_clip
+            from signer.clip import find_clip_weights, load_clip
 
+            # refuse before torch is imported, naming the profile the user asked for
+            used_for = None if self.row.name == self.profile.name else f"profile {self.row.name!r}"
+            find_clip_weights(self.profile, used_for=used_for)
             self._clip = load_clip(self.profile, device or "cpu")
         return self._clip
 
     def tower(self):
         if self._tower is None:
+            clip = self.clip()  # first: a missing model is reported before torch loads
             from plugins.search.textenc import TextTower
 
-            clip = self.clip()
             self._tower = TextTower(clip.model, clip.tokenizer)
         return self._tower
 

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from registry.errors import CarlosError, NotFound, UsageError
 from registry.catalog import available_clause, nsfw_clause
 from registry.models import Model, Signature, SignerProfile, Version
-from registry.profiles import find_profile
-from registry.queries import lora_rows
+from registry.profiles import default_profile
+from registry.queries import lora_rows, unsigned_message
 
 from plugins.search.index import Filters, RankingIndex
 
@@ -25,6 +25,10 @@ from plugins.search.index import Filters, RankingIndex
 # versions of one LoRA family) to 0.999 (the same weights uploaded twice, or degenerate
 # signatures); 99% of LoRAs have no neighbor above 0.994. Above 0.99 we call it a near duplicate.
 NEAR_DUPLICATE_COS = 0.99
+# Directions this close are the same numbers up to float noise ("exact" duplicates): the published
+# database's degenerate group agrees to 1e-5, while the closest genuinely different pair (a LoRA
+# retrained at another rank) stops at 0.99997. ``similar`` and the reports share this rule.
+EXACT_DUPLICATE_COS = 0.99999
 
 
 @dataclass
@@ -75,20 +79,9 @@ class SearchEngine:
     # ------------------------------------------------------------------ profiles, indexes, encoders
 
     def profile(self, name: str | None = None) -> SignerProfile:
-        """The named profile; by default the configured one if it has signatures, else the largest."""
+        """The named profile, else the default one (``registry.profiles.default_profile``)."""
         with self.app.db.read() as session:
-            if name:
-                return find_profile(session, name)
-            counts = dict(session.execute(sa.select(Signature.profile_id, sa.func.count())
-                                          .group_by(Signature.profile_id)).all())
-            if not counts:
-                raise NotFound("no signed LoRAs in the registry yet: sign some (`carlos-reg sign`) "
-                               "or import the published ones (`carlos-reg import carlos FILE`)")
-            rows = {p.id: p for p in session.execute(sa.select(SignerProfile)).scalars()}
-        preferred = [p for p in rows.values() if p.name == self.app.settings.default_profile and p.id in counts]
-        if preferred:
-            return max(preferred, key=lambda p: p.id)
-        return rows[max(counts, key=lambda pid: (counts[pid], pid))]
+            return default_profile(session, self.app.settings.default_profile, name)
 
     def index(self, row: SignerProfile) -> RankingIndex:
         """The profile's ranking index, brought up to date; readers keep whatever object they were given."""
@@ -190,18 +183,14 @@ class SearchEngine:
             raise UsageError("-k must be between 1 and 1000")
         with self.app.db.read() as session:
             vid = resolve_ref(session, ref)
-            if profile is None:
-                pid = session.execute(sa.select(Signature.profile_id).where(Signature.version_id == vid)
-                                      .order_by(Signature.id.desc())).scalars().first()
-                if pid is None:
-                    raise NotFound(f"LoRA {vid} has no signature yet; sign it first (`carlos-reg sign {vid}`)")
-                row = session.get(SignerProfile, pid)
-        if profile is not None:
-            row = self.profile(profile)
+            row = default_profile(session, self.app.settings.default_profile, profile)
+            if not session.execute(sa.select(Signature.id).where(Signature.version_id == vid,
+                                                                 Signature.profile_id == row.id)).first():
+                raise NotFound(unsigned_message(session, vid, row))
         index = self.index(row)
         direction = index.direction(vid)
-        if direction is None:
-            raise NotFound(f"LoRA {vid} has no signature under profile {row.name!r}")
+        if direction is None:  # signed meanwhile by another process; the index shows it on the next call
+            raise NotFound(f"LoRA {vid} has no signature under profile {row.name!r} yet")
         if not np.any(direction):
             raise CarlosError(f"LoRA {vid} has a zero Direction (no measurable effect): nothing is similar to it")
         ranked = index.rank(direction, k, Filters(include_invalid=True), exclude=vid)
@@ -210,13 +199,22 @@ class SearchEngine:
         out = []
         for rank, (other, score) in enumerate(zip(ranked.version_ids, ranked.scores), start=1):
             item = results[int(other)]
-            dup = "exact" if int(other) in exact else ("near" if score >= NEAR_DUPLICATE_COS else None)
+            dup = duplicate_kind(score, int(other) in exact)
             item.update(rank=rank, score=round(float(score), 6), duplicate=dup)
             out.append(item)
         target = self.hydrate([vid], profile_id=row.id)[vid]
-        return {"ref": target, "profile": row.name, "profile_hash": row.hash,
-                "near_duplicate_cos": NEAR_DUPLICATE_COS, "exact_duplicates": sorted(exact),
+        exact |= {r["version_id"] for r in out if r["duplicate"] == "exact"}
+        return {"target": target, "profile": row.name, "profile_hash": row.hash,
+                "near_duplicate_cos": NEAR_DUPLICATE_COS, "exact_duplicate_cos": EXACT_DUPLICATE_COS,
+                "exact_duplicates": sorted(exact),
                 "results": out}
+
+
+def duplicate_kind(cos: float, same_bytes: bool = False) -> str | None:
+    """``exact``, ``near`` or None: the one duplicate vocabulary of ``similar`` and the reports."""
+    if same_bytes or cos >= EXACT_DUPLICATE_COS:
+        return "exact"
+    return "near" if cos >= NEAR_DUPLICATE_COS else None
 
 
 class CarlosRetriever:

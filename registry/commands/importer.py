@@ -5,6 +5,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.errors import UsageError
 from registry.output import emit_json, info, output_options
 
 
@@ -15,19 +16,36 @@ def import_group():
 
 @import_group.command(name="carlos")
 @click.argument("parquet", type=click.Path(dir_okay=False))
+@click.option("--hydrate", is_flag=True,
+              help="Then fetch what the file lacks (base model, trigger words, tags, descriptions, files and "
+                   "hashes) from Civitai by model id: `carlos-reg crawl --imported --no-download`.")
 @output_options
 @pass_app
-def import_carlos_command(app: App, parquet: str, as_json: bool):
-    """Import the published CARLoS database (metrics_database.parquet), all or nothing."""
+@click.pass_context
+def import_carlos_command(ctx: click.Context, app: App, parquet: str, hydrate: bool, as_json: bool):
+    """Import the published CARLoS database (metrics_database.parquet), all or nothing.
+
+    \b
+    The file is the reference implementation's published signature database (740 SDXL LoRAs from
+    Civitai); it has names, ids and signatures but no base models or trigger words: --hydrate fills
+    those in from Civitai (CIVITAI_BASE_URL, CIVITAI_API_KEY) so --base-model filters and `compare`
+    work on these rows.
+    """
     from registry.importer import import_carlos
 
     counts = import_carlos(app.db, parquet)
-    if as_json:
+    if as_json and not hydrate:
         emit_json(counts)
     else:
         info(f"imported {counts['rows']} rows under profile {counts['profile']!r}: "
              f"{counts['signatures_added']} new, {counts['signatures_updated']} updated, "
              f"{counts['unchanged']} unchanged signatures; {counts['versions_added']} new versions")
+    if hydrate:
+        # the crawler plugs its command into the CLI; the core reaches it by name, never by import
+        crawl = ctx.find_root().command.get_command(ctx, "crawl")
+        if crawl is None:
+            raise UsageError("--hydrate needs the crawler's `crawl` command, which is not installed")
+        ctx.invoke(crawl, imported=True, download=False, as_json=as_json)
 
 
 @import_group.command(name="signatures")

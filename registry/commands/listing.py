@@ -7,12 +7,18 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
+from registry.settings import PROFILE_HELP
+
+SORT_CHOICES = ("version", "name", "strength", "consistency", "downloads", "newest")  # registry.queries.SORTS
 
 
 @click.command()
 @click.option("--signed/--unsigned", default=None, help="Only signed (or only unsigned) LoRAs.")
 @click.option("--base-model", metavar="NAME", help="Only this base model, e.g. 'SDXL 1.0', 'Pony'.")
-@click.option("--profile", metavar="NAME", help="Signatures of this signer profile (default: the newest).")
+@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@click.option("--query", "-q", metavar="TEXT", help="Only LoRAs whose name contains TEXT (any case).")
+@click.option("--sort", type=click.Choice(SORT_CHOICES), default="version", show_default=True,
+              help="Row order: strength/consistency/downloads/newest go highest first, unsigned rows last.")
 @click.option("--nsfw/--no-nsfw", default=None,
               help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).")
 @click.option("--mode", type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
@@ -21,25 +27,39 @@ from registry.refs import REF_COMMAND, REF_HELP
 @click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
 @output_options
 @pass_app
-def loras(app: App, signed, base_model, nsfw, mode, profile, limit, offset, as_json):
-    """List LoRA versions in the registry."""
-    from registry.profiles import find_profile
+def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit, offset, as_json):
+    """List LoRA versions in the registry, with the signatures of one profile.
+
+    \b
+    Unsigned rows say why in the notes: queued, signing, ready (a verified file not queued
+    yet), downloading, deferred (early access), failed or unsignable (with the reason).
+    """
+    from registry.errors import NotFound
+    from registry.profiles import default_profile
     from registry.queries import lora_rows
 
     with app.db.read() as session:
-        profile_id = find_profile(session, profile).id if profile else None
-        total, rows = lora_rows(session, signed=signed, base_model=base_model, profile_id=profile_id,
-                                limit=limit or None, offset=offset, nsfw=nsfw, mode=mode)
+        try:
+            row = default_profile(session, app.settings.default_profile, profile)
+        except NotFound:
+            if profile:
+                raise
+            row = None  # nothing signed yet: list everything as unsigned
+        total, rows = lora_rows(session, signed=signed, base_model=base_model, profile_id=row and row.id,
+                                limit=limit or None, offset=offset, nsfw=nsfw, mode=mode, query=query, sort=sort)
     if as_json:
-        emit_json({"total": total, "offset": offset, "count": len(rows), "loras": rows})
+        emit_json({"total": total, "offset": offset, "count": len(rows), "profile": row and row.name,
+                   "loras": rows})
         return
-    table(["version", "name", "base model", "strength", "consistency", "profile", "flags", "notes"],
-          [(r["version_id"], r["name"], r["base_model"], r.get("strength"), r.get("consistency"), r.get("profile"),
-            r.get("flags"), notes(r)) for r in rows])
+    table(["ref", "name", "base model", "strength", "consistency", "flags", "notes"],
+          [(r["ref"], r["name"], r["base_model"], r.get("strength"), r.get("consistency"),
+            r.get("flags"), notes(r)) for r in rows],
+          title=f"LoRAs — signatures of profile {row.name}" if row else None)
     if total > offset + len(rows):
         info(f"{len(rows)} of {total} shown; use --limit 0 for all, or --offset")
     elif not rows:
-        info("no LoRAs match" if total == 0 and (signed is not None or base_model) else
+        info("no LoRAs match" if total == 0 and (signed is not None or base_model or query or nsfw is not None
+                                                 or mode) else
              "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`")
 
 
@@ -56,34 +76,53 @@ def show(app: App, ref: str, as_json: bool):
     if as_json:
         emit_json(detail)
         return
-    rows = [("version", detail["version_id"]), ("model", detail["model_id"]), ("name", detail["name"]),
-            ("version name", detail["version_name"]), ("base model", detail["base_model"]), ("url", detail["url"]),
-            ("trigger words", " | ".join(detail["trained_words"])), ("source", detail["source"]),
-            ("nsfw", "yes" if detail["nsfw"] else "no"),
-            ("civitai mode", detail["mode"] or "live"),
+    table(["field", "value"], detail_rows(detail), title=detail["name"], wrap=True)
+
+
+def detail_rows(detail: dict) -> list[tuple[str, object]]:
+    """Every stored field a reader wants, as (label, text) rows; descriptions as plain text."""
+    from registry.catalog import html_to_text
+
+    model = detail.get("model") or {}
+    status = detail.get("sign_status")
+    rows = [("ref", detail["ref"]), ("version", detail["version_id"]), ("model", detail["model_id"]),
+            ("name", detail["name"]), ("version name", detail["version_name"]),
+            ("creator", model.get("creator") or ""), ("base model", detail["base_model"]), ("url", detail["url"]),
+            ("trigger words", "\n".join(detail["trained_words"]) or "(none)"), ("source", detail["source"]),
+            ("downloads", model.get("download_count")), ("tags", ", ".join(model.get("tags") or [])),
+            ("nsfw", "yes" if detail["nsfw"] else "no"), ("civitai mode", detail["mode"] or "live"),
             ("early access", ("until " + detail["early_access_ends_at"] if detail["early_access_ends_at"] else "yes")
              if detail["early_access"] else "no"),
-            ("published", detail["published_at"]), ("status", detail["status"]),
-            ("gone", detail["gone_at"] or "no")]
-    if "model" in detail:
-        rows.append(("tags", detail["model"]["tags"]))
+            ("published", detail["published_at"]), ("status", detail["status"]), ("gone", detail["gone_at"] or "no")]
+    if status:
+        rows.append(("signing", status["state"] + (f": {status['reason']}" if status["reason"] else "")))
+    for label, text in (("description", detail.get("description")), ("model description", model.get("description"))):
+        if text and text.strip():
+            rows.append((label, html_to_text(text)))
     for s in detail["signatures"]:
         rows.append((f"signature [{s['profile']}]",
                      f"strength {s['strength']:.4g}, consistency {s['consistency']:.4g}, {s['n_samples']} samples"
                      + ("" if s["valid"] else ", NOT VALID") + (f", flags: {', '.join(s['flags'])}" if s["flags"] else "")))
     for f in detail["files"]:
-        rows.append((f"file {f['id']}", f"{f['name']} [{f['state']}]" + (f" {f['error']}" if f["error"] else "")))
+        size = f" {_size(f['size_bytes'])}" if f.get("size_bytes") else ""
+        rows.append((f"file {f['id']}", f"{f['name']}{size} [{f['state']}]" + (f" {f['error']}" if f["error"] else "")))
         if f["hashes"]:
-            rows.append(("  hashes", ", ".join(f"{k} {v}" for k, v in f["hashes"].items())))
+            rows.append(("  hashes", "\n".join(f"{k} {v}" for k, v in f["hashes"].items())))
+    for lf in detail.get("local_files", []):
+        rows.append(("local file", f"{lf['path']} [{lf['status']}]"))
     for j in detail["jobs"]:
         rows.append((f"job {j['id']} [{j['profile']}]",
                      f"{j['state']} after {j['attempts']} attempt(s)" + (f": {j['last_error']}" if j["last_error"] else "")))
-    table(["field", "value"], rows, title=detail["name"], wrap=True)
+    return rows
+
 
 
 def notes(r: dict) -> str:
     """What a listing row must not hide: Civitai mode, early access, NSFW, gone."""
     out = []
+    status = r.get("sign_status")
+    if status:
+        out.append(status["state"] + (f": {status['reason']}" if status["reason"] else ""))
     if r.get("mode"):
         out.append(r["mode"])
     if r.get("early_access"):
@@ -99,3 +138,7 @@ def notes(r: dict) -> str:
 def register_commands(cli):
     cli.add_command(loras)
     cli.add_command(show)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
