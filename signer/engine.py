@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
-from signer.maths import AdaptiveRule, RunningSignature, SignatureStats
+from signer.maths import AdaptiveRule, AdaptiveTracker, RunningSignature, SignatureStats
 from signer.profiles import Profile, Sample
 from signer.tiny import quiet_libraries
 from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
@@ -122,7 +122,8 @@ def load_pipeline(profile: Profile, device="cpu"):
 
 
 class Engine:
-    def __init__(self, profile: Profile, device="cpu", *, pipe=None, clip=None, quiet: bool = True):
+    def __init__(self, profile: Profile, device="cpu", *, pipe=None, clip=None, quiet: bool = True,
+                 fuse: bool = True):
         import torch
 
         from signer.clip import load_clip
@@ -145,6 +146,9 @@ class Engine:
                               f"layout expects {profile.latent_shape}")
         self.batch_size = profile.batch_size
         self.lora_loaded = False
+        self.fuse = fuse
+        self.fused = False  # the loaded LoRA is merged into the weights (no adapter work per step)
+        self._pristine: dict[int, tuple] = {}  # id(param) -> (param, its base value): exact restores
 
     @property
     def dim(self) -> int:
@@ -180,7 +184,7 @@ class Engine:
             out = self.pipe(prompt=[x.prompt + suffix for x in batch], latents=latents,
                             num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"], width=s["width"],
                             height=s["height"], output_type="pt",
-                            cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora else None,
+                            cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora and not self.fused else None,
                             callback_on_step_end=on_step if stop else None)
             images = out.images
             flat = images.flatten(1)
@@ -223,8 +227,58 @@ class Engine:
             raise LoraRejected(f"diffusers could not load it ({type(exc).__name__}: {first})") from None
         return info
 
+    def fuse_lora(self) -> str | None:
+        """Merge the loaded LoRA into the base weights at the profile's scale and take the adapter
+        layers out again, so generation runs the plain base modules (nothing per step for the LoRA,
+        and a compiled UNet sees the same module tree for every LoRA: no recompilation). Every
+        weight it touches is first saved (once per process: base weights never change), and
+        ``restore_base`` writes them back bit for bit (peft's unmerge subtracts, which is not exact).
+        Returns why it could not fuse (then the adapter path runs)."""
+        import torch
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        components = []
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            model = getattr(self.pipe, name, None)
+            layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if model is not None else []
+            if layers:
+                components.append(name)
+            with torch.no_grad():
+                for layer in layers:
+                    for param in layer.get_base_layer().parameters(recurse=False):
+                        if id(param) not in self._pristine:
+                            self._pristine[id(param)] = (param, param.detach().clone())
+        try:
+            self.pipe.fuse_lora(components=components, lora_scale=float(self.profile.settings["lora_scale"]),
+                                safe_fusing=True, adapter_names=[ADAPTER])
+        except Exception as exc:  # e.g. NaN weights (safe_fusing): restore whatever was merged
+            self.restore_base()
+            return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+        self.fused = True
+        self.pipe.unload_lora_weights()  # the wrappers go; their base modules keep the merged weights
+        self.pipe._merged_adapters = set()
+        return None
+
+    def restore_base(self) -> None:
+        """Every weight a fused LoRA touched back to its saved base value, exactly."""
+        import torch
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        with torch.no_grad():
+            for param, value in self._pristine.values():
+                param.copy_(value)
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            model = getattr(self.pipe, name, None)
+            for layer in (model.modules() if model is not None else ()):
+                if isinstance(layer, BaseTunerLayer):
+                    layer.merged_adapters.clear()  # the adapter is no longer in the weights
+        self.pipe._merged_adapters = set()
+        self.fused = False
+
     def unload_lora(self) -> None:
-        self.pipe.unload_lora_weights()
+        if self.fused or self.pipe._merged_adapters:
+            self.restore_base()
+        self.pipe.unload_lora_weights()  # (a no-op after a fuse)
         if attached_modules(self.pipe, ADAPTER):
             raise SignerError("the pipeline still carries LoRA layers after unloading; restart the worker")
         self.lora_loaded = False
@@ -235,8 +289,13 @@ class Engine:
             raise SignerError("the cached base branch does not match this profile's samples or CLIP model")
         info = self.load_lora(path)
         try:
-            return self._sign_loaded(info, trigger_suffix(trigger_words, self.profile.settings["trigger_words"]),
-                                     base, progress, stop)
+            why_not = self.fuse_lora() if self.fuse else "fusing is off"
+            outcome = self._sign_loaded(info, trigger_suffix(trigger_words, self.profile.settings["trigger_words"]),
+                                        base, progress, stop)
+            outcome.estimates["generation"] = "fused" if why_not is None else "unfused"
+            if why_not is not None and self.fuse:
+                outcome.estimates["fuse_error"] = why_not
+            return outcome
         finally:
             self.unload_lora()
 
@@ -244,7 +303,8 @@ class Engine:
         sampling = self.profile.sampling
         rule = AdaptiveRule.from_settings(sampling) if sampling.get("mode") == "adaptive" else None
         acc = RunningSignature(self.dim)
-        rows, kept = [], []
+        tracker = AdaptiveTracker(self.dim) if rule is not None else None
+        rows = []
         n_bad = 0
         estimates: dict = {"mode": sampling.get("mode", "full"), "n_total": len(self.samples)}
         est: dict = {}
@@ -255,15 +315,18 @@ class Engine:
             diffs = feats - base.features[idx]
             n_bad += int(bad.sum())
             acc.add(diffs[~bad])
-            kept.append(diffs[~bad])
             rows.append(np.where(bad[:, None], np.nan, diffs))
             if progress:
                 progress(len(batch))
-            if rule is not None:
-                done, est = rule.check(np.concatenate(kept), len(self.samples) - int(base.degenerate.sum()))
+            if tracker is not None:
+                tracker.add(diffs[~bad])
+                n_usable = len(self.samples) - int(base.degenerate.sum())
+                done, est = rule.decide_on(tracker, n_usable)
                 if done:
                     break
         if rule is not None:
+            if "consistency_se" not in est:  # ended without the costly estimate having been needed
+                est = tracker.estimates(len(self.samples) - int(base.degenerate.sum()), safety=rule.safety)
             estimates.update({k: v for k, v in est.items() if k != "n"}, targets=dict(sampling))
         stats = acc.result()
         estimates.update(n_visited=sum(len(r) for r in rows), n_used=stats.n, n_degenerate=n_bad,

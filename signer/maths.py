@@ -131,7 +131,22 @@ class AdaptiveRule:
                                                 "safety") if k in sampling})
 
     def check(self, prefix, n_total: int) -> tuple[bool, dict]:
-        est = adaptive_estimates(prefix, n_total, safety=self.safety)
+        """Decide on the whole prefix (O(n·d) per call); ``AdaptiveTracker`` does the same in O(d²)."""
+        return self.decide(adaptive_estimates(prefix, n_total, safety=self.safety), n_total)
+
+    def decide_on(self, tracker: "AdaptiveTracker", n_total: int) -> tuple[bool, dict]:
+        """``decide`` on a tracker's prefix, computing the Consistency error only when everything
+        else already allows stopping (the costly part)."""
+        est = tracker.estimates(n_total, safety=self.safety, consistency=False)
+        n = est["n"]
+        cheap_ok = n >= n_total or (n >= min(self.min_samples, n_total) and est["cosine"] >= self.target_cosine
+                                    and est["strength_se"] <= self.strength_rel_tol * max(est.get("strength", 0.0),
+                                                                                          ZERO_NORM))
+        if cheap_ok:
+            return self.decide(tracker.estimates(n_total, safety=self.safety), n_total)
+        return False, est
+
+    def decide(self, est: dict, n_total: int) -> tuple[bool, dict]:
         n = est["n"]
         if n >= n_total:
             return True, est
@@ -141,13 +156,69 @@ class AdaptiveRule:
         return done, est
 
 
+class AdaptiveTracker:
+    """``adaptive_estimates`` of a growing prefix from running sums, so checking after every batch
+    does not re-read the whole prefix (O(N²·d) over a run). The Consistency error needs
+    Σ (u_i·ū)² = ūᵀ(Σ u uᵀ)ū: the d×d sum is brought up to date only when that estimate is asked for
+    (``AdaptiveRule.decide_on`` asks last), in one product over the waiting unit vectors."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.sum_v = np.zeros(dim)
+        self.sum_norm = 0.0
+        self.sum_norm_sq = 0.0  # Σ‖v‖², also the trace term's Σ‖v‖²
+        self.sum_u = np.zeros(dim)
+        self.gram_u = np.zeros((dim, dim))
+        self._waiting: list[np.ndarray] = []
+
+    def add(self, batch) -> None:
+        v = np.asarray(batch, dtype=np.float64)
+        if v.size == 0:
+            return
+        norms = np.linalg.norm(v, axis=1)
+        units = np.where(norms[:, None] > ZERO_NORM, v / np.maximum(norms, ZERO_NORM)[:, None], 0.0)
+        self.n += v.shape[0]
+        self.sum_v += v.sum(axis=0)
+        self.sum_norm += float(norms.sum())
+        self.sum_norm_sq += float((norms ** 2).sum())
+        self.sum_u += units.sum(axis=0)
+        self._waiting.append(units)
+
+    def estimates(self, n_total: int, *, safety: float = 1.0, consistency: bool = True) -> dict:
+        """What ``adaptive_estimates(prefix, n_total, safety=safety)`` returns, to float rounding
+        (without ``consistency_se`` when ``consistency`` is False)."""
+        n = self.n
+        if n < 2:
+            return {"n": n, "cosine": 0.0, "strength_se": math.inf, "consistency_se": math.inf}
+        f = max(0.0, 1.0 - n / n_total)
+        mean = self.sum_v / n
+        trace = max(self.sum_norm_sq - n * float(mean @ mean), 0.0) / (n - 1)
+        err2 = safety * f * trace / n
+        signal2 = max(float(mean @ mean) - err2, 0.0)
+        cosine = math.sqrt(signal2 / (signal2 + err2)) if signal2 + err2 > 0 else 1.0
+        strength = self.sum_norm / n
+        norm_var = max(self.sum_norm_sq - n * strength ** 2, 0.0) / (n - 1)
+        out = {"n": n, "cosine": cosine, "strength_se": math.sqrt(safety * f * norm_var / n), "strength": strength}
+        if consistency:
+            if self._waiting:
+                units = np.concatenate(self._waiting)
+                self.gram_u += units.T @ units
+                self._waiting = []
+            u_bar = self.sum_u / n
+            proj_mean = float(u_bar @ u_bar)
+            proj_var = max(float(u_bar @ self.gram_u @ u_bar) - n * proj_mean ** 2, 0.0) / (n - 1)
+            out["consistency_se"] = math.sqrt(safety * f * 4.0 * proj_var / n)
+        return out
+
+
 def adaptive_run(ensemble, rule: AdaptiveRule, batch_size: int) -> tuple[int, dict]:
     """Apply the rule to a precomputed ensemble in visiting order: (samples used, estimates)."""
     v = np.asarray(ensemble)
     n_total = v.shape[0]
-    for end in range(batch_size, n_total + batch_size, batch_size):
-        end = min(end, n_total)
-        done, est = rule.check(v[:end], n_total)
+    tracker = AdaptiveTracker(v.shape[1])
+    for start in range(0, n_total, batch_size):
+        tracker.add(v[start:start + batch_size])
+        done, est = rule.decide_on(tracker, n_total)
         if done:
-            return end, est
+            return tracker.n, est
     return n_total, est

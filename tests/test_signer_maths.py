@@ -219,3 +219,36 @@ def test_prompt_files_must_be_regular_and_small(tmp_path, monkeypatch):
         prompts.parse_prompt_file(big)
     with pytest.raises(ProfileError, match="not a regular file"):
         prompts.parse_prompt_file(tmp_path)
+
+
+def test_tracker_estimates_equal_the_prefix_formula():
+    """The running sums give what adaptive_estimates computes from the whole prefix, batch by batch
+    (zero rows included), so the engine's stopping decisions are unchanged."""
+    from signer.maths import AdaptiveTracker, adaptive_estimates
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(90, 16)) + 0.7
+    v[[5, 40]] = 0.0  # no change: no direction
+    tracker = AdaptiveTracker(16)
+    for end in range(8, 96, 8):
+        tracker.add(v[end - 8:end])
+        want = adaptive_estimates(v[:end], 120, safety=2.0)
+        got = tracker.estimates(120, safety=2.0)
+        assert got["n"] == want["n"] == min(end, 90)
+        for key in ("cosine", "strength_se", "strength", "consistency_se"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+def test_lazy_decisions_equal_decisions_on_the_whole_prefix():
+    from signer.maths import AdaptiveTracker
+
+    rng = np.random.default_rng(8)
+    for scale in (0.5, 2.0, 6.0):
+        v = rng.normal(size=(1200, 24)) + rng.normal(size=24) * scale
+        rule = AdaptiveRule(min_samples=64)
+        tracker = AdaptiveTracker(24)
+        for end in range(8, 1208, 8):
+            tracker.add(v[end - 8:end])
+            lazy, _ = rule.decide_on(tracker, 1200)
+            full, _ = rule.check(v[:end], 1200)
+            assert lazy == full, (scale, end)
