@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from registry.catalog import (display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, on_civitai,
                               words_missing)
-from registry.models import File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
+from registry.models import Creator, File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -150,8 +150,10 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
         if model is not None:
             tags = session.exec(sa.select(Tag.name).join(ModelTag, ModelTag.tag_id == Tag.id)
                                 .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
+            creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
             out["model"] = {
                 "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
+                "creator": creator.username if creator is not None else None,
                 "nsfw_level": model.nsfw_level, "mode": model.mode,
                 "description": model.description, "tags": list(tags), "download_count": model.download_count,
                 "license": {"allow_no_credit": model.allow_no_credit, "allow_derivatives": model.allow_derivatives,
