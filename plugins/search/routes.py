@@ -39,9 +39,16 @@ def _request_from(q, images: list[str]) -> SearchRequest:
 
 
 def _search(engine: SearchEngine, req: SearchRequest) -> dict:
+    """The engine's answer, plus each result's first kept LoRA-branch image and its ``weak`` mark."""
+    from registry.images import first_thumbnails
+
     doc = engine.search(req)
+    profile_id = engine.profile(doc["profile"]).id if doc.get("profile") else None
+    with engine.app.db.read() as session:
+        thumbs = first_thumbnails(session, [r["version_id"] for r in doc["results"]], profile_id)
     for result in doc["results"]:
         result["weak"] = result["score"] <= 0
+        result["thumbnail"] = thumbs.get(result["version_id"])
     doc["weak"] = sum(1 for r in doc["results"] if r["weak"])
     return doc
 
