@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser import FLAGS, chromium
+from tests.browser import browser, page  # noqa: F401  (fixtures)
 from tests.conftest import REPO, run_cli
 from tests.service_support import Server
 
@@ -37,23 +37,6 @@ def server(demo):
     srv = Server.start(serve_args=("--schedule", "off"), env=_env(demo))
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium(), args=[f for f in FLAGS if f != "--headless"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = context.new_page()
-    yield pg
-    context.close()
 
 
 def _shoot(page, name: str) -> None:
