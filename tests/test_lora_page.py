@@ -38,7 +38,9 @@ def test_every_ref_form_opens_the_same_lora(server):
 
 def test_unknown_parameters_are_refused_by_name(server):
     for path, name in [("/api/search?q=x&colour=red", "colour"), ("/api/loras?sigend=true", "sigend"),
-                       ("/api/similar/1000?kk=3", "kk"), ("/api/stats?x=1", "x")]:
+                       ("/api/similar/1000?kk=3", "kk"), ("/api/stats?x=1", "x"),
+                       ("/api/report/copyright?strenght_threshold=1", "strenght_threshold"),
+                       ("/api/compare/1000?worst=2", "worst")]:
         status, doc = server.get(path)
         assert status == 400 and f"unknown parameter {name}" in doc["error"], (path, doc)
 
