@@ -91,6 +91,18 @@ def test_base_model_select_is_filled_from_the_registry_and_matches_any_case(serv
     assert "carlos" in retrievers and "metadata" in retrievers
 
 
+def test_an_image_query_from_the_page_posts_the_files_and_leaves_the_url_alone(server, page, demo):
+    kept = next((demo / "home" / "artifacts" / "thumb").rglob("*.webp"))
+    page.goto(server.url + "/?no_filter=true")
+    page.set_input_files("#images", str(kept))
+    page.click("#go")
+    page.wait_for_function("document.getElementById('status').textContent.includes('results from')")
+    # the demo signs 9 LoRAs; the zero-effect one is never ranked
+    assert page.locator("#results tr.result, #weak tr.result").count() == 8
+    assert "from 9 signed LoRAs" in page.inner_text("#status")
+    assert page.evaluate("location.search") == "?no_filter=true"
+
+
 def test_lora_page_shows_before_after_pairs_neighbours_and_no_civitai_link_for_the_demo(server, page):
     page.goto(server.url + "/lora/" + urllib.parse.quote("Ink Wash Painting (re-upload)"))
     page.wait_for_selector("figure.pair")
