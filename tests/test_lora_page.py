@@ -27,7 +27,8 @@ def test_every_ref_form_opens_the_same_lora(server):
     status, other = server.get(f"/api/lora/https://civitai.com/models/{model_id}?modelVersionId=1000")
     assert (status, other.get("version_id")) == (200, 1000), other
     sig = doc["signature"]
-    assert sig["profile"] == "carlos-published" and 0 <= sig["strength_percentile"] <= 100
+    # Strengths 1.5, 2.5, 3.5 and Consistencies 0.1, 0.2, 0.3: version 1000 is the lowest of three
+    assert sig["profile"] == "carlos-published" and sig["strength_percentile"] == sig["consistency_percentile"] == 33.3
     assert doc["url"].startswith("https://civitai.com/models/")  # imported: Civitai's own LoRAs
     assert doc["neighbours"]["results"] and all(r["version_id"] != 1000 for r in doc["neighbours"]["results"])
     status, err = server.get("/api/lora/999999")

@@ -22,11 +22,11 @@ NEIGHBOURS = 8
 
 
 def percentile(session, profile_id: int, column, value: float) -> float:
-    """Share (in %) of this profile's signatures below ``value``, ties counted half."""
-    below, ties, total = session.execute(
-        sa.select(sa.func.sum(sa.case((column < value, 1), else_=0)), sa.func.sum(sa.case((column == value, 1), else_=0)),
-                  sa.func.count()).where(Signature.profile_id == profile_id)).one()
-    return round(100.0 * ((below or 0) + 0.5 * (ties or 0)) / total, 1) if total else 0.0
+    """Share (in %) of this profile's signatures at or below ``value``, as the copyright report counts."""
+    at_or_below, total = session.execute(
+        sa.select(sa.func.sum(sa.case((column <= value, 1), else_=0)), sa.func.count())
+        .where(Signature.profile_id == profile_id)).one()
+    return round(100.0 * (at_or_below or 0) / total, 1) if total else 0.0
 
 
 def _signature(session, version_id: int) -> dict | None:
