@@ -274,6 +274,7 @@ class ParsedVersion:
     status: str | None = None
     early_access_ends_at: datetime | None = None
     usage_control: str | None = None
+    previews: list[dict] = field(default_factory=list)
 
     def early_access(self, now: datetime) -> bool:
         return in_early_access(self.availability, self.early_access_ends_at, now)
@@ -414,8 +415,26 @@ def parse_version(item: Any, model_id: int, model_type: str | None = None) -> tu
         status=_text(item.get("status"), 32),
         early_access_ends_at=early_access_end(item),
         usage_control=_text(item.get("usageControl"), 32),
+        previews=preview_images(item.get("images")),
     )
     return version, skipped
+
+
+MAX_PREVIEWS = 20
+
+
+def preview_images(items: Any) -> list[dict]:
+    """The author's preview images (``images[]``): http(s) URL, size, NSFW level and type, as listed."""
+    out = []
+    for item in _list(items):
+        url = _text(_dict(item).get("url"))
+        if not url or len(url) > 2000 or not url.lower().startswith(("https://", "http://")):
+            continue
+        out.append({"url": url, "width": _int(item.get("width")), "height": _int(item.get("height")),
+                    "nsfw_level": _int(item.get("nsfwLevel")), "type": _text(item.get("type"), 16) or "image"})
+        if len(out) == MAX_PREVIEWS:
+            break
+    return out
 
 
 def parse_model(item: Any) -> ParsedModel:

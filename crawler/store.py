@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from crawler.download import DownloadTask, Outcome
 from crawler.parse import ParsedFile, ParsedModel, ParsedVersion, in_early_access
-from registry.catalog import UNAVAILABLE_MODES
+from registry.catalog import UNAVAILABLE_MODES, api_origin
 from registry.db import Database
 from registry.models import (CrawlError, CrawlRun, Creator, File, Model, ModelTag, Tag, Version, utcnow)
 
@@ -92,13 +92,14 @@ class ErrorRecord:
     status_code: int | None = None
 
 
-def model_row(m: ParsedModel, creator_id: int | None, now: datetime) -> dict:
+def model_row(m: ParsedModel, creator_id: int | None, now: datetime, origin: str | None = None) -> dict:
     return dict(id=m.id, name=m.name, description=m.description, type=m.type, nsfw=m.nsfw,
                 nsfw_level=m.nsfw_level, poi=m.poi, minor=m.minor, availability=m.availability, mode=m.mode,
                 allow_no_credit=m.allow_no_credit, allow_derivatives=m.allow_derivatives,
                 allow_different_license=m.allow_different_license, allow_commercial_use=m.allow_commercial_use,
                 download_count=m.download_count, thumbs_up_count=m.thumbs_up_count, creator_id=creator_id,
-                source="civitai", raw=m.raw, raw_hash=m.raw_hash, last_seen_at=now, updated_at=now, gone_at=None)
+                source="civitai", origin=origin, raw=m.raw, raw_hash=m.raw_hash, last_seen_at=now, updated_at=now,
+                gone_at=None)
 
 
 def version_row(v: ParsedVersion, now: datetime) -> dict:
@@ -107,7 +108,7 @@ def version_row(v: ParsedVersion, now: datetime) -> dict:
                 availability=v.availability, nsfw_level=v.nsfw_level, download_count=v.download_count,
                 download_url=v.download_url, air=v.air, status=v.status, usage_control=v.usage_control,
                 early_access_ends_at=v.early_access_ends_at, civitai_created_at=v.created_at,
-                civitai_updated_at=v.civitai_updated_at, source="civitai", raw=v.raw, raw_hash=v.raw_hash,
+                civitai_updated_at=v.civitai_updated_at, source="civitai", previews=v.previews, raw=v.raw, raw_hash=v.raw_hash,
                 last_seen_at=now, updated_at=now, gone_at=None)
 
 
@@ -153,6 +154,7 @@ class RegistryStore:
     def __init__(self, db: Database, app=None):
         self.db = db
         self.app = app
+        self.origin = api_origin(app.settings.civitai_base_url) if app is not None else None
 
     # -------------------------------------------------------------- crawl runs
 
@@ -231,7 +233,7 @@ class RegistryStore:
             old = existing_models.get(m.id)
             if old is not None and old.raw_hash == m.raw_hash and old.gone_at is None:
                 continue  # only its versions changed
-            row = model_row(m, creator_ids.get(m.creator_username), now)
+            row = model_row(m, creator_ids.get(m.creator_username), now, self.origin)
             if old is None:
                 inserts.append({**row, "first_seen_at": now})
             else:

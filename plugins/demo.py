@@ -198,7 +198,9 @@ def demo(directory: str):
 
     err.rule("[bold]Done")
     err.print(f"Finished in {time.monotonic() - started:.0f} s. Open {html} in a browser; the registry is "
-              f"{home / 'registry.db'} (try: carlos-reg --home {home} loras).\n\n"
+              f"{home / 'registry.db'} (try: carlos-reg --home {home} loras; or see the search page, the LoRA pages "
+              f"with their before/after images and the report: CARLOS_REG_MODELS={root / 'models'} carlos-reg --home {home} "
+              "serve).\n\n"
               "Real weights on a GPU (see the README):\n"
               "  export CIVITAI_API_KEY=...            # your Civitai token\n"
               "  carlos-reg crawl --max-models 50      # SDXL LoRAs from civitai.com\n"

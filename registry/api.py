@@ -2,9 +2,11 @@
 add through ``register_routes`` (search, reports, compare, the search page).
 
 Conventions: JSON in and out; the same parameters and documents as the CLI's ``--json``; a bad
-parameter is a 400 and an unknown REF a 404, both as ``{"error": "..."}``; a database that is
-restarting or unreachable is a 503 with ``Retry-After`` (requests fail fast; the pool reconnects
-once it is back); blocking work (the database, models) runs in a thread pool so the event loop
+parameter (or one the route does not know) is a 400 and an unknown REF a 404, both as
+``{"error": "..."}``; a database that is restarting or unreachable is a 503 with ``Retry-After``
+(requests fail fast; the pool reconnects once it is back); a model the server lacks is the
+operator's problem, not a passing one: a 500 with ``"code": "model_unavailable"``, a short message
+for the visitor and the detail in the log; blocking work (the database, models) runs in a thread pool so the event loop
 keeps serving.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from aiohttp.web_server import Server
 
 from registry import __version__
 from registry.app import App
-from registry.errors import CarlosError, NotFound, UsageError
+from registry.errors import CarlosError, DatabaseError, ModelUnavailable, NotFound, UsageError
 from registry.retry import describe, is_transient
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,12 @@ def respond(doc, status: int = 200) -> web.Response:
     return web.json_response(json_safe(doc), status=status, dumps=lambda o: json.dumps(o, default=str))
 
 
-def json_error(status: int, message: str) -> web.Response:
-    return respond({"error": message}, status=status)
+def json_error(status: int, message: str, code: str | None = None) -> web.Response:
+    return respond({"error": message, **({"code": code} if code else {})}, status=status)
+
+
+MODEL_UNAVAILABLE_MESSAGE = "this server cannot answer that query now: a model it needs is not installed"
+SERVER_ERROR_MESSAGE = "this server is not set up to answer that (the operator finds the reason in its log)"
 
 
 class _JsonParseErrors(RequestHandler):
@@ -92,6 +98,9 @@ async def errors(request: web.Request, handler):
         raise
     except NotFound as exc:
         return json_error(404, str(exc))
+    except ModelUnavailable as exc:  # a configuration error: permanent until the operator acts
+        log.error("%s %s: %s", request.method, request.path, exc)
+        return json_error(500, MODEL_UNAVAILABLE_MESSAGE, ModelUnavailable.code)
     except (UsageError, ValueError) as exc:
         return json_error(400, str(exc))
     except Exception as exc:
@@ -100,8 +109,11 @@ async def errors(request: web.Request, handler):
             response = json_error(503, "the registry database is unavailable; retry shortly")
             response.headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
             return response
-        if isinstance(exc, CarlosError):
-            return json_error(503, str(exc))
+        if isinstance(exc, DatabaseError):  # e.g. a schema newer than this code: the operator's to fix
+            log.error("%s %s: %s", request.method, request.path, exc)
+            return json_error(500, SERVER_ERROR_MESSAGE, "server_misconfigured")
+        if isinstance(exc, CarlosError):  # refused for this request (a LoRA with no Direction, ...)
+            return json_error(422, str(exc))
         log.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal error (see the server log)")
 
@@ -110,6 +122,13 @@ async def blocking(request: web.Request, fn, *args, **kwargs):
     """Run a blocking function (database, models) off the event loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(request.app[EXECUTOR], functools.partial(fn, *args, **kwargs))
+
+
+def check_params(query, known) -> None:
+    """A parameter the route does not take is refused by name (a typo would otherwise be ignored)."""
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]}; this route takes {', '.join(sorted(known)) or 'none'}")
 
 
 def param_int(query, name: str, default: int | None = None, lo: int | None = None,
@@ -182,11 +201,15 @@ async def health(request: web.Request) -> web.Response:
         **doc}, status=200 if status == "ok" else 503)
 
 
+LORAS_PARAMS = ("signed", "limit", "offset", "base_model", "profile", "nsfw", "mode")
+
+
 async def loras(request: web.Request) -> web.Response:
     from registry.profiles import find_profile
     from registry.queries import lora_rows
 
     app = request.app[APP]
+    check_params(request.query, LORAS_PARAMS)
     signed = param_bool(request.query, "signed")
     limit = param_int(request.query, "limit", 100, 0, 10_000)
     offset = param_int(request.query, "offset", 0, 0, 2**62)
@@ -210,10 +233,24 @@ async def lora(request: web.Request) -> web.Response:
     from registry.refs import resolve_ref
 
     app = request.app[APP]
+    check_params(request.query, ())
 
     def query():
         with app.db.read() as session:
             return lora_detail(session, resolve_ref(session, request.match_info["ref"]))
+
+    return respond(await blocking(request, query))
+
+
+async def stats(request: web.Request) -> web.Response:
+    from registry.queries import registry_stats
+
+    app = request.app[APP]
+    check_params(request.query, ())
+
+    def query():
+        with app.db.read() as session:
+            return registry_stats(session)
 
     return respond(await blocking(request, query))
 
@@ -245,6 +282,7 @@ async def queue(request: web.Request) -> web.Response:
 async def runs(request: web.Request) -> web.Response:
     from registry.service import recent_runs
 
+    check_params(request.query, ("limit",))
     limit = param_int(request.query, "limit", 20, 1, 500)
     return respond({"runs": await blocking(request, recent_runs, request.app[APP], limit)})
 
@@ -260,6 +298,7 @@ def create_web_app(app: App, options: dict | None = None, *, threads: int = API_
     web_app.router.add_get("/api/health", health)
     web_app.router.add_get("/api/loras", loras)
     web_app.router.add_get("/api/loras/{ref}", lora)
+    web_app.router.add_get("/api/stats", stats)
     web_app.router.add_get("/api/queue", queue)
     web_app.router.add_get("/api/runs", runs)
     load_plugins()

@@ -142,3 +142,29 @@ def html_to_text(value: str | None) -> str:
     except Exception:  # the parser is lenient; this is a last resort for odd input
         text = html.unescape(re.sub(r"<[^>]*>", "", value))
     return " ".join(text.split())
+
+
+# Hosts whose models are Civitai's own pages; a model crawled from any other API (a mirror, the
+# demo's) links to the local LoRA page only, never to a civitai.com page that may be someone else's.
+CIVITAI_HOSTS = frozenset({"civitai.com", "www.civitai.com", "civitai.red", "civitai.green"})
+
+
+def api_origin(base_url: str | None) -> str | None:
+    """``host[:port]`` (lowercase) of an API base URL, as ``model.origin`` keeps it."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(base_url or "")
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return f"{host}:{port}" if port else host
+
+
+def on_civitai(origin: str | None) -> bool:
+    """Whether a model with this ``model.origin`` has a page on Civitai (None: imported or crawled
+    before origins were kept, all from Civitai)."""
+    return origin is None or origin.split(":")[0] in CIVITAI_HOSTS
+

@@ -16,6 +16,13 @@ class NotFound(CarlosError):
     """A REF or other name that matches nothing."""
 
 
+class ModelUnavailable(CarlosError):
+    """Weights a command needs are not on this machine: the operator's configuration, not the request
+    (the API answers 500 with the code ``model_unavailable``; a retry cannot help)."""
+
+    code = "model_unavailable"
+
+
 class DatabaseError(CarlosError):
     """The registry database cannot be reached, or is in a state this code refuses."""
 

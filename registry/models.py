@@ -90,6 +90,8 @@ class Model(SQLModel, table=True):
     thumbs_up_count: Optional[int] = None
     creator_id: Optional[int] = Field(default=None, foreign_key="creator.id", index=True)
     source: str = Field(default="civitai", max_length=16)
+    # host[:port] of the API the crawl read it from; None: civitai.com (imports, older crawls)
+    origin: Optional[str] = Field(default=None, max_length=255)
     raw: Optional[dict] = _json()
     raw_hash: Optional[str] = Field(default=None, max_length=64)
     first_seen_at: Optional[datetime] = _ts()
@@ -134,6 +136,8 @@ class Version(SQLModel, table=True):
     civitai_created_at: Optional[datetime] = _ts()  # Civitai's createdAt / updatedAt (not this row's)
     civitai_updated_at: Optional[datetime] = _ts()
     source: str = Field(default="civitai", max_length=16)  # civitai | local | carlos
+    # the author's preview images as the payload lists them: url, width, height, nsfw_level, type
+    previews: Optional[list] = _json()
     raw: Optional[dict] = _json()
     raw_hash: Optional[str] = Field(default=None, max_length=64)
     first_seen_at: Optional[datetime] = _ts()
@@ -335,6 +339,22 @@ class BaseCache(SQLModel, table=True):
     artifact_path: str  # float32 per-sample base image features, relative to artifacts dir
     mean_feature: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
+    created_at: Optional[datetime] = _ts()
+
+
+class SampleImage(SQLModel, table=True):
+    """A kept before/after image of a profile's sample: the base branch's once per profile
+    (``version_id`` None), the LoRA branch's per signed version (a small WebP in the artifact store)."""
+
+    __tablename__ = "sample_image"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="signer_profile.id", index=True)
+    version_id: Optional[int] = Field(default=None, foreign_key="version.id", index=True)
+    position: int  # the sample's place in the profile's visiting order
+    prompt: str = Field(default="", sa_column=sa.Column(sa.Text(), nullable=False, server_default=""))
+    artifact_path: str = Field(max_length=255)
+    width: int
+    height: int
     created_at: Optional[datetime] = _ts()
 
 

@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "compare": "plugins.compare",
     "library": "plugins.library",
     "demo": "plugins.demo",
+    "web": "plugins.web",
 }
 ESSENTIAL_PLUGINS = frozenset({"db", "plugins"})
 

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from registry.catalog import display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, words_missing
+from registry.catalog import (display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, on_civitai,
+                              words_missing)
 from registry.models import Creator, File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
 
 CIVITAI_SITE = "https://civitai.com"
@@ -94,7 +95,7 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
                   Version.trained_words, Version.source, Version.air, Version.gone_at, Model.nsfw,
                   Version.nsfw_level, Model.nsfw_level.label("model_nsfw_level"), Model.mode, Version.availability,
-                  Version.early_access_ends_at, Version.published_at,
+                  Version.early_access_ends_at, Version.published_at, Model.origin,
                   Signature.strength, Signature.consistency, Signature.valid, Signature.flags,
                   Signature.n_samples, SignerProfile.name.label("profile"))
         .outerjoin(Model, Model.id == Version.model_id)
@@ -154,7 +155,7 @@ def lora_dict(r, now=None) -> dict[str, Any]:
         "name": display_name(r["model_name"], r["name"]),
         "version_name": r["name"],
         "base_model": r["base_model"],
-        "url": civitai_url(r["model_id"], r["id"]),
+        "url": civitai_url(r["model_id"], r["id"]) if on_civitai(r["origin"]) else None,
         "ref": lora_ref(r["model_id"], r["id"]),
         "air": r["air"],
         "trained_words": display_words(r["trained_words"]),
@@ -192,6 +193,7 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
             creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
             tags = session.exec(sa.select(Tag.name).join(ModelTag, ModelTag.tag_id == Tag.id)
                                 .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
+            creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
             out["model"] = {
                 "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
                 "creator": creator.username if creator is not None else None,
@@ -236,7 +238,6 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
 
 # Why an unsigned version has no signature: files and jobs, in the order that decides.
 SIGN_STATES = ("failed", "signing", "queued", "ready", "downloading", "deferred", "unsignable")
-_UNUSABLE_FILE_STATES = {"failed", "unsupported", "quarantined", "skipped", "unavailable"}
 
 
 def sign_status(session: Session, version_ids: list[int],
@@ -292,6 +293,24 @@ def unsigned_message(session: Session, version_id: int, profile: SignerProfile) 
     if status["state"] == "failed":
         return f"LoRA {version_id} has no signature: signing failed ({status['reason']})"
     return (f"LoRA {version_id} has no signature yet ({status['state']}): sign it with `carlos-reg sign {ref}`")
+
+
+def registry_stats(session: Session) -> dict[str, Any]:
+    """What the search page's stats line and selects show: signed LoRAs per profile and the base
+    models in the registry (one entry per name regardless of case, spelled as most versions spell it)."""
+    profiles = session.execute(
+        sa.select(SignerProfile.name, SignerProfile.hash, sa.func.count(Signature.id))
+        .join(Signature, Signature.profile_id == SignerProfile.id)
+        .group_by(SignerProfile.name, SignerProfile.hash).order_by(sa.func.count(Signature.id).desc())).all()
+    spellings: dict[str, dict[str, int]] = {}
+    for name, n in session.execute(sa.select(Version.base_model, sa.func.count()).where(Version.base_model.is_not(None))
+                                   .group_by(Version.base_model)):
+        spellings.setdefault(name.lower(), {})[name] = n
+    base_models = sorted(({"name": max(forms, key=lambda f: (forms[f], f)), "count": sum(forms.values())}
+                          for forms in spellings.values()), key=lambda b: (-b["count"], b["name"].lower()))
+    return {"loras": session.execute(sa.select(sa.func.count()).select_from(Version)).scalar_one(),
+            "profiles": [{"name": n, "hash": h, "signed": c} for n, h, c in profiles],
+            "base_models": base_models}
 
 
 def next_local_version_id(session) -> int:

@@ -1,7 +1,9 @@
 """Settings from the environment and the global CLI flags.
 
 Environment: CARLOS_REG_HOME (data dir), CARLOS_REG_DB (SQLAlchemy URL), CIVITAI_API_KEY,
-CIVITAI_BASE_URL, CARLOS_REG_PROFILE (the signer profile new files are queued for; default paper). Flags ``--home`` and ``--db`` win over the environment.
+CIVITAI_BASE_URL, CARLOS_REG_PROFILE (the signer profile new files are queued for; default paper),
+CARLOS_REG_PREVIEWS (how web pages show the authors' Civitai preview images: off, link or show;
+default off). Flags ``--home`` and ``--db`` win over the environment.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Settings:
     civitai_api_key: Secret = field(default_factory=lambda: Secret(None))
     default_profile: str = DEFAULT_PROFILE
     verbose: int = 0
+    previews: str = "off"
 
     @classmethod
     def load(cls, home: str | os.PathLike | None = None, db: str | None = None, verbose: int = 0) -> "Settings":
@@ -62,6 +65,7 @@ class Settings:
             civitai_api_key=Secret(os.environ.get("CIVITAI_API_KEY")),
             default_profile=os.environ.get("CARLOS_REG_PROFILE") or DEFAULT_PROFILE,
             verbose=verbose,
+            previews=(os.environ.get("CARLOS_REG_PREVIEWS") or "off").strip().lower(),
         )
 
     @property

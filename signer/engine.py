@@ -49,6 +49,7 @@ class BaseBranch:
     features: np.ndarray  # float32 (N, d)
     degenerate: np.ndarray  # bool (N,)
     clip_key: str
+    images: dict = field(default_factory=dict)  # sample index -> webp_thumbnail(), the first ``thumbnails`` samples
 
     @property
     def mean_feature(self) -> np.ndarray:
@@ -65,6 +66,7 @@ class SignOutcome:
     flags: list = field(default_factory=list)
     estimates: dict = field(default_factory=dict)
     lora: LoraFileInfo | None = None
+    images: dict = field(default_factory=dict)  # sample index -> webp_thumbnail() of the LoRA branch
 
 
 def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
@@ -75,6 +77,24 @@ def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
     if mode != "append":
         return ""
     return "".join(f", {w}" for w in ([""] if words is None else [str(w) for w in words]))
+
+
+THUMB_MAX_SIDE = 256
+
+
+def webp_thumbnail(image, prompt: str) -> dict:
+    """One generated image (C, H, W floats in [0, 1]) as a small WebP (longest side at most 256 px),
+    with its prompt and size."""
+    import io
+
+    from PIL import Image
+
+    pixels = (image.detach().float().nan_to_num(0.0).clamp(0, 1) * 255).round().to("cpu").byte()
+    picture = Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
+    picture.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), Image.LANCZOS)
+    out = io.BytesIO()
+    picture.save(out, "WEBP", quality=80, method=4)
+    return {"webp": out.getvalue(), "prompt": prompt, "width": picture.width, "height": picture.height}
 
 
 def load_pipeline(profile: Profile, device="cpu"):
@@ -167,8 +187,9 @@ class Engine:
     # ---------------------------------------------------------------- generation
 
     def generate(self, batch: Sequence[Sample], *, suffix: str = "", lora: bool = False,
-                 stop: Stop | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """CLIP image features (B, d) and a degenerate-image mask (B,) for one batch of samples."""
+                 stop: Stop | None = None, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """CLIP image features (B, d) and a degenerate-image mask (B,) for one batch of samples; the
+        images of samples among the profile's first ``thumbnails`` go into ``keep`` as WebP bytes."""
         import torch
 
         s = self.profile.settings
@@ -187,6 +208,10 @@ class Engine:
                             cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora and not self.fused else None,
                             callback_on_step_end=on_step if stop else None)
             images = out.images
+            if keep is not None:
+                for row, sample in enumerate(batch):
+                    if sample.index < self.profile.thumbnails:
+                        keep[sample.index] = webp_thumbnail(images[row], sample.prompt + suffix)
             flat = images.flatten(1)
             degenerate = ~torch.isfinite(flat).all(dim=1) | (torch.nan_to_num(flat, nan=0.0).amax(dim=1) <= BLACK_MAX)
             features = self.clip.encode_images(torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0))
@@ -195,14 +220,14 @@ class Engine:
     def base_branch(self, *, progress: Progress | None = None, stop: Stop | None = None) -> BaseBranch:
         if self.lora_loaded:
             raise SignerError("base branch requested while a LoRA is loaded")
-        feats, bad = [], []
+        feats, bad, kept = [], [], {}
         for batch in self.batches():
-            f, d = self.generate(batch, stop=stop)
+            f, d = self.generate(batch, stop=stop, keep=kept)
             feats.append(f)
             bad.append(d)
             if progress:
                 progress(len(batch))
-        return BaseBranch(np.concatenate(feats), np.concatenate(bad), self.clip.key)
+        return BaseBranch(np.concatenate(feats), np.concatenate(bad), self.clip.key, kept)
 
     # ---------------------------------------------------------------- LoRAs
 
@@ -304,12 +329,12 @@ class Engine:
         rule = AdaptiveRule.from_settings(sampling) if sampling.get("mode") == "adaptive" else None
         acc = RunningSignature(self.dim)
         tracker = AdaptiveTracker(self.dim) if rule is not None else None
-        rows = []
+        rows, images = [], {}
         n_bad = 0
         estimates: dict = {"mode": sampling.get("mode", "full"), "n_total": len(self.samples)}
         est: dict = {}
         for batch in self.batches():
-            feats, bad = self.generate(batch, suffix=suffix, lora=True, stop=stop)
+            feats, bad = self.generate(batch, suffix=suffix, lora=True, stop=stop, keep=images)
             idx = [x.index for x in batch]
             bad = bad | base.degenerate[idx]
             diffs = feats - base.features[idx]
@@ -339,7 +364,7 @@ class Engine:
         if info.conv:
             flags.append("locon")
         return SignOutcome(stats=stats, ensemble=np.concatenate(rows).astype(np.float16), valid=not n_bad and stats.n > 0,
-                           flags=flags, estimates=estimates, lora=info)
+                           flags=flags, estimates=estimates, lora=info, images=images)
 
 
 def _fmt(counts: dict) -> str:

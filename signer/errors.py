@@ -8,16 +8,20 @@ from __future__ import annotations
 
 try:
     from registry.errors import CarlosError
+    from registry.errors import ModelUnavailable as _MissingWeights
 except ImportError:  # registry's own dependencies (pluggy) missing: benchmark-only environment
     class CarlosError(Exception):  # type: ignore[no-redef]
         exit_code = 1
+
+    class _MissingWeights(CarlosError):  # type: ignore[no-redef]
+        pass
 
 
 class SignerError(CarlosError):
     """Anything the signer refuses or cannot do, explained."""
 
 
-class ModelUnavailable(SignerError):
+class ModelUnavailable(SignerError, _MissingWeights):
     """Weights a profile needs are not on this machine (and downloads are not allowed)."""
 
 

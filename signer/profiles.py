@@ -109,7 +109,11 @@ BUILTINS: dict[str, dict[str, Any]] = {
 
 # Keys a profiles.toml entry may set: identity (hashed) and locations (not hashed).
 IDENTITY_KEYS = set(PAPER) - {"method"}
-LOCATION_KEYS = {"base_model_path", "clip_checkpoint", "extends"}
+# ``thumbnails`` (how many before/after pairs a signature keeps as images; 0: none) changes what is
+# kept, not what is measured, so it is not hashed either.
+LOCATION_KEYS = {"base_model_path", "clip_checkpoint", "extends", "thumbnails"}
+DEFAULT_THUMBNAILS = 4
+MAX_THUMBNAILS = 64
 SAMPLING_KEYS = set(ADAPTIVE_DEFAULTS)
 DTYPES = {"float16", "bfloat16", "float32"}
 TRIGGER_MODES = {"append", "none"}
@@ -143,6 +147,7 @@ class Profile:
     clip_checkpoint: str | None  # a local open_clip checkpoint file (not hashed)
     models_dir: Path  # where the tiny pipeline is built
     allow_download: bool = False
+    thumbnails: int = DEFAULT_THUMBNAILS  # before/after pairs kept as images per signature (not hashed)
 
     # -- settings, typed
     @property
@@ -404,12 +409,16 @@ def load_profile(name: str, settings) -> Profile:
         location = str(locations.get("base_model_path") or (
             os.environ.get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
             or identity["base_model"])
+    thumbnails = locations.get("thumbnails", DEFAULT_THUMBNAILS)
+    if not isinstance(thumbnails, int) or isinstance(thumbnails, bool) or not 0 <= thumbnails <= MAX_THUMBNAILS:
+        raise ProfileError(f"profile {name!r}: thumbnails must be an integer from 0 to {MAX_THUMBNAILS} "
+                           f"(got {thumbnails!r})")
     clip_ckpt = locations.get("clip_checkpoint")
     if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == ("ViT-B-32-quickgelu", "openai"):
         clip_ckpt = os.environ.get("CARLOS_REG_CLIP") or None
     return Profile(name=name, settings=identity, hash=profile_hash(name, _without_sources(identity)), base_model_location=location,
                    clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None, models_dir=mdir,
-                   allow_download=allow_download)
+                   allow_download=allow_download, thumbnails=thumbnails)
 
 
 def _without_sources(settings: dict) -> dict:

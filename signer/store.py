@@ -30,7 +30,8 @@ import sqlalchemy as sa
 
 from registry import __version__
 from registry.artifacts import ArtifactStore
-from registry.models import BaseCache, File, Signature, SignJob, Version, utcnow
+from registry.images import THUMB_KIND
+from registry.models import BaseCache, File, SampleImage, Signature, SignJob, Version, utcnow
 from registry.queries import next_local_version_id
 from registry.queue import JobQueue
 from registry.signatures import save_signature as registry_save_signature
@@ -132,7 +133,22 @@ def save_base(session, artifacts: ArtifactStore, profile_id: int, base: BaseBran
     row.artifact_path, row.mean_feature = rel, to_blob(base.mean_feature)
     row.job_id, row.created_at = job_id, utcnow()
     session.flush()
+    save_sample_images(session, artifacts, profile_id, None, base.images)
     return row
+
+
+def save_sample_images(session, artifacts: ArtifactStore, profile_id: int, version_id: int | None,
+                       images: dict) -> None:
+    """Keep a branch's first sample images (content-addressed WebP), replacing what that branch kept before."""
+    session.execute(sa.delete(SampleImage).where(SampleImage.profile_id == profile_id,
+                                                 SampleImage.version_id.is_(None) if version_id is None
+                                                 else SampleImage.version_id == version_id))
+    for position, item in sorted(images.items()):
+        rel = artifacts.put_bytes(THUMB_KIND, item["webp"], ".webp")
+        session.add(SampleImage(profile_id=profile_id, version_id=version_id, position=int(position),
+                                prompt=item["prompt"][:2000], artifact_path=rel, width=int(item["width"]),
+                                height=int(item["height"]), created_at=utcnow()))
+    session.flush()
 
 
 def base_cache_row(session, profile_id: int) -> BaseCache | None:
@@ -169,6 +185,8 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
         ensemble_path=rel, job_id=job_id,
         source="signed")
     session.flush()
+    if outcome.images:
+        save_sample_images(session, artifacts, profile_id, version_id, outcome.images)
     return row
 
 

@@ -39,3 +39,22 @@ def screenshot(url: str, out: Path, size: str = "1280,2000") -> Path:
     proc = _run([f"--screenshot={out}", f"--window-size={size}", "--virtual-time-budget=5000", url])
     assert out.is_file(), proc.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Playwright Chromium per test module (import this fixture into the module)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium(), args=[f for f in FLAGS if f != "--headless"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (own context: no history, storage or hash shared between tests), 1400 px wide."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    yield pg
+    context.close()

@@ -62,12 +62,13 @@ def register_routes(web_app, app):
     from aiohttp import web
 
     from plugins.compare.checker import ClaimChecker
-    from registry.api import blocking, param_int, respond
+    from registry.api import blocking, check_params, param_int, respond
     from registry.refs import resolve_ref
 
     checkers: dict = {}
 
     async def compare_route(request: web.Request) -> web.Response:
+        check_params(request.query, ("k", "profile"))
         k = param_int(request.query, "k", 20, 1, 10_000)
         profile = request.query.get("profile") or None
 

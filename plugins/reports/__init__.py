@@ -196,7 +196,7 @@ def _options_from_query(report: Report, query) -> dict:
 def register_routes(web_app, app):
     from aiohttp import web
 
-    from registry.api import blocking, respond
+    from registry.api import blocking, check_params, respond
 
     async def report_route(request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
@@ -207,6 +207,8 @@ def register_routes(web_app, app):
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "html") or fmt not in report.formats:
             raise UsageError("parameter format must be json or html")
+        check_params(request.query, {"format", "ref", "profile"}
+                     | {o.name for o in report.options() if o.name not in _SERVER_PATH_OPTIONS})
         options = _options_from_query(report, request.query)
         refs = request.query.getall("ref", [])
 

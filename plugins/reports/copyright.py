@@ -9,7 +9,6 @@ images of a protected style. The numbers are evidence for screening, not legal c
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 from datetime import datetime, timezone
@@ -197,7 +196,8 @@ class CopyrightReport(Report):
                 reasons.insert(1 if sub else 0, _vol_reason(index.consistency[pos], c_pct[pos], t_vol, n_pop))
             ref_match = False
             entry = {
-                "version_id": vid, "model_id": m.get("model_id"), "name": m.get("name"), "url": m.get("url"),
+                "version_id": vid, "model_id": m.get("model_id"), "name": m.get("name"), "ref": m.get("ref"),
+                "url": m.get("url"),
                 "base_model": m.get("base_model"), "strength": float(index.strength[pos]),
                 "consistency": float(index.consistency[pos]), "strength_percentile": _round(s_pct[pos]),
                 "consistency_percentile": _round(c_pct[pos]), "n_samples": int(n_samples[pos]),
@@ -237,8 +237,10 @@ class CopyrightReport(Report):
                            "min_samples": int(min_samples), "reference": ref_info},
             "counts": counts, "loras": loras, "disclaimer": DISCLAIMER,
         }
+        from plugins.reports.copyright_html import render_data
+
         doc["_render"] = {"limit": limit, "png": png, "all_strength": index.strength.tolist(),
-                          "all_consistency": index.consistency.tolist()}
+                          "all_consistency": index.consistency.tolist(), **render_data(index, meta)}
         return doc
 
     # ------------------------------------------------------------------ rendering
@@ -269,13 +271,12 @@ class CopyrightReport(Report):
         return doc
 
     def render_html(self, doc):
+        from plugins.reports.copyright_html import STYLE, report_body
+
         render = doc.pop("_render")
-        png = scatter_png(doc, render)
         if render["png"]:
-            _write_bytes(render["png"], png)
+            _write_bytes(render["png"], scatter_png(doc, render))
         t = doc["thresholds"]
-        flagged = [e for e in doc["loras"] if e["tier"] != "low"]
-        low = len(doc["loras"]) - len(flagged)
         ref = t["reference"]
         head = (f"<h1>Copyright-risk screening</h1><p class=muted>profile <code>{html.escape(doc['profile']['name'])}"
                 f"</code> · {doc['registry']['signed']} signed LoRAs · generated {doc['generated_at']}</p>"
@@ -292,26 +293,7 @@ class CopyrightReport(Report):
                 + (f"<li>Reference: {ref['images']} images from <code>{html.escape(ref['dir'])}</code>; the "
                    f"{ref['top']} LoRAs whose Direction points most toward them are flagged.</li>" if ref else "")
                 + "</ul>")
-        counts = " · ".join(f"<span class=tier-{k}>{v} {k}</span>" for k, v in doc["counts"].items())
-        plot = (f"<h2>Strength and Consistency of every LoRA</h2><p>{counts}</p>"
-                f"<img class=plot id=scatter alt='Strength–Consistency scatter plot' "
-                f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-        head_row = ("<tr><th>#</th><th>tier</th><th>version</th><th>name</th><th>Strength</th><th>pct</th><th>Consistency</th>"
-                    "<th>pct</th>" + ("<th>reference</th>" if ref else "") + "<th>why</th></tr>")
-        rows = "".join(
-            f"<tr class=lora data-version='{e['version_id']}'><td class=num>{i}</td>"
-            f"<td class=tier-{e['tier']}>{e['tier']}</td>"
-            f"<td class=num>{_link(e)}</td><td>{html.escape(e['name'] or '')}</td>"
-            f"<td class=num>{e['strength']:.3f}</td><td class=num>{_pct(e['strength_percentile'])}</td>"
-            f"<td class=num>{e['consistency']:.4f}</td><td class=num>{_pct(e['consistency_percentile'])}</td>"
-            + (f"<td class=num>{_fmt(e.get('reference_score'))}</td>" if ref else "")
-            + f"<td>{'<br>'.join(html.escape(r) for r in e['reasons'])}</td></tr>"
-            for i, e in enumerate(flagged, start=1))
-        body = (head + plot + f"<h2>Flagged LoRAs ({len(flagged)})</h2>"
-                + (f"<table id=flagged>{head_row}{rows}</table>" if flagged else "<p>None.</p>")
-                + (f"<p class=muted>{low} low-risk LoRAs are not listed here; the JSON format lists every row.</p>"
-                   if low else ""))
-        return page("carlos-reg copyright screening", body)
+        return page("carlos-reg copyright screening", report_body(doc, render, head), STYLE)
 
     def _write_png(self, doc, render):
         if render.get("png"):
@@ -330,21 +312,8 @@ def _round(x) -> float | None:
     return None if x is None or np.isnan(x) else round(float(x), 2)
 
 
-def _pct(x) -> str:
-    return "" if x is None else f"{x:.0f}"
-
-
-def _fmt(x) -> str:
-    return "" if x is None else f"{x:.3f}"
-
-
 def _mode(t: dict) -> str:
     return "fixed" if t["mode"] == "fixed" else f"the registry's {_ordinal(t['percentile'])} percentile"
-
-
-def _link(e: dict) -> str:
-    vid = html.escape(str(e["version_id"]))
-    return f"<a href='{html.escape(e['url'])}'>{vid}</a>" if e.get("url") else vid
 
 
 def _sub_reason(strength, pct, t, n) -> str:

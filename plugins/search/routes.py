@@ -1,5 +1,7 @@
-"""HTTP routes of the search plugin: ``/api/search`` (GET, or POST with images), ``/api/similar/{ref}``
-and the search page at ``/``. One warm ``SearchEngine`` per server: models and matrices stay loaded."""
+"""HTTP routes of the search plugin: ``/api/search`` (GET, or POST with images), ``/api/similar/{ref}``,
+``/api/retrievers`` and the search page at ``/``. One warm ``SearchEngine`` per server: models and
+matrices stay loaded. Results scoring 0 or less point away from the query: they carry ``weak: true``
+and the page folds them away instead of listing them as matches."""
 from __future__ import annotations
 
 import shutil
@@ -9,8 +11,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, json_error, param_bool, param_float, param_int,
-                          respond)
+from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, check_params, json_error, param_bool, param_float,
+                          param_int, respond)
 
 from plugins.search.encoders import ImageTooLarge
 from plugins.search.engine import SearchEngine, SearchRequest
@@ -21,7 +23,12 @@ MAX_IMAGES = 8
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
+SEARCH_PARAMS = ("q", "k", "profile", "no_filter", "max_strength", "min_consistency", "base_model", "nsfw",
+                 "include_archived", "retriever")
+
+
 def _request_from(q, images: list[str]) -> SearchRequest:
+    check_params(q, SEARCH_PARAMS)
     k = param_int(q, "k", 10, 1, 1000)
     return SearchRequest(text=q.get("q") or None, images=images, k=k, profile=q.get("profile") or None,
                          apply_filters=not bool(param_bool(q, "no_filter")),
@@ -31,9 +38,24 @@ def _request_from(q, images: list[str]) -> SearchRequest:
                          retriever=q.get("retriever") or "carlos")
 
 
+def _search(engine: SearchEngine, req: SearchRequest) -> dict:
+    """The engine's answer, plus each result's first kept LoRA-branch image and its ``weak`` mark."""
+    from registry.images import first_thumbnails
+
+    doc = engine.search(req)
+    profile_id = engine.profile(doc["profile"]).id if doc.get("profile") else None
+    with engine.app.db.read() as session:
+        thumbs = first_thumbnails(session, [r["version_id"] for r in doc["results"]], profile_id)
+    for result in doc["results"]:
+        result["weak"] = result["score"] <= 0
+        result["thumbnail"] = thumbs.get(result["version_id"])
+    doc["weak"] = sum(1 for r in doc["results"] if r["weak"])
+    return doc
+
+
 async def search_get(request: web.Request) -> web.Response:
     req = _request_from(request.query, [])
-    return respond(await blocking(request, request.app[ENGINE].search, req))
+    return respond(await blocking(request, _search, request.app[ENGINE], req))
 
 
 async def search_post(request: web.Request) -> web.Response:
@@ -51,7 +73,7 @@ async def search_post(request: web.Request) -> web.Response:
             raise BadRequest(f"malformed multipart body: {exc}") from None
         req = _request_from(fields, images)
         try:
-            return respond(await blocking(request, request.app[ENGINE].search, req))
+            return respond(await blocking(request, _search, request.app[ENGINE], req))
         except ImageTooLarge as exc:
             return json_error(413, str(exc))
     finally:
@@ -81,10 +103,19 @@ async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
 
 
 async def similar(request: web.Request) -> web.Response:
+    check_params(request.query, ("k", "profile"))
     k = param_int(request.query, "k", 10, 1, 1000)
     doc = await blocking(request, request.app[ENGINE].similar, request.match_info["ref"], k,
                          request.query.get("profile") or None)
     return respond(doc)
+
+
+async def retrievers(request: web.Request) -> web.Response:
+    from plugins.search.engine import get_retrievers
+
+    check_params(request.query, ())
+    return respond({"retrievers": [{"name": r.name, "description": getattr(r, "description", "")}
+                                   for r in get_retrievers().values()]})
 
 
 async def page(request: web.Request) -> web.Response:
@@ -97,3 +128,4 @@ def add_routes(web_app: web.Application, app) -> None:
     web_app.router.add_get("/api/search", search_get)
     web_app.router.add_post("/api/search", search_post)
     web_app.router.add_get("/api/similar/{ref}", similar)
+    web_app.router.add_get("/api/retrievers", retrievers)
