@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -122,13 +123,44 @@ def summarise(rows: list[dict], n_total: int) -> dict:
     }
 
 
+def _evaluate(job):
+    """All splits and rules for one published LoRA (runs in a worker process)."""
+    index, vid, direction, strength, consistency, splits, rules = job
+    out = []
+    for rho in splits:
+        rng = np.random.default_rng([index, int(rho * 1000)])
+        v = synthesise(np.asarray(direction, dtype=np.float64), float(strength), float(consistency), rho, rng)
+        for r, rule in enumerate(rules):
+            used, cos, s_err, c_err, full = run_one(v, rule)
+            out.append((rho, r, {"version_id": vid, "samples": used, "cosine": cos, "strength_rel_error": s_err,
+                                 "consistency_error": c_err,
+                                 "synthesis_consistency_mismatch": abs(full.consistency - float(consistency))}))
+    return out
+
+
+def _one_thread():
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parquet", type=Path, default=DEFAULT_PARQUET)
     ap.add_argument("--splits", default="0,0.4,0.8", help="prompt-level shares of the noise variance")
+    ap.add_argument("--consistency-tol", default=None,
+                    help="comma-separated Consistency tolerances to compare (default: the profile's)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N LoRAs (0: all)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     args = ap.parse_args()
+
+    import dataclasses
+    import multiprocessing
 
     import pyarrow.parquet as pq
 
@@ -140,33 +172,37 @@ def main() -> None:
     table = pq.read_table(args.parquet, columns=["version_id", "direction", "strength", "consistency"]).to_pydict()
     if args.limit:
         table = {k: v[: args.limit] for k, v in table.items()}
-    rule = AdaptiveRule.from_settings(ADAPTIVE_DEFAULTS)
+    base_rule = AdaptiveRule.from_settings(ADAPTIVE_DEFAULTS)
+    tols = [float(x) for x in args.consistency_tol.split(",")] if args.consistency_tol else [base_rule.consistency_tol]
+    rules = [dataclasses.replace(base_rule, consistency_tol=t) for t in tols]
+    splits = [float(x) for x in args.splits.split(",")]
     n_total = PROMPTS * IMAGES
     started = time.perf_counter()
-    doc = {"rule": {k: getattr(rule, k) for k in ("target_cosine", "strength_rel_tol", "consistency_tol",
+    jobs = [(i, vid, d, st, c, splits, rules) for i, (vid, d, st, c) in enumerate(
+        zip(table["version_id"], table["direction"], table["strength"], table["consistency"]))]
+    rows: dict = {}
+    with multiprocessing.Pool(args.jobs, initializer=_one_thread) as pool:
+        for result in pool.imap_unordered(_evaluate, jobs, chunksize=4):
+            for rho, r, row in result:
+                rows.setdefault((r, rho), []).append(row)
+    doc = {"samples_per_lora": n_total, "batch": BATCH, "rules": []}
+    for r, rule in enumerate(rules):
+        doc["rules"].append({
+            "rule": {k: getattr(rule, k) for k in ("target_cosine", "strength_rel_tol", "consistency_tol",
                                                    "min_samples", "safety")},
-           "samples_per_lora": n_total, "batch": BATCH, "splits": {}}
-    for rho in (float(x) for x in args.splits.split(",")):
-        rng = np.random.default_rng(0)
-        rows = []
-        for vid, direction, strength, consistency in zip(table["version_id"], table["direction"], table["strength"],
-                                                         table["consistency"]):
-            v = synthesise(np.asarray(direction, dtype=np.float64), float(strength), float(consistency), rho, rng)
-            used, cos, s_err, c_err, full = run_one(v, rule)
-            rows.append({"version_id": vid, "samples": used, "cosine": cos, "strength_rel_error": s_err,
-                         "consistency_error": c_err,
-                         "synthesis_consistency_mismatch": abs(full.consistency - float(consistency))})
-        doc["splits"][f"{rho:g}"] = summarise(rows, n_total)
+            "splits": {f"{rho:g}": summarise(rows[(r, rho)], n_total) for rho in splits}})
     doc["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"{len(table['version_id'])} published LoRAs, {n_total} samples each, rule {doc['rule']}")
-    print(f"{'prompt share':>12} {'median':>7} {'p90':>6} {'early':>6} {'cos≥.99':>8} {'Str≤2%':>7} {'Cons≤.01':>9}")
-    for rho, s in doc["splits"].items():
-        print(f"{rho:>12} {s['median_samples']:>7.0f} {s['p90_samples']:>6.0f} {s['share_stopping_early']:>6.1%} "
-              f"{s['share_cosine_ok']:>8.1%} {s['share_strength_ok']:>7.1%} {s['share_consistency_ok']:>9.1%}")
-    print(f"({doc['seconds']} s)")
+    print(f"{len(table['version_id'])} published LoRAs, {n_total} samples each ({doc['seconds']} s)")
+    for entry in doc["rules"]:
+        print(f"rule {entry['rule']}")
+        print(f"{'prompt share':>12} {'median':>7} {'p90':>6} {'early':>6} {'cos≥.99':>8} {'Str≤2%':>7} "
+              f"{'Cons≤.01':>9}")
+        for rho, s in entry["splits"].items():
+            print(f"{rho:>12} {s['median_samples']:>7.0f} {s['p90_samples']:>6.0f} {s['share_stopping_early']:>6.1%} "
+                  f"{s['share_cosine_ok']:>8.1%} {s['share_strength_ok']:>7.1%} {s['share_consistency_ok']:>9.1%}")
 
 
 if __name__ == "__main__":

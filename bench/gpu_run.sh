@@ -13,5 +13,5 @@ else
 fi
 export PYTHONUNBUFFERED=1 CARLOS_REG_HOME=/tmp/carlos-home HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-[ -n "${SKIP_SIGNER:-}" ] || timeout 420 python3 bench/signer_gpu.py --out "$out/signer_gpu.json" 2>&1 | tail -25 | tee "$out/signer_gpu.log"
+[ -n "${SKIP_SIGNER:-}" ] || timeout 480 python3 bench/signer_gpu.py --compile --out "$out/signer_gpu.json" 2>&1 | tail -25 | tee "$out/signer_gpu.log"
 timeout 150 python3 bench/search.py --device cuda --queries 5 --sizes "" 2>&1 | tee "$out/search_gpu.txt" | tail -10

@@ -35,8 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def reference_sign(profile, lora_path, base_file: Path, workdir: Path, *, device="cpu"):
-    """(Direction, Strength, Consistency, seconds) the way the reference computes them."""
+def reference_sign(profile, lora_path, base_file: Path, workdir: Path, *, device="cpu", pipe=None, clip=None,
+                   prompts: int | None = None):
+    """(Direction, Strength, Consistency, seconds) the way the reference computes them, over the
+    first ``prompts`` index prompts (all by default). With ``pipe``/``clip`` given (the GPU bench's
+    random-weight models, which cannot be loaded from disk) the per-LoRA reload is not done, which
+    favours the reference."""
     import torch
     from PIL import Image
     from transformers import CLIPImageProcessor
@@ -46,8 +50,8 @@ def reference_sign(profile, lora_path, base_file: Path, workdir: Path, *, device
 
     t0 = time.perf_counter()
     s = profile.settings
-    pipe = load_pipeline(profile, device)  # the reference loads the pipeline for every LoRA
-    clip = load_clip(profile, device)
+    pipe = pipe if pipe is not None else load_pipeline(profile, device)  # reloaded for every LoRA
+    clip = clip if clip is not None else load_clip(profile, device)
     size = clip.image_size[0]
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                    resample=3, do_center_crop=True, image_mean=list(clip._mean.flatten().tolist()),
@@ -57,7 +61,7 @@ def reference_sign(profile, lora_path, base_file: Path, workdir: Path, *, device
     start, per_prompt, batch = int(s["seeds"]["start"]), profile.images_per_prompt, profile.noise_batch
     suffix = ", "  # no trigger words: the reference appends ", " + "" (its [""])
     feats, k = [], 0
-    for p, prompt in enumerate(profile.index_prompts()):
+    for p, prompt in enumerate(profile.index_prompts()[:prompts]):
         images = []
         for i in range(0, per_prompt, batch):
             out = pipe(prompt=prompt.text + suffix, num_images_per_prompt=min(batch, per_prompt - i),
@@ -74,6 +78,7 @@ def reference_sign(profile, lora_path, base_file: Path, workdir: Path, *, device
         with torch.inference_mode():
             feats.append(clip.model.encode_image(pixels, normalize=False).float().cpu().numpy())
         k += len(images)
+    pipe.unload_lora_weights()
     diffs = np.concatenate(feats).astype(np.float64) - base[:k]
     norms = np.linalg.norm(diffs, axis=1)
     units = diffs / np.maximum(norms, 1e-12)[:, None]
@@ -102,11 +107,13 @@ def main() -> None:
              for i in range(args.loras)]
     engine = Engine(profile, "cpu")
     base = engine.base_branch()
-    base_file = work / "base.npy"  # the reference's cached base branch (computed once, not timed)
-    np.save(base_file, base.features.astype(np.float64))
+    base_file = work / "base.npy"  # the reference's cached base branch (computed once, not timed),
+    # in its order: prompt by prompt, each prompt's images in turn
+    order = sorted(engine.samples, key=lambda x: (x.prompt_index, x.image))
+    np.save(base_file, base.features[[x.index for x in order]].astype(np.float64))
     n = len(engine.samples)
     times = {"fused": 0.0, "adapter": 0.0, "reference": 0.0}
-    cosines = []
+    cosines, strength_errors = [], []
     for i, path in enumerate(loras):
         for mode in ("fused", "adapter"):
             engine.fuse = mode == "fused"
@@ -115,10 +122,11 @@ def main() -> None:
             times[mode] += time.perf_counter() - t
         d = work / f"ref-{i}"
         d.mkdir()
-        direction, _, _, seconds = reference_sign(profile, path, base_file, d)
+        direction, strength, _, seconds = reference_sign(profile, path, base_file, d)
         times["reference"] += seconds
         a = ours.stats.direction
         cosines.append(float(a @ direction / (np.linalg.norm(a) * np.linalg.norm(direction))))
+        strength_errors.append(abs(ours.stats.strength - strength) / strength)
     per = {k: v / len(loras) for k, v in times.items()}
     doc = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -129,14 +137,15 @@ def main() -> None:
         "paired_samples_per_s": {k: round(n / v, 2) for k, v in per.items()},
         "ratio_vs_reference": {k: round(per["reference"] / per[k], 2) for k in ("fused", "adapter")},
         "direction_cosine_fused_vs_reference": [round(c, 4) for c in cosines],
+        "strength_rel_difference_fused_vs_reference": [round(e, 4) for e in strength_errors],
     }
     print(f"tiny profile, {len(loras)} LoRAs x {n} paired samples, CPU ({torch.get_num_threads()} threads), "
           f"base branch cached on both sides")
     for k in ("reference", "adapter", "fused"):
         ratio = "" if k == "reference" else f"  {doc['ratio_vs_reference'][k]:.2f}x the reference loop"
         print(f"  {k:<9}: {per[k]:6.2f} s per LoRA  {n / per[k]:6.1f} pairs/s{ratio}")
-    print(f"  Direction cosine fused vs reference (PNG quantisation, PIL resize): {min(cosines):.4f} .. "
-          f"{max(cosines):.4f}")
+    print(f"  fused vs reference (PNG quantisation, PIL resize): Direction cosine {min(cosines):.4f} .. "
+          f"{max(cosines):.4f}, Strength differs by at most {max(strength_errors):.2%}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(doc, indent=2))
 

@@ -58,7 +58,7 @@ def main() -> None:
         d = work / f"naive-{i}"
         d.mkdir()
         t = time.perf_counter()
-        naive.append(naive_sign(engine.pipe, engine.clip, path, prompts, profile.seeds, steps=s["steps"],
+        naive.append(naive_sign(engine.pipe, engine.clip, path, prompts, [int(s["seeds"]["start"]) + i for i in range(int(s["seeds"]["count"]))], steps=s["steps"],
                                 guidance=s["guidance_scale"], width=s["width"], height=s["height"], workdir=d))
         naive_s += time.perf_counter() - t
 

@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=2, help="measured batches per branch")
     ap.add_argument("--naive-prompts", type=int, default=1, help="prompts (x16 seeds) for the naive loop")
     ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the fused path with a torch.compile'd UNet (compile time, then a second LoRA "
+                         "fused in place to show it does not recompile)")
     args = ap.parse_args()
 
     import torch
@@ -152,9 +155,46 @@ def main() -> None:
         results["ours"]["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     save()
 
+    # -- the same LoRA fused into the weights (what the worker does): no adapter work per step
+    engine.load_lora(lora)
+    fuse_error = engine.fuse_lora()
+    try:
+        _, fused_s = _timed(lambda: [engine.generate(b, lora=True) for b in batches], device)
+    finally:
+        engine.unload_lora()
+    fused_per_sample = fused_s / n
+    results["fused"] = {"samples": n, "lora_branch_seconds": round(fused_s, 2),
+                        "paired_samples_per_s": round(1 / fused_per_sample, 3), "fuse_error": fuse_error,
+                        "paper_s_per_lora": round(PAPER_SAMPLES * fused_per_sample + load_s, 1)}
+    save()
+
+    # -- the reference's loop (bench/reference_loop.py): per prompt 4 calls of 4 images with
+    # torch.manual_seed(42, 46, 50, 54), PNG round trip, transformers' CLIPImageProcessor, base read
+    # from disk; the per-LoRA pipeline reload is left out (random weights cannot be reloaded), which
+    # favours the reference
+    from bench.reference_loop import reference_sign
+
+    ref_profile = dataclasses.replace(profile, settings={**settings, "seeds": {"start": 42, "count": 16},
+                                                         "noise_batch": 4})
+    zeros = work / "base-zeros.npy"
+    import numpy as np
+
+    np.save(zeros, np.zeros((16 * args.naive_prompts, clip.dim)))
+    d = work / "reference"
+    d.mkdir()
+    _, _, _, ref_s = reference_sign(ref_profile, lora, zeros, d, device=device, pipe=pipe, clip=clip,
+                                    prompts=args.naive_prompts)
+    ref_per_pair = ref_s / (16 * args.naive_prompts)
+    results["reference_loop"] = {"paired_samples": 16 * args.naive_prompts, "seconds": round(ref_s, 2),
+                                 "paired_samples_per_s": round(1 / ref_per_pair, 3),
+                                 "paper_s_per_lora": round(PAPER_SAMPLES * ref_per_pair, 1)}
+    results["ratio_vs_reference_loop"] = {"adapter": round(ref_per_pair / per_sample, 2),
+                                          "fused": round(ref_per_pair / fused_per_sample, 2)}
+    save()
+
     # -- the naive loop on the same LoRA: per prompt, 16 seeds per call, both branches, PNG, PIL
     prompts = [p.text for p in profile.index_prompts()[: args.naive_prompts]]
-    seeds = profile.seeds if not args.small else profile.seeds[:2]
+    seeds = [int(settings["seeds"]["start"]) + i for i in range(int(settings["seeds"]["count"]))]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     d = work / "naive"
@@ -168,9 +208,42 @@ def main() -> None:
     if device.startswith("cuda"):
         results["naive"]["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     results["ratio_per_paired_sample"] = round(naive_per_pair / per_sample, 2)
+    save()
+    if args.compile:  # last: the loops above run an uncompiled UNet with adapter layers
+        _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg, dtype, lf)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save()
-    print(json.dumps({k: results[k] for k in ("base", "ours", "naive", "ratio_per_paired_sample")}, indent=2))
+    print(json.dumps({k: results.get(k) for k in ("base", "ours", "fused", "compiled", "reference_loop",
+                                                  "ratio_vs_reference_loop", "naive", "ratio_per_paired_sample")},
+                     indent=2))
+
+
+def _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg, dtype, lf):
+    """Fused + compiled UNet: the first batch pays the compilation; a second LoRA fused in place must
+    run at the compiled speed at once (the module tree is the base's for every LoRA)."""
+    import torch
+
+    n = sum(len(b) for b in batches)
+    engine.pipe.unet.compile()  # in place: the module (and diffusers' LoRA hooks on it) stays the same object
+    engine.load_lora(lora)
+    engine.fuse_lora()
+    try:
+        _, first_s = _timed(lambda: engine.generate(batches[0], lora=True), device)
+        _, compiled_s = _timed(lambda: [engine.generate(b, lora=True) for b in batches], device)
+    finally:
+        engine.unload_lora()
+    other = lf.write_kohya_lora(work / "second.safetensors", rank=args.rank, strength=0.5, seed=9, unet_config=unet_cfg,
+                                feedforward=True, dtype=dtype if not args.small else None)
+    engine.load_lora(other)
+    engine.fuse_lora()
+    try:
+        _, second_first_s = _timed(lambda: engine.generate(batches[0], lora=True), device)
+    finally:
+        engine.unload_lora()
+    results["compiled"] = {"first_batch_s (compile)": round(first_s, 1), "samples": n,
+                           "paired_samples_per_s": round(n / compiled_s, 3),
+                           "second_lora_first_batch_s": round(second_first_s, 2),
+                           "paper_s_per_lora": round(PAPER_SAMPLES * compiled_s / n, 1)}
 
 
 if __name__ == "__main__":
