@@ -95,7 +95,7 @@ def build(url: str, n: int, seed: int = 0) -> dict:
         s.execute(sa.update(ChangeCounter).where(ChangeCounter.name == "signature").values(value=n))
     build_s = time.perf_counter() - t0
     # Query vectors as a warm service has them cached (shaped like Directions).
-    from plugins.search.encoders import QueryEncoder
+    from signer.query_encoder import QueryEncoder
     from registry.app import App
     from registry.models import SignerProfile
     from registry.settings import Settings

@@ -130,7 +130,7 @@ def _copyright(db_url):
 
 def _cache_query(urls, home, text: str) -> None:
     """The same query vector cached in each registry (computing it needs the real CLIP weights)."""
-    from plugins.search.encoders import QueryEncoder, store_vector
+    from signer.query_encoder import QueryEncoder, store_vector
     from registry.app import App
     from registry.settings import Settings
 

@@ -413,7 +413,7 @@ def test_search_on_published_signatures_uses_the_reference_retrieval_prompts(ref
                                                                               tmp_path):
     import sqlalchemy as sa
 
-    from plugins.search.encoders import normalize_query
+    from signer.query_encoder import normalize_query
     from registry.db import Database
     from registry.models import VectorCache
     from registry.vectors import from_blob

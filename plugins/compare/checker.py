@@ -13,7 +13,7 @@ from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
 
 from plugins.compare.claims import claim_text
-from plugins.search.engine import SearchEngine
+from signer.search import SearchEngine
 
 VOCABULARY = Path(__file__).with_name("vocabulary.json")
 

@@ -89,8 +89,8 @@ class CopyrightReport(Report):
         import numpy as np
         import sqlalchemy as sa
 
-        from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine
-        from plugins.search.index import near_duplicate_pairs
+        from signer.search import NEAR_DUPLICATE_COS, SearchEngine
+        from registry.ranking import near_duplicate_pairs
         from registry.models import Signature
         from registry.queries import lora_rows
         from registry.refs import resolve_ref
@@ -322,7 +322,7 @@ class CopyrightReport(Report):
 
 
 def _all_valid():
-    from plugins.search.index import Filters
+    from registry.ranking import Filters
 
     return Filters()
 

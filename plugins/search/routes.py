@@ -12,8 +12,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, json_error, param_bool, param_float, param_int,
                           respond)
 
-from plugins.search.encoders import ImageTooLarge
-from plugins.search.engine import SearchEngine, SearchRequest
+from signer.query_encoder import ImageTooLarge
+from signer.search import SearchEngine, SearchRequest
 
 ENGINE = web.AppKey("carlos_search_engine", SearchEngine)
 PAGE = Path(__file__).with_name("page.html")

@@ -162,7 +162,7 @@ class ClipSource:
 
     def tower(self):
         if self._tower is None:
-            from plugins.search.textenc import TextTower
+            from signer.text_tower import TextTower
 
             clip = self.clip()
             self._tower = TextTower(clip.model, clip.tokenizer)

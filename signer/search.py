@@ -19,7 +19,7 @@ from registry.models import Model, Signature, SignerProfile, Version
 from registry.profiles import find_profile
 from registry.queries import lora_rows
 
-from plugins.search.index import Filters, RankingIndex
+from registry.ranking import Filters, RankingIndex
 
 # Nearest-neighbor cosines in the published database (740 LoRAs) jump from 0.986 (retrained
 # versions of one LoRA family) to 0.999 (the same weights uploaded twice, or degenerate
@@ -113,7 +113,7 @@ class SearchEngine:
             return fresh
 
     def encoder(self, row: SignerProfile):
-        from plugins.search.encoders import QueryEncoder
+        from signer.query_encoder import QueryEncoder
 
         with self._lock:
             if row.id not in self._encoders:
