@@ -49,18 +49,9 @@ class SearchRequest:
 
 
 def get_retrievers() -> dict:
-    from registry.plugins import load_plugins, pm
+    from registry.plugins import collect_named
 
-    load_plugins()
-    found: dict = {}
-
-    def register(retriever) -> None:
-        if retriever.name in found:
-            raise CarlosError(f"two plugins register a retriever named {retriever.name!r}")
-        found[retriever.name] = retriever
-
-    pm.hook.register_retrievers(register=register)
-    return found
+    return collect_named("register_retrievers", "retriever")
 
 
 class SearchEngine:

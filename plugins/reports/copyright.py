@@ -22,7 +22,7 @@ import click
 from registry.errors import CarlosError, UsageError
 from registry.output import info, table, write_file
 
-from plugins.reports import Report, page
+from registry.plugin_api import Report, page
 
 if TYPE_CHECKING:  # numpy, SQLAlchemy and the search engine load when a report is built, not for --help
     import numpy as np
