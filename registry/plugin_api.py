@@ -17,9 +17,34 @@ from registry.output import emit_json, info, output_options, table
 from registry.plugins import collect, collect_named
 
 __all__ = [
-    "App", "CarlosError", "NotFound", "Report", "UsageError", "collect", "collect_named",
-    "emit_json", "hookimpl", "info", "output_options", "page", "pass_app", "table",
+    "App", "CarlosError", "NotFound", "Report", "UsageError", "blocking", "collect", "collect_named",
+    "emit_json", "hookimpl", "info", "output_options", "page", "param_int", "pass_app", "respond",
+    "table",
 ]
+
+
+# HTTP helpers for ``register_routes``: aiohttp loads with the first route, not with the CLI.
+
+async def blocking(request, fn, *args, **kwargs):
+    """Run a blocking function (database, models) on the API's worker threads."""
+    from registry import api
+
+    return await api.blocking(request, fn, *args, **kwargs)
+
+
+def respond(doc, status: int = 200):
+    """A strict-JSON ``aiohttp`` response (NaN and infinities become null), like ``--json``."""
+    from registry import api
+
+    return api.respond(doc, status)
+
+
+def param_int(query, name: str, default: int | None = None, lo: int | None = None,
+              hi: int | None = None) -> int | None:
+    """An integer query parameter within ``lo..hi``; a bad value answers 400."""
+    from registry import api
+
+    return api.param_int(query, name, default, lo, hi)
 
 
 class Report:
