@@ -31,7 +31,7 @@ from typing import Any
 
 from registry.catalog import in_early_access  # noqa: F401  (re-exported for the crawler)
 
-# DESIGN §4: base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
+# Base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
 SDXL_BASE_MODELS: tuple[str, ...] = ("SDXL 1.0", "SDXL 0.9", "SDXL 1.0 LCM", "SDXL Turbo", "SDXL Lightning",
                                      "SDXL Hyper", "Pony", "Illustrious", "NoobAI")
 LORA_TYPES: tuple[str, ...] = ("LORA", "LoCon", "DoRA")

@@ -1,7 +1,7 @@
 """Signer profiles in the registry: named, content-hashed settings.
 
 The signer defines the profiles it can run; the registry only stores them. ``PAPER_SETTINGS``
-are the published reference settings (DESIGN §1), also recorded for imported signatures.
+are the published reference settings (docs/architecture.md, The method), also recorded for imported signatures.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Paired generation and signing on one loaded pipeline (DESIGN §1, §7); no registry imports.
+"""Paired generation and signing on one loaded pipeline (docs/architecture.md, The method); no registry imports.
 
 Contract:
 - ``Engine(profile, device)`` loads the profile's SDXL pipeline and CLIP model once. LoRAs are

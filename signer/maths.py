@@ -1,4 +1,4 @@
-"""Signature maths (DESIGN §1) and the adaptive stopping rule; numpy only.
+"""Signature maths (docs/architecture.md, The method) and the adaptive stopping rule; numpy only.
 
 For the CLIP-diff ensemble V = {v_i} (raw image features, LoRA minus base):
 - Direction  SD   = mean_i v_i

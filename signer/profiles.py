@@ -44,7 +44,7 @@ METHOD = "carlos-reg signer 2"  # bump when the computation changes what a signa
 SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 TINY_CLIP = "carlos-tiny-clip"
 
-# DESIGN §1 reference settings (the published implementation).
+# The reference settings (the published implementation).
 PAPER: dict[str, Any] = {
     "method": METHOD,
     "base_model": SDXL_BASE,

@@ -1,6 +1,6 @@
 """Query vectors: the reciprocal text query and the image query of a signer profile.
 
-Text (DESIGN §1): ``Δq = mean_p u(p + " " + q) − mean_p u(p)`` over the profile's P'.
+Text (docs/architecture.md, The method): ``Δq = mean_p u(p + " " + q) − mean_p u(p)`` over the profile's P'.
 Image: the mean CLIP feature of the given images minus the mean CLIP feature of the profile's
 base-branch images — the shift from what the base model draws toward this look.
 

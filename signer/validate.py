@@ -1,4 +1,4 @@
-"""Screening of untrusted LoRA files before and after they touch a pipeline (DESIGN §5).
+"""Screening of untrusted LoRA files before and after they touch a pipeline (docs/security.md).
 
 Contract:
 - ``inspect_lora_file(path, context_dim=2048)`` reads only the safetensors header and the tensor

@@ -290,7 +290,7 @@ def test_valid_safetensors_pass(tmp_path):
 
 
 def test_the_crawler_builds_on_registry_only():
-    """crawler/ may import registry, never signer or plugins (DESIGN §2)."""
+    """crawler/ may import registry, never signer or plugins (docs/architecture.md, Packages and dependency rule)."""
     import ast
 
     from tests.conftest import REPO
