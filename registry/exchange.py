@@ -149,7 +149,7 @@ def export_bundle(db: Database, out: str | os.PathLike, profile: str | None = No
 
     from registry import __version__
     from registry.models import File
-    from registry.profiles import canonical_json
+    from registry.profile_identity import canonical_json
 
     out = Path(out)
     with db.read() as s:
@@ -193,7 +193,7 @@ def read_bundle(path: str | os.PathLike) -> list[dict]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from registry.profiles import profile_hash
+    from registry.profile_identity import profile_hash
 
     path = Path(path)
     name = path.name

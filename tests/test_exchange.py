@@ -86,7 +86,7 @@ import pyarrow as pa  # noqa: E402
 
 from registry.exchange import BundleRefused, bundle_schema, export_bundle, import_bundle, read_bundle  # noqa: E402
 from registry.models import File  # noqa: E402
-from registry.profiles import profile_hash  # noqa: E402
+from registry.profile_identity import profile_hash  # noqa: E402
 
 
 def _sign_here(db, settings, data: bytes) -> tuple[int, str]:
