@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import hmac
 import json
@@ -51,6 +50,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from crawler import stfile
+from registry.files import write_file
+from registry.states import FileState
 
 log = logging.getLogger("crawler.mirror")
 FORMAT = "carlos-reg-mirror"
@@ -65,19 +66,6 @@ class MirrorError(ValueError):
 
 
 # ---------------------------------------------------------------- writing a catalog
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def file_entry(file_id: int, data: bytes | None = None, *, name: str | None = None, primary: bool | None = True,
@@ -170,7 +158,7 @@ def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[i
     (root / "files").mkdir(parents=True, exist_ok=True)
     written = set()
     for model_id, data in encoded.items():
-        _atomic_write(root / "models" / f"{model_id}.json", data)
+        write_file(root / "models" / f"{model_id}.json", data)
         written.add(f"{model_id}.json")
     if replace:
         for stale in (root / "models").glob("*.json"):
@@ -179,7 +167,7 @@ def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[i
     for file_id, blob in (blobs or {}).items():
         target = root / "files" / str(int(file_id))
         if isinstance(blob, (bytes, bytearray)):
-            _atomic_write(target, bytes(blob))
+            write_file(target, bytes(blob))
         else:
             shutil.copyfile(blob, target)
     _write_manifest(root, len(written) if replace else None)
@@ -191,7 +179,7 @@ def _write_manifest(root: Path, count: int | None, **extra: Any) -> None:
            "nonce": secrets.token_hex(4), **extra}
     if count is not None:
         doc["models"] = count
-    _atomic_write(root / "mirror.json", json.dumps(doc, indent=2).encode())
+    write_file(root / "mirror.json", json.dumps(doc, indent=2).encode())
 
 
 # ---------------------------------------------------------------- reading a catalog
@@ -662,7 +650,7 @@ def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
                 versions.setdefault(r.model_id, []).append(r.raw)
             verified = {r.civitai_file_id: r.local_path for r in s.execute(
                 sa.select(File.civitai_file_id, File.local_path).join(Version, Version.id == File.version_id)
-                .where(Version.model_id.in_(chunk), File.state == "verified", File.local_path.is_not(None),
+                .where(Version.model_id.in_(chunk), File.state == FileState.VERIFIED, File.local_path.is_not(None),
                        File.civitai_file_id.is_not(None)))}
             for model_id in chunk:
                 raws = versions.get(model_id, [])
@@ -670,7 +658,7 @@ def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
                     continue
                 raws.sort(key=lambda v: (v.get("index") if type(v.get("index")) is int else 1 << 30))
                 item = {**models[model_id], "modelVersions": raws}
-                _atomic_write(out / "models" / f"{model_id}.json", _json_bytes(item))
+                write_file(out / "models" / f"{model_id}.json", _json_bytes(item))
                 written.add(f"{model_id}.json")
                 counts["models"] += 1
                 counts["versions"] += len(raws)

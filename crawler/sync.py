@@ -43,9 +43,10 @@ from crawler.download import DownloadLimits, DownloadTask, Outcome, download
 from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model,
                            raw_hash)
 from crawler.store import ErrorRecord, PageResult, RegistryStore
-from registry.errors import CarlosError, DatabaseError
+from registry.errors import CarlosError, DatabaseError, first_line
 from registry.models import utcnow
 from registry.retry import RetryPolicy as DbRetryPolicy, retry_call
+from registry.states import FileState
 
 log = logging.getLogger("crawler.sync")
 MODELS_PATH = "/api/v1/models"
@@ -411,7 +412,7 @@ class Crawler:
             if len(failed) == len(batch):
                 raise page_error
             for model_id, exc in failed:
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                first = first_line(exc, limit=300)
                 self._error("model", f"model {model_id}", f"could not be stored: {type(exc).__name__}: {first}")
             return results
 
@@ -458,7 +459,7 @@ class Crawler:
                 raise
             except Exception as exc:
                 self._error("download", _file_ref(task), f"could not record the outcome: {type(exc).__name__}: "
-                                                        f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                                                        f"{first_line(exc)}")
             finally:
                 downloads.task_done()
 
@@ -467,15 +468,15 @@ class Crawler:
             return
         newly = await self._write(self.store.record_download, task, outcome)
         s = self.stats
-        if outcome.state == "verified":
+        if outcome.state == FileState.VERIFIED:
             s.files_verified += int(newly)
-        elif outcome.state == "quarantined":
+        elif outcome.state == FileState.QUARANTINED:
             s.files_quarantined += 1
-        elif outcome.state == "deferred":
+        elif outcome.state == FileState.DEFERRED:
             s.files_deferred += 1
         else:
             s.files_failed += 1
-        if outcome.state != "verified":
+        if outcome.state != FileState.VERIFIED:
             self._error("download", _file_ref(task), f"{outcome.state}: {outcome.error}", outcome.status)
         self._sync_counters()
 

@@ -20,10 +20,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from registry.db import Database
-from registry.errors import CarlosError
+from registry.errors import CarlosError, first_line
 from registry.models import Model, Signature, SignerProfile, Version
 from registry.output import write_file
 from registry.queries import next_local_version_id
+from registry.states import FileState
 from registry.vectors import from_blob
 
 CARLOS_DIM = 512
@@ -223,7 +224,7 @@ def read_bundle(path: str | os.PathLike) -> list[dict]:
     except BundleRefused:
         raise
     except Exception as exc:  # truncated, junk, a different format: pyarrow says which
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc, limit=160, default=type(exc).__name__)
         raise BundleRefused(f"{name}: not a readable Parquet bundle ({detail}); nothing was imported") from None
     cols = {c: table.column(c).to_pylist() for c in BUNDLE_COLUMNS if c != "direction"}
     directions = table.column("direction")
@@ -349,7 +350,7 @@ def _place(s, r: dict, counts: dict, now, Model, File) -> int:
                   updated_at=now))
     s.flush()
     s.add(File(version_id=vid, name=r["name"] or "", primary=True, sha256=sha, autov2=r["file_autov2"],
-               state="skipped", error="known from a signature bundle; no file here yet (scan a folder holding it)",
+               state=FileState.SKIPPED, error="known from a signature bundle; no file here yet (scan a folder holding it)",
                updated_at=now))
     s.flush()
     return vid

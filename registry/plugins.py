@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -20,6 +19,7 @@ import pluggy
 from registry import hookspecs
 from registry.errors import CarlosError
 from registry.output import clean
+from registry.settings import environment
 
 GROUP = "carlos_reg"
 
@@ -50,7 +50,7 @@ _load_errors: list[str] = []
 
 
 def _wanted() -> set[str] | None:
-    raw = os.environ.get("CARLOS_REG_LOAD_PLUGINS")
+    raw = environment().get("CARLOS_REG_LOAD_PLUGINS")
     if raw is None:
         return None
     return {p.strip() for p in raw.split(",") if p.strip()}

@@ -32,7 +32,6 @@ before it gives up with an error; ``0`` turns retrying off.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -85,7 +84,9 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
-        raw = os.environ.get("CARLOS_REG_DB_RETRY_SECONDS")
+        from registry.settings import environment
+
+        raw = environment().get("CARLOS_REG_DB_RETRY_SECONDS")
         if raw is None or not raw.strip():
             return cls()
         try:

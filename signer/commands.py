@@ -14,6 +14,7 @@ import click
 from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, say, table
+from registry.states import FileState, JobState
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -97,13 +98,13 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
                                              trigger_words=list(triggers) if triggers else None)
         for entry in entries:
             inputs.append({"input": str(entry.path), "version_id": entry.version_id,
-                           "unsupported": entry.reason if entry.state != "verified" else None})
+                           "unsupported": entry.reason if entry.state != FileState.VERIFIED else None})
         for ref in refs:
             inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
         if all_:
             signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
             vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
-                File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
+                File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
             known = {i["version_id"] for i in inputs}
             inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
         wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
@@ -112,15 +113,15 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         jobs = store.find_jobs(s, pid, wanted)
         base = store.base_job(s, pid)
         # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
-        retry = [j.id for j in jobs.values() if j.state == "dead"] + ([base.id] if base and base.state == "dead" else [])
+        retry = [j.id for j in jobs.values() if j.state == JobState.DEAD] + ([base.id] if base and base.state == JobState.DEAD else [])
         if retry:
             app.queue.requeue(s, job_ids=retry)
         resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
         if resign:
-            app.queue.requeue(s, job_ids=resign, state="done")
+            app.queue.requeue(s, job_ids=resign, state=JobState.DONE)
             retry += resign
         job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
-    todo = [j for j in jobs.values() if j.state != "done" or j.id in retry]
+    todo = [j for j in jobs.values() if j.state != JobState.DONE or j.id in retry]
     if todo:
         info(f"signing {len(todo)} LoRA(s) with profile {profile_obj.name!r} ({profile_obj.hash[:12]}) on "
              f"{_device(device)}" + (" — tiny random-weight models: mechanics only, meaningless rankings"
@@ -149,12 +150,12 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
                        consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
                        valid=sig.valid, reason=(f"signature of version {(sig.estimates or {}).get('reused_from')} "
                                                 f"(same file)") if reused else f"signature {sig.source} earlier")
-        elif job is not None and job.state == "done" and sig is not None:
+        elif job is not None and job.state == JobState.DONE and sig is not None:
             row.update(outcome="signed" if sig.valid else "invalid", strength=sig.strength,
                        consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
                        valid=sig.valid)
         else:
-            row.update(outcome="failed" if job is not None and job.state == "dead" else (job.state if job else "?"),
+            row.update(outcome="failed" if job is not None and job.state == JobState.DEAD else (job.state if job else "?"),
                        reason=job.last_error if job is not None else None)
         bad += row["outcome"] not in ("signed", "reused", "already signed")
         results.append(row)
@@ -222,6 +223,7 @@ def work(app: App, device, workers, once, max_jobs, profiles, lease_seconds):
 
 
 def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_seconds) -> None:
+    from registry.settings import environment
     from signer.launcher import Launcher, plan_devices
 
     app.close()  # the launcher itself holds no connection
@@ -229,7 +231,8 @@ def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_second
     args = (["--once"] if once else []) + (["--max-jobs", str(max_jobs)] if max_jobs else [])
     args += [a for p in profiles for a in ("--profile", p)]
     args += ["--lease-seconds", repr(lease_seconds)] if lease_seconds else []
-    env = {**os.environ, "CARLOS_REG_DB": app.settings.db_url, "CARLOS_REG_HOME": str(app.settings.home)}
+    env = environment().with_values(CARLOS_REG_DB=app.settings.db_url,
+                                    CARLOS_REG_HOME=str(app.settings.home)).for_subprocess()
     launcher = Launcher(devices, args, global_args=["-v"] * min(app.settings.verbose, 2), env=env, say=_say)
     info(f"launching {len(devices)} workers ({', '.join(devices)}); SIGTERM or Ctrl-C stops them")
     code = launcher.run()
@@ -429,7 +432,7 @@ def nightly_sign(app: App, options: dict) -> dict:
     with app.db.write() as s:
         signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
         vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
-            File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars().all()
+            File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars().all()
         queued = sum(bool(store.enqueue_lora(s, app.queue, pid, v)) for v in vids)
     out = {"profile": profile.name, "unsigned": len(vids), "newly_queued": queued}
     if not options.get("sign_local"):

@@ -29,7 +29,6 @@ the project's own prompt sets, for users without the reference file.
 from __future__ import annotations
 
 import copy
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from registry.profile_identity import ADAPTIVE_DEFAULTS, PAPER, SDXL_BASE, profi
 from signer.errors import ProfileError
 from signer.noise import noise_slot, sample_noise
 from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve_source
+from registry.settings import environment
 
 TINY_CLIP = "carlos-tiny-clip"
 
@@ -203,11 +203,11 @@ class Profile:
 
 
 def profiles_file(settings) -> Path:
-    return Path(os.environ.get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml").expanduser()
+    return Path(environment().get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml").expanduser()
 
 
 def models_dir(settings) -> Path:
-    return Path(os.environ.get("CARLOS_REG_MODELS") or Path(settings.home) / "models").expanduser()
+    return Path(environment().get("CARLOS_REG_MODELS") or Path(settings.home) / "models").expanduser()
 
 
 def _user_profiles(settings) -> dict[str, dict]:
@@ -333,7 +333,7 @@ def load_profile(name: str, settings) -> Profile:
     _check(name, raw)
     mdir = models_dir(settings)
     identity = dict(raw)
-    allow_download = os.environ.get("CARLOS_REG_ALLOW_DOWNLOAD", "") in ("1", "true", "yes")
+    allow_download = (environment().get("CARLOS_REG_ALLOW_DOWNLOAD") or "") in ("1", "true", "yes")
     if is_reference_source(identity["prompt_set"]) and identity["query_prompt_set"] == "carlos-reference":
         identity["query_prompt_set"] = identity["prompt_set"]  # P' from the same reference file as P
     for key, subset_key, part in (("prompt_set", "prompt_subset", "index"),
@@ -355,11 +355,11 @@ def load_profile(name: str, settings) -> Profile:
         location = str(mdir / identity["base_model"])
     else:
         location = str(locations.get("base_model_path") or (
-            os.environ.get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
+            environment().get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
             or identity["base_model"])
     clip_ckpt = locations.get("clip_checkpoint")
     if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == ("ViT-B-32-quickgelu", "openai"):
-        clip_ckpt = os.environ.get("CARLOS_REG_CLIP") or None
+        clip_ckpt = environment().get("CARLOS_REG_CLIP") or None
     return Profile(name=name, settings=identity, hash=profile_hash(name, _without_sources(identity)), base_model_location=location,
                    clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None, models_dir=mdir,
                    allow_download=allow_download)

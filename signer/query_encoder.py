@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from registry.db import insert_or_ignore
 from registry.errors import CarlosError, UsageError
 from registry.models import BaseCache, SignerProfile, VectorCache, utcnow
 from registry.vectors import from_blob, to_blob
@@ -97,15 +98,12 @@ def cached_vector(session, namespace: str, key: str) -> np.ndarray | None:
 
 
 def store_vector(db, namespace: str, key: str, vector: np.ndarray, meta: dict | None = None) -> None:
-    if db.dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     vec = np.asarray(vector, dtype=np.float32)
-    stmt = insert(VectorCache.__table__).values(namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]),
-                                                data=to_blob(vec), meta=meta, created_at=utcnow())
+    stmt = insert_or_ignore(db.dialect, VectorCache.__table__, ["namespace", "key"]).values(
+        namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]), data=to_blob(vec), meta=meta,
+        created_at=utcnow())
     with db.write() as session:
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["namespace", "key"]))
+        session.execute(stmt)
 
 
 class ClipSource:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crawler import stfile
+from registry.errors import first_line
 from signer.errors import LoraRejected
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
@@ -222,7 +223,7 @@ def _check_values(path: Path, entries: dict) -> None:
     except LoraRejected:
         raise
     except Exception as exc:  # safetensors' own parser disagrees with ours: refuse, explained
-        _reject(path, f"unreadable safetensors data: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        _reject(path, f"unreadable safetensors data: {first_line(exc, default=type(exc).__name__)}")
 
 
 def attached_modules(pipe, adapter_name: str) -> dict[str, int]:

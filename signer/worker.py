@@ -38,6 +38,7 @@ from registry.errors import CarlosError, LeaseLost
 from registry.models import BaseCache, SignerProfile, SignJob, Version
 from registry.queue import JobQueue, Lease, worker_name
 from registry.retry import DatabaseUnavailable, describe, is_transient, retry_call
+from registry.states import JobState
 from signer import store
 from signer.errors import Interrupted, LoraRejected, ProfileError, SignerError
 from signer.profiles import Profile, load_profile
@@ -229,7 +230,7 @@ class Worker:
         with self.db.read() as s:
             ready = set(s.execute(sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))).scalars())
             ready |= set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state == "dead", SignJob.profile_id.in_(ids))).scalars())
+                SignJob.kind == "base", SignJob.state == JobState.DEAD, SignJob.profile_id.in_(ids))).scalars())
         cur = _ENGINE.get("engine")
         preferred = [pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash]
         for group in (preferred, sorted(ready)):
@@ -242,7 +243,7 @@ class Worker:
     def _pending(self, job_ids: list[int]) -> bool:
         with self.db.read() as s:
             return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.id.in_(job_ids), SignJob.state.in_(["queued", "running"]))).scalar_one())
+                SignJob.id.in_(job_ids), SignJob.state.in_([JobState.QUEUED, JobState.RUNNING]))).scalar_one())
 
     def _waiting_for_base(self) -> bool:
         """A base job is running elsewhere while LoRA jobs of that profile wait for it."""
@@ -251,12 +252,12 @@ class Worker:
             return False
         with self.db.read() as s:
             running = set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state.in_(["running", "queued"]),
+                SignJob.kind == "base", SignJob.state.in_([JobState.RUNNING, JobState.QUEUED]),
                 SignJob.profile_id.in_(ids))).scalars())
             if not running:
                 return False
             return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.kind == "lora", SignJob.state == "queued", SignJob.profile_id.in_(running))).scalar_one())
+                SignJob.kind == "lora", SignJob.state == JobState.QUEUED, SignJob.profile_id.in_(running))).scalar_one())
 
     # ---------------------------------------------------------------- running
 
@@ -372,7 +373,7 @@ class Worker:
                 base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
                 if base is None:
                     job = store.base_job(s, lease.profile_id)
-                    reason = job.last_error if job is not None and job.state == "dead" else "no base cache"
+                    reason = job.last_error if job is not None and job.state == JobState.DEAD else "no base cache"
                     raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
                 version = s.get(Version, lease.version_id)
                 f = store.verified_file(s, lease.version_id)

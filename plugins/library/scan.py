@@ -33,6 +33,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from registry.models import File, HashLookup, LocalFile, Signature, Version, utcnow
+from registry.states import FileState
 from signer.validate import MAX_FILE_BYTES, PICKLE_SUFFIXES
 
 LOOKUP_BATCH = 50
@@ -294,10 +295,10 @@ class Scanner:
         p = Path(row.path)
         if row.signable:
             vid, _ = new_local_version(s, name=p.stem, file_name=p.name, size=row.size_bytes, digest=row.sha256,
-                                       state="verified", fmt="SafeTensor")
+                                       state=FileState.VERIFIED, fmt="SafeTensor")
         else:
             vid, _ = new_local_version(s, name=p.stem, file_name=p.name, size=row.size_bytes, digest=row.sha256,
-                                       state="unsupported", error=row.reason,
+                                       state=FileState.UNSUPPORTED, error=row.reason,
                                        fmt="PickleTensor" if p.suffix.lower() != ".safetensors" else "SafeTensor")
         row.version_id, row.match = vid, "local"
 
@@ -306,7 +307,7 @@ class Scanner:
 
         f = s.execute(sa.select(File).where(File.version_id == row.version_id, File.sha256 == row.sha256)
                       .order_by(File.primary.desc(), File.id)).scalars().first()
-        if f is None or (f.state == "verified" and f.local_path is not None):
+        if f is None or (f.state == FileState.VERIFIED and f.local_path is not None):
             return
         try:
             st = os.stat(row.path)
@@ -315,7 +316,7 @@ class Scanner:
         if st.st_size != row.size_bytes or st.st_mtime_ns != row.mtime_ns:
             return  # changed since it was hashed: the next scan sees it
         rel = place_file(self.app.settings.artifacts, Path(row.path), row.sha256, copy=self.copy)
-        f.state, f.error, f.verified_at, f.updated_at = "verified", None, utcnow(), utcnow()
+        f.state, f.error, f.verified_at, f.updated_at = FileState.VERIFIED, None, utcnow(), utcnow()
         if rel is not None:
             f.local_path = rel
 
