@@ -33,7 +33,17 @@ from crawler.download import DownloadTask, Outcome
 from crawler.parse import ParsedFile, ParsedModel, ParsedVersion, in_early_access
 from registry.catalog import UNAVAILABLE_MODES
 from registry.db import Database, insert_or_ignore
-from registry.models import (CrawlError, CrawlRun, Creator, File, Model, ModelTag, Tag, Version, utcnow)
+from registry.models import (
+    CrawlError,
+    CrawlRun,
+    Creator,
+    File,
+    Model,
+    ModelTag,
+    Tag,
+    Version,
+    utcnow,
+)
 from registry.states import FileState
 
 MAX_FILE_ATTEMPTS = 3

@@ -38,14 +38,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, check_base_url, safe_url
+from crawler.client import HTTP_RETRY, CivitaiClient, CivitaiError, check_base_url, safe_url
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
-from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model,
-                           raw_hash)
+from crawler.parse import (
+    LORA_TYPES,
+    SDXL_BASE_MODELS,
+    ApiSchemaError,
+    ParsedModel,
+    ParsedVersion,
+    parse_model,
+    raw_hash,
+)
 from crawler.store import ErrorRecord, PageResult, RegistryStore
 from registry.errors import CarlosError, DatabaseError, first_line
 from registry.models import utcnow
-from registry.retry import RetryPolicy as DbRetryPolicy, retry_call
+from registry.retry import RetryPolicy
+from registry.retry import retry_call
 from registry.states import FileState
 
 log = logging.getLogger("crawler.sync")
@@ -79,7 +87,7 @@ class CrawlOptions:
     download: bool = True
     concurrency: int = 4
     page_limit: int = 100
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    policy: RetryPolicy = HTTP_RETRY
     timeout: float = 60.0  # idle read timeout: a body with no data for this long is stalled
     connect_timeout: float = 30.0
     limits: DownloadLimits = field(default_factory=DownloadLimits)
@@ -106,6 +114,7 @@ class CrawlStats:
     pages: int = 0
     requests: int = 0
     retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)  # by the kind of error retried
     models_listed: int = 0
     models_kept: int = 0
     models_dropped: int = 0
@@ -129,6 +138,9 @@ class CrawlStats:
 
     def summary(self, options: CrawlOptions) -> dict[str, Any]:
         doc = asdict(self)
+        # the retry counters as flat names: retry/count, retry/reason/<kind> (http, timeout, ...)
+        doc["retry/count"] = self.retries
+        doc.update({f"retry/reason/{kind}": n for kind, n in sorted(doc.pop("retry_reasons").items())})
         doc["options"] = options.describe()
         doc["models_per_second"] = round(self.models_listed / self.seconds, 1) if self.seconds > 0 else None
         return doc
@@ -154,7 +166,7 @@ class Crawler:
         check_base_url(app.settings.civitai_base_url)
         self.stats = CrawlStats(base_url=safe_url(app.settings.civitai_base_url))
         self.store = RegistryStore(app.db, app)
-        self._db_retry = DbRetryPolicy.from_env()
+        self._db_retry = RetryPolicy.from_env()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-reg-writer")
         self._listed: set[int] = set()  # every model id the listing returned
         self._seen: dict[int, str] = {}  # kept model id -> hash of what was taken
@@ -283,6 +295,7 @@ class Crawler:
         client = getattr(self, "client", None)
         if client is not None:
             self.stats.requests, self.stats.retries = client.requests, client.retries
+            self.stats.retry_reasons = dict(client.retry_reasons)
         self.reporter.refresh(self.stats)
 
     # -------------------------------------------------------------- listing

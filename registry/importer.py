@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from registry.db import Database
 from registry.errors import CarlosError
 from registry.models import NSFW_LEVEL_BITS, Model, Signature, Version, utcnow
-from registry.signatures import reserve_seq, save_signature
 from registry.profile_identity import PUBLISHED_SETTINGS
 from registry.profiles import IMPORTED_PROFILE_NAME, adopt_profile
+from registry.signatures import reserve_seq, save_signature
 from registry.vectors import to_blob
 
 REQUIRED_COLUMNS = ("version_id", "model_id", "model_name", "model_description", "model_nsfw_level",

@@ -82,6 +82,9 @@ class JobQueue:
         self.db = db
         self.lease_seconds = float(lease_seconds)
         self.backoff_seconds = float(backoff_seconds)
+        # a failed job's next try: backoff_seconds, doubling per attempt, at most an hour; exact
+        self.job_backoff = RetryPolicy(initial=self.backoff_seconds, cap=RETRY_BACKOFF_CAP_SECONDS, jitter=0.0,
+                                       deadline=None)
         self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
         self.wait: Callable[[float], bool] | None = None  # the retries' sleep; True ends them (a worker's stop)
         self._now = db_now_sql(db.dialect)
@@ -248,7 +251,7 @@ class JobQueue:
         answer was lost: the failure was recorded, the token is gone).
         """
         retry = retryable and lease.attempts < lease.max_attempts
-        delay = min(self.backoff_seconds * 2 ** max(lease.attempts - 1, 0), RETRY_BACKOFF_CAP_SECONDS)
+        delay = self.job_backoff.delay(lease.attempts)
         new_state = JobState.QUEUED if retry else JobState.DEAD
         sql = (f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
                f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "

@@ -61,7 +61,7 @@ def run_nightly(app, options: dict | None = None, *, trigger: str = "schedule", 
     results: dict = {}
     status, error = "ok", None
     try:
-        for order, name, function in get_nightly_steps():
+        for _order, name, function in get_nightly_steps():
             if stop.is_set():
                 status = "interrupted"
                 break

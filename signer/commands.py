@@ -273,12 +273,11 @@ def status(app: App, as_json, limit):
 @pass_app
 def profiles_command(app: App, as_json):
     """Signer profiles this machine defines (built-in and profiles.toml) and their hashes."""
-    from signer.errors import ProfileError
-    from signer.profiles import available_profiles, load_profile, profiles_file
-
     import sqlalchemy as sa
 
     from registry.models import Signature, SignerProfile
+    from signer.errors import ProfileError
+    from signer.profiles import available_profiles, load_profile, profiles_file
 
     rows = []
     for name in available_profiles(app.settings):

@@ -29,12 +29,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from registry.errors import first_line
+from registry.settings import environment
 from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
 from signer.maths import AdaptiveRule, RunningSignature, SignatureStats
 from signer.profiles import Profile, Sample
 from signer.tiny import quiet_libraries
 from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
-from registry.settings import environment
 
 log = logging.getLogger(__name__)
 ADAPTER = "signee"

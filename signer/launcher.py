@@ -29,6 +29,7 @@ from typing import Callable
 
 from registry.errors import CarlosError
 from registry.output import clean
+from registry.retry import RetryPolicy
 from registry.settings import environment
 
 RESTART_INITIAL_SECONDS = 1.0
@@ -168,7 +169,8 @@ class Launcher:
             self.say(f"launcher: worker {slot.label} {how}; it failed {slot.quick_failures} times in a row, "
                      "each soon after starting: not restarting it")
             return
-        delay = min(self.restart_initial * 2 ** (slot.quick_failures - 1), self.restart_cap)
+        delay = RetryPolicy(initial=self.restart_initial, cap=self.restart_cap, jitter=0.0, deadline=None).delay(
+            slot.quick_failures)
         slot.restart_at = time.monotonic() + delay
         self.say(f"launcher: worker {slot.label} {how}; restarting it in {delay:.3g} s")
 

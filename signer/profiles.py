@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from registry.profile_identity import ADAPTIVE_DEFAULTS, PAPER, SDXL_BASE, profile_hash
+from registry.settings import environment
 from signer.errors import ProfileError
 from signer.noise import noise_slot, sample_noise
 from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve_source
-from registry.settings import environment
 
 TINY_CLIP = "carlos-tiny-clip"
 

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
-from registry.errors import CarlosError, NotFound, UsageError
 from registry.catalog import available_clause, nsfw_clause
+from registry.errors import CarlosError, NotFound, UsageError
 from registry.models import Model, Signature, SignerProfile, Version
 from registry.profiles import find_profile
 from registry.queries import lora_rows
-
 from registry.ranking import Filters, RankingIndex
 
 # Nearest-neighbor cosines in the published database (740 LoRAs) jump from 0.986 (retrained

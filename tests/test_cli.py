@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import REPO, run_cli, run_json
 
-
 HEAVY = ("torch", "diffusers", "open_clip", "transformers", "numpy", "sqlalchemy", "sqlmodel", "aiohttp", "PIL")
 
 
@@ -191,6 +190,7 @@ def test_two_processes_writing_sqlite_at_once_never_see_locked(sqlite_url):
     db = Database(sqlite_url)
     with db.read() as s:
         import sqlalchemy as sa
+
         from registry.models import VectorCache
         assert s.execute(sa.select(sa.func.count()).select_from(VectorCache)).scalar_one() == 400
     db.dispose()

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry.profile_identity import PAPER, profile_hash
 from signer.maths import AdaptiveRule, RunningSignature, adaptive_run, naive_signature, signature

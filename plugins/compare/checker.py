@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from plugins.compare.claims import claim_text
 from registry.catalog import display_words
 from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
-
-from plugins.compare.claims import claim_text
 from signer.search import SearchEngine
 
 VOCABULARY = Path(__file__).with_name("vocabulary.json")

@@ -338,25 +338,25 @@ class Scanner:
                         return h, None, exc
 
                 answers = await asyncio.gather(*(one(h) for h in batch))
-                if all(exc is not None and exc.status is None for _, _, exc in answers):
+                if all(problem is not None and problem.status is None for _, _, problem in answers):
                     res.lookups["asked"] += len(answers)
                     res.lookups["errors"] += len(answers)
                     res.errors.append(f"Civitai unreachable ({answers[0][2]}): stopped asking; the next scan "
                                       f"asks again about the {len(hashes) - i} hashes left")
                     break
                 docs = []
-                for h, doc, exc in answers:
+                for h, doc, problem in answers:
                     res.lookups["asked"] += 1
-                    if exc is not None:
-                        if exc.status == 404:
+                    if problem is not None:
+                        if problem.status == 404:
                             res.lookups["not_found"] += 1
                             docs.append((h, None))
                         else:
                             res.lookups["errors"] += 1
-                            res.errors.append(f"by-hash {h[:12]}…: {exc}")
+                            res.errors.append(f"by-hash {h[:12]}…: {problem}")
                         continue
                     docs.append((h, doc))
-                for h, doc in docs:
+                for _h, doc in docs:
                     mid = _model_id(doc)
                     if mid is not None and mid not in fetched_models:
                         try:

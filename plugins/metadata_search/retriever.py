@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from registry.catalog import display_words, html_to_text
 from registry.errors import CarlosError, UsageError, first_line
 from registry.models import Model, ModelTag, Tag, VectorCache, Version, utcnow
-from registry.vectors import from_blob, to_blob
 from registry.settings import environment, set_library_defaults
+from registry.vectors import from_blob, to_blob
 
 DESCRIPTION_CHARS = 1000
 

@@ -27,8 +27,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from signer.errors import ProfileError
 from registry.settings import environment
+from signer.errors import ProfileError
 
 SOURCE_NAME = "carlos-reference"
 ENV_PATH = "CARLOS_REG_CARLOS_PROMPTS"
@@ -187,8 +187,9 @@ def cached_download_path(home: Path) -> Path:
 
 def _download(home: Path) -> Path:
     """Fetch the pinned file once; keep it only when its SHA-256 is the pinned one."""
-    from registry.files import write_file
     import urllib.request
+
+    from registry.files import write_file
 
     url = environment().get(ENV_URL) or REFERENCE_URL
     target = cached_download_path(home)
