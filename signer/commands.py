@@ -77,50 +77,20 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
     (pickle, LoHa, SD1.5, truncated, ...) are reported with their reason; the rest are signed.
     Exits 1 when any target could not be signed validly.
     """
-    import sqlalchemy as sa
-
     from registry.errors import UsageError
-    from registry.models import File, Signature, Version
-    from registry.refs import resolve_ref
-    from signer import store
 
     if not targets and not all_:
         raise UsageError("give REFs, .safetensors files or folders, or --all")
+    from signer import store
+
     profile_obj, pid = _profile(app, profile)
-    paths = [Path(t) for t in targets if os.path.exists(t)]
-    refs = [t for t in targets if not os.path.exists(t)]
-    files, skipped = store.collect_paths(paths)
+    files, skipped = store.collect_paths([Path(t) for t in targets if os.path.exists(t)])
     for p in skipped:
         info(f"skipped {p.name}: not a LoRA file suffix (.safetensors)")
-    inputs: list[dict] = []
+    refs = [t for t in targets if not os.path.exists(t)]
     with app.db.write() as s:
-        entries = store.register_local_files(s, app.settings.artifacts, files,
-                                             trigger_words=list(triggers) if triggers else None)
-        for entry in entries:
-            inputs.append({"input": str(entry.path), "version_id": entry.version_id,
-                           "unsupported": entry.reason if entry.state != FileState.VERIFIED else None})
-        for ref in refs:
-            inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
-        if all_:
-            signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
-            vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
-                File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
-            known = {i["version_id"] for i in inputs}
-            inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
-        wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
-        for vid in wanted:
-            store.enqueue_lora(s, app.queue, pid, vid)
-        jobs = store.find_jobs(s, pid, wanted)
-        base = store.base_job(s, pid)
-        # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
-        retry = [j.id for j in jobs.values() if j.state == JobState.DEAD] + ([base.id] if base and base.state == JobState.DEAD else [])
-        if retry:
-            app.queue.requeue(s, job_ids=retry)
-        resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
-        if resign:
-            app.queue.requeue(s, job_ids=resign, state=JobState.DONE)
-            retry += resign
-        job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
+        inputs, entries = _sign_inputs(app, s, files, refs, all_, pid, triggers)
+        wanted, jobs, job_ids, retry = _queue_inputs(app, s, pid, inputs, entries)
     todo = [j for j in jobs.values() if j.state != JobState.DONE or j.id in retry]
     if todo:
         info(f"signing {len(todo)} LoRA(s) with profile {profile_obj.name!r} ({profile_obj.hash[:12]}) on "
@@ -131,34 +101,8 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
                              profiles=[profile_obj.name], total_jobs=len(todo))
         if report.interrupted:
             info(f"interrupted ({report.interrupted}); unfinished jobs stay queued")
-    with app.db.read() as s:
-        jobs = store.find_jobs(s, pid, wanted)
-        sigs = {r.version_id: r for r in s.execute(sa.select(Signature).where(
-            Signature.profile_id == pid, Signature.version_id.in_(wanted))).scalars()}
-        names = dict(s.execute(sa.select(Version.id, Version.name).where(
-            Version.id.in_([i["version_id"] for i in inputs]))).all())
-    results, bad = [], 0
-    for i in inputs:
-        vid = i["version_id"]
-        job, sig = jobs.get(vid), sigs.get(vid)
-        row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
-        if i["unsupported"]:
-            row.update(outcome="unsupported", reason=i["unsupported"])
-        elif job is None and sig is not None:  # the same file signed before, or a signature imported
-            reused = sig.source == "reused"
-            row.update(outcome="reused" if reused else "already signed", strength=sig.strength,
-                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
-                       valid=sig.valid, reason=(f"signature of version {(sig.estimates or {}).get('reused_from')} "
-                                                f"(same file)") if reused else f"signature {sig.source} earlier")
-        elif job is not None and job.state == JobState.DONE and sig is not None:
-            row.update(outcome="signed" if sig.valid else "invalid", strength=sig.strength,
-                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
-                       valid=sig.valid)
-        else:
-            row.update(outcome="failed" if job is not None and job.state == JobState.DEAD else (job.state if job else "?"),
-                       reason=job.last_error if job is not None else None)
-        bad += row["outcome"] not in ("signed", "reused", "already signed")
-        results.append(row)
+    results = _sign_results(app, pid, inputs, wanted)
+    bad = sum(r["outcome"] not in ("signed", "reused", "already signed") for r in results)
     if as_json:
         emit_json({"profile": profile_obj.name, "profile_hash": profile_obj.hash, "results": results,
                    "signed": len(results) - bad, "not_signed": bad})
@@ -171,7 +115,92 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         sys.exit(1)
 
 
-# ---------------------------------------------------------------- signer group
+def _sign_inputs(app: App, s, files: list[Path], refs: list[str], all_: bool, pid: int,
+                 triggers) -> tuple[list[dict], list]:
+    """What ``sign`` was asked for: local files (registered here), REFs, and with --all every
+    verified unsigned version; each with the reason it cannot be signed, if any."""
+    import sqlalchemy as sa
+
+    from registry.models import File, Signature
+    from registry.refs import resolve_ref
+    from signer import store
+
+    inputs: list[dict] = []
+    entries = store.register_local_files(s, app.settings.artifacts, files,
+                                         trigger_words=list(triggers) if triggers else None)
+    for entry in entries:
+        inputs.append({"input": str(entry.path), "version_id": entry.version_id,
+                       "unsupported": entry.reason if entry.state != FileState.VERIFIED else None})
+    for ref in refs:
+        inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
+    if all_:
+        signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
+        vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
+            File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
+        known = {i["version_id"] for i in inputs}
+        inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
+    return inputs, entries
+
+
+def _queue_inputs(app: App, s, pid: int, inputs: list[dict], entries: list):
+    """Queue the signable inputs; returns (version ids, their jobs, the job ids to run, the ids re-queued)."""
+    from signer import store
+
+    wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
+    for vid in wanted:
+        store.enqueue_lora(s, app.queue, pid, vid)
+    jobs = store.find_jobs(s, pid, wanted)
+    base = store.base_job(s, pid)
+    # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
+    retry = [j.id for j in jobs.values() if j.state == JobState.DEAD] + \
+        ([base.id] if base and base.state == JobState.DEAD else [])
+    if retry:
+        app.queue.requeue(s, job_ids=retry)
+    resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
+    if resign:
+        app.queue.requeue(s, job_ids=resign, state=JobState.DONE)
+        retry += resign
+    job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
+    return wanted, jobs, job_ids, retry
+
+
+def _sign_results(app: App, pid: int, inputs: list[dict], wanted: list[int]) -> list[dict]:
+    """One row per input: its outcome (signed, reused, already signed, invalid, failed, ...) and numbers."""
+    import sqlalchemy as sa
+
+    from registry.models import Signature, Version
+    from signer import store
+
+    with app.db.read() as s:
+        jobs = store.find_jobs(s, pid, wanted)
+        sigs = {r.version_id: r for r in s.execute(sa.select(Signature).where(
+            Signature.profile_id == pid, Signature.version_id.in_(wanted))).scalars()}
+        names = dict(s.execute(sa.select(Version.id, Version.name).where(
+            Version.id.in_([i["version_id"] for i in inputs]))).all())
+    results = []
+    for i in inputs:
+        vid = i["version_id"]
+        row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
+        row.update(_outcome(i, jobs.get(vid), sigs.get(vid)))
+        results.append(row)
+    return results
+
+
+def _outcome(item: dict, job, sig) -> dict:
+    if item["unsupported"]:
+        return {"outcome": "unsupported", "reason": item["unsupported"]}
+    numbers = {} if sig is None else {"strength": sig.strength, "consistency": sig.consistency,
+                                      "n_samples": sig.n_samples, "flags": list(sig.flags or []),
+                                      "valid": sig.valid}
+    if job is None and sig is not None:  # the same file signed before, or a signature imported
+        reused = sig.source == "reused"
+        reason = (f"signature of version {(sig.estimates or {}).get('reused_from')} (same file)" if reused
+                  else f"signature {sig.source} earlier")
+        return {"outcome": "reused" if reused else "already signed", **numbers, "reason": reason}
+    if job is not None and job.state == JobState.DONE and sig is not None:
+        return {"outcome": "signed" if sig.valid else "invalid", **numbers}
+    return {"outcome": "failed" if job is not None and job.state == JobState.DEAD else (job.state if job else "?"),
+            "reason": job.last_error if job is not None else None}
 
 
 @click.group(name="signer")
