@@ -111,7 +111,7 @@ def crawl(app: App, base_models, max_models, full, download, concurrency, retrie
     from crawler.client import HTTP_RETRY
     from crawler.download import DownloadLimits
     from crawler.parse import SDXL_BASE_MODELS, canonical_base_model
-    from crawler.sync import CrawlFailed, Crawler, CrawlOptions
+    from crawler.sync import Crawler, CrawlFailed, CrawlOptions
 
     chosen = []
     for name in base_models:

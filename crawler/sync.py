@@ -52,8 +52,7 @@ from crawler.parse import (
 from crawler.store import ErrorRecord, PageResult, RegistryStore
 from registry.errors import CarlosError, DatabaseError, first_line
 from registry.models import utcnow
-from registry.retry import RetryPolicy
-from registry.retry import retry_call
+from registry.retry import RetryPolicy, retry_call
 from registry.states import FileState
 
 log = logging.getLogger("crawler.sync")
