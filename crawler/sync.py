@@ -49,7 +49,7 @@ from crawler.parse import (
     parse_model,
     raw_hash,
 )
-from crawler.store import ErrorRecord, PageResult, RegistryStore
+from crawler.registry_writer import ErrorRecord, PageResult, RegistryStore
 from registry.errors import CarlosError, DatabaseError, first_line
 from registry.models import utcnow
 from registry.retry import RetryPolicy, retry_call

@@ -28,7 +28,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "db": "registry.commands.db",
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
-    "import": "registry.commands.importer",
+    "import": "registry.commands.import_cmd",
     "export": "registry.commands.exchange",
     "serve": "registry.commands.serve",
     "crawl": "crawler.commands",

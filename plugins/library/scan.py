@@ -371,7 +371,7 @@ class Scanner:
     def _store_batch(self, docs: list[tuple[str, dict | None]], models: dict[int, dict | None]) -> None:
         """One batch's answers, committed together (an interrupted scan keeps what finished)."""
         from crawler.parse import ApiSchemaError, parse_model, parse_version
-        from crawler.store import RegistryStore
+        from crawler.registry_writer import RegistryStore
 
         res = self.result
         now = utcnow()
