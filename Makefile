@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_HOME ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff's formatter and linter, configured in pyproject.toml ([tool.ruff]); checks, never rewrites.
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache

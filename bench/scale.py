@@ -54,7 +54,7 @@ def build(url: str, n: int, seed: int = 0) -> dict:
     from registry.db import Database
     from registry.importer import IMPORTED_PROFILE_SETTINGS
     from registry.migrate import ensure_schema
-    from registry.models import ChangeCounter, Model, Signature, Version, VectorCache, utcnow
+    from registry.models import ChangeCounter, Model, Signature, VectorCache, Version, utcnow
     from registry.profiles import IMPORTED_PROFILE_NAME, get_or_create_profile
     from registry.vectors import to_blob
 
@@ -95,10 +95,10 @@ def build(url: str, n: int, seed: int = 0) -> dict:
         s.execute(sa.update(ChangeCounter).where(ChangeCounter.name == "signature").values(value=n))
     build_s = time.perf_counter() - t0
     # Query vectors as a warm service has them cached (shaped like Directions).
-    from plugins.search.encoders import QueryEncoder
     from registry.app import App
     from registry.models import SignerProfile
     from registry.settings import Settings
+    from signer.query_encoder import QueryEncoder
 
     app = App(Settings.load(db=url))
     with db.read() as s:
@@ -116,7 +116,6 @@ def db_size(url: str, sqlite_path: Path | None) -> int:
     if sqlite_path is not None:
         return sum(p.stat().st_size for p in sqlite_path.parent.glob(sqlite_path.name + "*"))
     import psycopg
-
     from sqlalchemy.engine import make_url
 
     u = make_url(url)

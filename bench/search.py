@@ -100,7 +100,7 @@ def bench_text(n_queries: int, device: str = "cpu") -> dict:
 
 
 def bench_ranking(sizes: list[int], repeats: int = 20) -> list[dict]:
-    from plugins.search.index import Filters, RankingIndex
+    from registry.ranking import Filters, RankingIndex
 
     out = []
     rng = np.random.default_rng(0)

@@ -77,11 +77,12 @@ def main() -> None:
     from diffusers import StableDiffusionXLPipeline
 
     from bench.naive import naive_sign
+    from registry.profile_identity import profile_hash
     from signer import lorafiles as lf
     from signer import tiny
     from signer.clip import ClipEncoder, _register_tiny_config
     from signer.engine import Engine
-    from signer.profiles import TINY_CLIP, load_profile, profile_hash
+    from signer.profiles import TINY_CLIP, load_profile
 
     device = args.device or ("cpu" if args.small else "cuda")
     dtype = torch.float32 if args.small else getattr(torch, args.dtype)

@@ -2,11 +2,13 @@
 
 Contract:
 
-- Retry policy (pure functions, ``RetryPolicy``): 429, 408, 5xx, timeouts, connection resets,
+- Retry policy (``registry.retry.RetryPolicy``, the project's one backoff rule; ``HTTP_RETRY`` by
+  default): 429, 408, 5xx, timeouts, connection resets,
   truncated bodies, HTML pages in place of JSON and malformed JSON are retried with capped
   exponential backoff plus jitter; ``Retry-After`` (seconds, HTTP-date) only ever lengthens the
   wait, and a server that asks for more than ``retry_after_max`` is not retried. Final for that
   request: the page-number-cap 429 ("too many pages"), 400, 401, 403, 404, 410, 451, other 4xx.
+  Retries are counted, in all and by the error's kind (``retries``, ``retry_reasons``).
 - Redirects are followed here, not by aiohttp, at most ``max_redirects`` hops, http(s) only; a
   hop back to a URL already visited is a loop and final; a hop to a URL with user info is refused
   (aiohttp would send it as Basic auth to the host the server names).
@@ -25,6 +27,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import email.utils
 import json
@@ -32,7 +35,6 @@ import logging
 import random
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -41,6 +43,7 @@ from yarl import URL
 
 from registry import __version__
 from registry.errors import CarlosError
+from registry.retry import RetryPolicy
 from registry.settings import Secret
 
 log = logging.getLogger("crawler.client")
@@ -96,25 +99,9 @@ def origin(url: URL) -> tuple[str, str, int | None]:
 # ---------------------------------------------------------------- the policy (pure)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6  # tries per request, the first included
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    retry_after_max: float = 600.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float | None:
-        """Seconds to wait before try ``attempt + 1``; None: the server asked us to wait too long."""
-        if retry_after is not None and retry_after > self.retry_after_max:
-            return None
-        wait = backoff_delay(attempt, self.base_delay, self.max_delay, rng)
-        return max(wait, retry_after or 0.0)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
-    """Capped exponential backoff with "equal jitter": between half and all of min(cap, base·2^(n−1))."""
-    ceiling = min(cap, base * 2 ** min(max(attempt - 1, 0), 62))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+# Tries per request, the first included; "equal jitter" (between half and all of the capped
+# exponential wait); a server asking for more than 10 minutes is not retried.
+HTTP_RETRY = RetryPolicy(initial=1.0, cap=30.0, jitter=0.5, deadline=None, max_attempts=6, retry_after_max=600.0)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -260,7 +247,9 @@ class CivitaiClient:
                  sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None):
         self.base = check_base_url(base_url)
         self._token = token.get() if isinstance(token, Secret) else (token or None)
-        self.policy = policy or RetryPolicy()
+        self.policy = policy or HTTP_RETRY
+        if self.policy.max_attempts is None:  # downloads bound their reconnections by it too
+            raise ValueError("an HTTP retry policy needs max_attempts")
         self.per_host = max(1, per_host)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -272,6 +261,7 @@ class CivitaiClient:
         self.rng = rng or random.Random()
         self.requests = 0
         self.retries = 0
+        self.retry_reasons: collections.Counter[str] = collections.Counter()
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "CivitaiClient":
@@ -423,6 +413,7 @@ class CivitaiClient:
                                f"this crawl waits ({self.policy.retry_after_max:.0f} s)",
                                url=error.url, status=error.status, kind=error.kind) from None
         self.retries += 1
+        self.retry_reasons[error.kind] += 1
         log.info("retrying %s in %.1f s after: %s", error.url, delay, error.message)
         await self._sleep(delay)
 
@@ -449,6 +440,6 @@ class CivitaiClient:
                 except ValueError as exc:
                     raise CivitaiError(f"unexpected JSON: {exc}", url=url, kind="schema", retryable=True) from None
             except CivitaiError as exc:
-                if not exc.retryable or attempt >= self.policy.max_attempts:
+                if not exc.retryable or self.policy.gives_up_after(attempt):
                     raise
                 await self.wait_before_retry(attempt, exc)

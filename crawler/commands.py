@@ -112,11 +112,12 @@ def crawl(app: App, base_models, max_models, model_ids, imported, full, download
     interrupt: an unchanged catalog writes nothing, and a killed download resumes.
     """
     import asyncio
+    from dataclasses import replace
 
-    from crawler.client import RetryPolicy
+    from crawler.client import HTTP_RETRY
     from crawler.download import DownloadLimits
     from crawler.parse import SDXL_BASE_MODELS, canonical_base_model
-    from crawler.sync import CrawlFailed, Crawler, CrawlOptions
+    from crawler.sync import Crawler, CrawlFailed, CrawlOptions
 
     chosen = []
     for name in base_models:
@@ -135,8 +136,8 @@ def crawl(app: App, base_models, max_models, model_ids, imported, full, download
     options = CrawlOptions(model_ids=wanted,
         base_models=tuple(chosen) or SDXL_BASE_MODELS, max_models=max_models, full=full, download=download,
         concurrency=concurrency, timeout=timeout, deadline=deadline,
-        policy=RetryPolicy(max_attempts=retries + 1, base_delay=min(1.0, max_backoff), max_delay=max_backoff,
-                           retry_after_max=max_retry_after),
+        policy=replace(HTTP_RETRY, max_attempts=retries + 1, initial=min(1.0, max_backoff), cap=max_backoff,
+                       retry_after_max=max_retry_after),
         limits=DownloadLimits(max_file_bytes=parse_size(max_file_size), min_free_bytes=parse_size(min_free_space)))
     _ = app.db  # migrate before the progress display starts
     with _RichReporter() as reporter:

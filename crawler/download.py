@@ -40,6 +40,7 @@ import aiohttp
 from crawler import stfile
 from crawler.client import CivitaiClient, CivitaiError, wrap_exception
 from registry.artifacts import ArtifactStore
+from registry.states import FileState
 
 CHUNK = 1 << 20
 MiB = 1 << 20
@@ -65,7 +66,7 @@ class Outcome:
 
     @property
     def counts_as_attempt(self) -> bool:
-        return self.state in ("failed", "quarantined")
+        return self.state in (FileState.FAILED, FileState.QUARANTINED)
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ async def download(client: CivitaiClient, store: ArtifactStore, task: DownloadTa
             part.unlink(missing_ok=True)
             return Outcome("verified", local_path=rel)
         outcome = await _fetch_verify_store(client, store, task, limits, fh, part, final, rel, on_bytes)
-        if outcome.state != "verified" and part.exists() and os.fstat(fh.fileno()).st_size == 0:
+        if outcome.state != FileState.VERIFIED and part.exists() and os.fstat(fh.fileno()).st_size == 0:
             part.unlink()  # nothing to resume: leave no empty partial behind (we still hold its lock)
         return outcome
     finally:

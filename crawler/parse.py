@@ -22,7 +22,6 @@ model's raw payload excludes ``modelVersions``; each version keeps its own.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from registry.catalog import in_early_access  # noqa: F401  (re-exported for the crawler)
+from registry.profile_identity import canonical_json
 
-# DESIGN §4: base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
+# Base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
 SDXL_BASE_MODELS: tuple[str, ...] = ("SDXL 1.0", "SDXL 0.9", "SDXL 1.0 LCM", "SDXL Turbo", "SDXL Lightning",
                                      "SDXL Hyper", "Pony", "Illustrious", "NoobAI")
 LORA_TYPES: tuple[str, ...] = ("LORA", "LoCon", "DoRA")
@@ -57,8 +57,7 @@ def canonical_base_model(name: str) -> str | None:
 
 
 def raw_hash(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(canonical_json(payload).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ---------------------------------------------------------------- scalar coercion

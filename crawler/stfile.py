@@ -50,6 +50,19 @@ def _split(prefix: bytes, file_size: int) -> tuple[dict | None, dict, int]:
     Pickle/zip magic is judged only when the bytes are not a plausible safetensors header: the
     first bytes are the header *length*, and a valid length can start with 0x80 or "PK".
     """
+    n = _header_length(prefix, file_size)
+    header = _decode_header(prefix, n)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                for k, v in meta.items())):
+        raise InvalidSafetensors("__metadata__ is not a map of strings to strings")
+    if not header:
+        raise InvalidSafetensors("no tensors")
+    _check_tiling(sorted(_tensor_span(name, entry) for name, entry in header.items()), file_size - 8 - n)
+    return meta, header, n
+
+
+def _header_length(prefix: bytes, file_size: int) -> int:
     if file_size < 8 or len(prefix) < 8:
         raise InvalidSafetensors(PICKLE_MESSAGE if _looks_like_pickle(prefix) else "shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
@@ -61,6 +74,11 @@ def _split(prefix: bytes, file_size: int) -> tuple[dict | None, dict, int]:
         raise InvalidSafetensors(f"header length {n} out of range")
     if len(prefix) < 8 + n:
         raise ValueError("prefix does not hold the whole header")
+    return n
+
+
+def _decode_header(prefix: bytes, n: int) -> dict:
+    """The header's JSON object: UTF-8, no duplicate keys, no hostile nesting."""
     raw = prefix[8:8 + n]
     if not raw.lstrip(b" ").startswith(b"{"):
         raise InvalidSafetensors(PICKLE_MESSAGE if _looks_like_pickle(prefix) else "header is not a JSON object")
@@ -76,33 +94,32 @@ def _split(prefix: bytes, file_size: int) -> tuple[dict | None, dict, int]:
         raise InvalidSafetensors(f"header is not valid JSON ({exc.args[0][:80] if exc.args else ''})") from None
     if not isinstance(header, dict):
         raise InvalidSafetensors("header is not a JSON object")
-    meta = header.pop("__metadata__", None)
-    if meta is not None and not (isinstance(meta, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                                                for k, v in meta.items())):
-        raise InvalidSafetensors("__metadata__ is not a map of strings to strings")
-    if not header:
-        raise InvalidSafetensors("no tensors")
-    data_len = file_size - 8 - n
-    spans = []
-    for name, entry in header.items():
-        label = repr(name[:80])
-        if not isinstance(entry, dict):
-            raise InvalidSafetensors(f"tensor {label}: entry is not an object")
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
-            shown = dtype[:20] if isinstance(dtype, str) else type(dtype).__name__  # never repr a nested value
-            raise InvalidSafetensors(f"tensor {label}: unknown dtype {shown!r}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise InvalidSafetensors(f"tensor {label}: bad shape")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-            raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
-        begin, end = offsets
-        if not 0 <= begin <= end:
-            raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
-        if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
-            raise InvalidSafetensors(f"tensor {label}: {end - begin} bytes for shape {shape} of {dtype}")
-        spans.append((begin, end))
-    spans.sort()
+    return header
+
+
+def _tensor_span(name: str, entry: object) -> tuple[int, int]:
+    """A tensor entry's ``(begin, end)`` in the data area, once its dtype, shape and size agree."""
+    label = repr(name[:80])
+    if not isinstance(entry, dict):
+        raise InvalidSafetensors(f"tensor {label}: entry is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+        shown = dtype[:20] if isinstance(dtype, str) else type(dtype).__name__  # never repr a nested value
+        raise InvalidSafetensors(f"tensor {label}: unknown dtype {shown!r}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise InvalidSafetensors(f"tensor {label}: bad shape")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise InvalidSafetensors(f"tensor {label}: bad data_offsets")
+    if end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+        raise InvalidSafetensors(f"tensor {label}: {end - begin} bytes for shape {shape} of {dtype}")
+    return begin, end
+
+
+def _check_tiling(spans: list[tuple[int, int]], data_len: int) -> None:
+    """Sorted tensor spans must tile the data area exactly: no overlap, no hole, nothing after."""
     if spans[-1][1] > data_len:
         raise InvalidSafetensors(f"truncated: the header describes {spans[-1][1]} bytes of tensor data but the file "
                                  f"has only {data_len} (an interrupted download?)")
@@ -113,7 +130,6 @@ def _split(prefix: bytes, file_size: int) -> tuple[dict | None, dict, int]:
         position = end
     if position != data_len:
         raise InvalidSafetensors(f"{data_len - position} bytes after the last tensor")
-    return meta, header, n
 
 
 def parse_header(prefix: bytes, file_size: int) -> dict:

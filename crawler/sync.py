@@ -38,14 +38,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, check_base_url, safe_url
+from crawler.client import HTTP_RETRY, CivitaiClient, CivitaiError, check_base_url, safe_url
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
-from crawler.parse import (LORA_TYPES, SDXL_BASE_MODELS, ApiSchemaError, ParsedModel, ParsedVersion, parse_model,
-                           raw_hash)
-from crawler.store import ErrorRecord, PageResult, RegistryStore
-from registry.errors import CarlosError, DatabaseError
+from crawler.parse import (
+    LORA_TYPES,
+    SDXL_BASE_MODELS,
+    ApiSchemaError,
+    ParsedModel,
+    ParsedVersion,
+    parse_model,
+    raw_hash,
+)
+from crawler.registry_writer import ErrorRecord, PageResult, RegistryStore
+from registry.errors import CarlosError, DatabaseError, first_line
 from registry.models import utcnow
-from registry.retry import RetryPolicy as DbRetryPolicy, retry_call
+from registry.retry import RetryPolicy, retry_call
+from registry.states import FileState
 
 log = logging.getLogger("crawler.sync")
 MODELS_PATH = "/api/v1/models"
@@ -78,7 +86,7 @@ class CrawlOptions:
     download: bool = True
     concurrency: int = 4
     page_limit: int = 100
-    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    policy: RetryPolicy = HTTP_RETRY
     timeout: float = 60.0  # idle read timeout: a body with no data for this long is stalled
     connect_timeout: float = 30.0
     limits: DownloadLimits = field(default_factory=DownloadLimits)
@@ -108,6 +116,7 @@ class CrawlStats:
     pages: int = 0
     requests: int = 0
     retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)  # by the kind of error retried
     models_listed: int = 0
     models_kept: int = 0
     models_dropped: int = 0
@@ -131,6 +140,9 @@ class CrawlStats:
 
     def summary(self, options: CrawlOptions) -> dict[str, Any]:
         doc = asdict(self)
+        # the retry counters as flat names: retry/count, retry/reason/<kind> (http, timeout, ...)
+        doc["retry/count"] = self.retries
+        doc.update({f"retry/reason/{kind}": n for kind, n in sorted(doc.pop("retry_reasons").items())})
         doc["options"] = options.describe()
         doc["models_per_second"] = round(self.models_listed / self.seconds, 1) if self.seconds > 0 else None
         return doc
@@ -158,7 +170,7 @@ class Crawler:
         check_base_url(app.settings.civitai_base_url)
         self.stats = CrawlStats(base_url=safe_url(app.settings.civitai_base_url))
         self.store = RegistryStore(app.db, app)
-        self._db_retry = DbRetryPolicy.from_env()
+        self._db_retry = RetryPolicy.from_env()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-reg-writer")
         self._listed: set[int] = set()  # every model id the listing returned
         self._seen: dict[int, str] = {}  # kept model id -> hash of what was taken
@@ -324,6 +336,7 @@ class Crawler:
         client = getattr(self, "client", None)
         if client is not None:
             self.stats.requests, self.stats.retries = client.requests, client.retries
+            self.stats.retry_reasons = dict(client.retry_reasons)
         self.reporter.refresh(self.stats)
 
     # -------------------------------------------------------------- listing
@@ -453,7 +466,7 @@ class Crawler:
             if len(failed) == len(batch):
                 raise page_error
             for model_id, exc in failed:
-                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                first = first_line(exc, limit=300)
                 self._error("model", f"model {model_id}", f"could not be stored: {type(exc).__name__}: {first}")
             return results
 
@@ -500,7 +513,7 @@ class Crawler:
                 raise
             except Exception as exc:
                 self._error("download", _file_ref(task), f"could not record the outcome: {type(exc).__name__}: "
-                                                        f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                                                        f"{first_line(exc)}")
             finally:
                 downloads.task_done()
 
@@ -509,15 +522,15 @@ class Crawler:
             return
         newly = await self._write(self.store.record_download, task, outcome)
         s = self.stats
-        if outcome.state == "verified":
+        if outcome.state == FileState.VERIFIED:
             s.files_verified += int(newly)
-        elif outcome.state == "quarantined":
+        elif outcome.state == FileState.QUARANTINED:
             s.files_quarantined += 1
-        elif outcome.state == "deferred":
+        elif outcome.state == FileState.DEFERRED:
             s.files_deferred += 1
         else:
             s.files_failed += 1
-        if outcome.state != "verified":
+        if outcome.state != FileState.VERIFIED:
             self._error("download", _file_ref(task), f"{outcome.state}: {outcome.error}", outcome.status)
         self._sync_counters()
 

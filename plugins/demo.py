@@ -10,7 +10,6 @@ duplicate detection) are real.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import time
@@ -22,6 +21,8 @@ from rich.text import Text
 from registry import hookimpl
 from registry.errors import CarlosError
 from registry.output import clean, err, info, say
+from registry.settings import Environment, environment, set_library_defaults, use_environment
+from registry.states import FileState, JobState
 
 MARKER = ".carlos-reg-demo"
 WORDS = {"ink": ["inkwash"], "neon": ["neoncity"], "armor": ["goldarmor"]}
@@ -80,9 +81,9 @@ def _explain_failures(home: Path) -> None:
     app = App(Settings.load(home=home))
     with app.db.read() as s:
         files = s.execute(sa.select(Model.name, File.state, File.error).join(Version, Version.id == File.version_id)
-                          .join(Model, Model.id == Version.model_id).where(File.state != "verified")).all()
+                          .join(Model, Model.id == Version.model_id).where(File.state != FileState.VERIFIED)).all()
         jobs = s.execute(sa.select(Model.name, SignJob.last_error).join(Version, Version.id == SignJob.version_id)
-                         .join(Model, Model.id == Version.model_id).where(SignJob.state == "dead")).all()
+                         .join(Model, Model.id == Version.model_id).where(SignJob.state == JobState.DEAD)).all()
     rows = [(name, f"file {state}", error or "") for name, state, error in files]
     rows += [(name, "signing failed", error or "") for name, error in jobs]
     table(["LoRA", "what", "why"], rows, title="rejected on the way")
@@ -121,12 +122,7 @@ class _Runner:
         return code
 
 
-@click.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default="carlos-demo", show_default=True,
-              help="Fresh data dir for the demo (recreated on each run; the registry in --home is not touched).")
-def demo(directory: str):
-    """Offline end-to-end run on tiny local models: crawl a mirror, sign, search, compare, report."""
-    started = time.monotonic()
+def _fresh_dir(directory: str) -> Path:
     root = Path(directory).resolve()
     if root.exists():
         if not (root / MARKER).exists() and any(root.iterdir()):
@@ -134,17 +130,18 @@ def demo(directory: str):
         shutil.rmtree(root)
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by carlos-reg demo; safe to delete\n")
-    home = root / "home"
-    home.mkdir()
-    os.environ.update({"CARLOS_REG_PROFILE": "tiny", "CARLOS_REG_MODELS": str(root / "models"),
-                       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    os.environ.pop("CARLOS_REG_DB", None)
-    os.environ.pop("CIVITAI_API_KEY", None)
-    run = _Runner(home)
-    err.print(Text.assemble(("carlos-reg demo", "bold"), f" — data in {clean(root)}"), highlight=False)
-    err.print("Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
-              "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).", highlight=False)
+    (root / "home").mkdir()
+    return root
 
+
+def _demo_environment(root: Path) -> Environment:
+    """The demo's settings: the tiny profile, its own models, no registry or token of the user's."""
+    set_library_defaults(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return environment().with_values(CARLOS_REG_PROFILE="tiny", CARLOS_REG_MODELS=str(root / "models"),
+                                      CARLOS_REG_DB=None, CIVITAI_API_KEY=None)
+
+
+def _build_and_crawl(run: _Runner, root: Path, env: Environment) -> None:
     _step(1, "Tiny models", "An SDXL-architecture pipeline and a CLIP model with random weights, built from small "
           "configs and saved, then loaded back through the same from_pretrained path as real weights.")
     from signer.tiny import ensure_tiny_sdxl
@@ -158,14 +155,18 @@ def demo(directory: str):
     from crawler.mirror import BackgroundServer, make_app
 
     _catalog(root / "mirror", root / "work")
-    with BackgroundServer(make_app(root / "mirror")) as server:
-        os.environ["CIVITAI_BASE_URL"] = server.url
+    with BackgroundServer(make_app(root / "mirror")) as server, \
+            use_environment(env.with_values(CIVITAI_BASE_URL=server.url)):
         info(f"serving {root / 'mirror'} at {server.url}")
 
         _step(3, "Crawl", "Listing with cursor pagination, SDXL LoRAs only, files downloaded with SHA256 "
               "verification; every verified file is queued for signing with the default profile (tiny).")
         run("crawl", "--concurrency", "2", allow_fail=True)
         run("crawls", "--limit", "1")
+
+
+def _sign_and_query(run: _Runner, root: Path) -> Path:
+    """Steps 4-10; returns the HTML report's path."""
     _step(4, "Sign", "A worker claims jobs with a lease: first the profile's base branch (computed once), then each "
           "LoRA (paired generations with and without it, CLIP-space differences → Direction, Strength, Consistency). "
           "Bad files fail their job with the reason; the worker goes on.")
@@ -173,7 +174,7 @@ def demo(directory: str):
     run("signer", "status")
 
     _step(5, "What failed, and why", "Nothing bad is lost or silent: each rejected file keeps its reason.")
-    _explain_failures(home)
+    _explain_failures(run.home)
 
     _step(6, "The registry", "What was crawled and signed (zero-effect LoRAs get Strength 0 and a no_effect flag).")
     run("loras")
@@ -195,6 +196,25 @@ def demo(directory: str):
     html = root / "copyright-report.html"
     run("report", "copyright", "--min-samples", "16", "--limit", "12")
     run("report", "copyright", "--min-samples", "16", "--format", "html", "--out", str(html))
+    return html
+
+
+@click.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="carlos-demo", show_default=True,
+              help="Fresh data dir for the demo (recreated on each run; the registry in --home is not touched).")
+def demo(directory: str):
+    """Offline end-to-end run on tiny local models: crawl a mirror, sign, search, compare, report."""
+    started = time.monotonic()
+    root = _fresh_dir(directory)
+    home = root / "home"
+    run = _Runner(home)
+    err.print(Text.assemble(("carlos-reg demo", "bold"), f" — data in {clean(root)}"), highlight=False)
+    err.print("Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
+              "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).", highlight=False)
+    env = _demo_environment(root)
+    with use_environment(env):
+        _build_and_crawl(run, root, env)
+        html = _sign_and_query(run, root)
 
     err.rule("[bold]Done")
     err.print(f"Finished in {time.monotonic() - started:.0f} s. Open {html} in a browser; the registry is "

@@ -26,6 +26,7 @@ from registry import __version__
 from registry.app import App
 from registry.errors import CarlosError, DatabaseError, ModelUnavailable, NotFound, UsageError
 from registry.retry import describe, is_transient
+from registry.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ async def queue(request: web.Request) -> web.Response:
                 .join(SignerProfile, SignerProfile.id == SignJob.profile_id)
                 .group_by(SignerProfile.name, SignJob.kind, SignJob.state)).all()
             dead = session.execute(sa.select(SignJob.id, SignJob.version_id, SignJob.last_error)
-                                   .where(SignJob.state == "dead").order_by(SignJob.id.desc()).limit(50)).all()
+                                   .where(SignJob.state == JobState.DEAD).order_by(SignJob.id.desc()).limit(50)).all()
         by_profile: dict = {}
         for name, kind, state, n in per_profile:
             by_profile.setdefault(name, {}).setdefault(kind, {})[state] = n

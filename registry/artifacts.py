@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from registry.files import atomic_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -49,19 +50,8 @@ class ArtifactStore:
     @contextlib.contextmanager
     def atomic_writer(self, relative: str) -> Iterator[BinaryIO]:
         """Write a file that appears at ``relative`` only when the block finishes without error."""
-        final = self.path(relative)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                yield fh
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(self.path(relative), durable=True) as fh:
+            yield fh
 
     def put_bytes(self, kind: str, data: bytes, suffix: str = "") -> str:
         """Store bytes under their SHA-256; returns the relative path (idempotent)."""

@@ -10,7 +10,7 @@ import click
 
 from registry import __version__
 from registry.app import App
-from registry.errors import CarlosError
+from registry.errors import CarlosError, first_line
 from registry.output import clean
 from registry.settings import Settings
 
@@ -95,6 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # an unexpected failure: one line, the traceback only with -v
         if _state["verbose"]:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc)
         click.echo(f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True)
         sys.exit(1)

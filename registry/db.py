@@ -30,8 +30,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session
 
-from registry.errors import DatabaseError, UsageError
+from registry.errors import DatabaseError, UsageError, first_line
 from registry.retry import RetryPolicy
+from registry.settings import environment
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 DEFAULT_POOL_SIZE = 5
@@ -40,7 +41,7 @@ POOL_ENV = "CARLOS_REG_DB_POOL"
 
 def pool_size_setting(default: int = DEFAULT_POOL_SIZE) -> int:
     """``$CARLOS_REG_DB_POOL`` if set (a positive integer), else ``default``."""
-    raw = os.environ.get(POOL_ENV)
+    raw = environment().get(POOL_ENV)
     if raw is None or not raw.strip():
         return default
     try:
@@ -167,7 +168,7 @@ def create_engines(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> tuple[Eng
 
 
 def describe_operational_error(url: str, exc: BaseException) -> DatabaseError:
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(getattr(exc, "orig", None) or exc, default=type(exc).__name__)
     return DatabaseError(f"cannot reach the registry database {redact_url(url)}: {reason}")
 
 
@@ -220,3 +221,13 @@ def _is_connect_failure(exc: OperationalError) -> bool:
                   "could not translate host", "timeout expired", "does not exist", "password authentication",
                   "server closed the connection", "terminating connection", "no such host")
     )
+
+
+def insert_or_ignore(dialect: str, table: sa.Table, keys: list[str]):
+    """``INSERT … ON CONFLICT (keys) DO NOTHING`` in the dialect's own syntax (SQLite, PostgreSQL);
+    add ``.values(...)`` / ``.returning(...)`` as with any insert."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=keys)

@@ -29,3 +29,14 @@ class DatabaseError(CarlosError):
 
 class LeaseLost(CarlosError):
     """A job's lease token no longer holds: another worker owns the job now."""
+
+
+def first_line(message: BaseException | str, *, limit: int | None = None, default: str = "") -> str:
+    """The first line of an exception's message (or of a text), cut to ``limit`` characters.
+
+    Library messages can run to pages (a traceback of a server, a parser dump); an error shown to
+    a user or stored with a job wants one line. ``default`` when the message is empty.
+    """
+    lines = str(message).strip().splitlines()
+    line = lines[0].rstrip() if lines else default
+    return line[:limit] if limit else line

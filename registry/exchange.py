@@ -20,10 +20,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from registry.db import Database
-from registry.errors import CarlosError
+from registry.errors import CarlosError, first_line
 from registry.models import Model, Signature, SignerProfile, Version
 from registry.output import write_file
 from registry.queries import next_local_version_id
+from registry.states import FileState
 from registry.vectors import from_blob
 
 CARLOS_DIM = 512
@@ -149,7 +150,7 @@ def export_bundle(db: Database, out: str | os.PathLike, profile: str | None = No
 
     from registry import __version__
     from registry.models import File
-    from registry.profiles import canonical_json
+    from registry.profile_identity import canonical_json
 
     out = Path(out)
     with db.read() as s:
@@ -187,15 +188,23 @@ def export_bundle(db: Database, out: str | os.PathLike, profile: str | None = No
 
 def read_bundle(path: str | os.PathLike) -> list[dict]:
     """The rows of a bundle, validated whole; ``BundleRefused`` (one line) at the first problem."""
-    import json
-    import math
+    path = Path(path)
+    table = _read_bundle_table(path)
+    cols = {c: table.column(c).to_pylist() for c in BUNDLE_COLUMNS if c != "direction"}
+    directions = table.column("direction")
+    rows: list[dict] = []
+    keys: set = set()
+    dims: dict = {}
+    for i in range(table.num_rows):
+        vec = directions[i].values.to_numpy(zero_copy_only=False) if directions[i].is_valid else None
+        rows.append(_checked_row(f"{path.name} row {i}", {c: cols[c][i] for c in cols}, vec, keys, dims))
+    return rows
 
-    import numpy as np
+
+def _read_bundle_table(path: Path):
+    """The bundle's columns, once its size, format mark, version and schema are what they must be."""
     import pyarrow.parquet as pq
 
-    from registry.profiles import profile_hash
-
-    path = Path(path)
     name = path.name
     if not path.is_file():
         raise BundleRefused(f"{path}: no such file")
@@ -219,60 +228,63 @@ def read_bundle(path: str | os.PathLike) -> list[dict]:
             if not pf.schema_arrow.field(field.name).type.equals(field.type):
                 raise BundleRefused(f"{name}: column {field.name} is {pf.schema_arrow.field(field.name).type}, "
                                     f"expected {field.type}; nothing was imported")
-        table = pf.read(columns=list(BUNDLE_COLUMNS))
+        return pf.read(columns=list(BUNDLE_COLUMNS))
     except BundleRefused:
         raise
     except Exception as exc:  # truncated, junk, a different format: pyarrow says which
-        detail = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        detail = first_line(exc, limit=160, default=type(exc).__name__)
         raise BundleRefused(f"{name}: not a readable Parquet bundle ({detail}); nothing was imported") from None
-    cols = {c: table.column(c).to_pylist() for c in BUNDLE_COLUMNS if c != "direction"}
-    directions = table.column("direction")
-    rows, keys, dims = [], set(), {}
-    for i in range(table.num_rows):
-        where = f"{name} row {i}"
-        r = {c: cols[c][i] for c in cols}
-        try:
-            settings = json.loads(r["profile_settings"] or "")
-        except ValueError:
-            raise BundleRefused(f"{where}: profile_settings is not JSON; nothing was imported") from None
-        if not isinstance(settings, dict) or not r["profile_name"]:
-            raise BundleRefused(f"{where}: the profile record is incomplete; nothing was imported")
-        if profile_hash(r["profile_name"], settings) != r["profile_hash"]:
-            raise BundleRefused(f"{where}: profile hash {str(r['profile_hash'])[:12]}… does not match the profile's "
-                                f"name and settings (edited or corrupted); nothing was imported")
-        sha = r["file_sha256"]
-        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise BundleRefused(f"{where}: file_sha256 is not 64 lowercase hex digits; nothing was imported")
-        if sha is None and r["civitai_version_id"] is None:
-            raise BundleRefused(f"{where}: neither a file SHA-256 nor a Civitai version id: the signature "
-                                "cannot be placed; nothing was imported")
-        vec = directions[i].values.to_numpy(zero_copy_only=False) if directions[i].is_valid else None
-        if vec is None or r["dim"] is None or len(vec) != r["dim"] or r["dim"] <= 0:
-            raise BundleRefused(f"{where}: direction has {0 if vec is None else len(vec)} values, dim says "
-                                f"{r['dim']}; nothing was imported")
-        want = CLIP_DIMS.get(str(settings.get("clip_model")))
-        if want is not None and r["dim"] != want:
-            raise BundleRefused(f"{where}: {r['dim']}-value direction, but the profile's CLIP "
-                                f"{settings.get('clip_model')} has {want}; nothing was imported")
-        if dims.setdefault(r["profile_hash"], r["dim"]) != r["dim"]:
-            raise BundleRefused(f"{where}: profile {r['profile_name']!r} has directions of two widths "
-                                f"({dims[r['profile_hash']]} and {r['dim']}); nothing was imported")
-        if not np.all(np.isfinite(vec)):
-            raise BundleRefused(f"{where}: direction contains NaN or infinite values; nothing was imported")
-        for f in ("strength", "consistency"):
-            if r[f] is None or not math.isfinite(r[f]):
-                raise BundleRefused(f"{where}: {f} is {r[f]!r}, not a finite number; nothing was imported")
-        key = (r["profile_hash"], sha, r["civitai_version_id"] if sha is None else None)
-        if key in keys:
-            raise BundleRefused(f"{where}: a second signature for the same file and profile; nothing was imported")
-        keys.add(key)
-        try:
-            r["flags"], r["estimates"] = json.loads(r["flags"] or "[]"), json.loads(r["estimates"] or "{}")
-        except ValueError:
-            raise BundleRefused(f"{where}: flags or estimates are not JSON; nothing was imported") from None
-        r["settings"], r["direction"] = settings, np.asarray(vec, dtype=np.float32)
-        rows.append(r)
-    return rows
+
+
+def _checked_row(where: str, r: dict, vec, keys: set, dims: dict) -> dict:
+    """One row, checked (``keys`` and ``dims`` carry what earlier rows claimed) and decoded."""
+    import json
+    import math
+
+    import numpy as np
+
+    from registry.profile_identity import profile_hash
+
+    try:
+        settings = json.loads(r["profile_settings"] or "")
+    except ValueError:
+        raise BundleRefused(f"{where}: profile_settings is not JSON; nothing was imported") from None
+    if not isinstance(settings, dict) or not r["profile_name"]:
+        raise BundleRefused(f"{where}: the profile record is incomplete; nothing was imported")
+    if profile_hash(r["profile_name"], settings) != r["profile_hash"]:
+        raise BundleRefused(f"{where}: profile hash {str(r['profile_hash'])[:12]}… does not match the profile's "
+                            f"name and settings (edited or corrupted); nothing was imported")
+    sha = r["file_sha256"]
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise BundleRefused(f"{where}: file_sha256 is not 64 lowercase hex digits; nothing was imported")
+    if sha is None and r["civitai_version_id"] is None:
+        raise BundleRefused(f"{where}: neither a file SHA-256 nor a Civitai version id: the signature "
+                            "cannot be placed; nothing was imported")
+    if vec is None or r["dim"] is None or len(vec) != r["dim"] or r["dim"] <= 0:
+        raise BundleRefused(f"{where}: direction has {0 if vec is None else len(vec)} values, dim says "
+                            f"{r['dim']}; nothing was imported")
+    want = CLIP_DIMS.get(str(settings.get("clip_model")))
+    if want is not None and r["dim"] != want:
+        raise BundleRefused(f"{where}: {r['dim']}-value direction, but the profile's CLIP "
+                            f"{settings.get('clip_model')} has {want}; nothing was imported")
+    if dims.setdefault(r["profile_hash"], r["dim"]) != r["dim"]:
+        raise BundleRefused(f"{where}: profile {r['profile_name']!r} has directions of two widths "
+                            f"({dims[r['profile_hash']]} and {r['dim']}); nothing was imported")
+    if not np.all(np.isfinite(vec)):
+        raise BundleRefused(f"{where}: direction contains NaN or infinite values; nothing was imported")
+    for f in ("strength", "consistency"):
+        if r[f] is None or not math.isfinite(r[f]):
+            raise BundleRefused(f"{where}: {f} is {r[f]!r}, not a finite number; nothing was imported")
+    key = (r["profile_hash"], sha, r["civitai_version_id"] if sha is None else None)
+    if key in keys:
+        raise BundleRefused(f"{where}: a second signature for the same file and profile; nothing was imported")
+    keys.add(key)
+    try:
+        r["flags"], r["estimates"] = json.loads(r["flags"] or "[]"), json.loads(r["estimates"] or "{}")
+    except ValueError:
+        raise BundleRefused(f"{where}: flags or estimates are not JSON; nothing was imported") from None
+    r["settings"], r["direction"] = settings, np.asarray(vec, dtype=np.float32)
+    return r
 
 
 def import_bundle(db: Database, path: str | os.PathLike, *, replace: bool = False) -> dict:
@@ -349,7 +361,7 @@ def _place(s, r: dict, counts: dict, now, Model, File) -> int:
                   updated_at=now))
     s.flush()
     s.add(File(version_id=vid, name=r["name"] or "", primary=True, sha256=sha, autov2=r["file_autov2"],
-               state="skipped", error="known from a signature bundle; no file here yet (scan a folder holding it)",
+               state=FileState.SKIPPED, error="known from a signature bundle; no file here yet (scan a folder holding it)",
                updated_at=now))
     s.flush()
     return vid

@@ -31,8 +31,8 @@ def register_retrievers(register):
     """Offer search retrievers: call ``register(retriever)`` for each.
 
     A retriever has a ``name``, a one-line ``description`` and
-    ``rank(engine, request) -> (version_ids, scores, info)`` where ``engine`` is the search
-    plugin's ``SearchEngine`` and ``request`` its ``SearchRequest``; ``info`` is a dict merged
+    ``rank(engine, request) -> (version_ids, scores, info)`` where ``engine`` is a
+    ``signer.search.SearchEngine`` and ``request`` a ``signer.search.SearchRequest``; ``info`` is a dict merged
     into the JSON output (e.g. what was filtered and why).
     """
 
@@ -41,7 +41,7 @@ def register_retrievers(register):
 def register_reports(register):
     """Offer report kinds for ``carlos-reg report KIND``: call ``register(report)`` for each.
 
-    A report subclasses ``plugins.reports.Report``: a ``name``, a ``description``, extra click
+    A report subclasses ``registry.plugin_api.Report``: a ``name``, a ``description``, extra click
     ``options()``, ``build(app, refs, profile, **options) -> dict`` (the JSON document), and
     renderers for the table and HTML formats (defaults exist).
     """

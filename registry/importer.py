@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from registry.db import Database
 from registry.errors import CarlosError
 from registry.models import NSFW_LEVEL_BITS, Model, Signature, Version, utcnow
+from registry.profile_identity import PUBLISHED_SETTINGS
+from registry.profiles import IMPORTED_PROFILE_NAME, adopt_profile
 from registry.signatures import reserve_seq, save_signature
-from registry.profiles import IMPORTED_PROFILE_NAME, PAPER_SETTINGS, adopt_profile
 from registry.vectors import to_blob
 
 REQUIRED_COLUMNS = ("version_id", "model_id", "model_name", "model_description", "model_nsfw_level",
@@ -28,7 +29,7 @@ PUBLISHED_FIELDS = ("model_id", "model_name", "model_description", "model_nsfw_l
 DIRECTION_DIM = 512
 PAPER_SAMPLES = 280 * 16
 
-IMPORTED_PROFILE_SETTINGS = {**PAPER_SETTINGS, "origin": "published CARLoS metrics_database.parquet"}
+IMPORTED_PROFILE_SETTINGS = {**PUBLISHED_SETTINGS, "origin": "published CARLoS metrics_database.parquet"}
 
 
 class ImportRefused(CarlosError):

@@ -2,14 +2,11 @@
 progress and messages on stderr."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,8 +15,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from registry.files import write_file  # noqa: F401  (re-exported: commands write reports with it)
+from registry.settings import environment
+
 # Piped output is not cut to 80 columns (tables stay readable in files and `less -S`) unless COLUMNS says so.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() or environment().get("COLUMNS") else 200)
 err = Console(stderr=True)
 
 
@@ -222,21 +222,3 @@ def say(message: str) -> None:
     """One unwrapped, cleaned line on stderr (per-job lines that must stay greppable in logs)."""
     sys.stderr.write(clean(message, one_line=True) + "\n")
     sys.stderr.flush()
-
-
-def write_file(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``path`` whole or not at all: a fresh, unpredictable temporary name in the same folder
-    (created exclusively, so a symlink planted there is never followed), then an atomic rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target

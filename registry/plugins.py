@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import os
 import sys
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pluggy
 
 from registry import hookspecs
+from registry.errors import CarlosError
 from registry.output import clean
+from registry.settings import environment
 
 GROUP = "carlos_reg"
 
@@ -27,7 +28,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "db": "registry.commands.db",
     "plugins": "registry.commands.plugins_cmd",
     "listing": "registry.commands.listing",
-    "import": "registry.commands.importer",
+    "import": "registry.commands.import_cmd",
     "export": "registry.commands.exchange",
     "serve": "registry.commands.serve",
     "crawl": "crawler.commands",
@@ -50,7 +51,7 @@ _load_errors: list[str] = []
 
 
 def _wanted() -> set[str] | None:
-    raw = os.environ.get("CARLOS_REG_LOAD_PLUGINS")
+    raw = environment().get("CARLOS_REG_LOAD_PLUGINS")
     if raw is None:
         return None
     return {p.strip() for p in raw.split(",") if p.strip()}
@@ -81,6 +82,40 @@ def load_plugins(*, entrypoints: bool = True) -> None:
                 _load_errors.append(msg)
                 print(f"Warning: {clean(msg)}", file=sys.stderr)
     pm.check_pending()
+
+
+T = TypeVar("T")
+
+
+def _first(item: T, *_args: Any, **_kwargs: Any) -> T:
+    return item
+
+
+def collect(hook_name: str, entry: Callable[..., T] = _first) -> list[T]:
+    """What plugins offer through a ``register_*`` hook, in registration order.
+
+    The hook is called with one keyword, ``register``; every call a plugin makes to it becomes
+    ``entry(*args, **kwargs)`` (by default its first argument).
+    """
+    load_plugins()
+    found: list[T] = []
+
+    def register(*args: Any, **kwargs: Any) -> None:
+        found.append(entry(*args, **kwargs))
+
+    getattr(pm.hook, hook_name)(register=register)
+    return found
+
+
+def collect_named(hook_name: str, kind: str) -> dict[str, Any]:
+    """Like ``collect``, keyed by each object's ``name``; an empty or repeated name is refused."""
+    named: dict[str, Any] = {}
+    for item in collect(hook_name):
+        name = getattr(item, "name", "")
+        if not name or name in named:
+            raise CarlosError(f"each {kind} needs a unique name; {name!r} is empty or registered twice")
+        named[name] = item
+    return named
 
 
 def load_errors() -> list[str]:

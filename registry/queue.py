@@ -29,10 +29,11 @@ from typing import Callable, Iterable, TypeVar
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from registry.db import Database
+from registry.db import Database, insert_or_ignore
 from registry.errors import LeaseLost
 from registry.models import SignJob, utcnow
 from registry.retry import RetryPolicy, retry_call
+from registry.states import JobState
 
 T = TypeVar("T")
 
@@ -81,6 +82,9 @@ class JobQueue:
         self.db = db
         self.lease_seconds = float(lease_seconds)
         self.backoff_seconds = float(backoff_seconds)
+        # a failed job's next try: backoff_seconds, doubling per attempt, at most an hour; exact
+        self.job_backoff = RetryPolicy(initial=self.backoff_seconds, cap=RETRY_BACKOFF_CAP_SECONDS, jitter=0.0,
+                                       deadline=None)
         self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
         self.wait: Callable[[float], bool] | None = None  # the retries' sleep; True ends them (a worker's stop)
         self._now = db_now_sql(db.dialect)
@@ -104,24 +108,19 @@ class JobQueue:
                 priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS, payload: dict | None = None) -> bool:
         """Add a job unless one exists for the same key (in any state). True if a job was added."""
         key = dedupe_key(kind, profile_id, version_id)
-        values = dict(kind=kind, version_id=version_id, profile_id=profile_id, dedupe_key=key, state="queued",
+        values = dict(kind=kind, version_id=version_id, profile_id=profile_id, dedupe_key=key, state=JobState.QUEUED,
                       priority=priority, attempts=0, max_attempts=max_attempts, available_at=0.0,
                       payload=payload, enqueued_at=utcnow())
         table = SignJob.__table__
-        if self.db.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = (insert(table).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(table.c.id))
+        stmt = insert_or_ignore(self.db.dialect, table, ["dedupe_key"]).values(**values).returning(table.c.id)
         return session.execute(stmt).first() is not None
 
-    def requeue(self, session: Session, *, job_ids: Iterable[int] | None = None, state: str = "dead") -> int:
+    def requeue(self, session: Session, *, job_ids: Iterable[int] | None = None, state: str = JobState.DEAD) -> int:
         """Put dead (or other finished) jobs back in the queue with a fresh attempt budget."""
         stmt = sa.update(SignJob).where(SignJob.state == state)
         if job_ids is not None:
             stmt = stmt.where(SignJob.id.in_(list(job_ids)))
-        stmt = stmt.values(state="queued", attempts=0, available_at=0.0, lease_token=None, lease_owner=None,
+        stmt = stmt.values(state=JobState.QUEUED, attempts=0, available_at=0.0, lease_token=None, lease_owner=None,
                            lease_expires_at=None, finished_at=None)
         return session.execute(stmt).rowcount
 
@@ -218,15 +217,15 @@ class JobQueue:
     def complete(self, session: Session, lease: Lease) -> None:
         """Mark the job done inside the caller's transaction; raises LeaseLost (rolling it back) if stale."""
         stmt = (sa.update(SignJob)
-                .where(SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == "running")
-                .values(state="done", finished_at=utcnow(), lease_expires_at=None, last_error=None))
+                .where(SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == JobState.RUNNING)
+                .values(state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None, last_error=None))
         if session.execute(stmt).rowcount != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before completion; result discarded")
 
     def completed_by(self, session: Session, lease: Lease) -> bool:
         """True if the job is done under this lease's token (this worker's completion committed)."""
         return session.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-            SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == "done")).scalar_one() == 1
+            SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == JobState.DONE)).scalar_one() == 1
 
     def complete_with(self, lease: Lease, write: Callable[[Session], object]) -> bool:
         """Run ``write(session)`` and ``complete`` in one write transaction, retried as a whole on a
@@ -252,8 +251,8 @@ class JobQueue:
         answer was lost: the failure was recorded, the token is gone).
         """
         retry = retryable and lease.attempts < lease.max_attempts
-        delay = min(self.backoff_seconds * 2 ** max(lease.attempts - 1, 0), RETRY_BACKOFF_CAP_SECONDS)
-        new_state = "queued" if retry else "dead"
+        delay = self.job_backoff.delay(lease.attempts)
+        new_state = JobState.QUEUED if retry else JobState.DEAD
         sql = (f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
                f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "
                f"WHERE id = :id AND lease_token = :token AND state = 'running'")
@@ -283,7 +282,7 @@ class JobQueue:
             stmt = stmt.where(SignJob.profile_id == profile_id)
         with self.db.read() as session:
             found = dict(session.execute(stmt).all())
-        return {s: int(found.get(s, 0)) for s in ("queued", "running", "done", "dead")}
+        return {s: int(found.get(s, 0)) for s in JobState}
 
 
 def _json(value):

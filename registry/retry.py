@@ -20,8 +20,9 @@ Transient:
 ``registry.errors.DatabaseError`` (what ``Database`` turns connection failures into) is judged by
 its cause. ``DatabaseUnavailable`` (retries already given up) is never transient again.
 
-``retry_call(fn, what=...)`` runs ``fn`` and reruns it after a transient error with capped
-exponential backoff and jitter, logging one line when the database goes away and one when it is
+``RetryPolicy`` is the project's one backoff rule (also used by the HTTP client, downloads, the
+job queue and the worker launcher). ``retry_call(fn, what=...)`` runs ``fn`` and reruns it after a
+transient error with that backoff, logging one line when the database goes away and one when it is
 back. After ``policy.deadline`` seconds of failures it raises ``DatabaseUnavailable``.
 ``fn`` must be safe to rerun: one whole transaction, idempotent or fenced (a retry may follow a
 COMMIT whose outcome the client never learned).
@@ -32,7 +33,6 @@ before it gives up with an error; ``0`` turns retrying off.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -63,29 +63,56 @@ class DatabaseUnavailable(DatabaseError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff: ``initial``, ``initial*factor``, ... up to ``cap`` seconds between
-    tries, each scaled by a random factor in ``[1 - jitter, 1]`` (workers restarting together do
-    not reconnect in lockstep); give up after ``deadline`` seconds of failures (None: never)."""
+    """The one backoff rule of carlos-reg: HTTP requests, downloads, database operations, failed
+    sign jobs and crashed workers all wait by it.
+
+    The wait before try ``n + 1`` is ``min(cap, initial * factor**(n - 1))`` scaled by a random
+    factor in ``[1 - jitter, 1]`` (processes failing together do not retry in lockstep; 0: exact).
+    ``deadline``: give up after that many seconds of failures (None: never); ``max_attempts``:
+    after that many tries, the first included (None: no limit). ``retry_after_max``: a server
+    that asks (``Retry-After``) for a longer wait than this is not retried (None: any wait).
+
+    ``delay`` is pure and answers for any ``n``, which is what the job queue and the worker
+    launcher need: they do not loop, they schedule the next try.
+    """
 
     initial: float = 0.5
     factor: float = 2.0
     cap: float = 15.0
     jitter: float = 0.2
     deadline: float | None = DEFAULT_DEADLINE_SECONDS
+    max_attempts: int | None = None
+    retry_after_max: float | None = None
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rng: random.Random | None = None) -> float | None:
+        """Seconds to wait before try ``attempt + 1``. A server's ``retry_after`` only ever lengthens
+        the wait; None when it asks for more than ``retry_after_max``."""
+        if retry_after is not None and self.retry_after_max is not None and retry_after > self.retry_after_max:
+            return None
+        ceiling = min(self.cap, self.initial * self.factor ** min(max(attempt - 1, 0), 62))
+        wait = ceiling * (1.0 - self.jitter * (rng or random).random()) if self.jitter else ceiling
+        return max(wait, retry_after or 0.0)
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        rng = rng or random
-        delay = self.initial
+        """The waits before tries 2, 3, ... (endless; ``deadline``/``max_attempts`` are the caller's)."""
+        attempt = 1
         while True:
-            yield min(delay, self.cap) * (1.0 - self.jitter * rng.random())
-            delay = min(delay * self.factor, self.cap)
+            yield self.delay(attempt, rng=rng)
+            attempt += 1
+
+    def gives_up_after(self, attempt: int) -> bool:
+        """True when try ``attempt`` was the last one ``max_attempts`` allows."""
+        return self.max_attempts is not None and attempt >= self.max_attempts
 
     def with_cap(self, cap: float) -> "RetryPolicy":
         return replace(self, cap=min(self.cap, cap), initial=min(self.initial, cap))
 
     @classmethod
     def from_env(cls) -> "RetryPolicy":
-        raw = os.environ.get("CARLOS_REG_DB_RETRY_SECONDS")
+        from registry.settings import environment
+
+        raw = environment().get("CARLOS_REG_DB_RETRY_SECONDS")
         if raw is None or not raw.strip():
             return cls()
         try:

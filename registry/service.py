@@ -24,16 +24,13 @@ NIGHTLY_LOCK = "nightly-run"
 
 
 def get_nightly_steps() -> list[tuple[int, str, Callable]]:
-    from registry.plugins import load_plugins, pm
+    """The registered steps as ``(order, name, function)``, in the order they run."""
+    from registry.plugins import collect
 
-    load_plugins()
-    steps: list[tuple[int, str, Callable]] = []
+    def step(name: str, function: Callable, order: int = 500) -> tuple[int, str, Callable]:
+        return int(order), name, function
 
-    def register(name: str, function: Callable, order: int = 500) -> None:
-        steps.append((int(order), name, function))
-
-    pm.hook.register_nightly_steps(register=register)
-    return sorted(steps, key=lambda s: (s[0], s[1]))
+    return sorted(collect("register_nightly_steps", step), key=lambda s: (s[0], s[1]))
 
 
 def _record(app, run_id: int | None = None, **values) -> int:
@@ -64,7 +61,7 @@ def run_nightly(app, options: dict | None = None, *, trigger: str = "schedule", 
     results: dict = {}
     status, error = "ok", None
     try:
-        for order, name, function in get_nightly_steps():
+        for _order, name, function in get_nightly_steps():
             if stop.is_set():
                 status = "interrupted"
                 break

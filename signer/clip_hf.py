@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from registry.errors import first_line
 from signer.errors import ModelUnavailable
 
 HUB_ID = "openai/clip-vit-base-patch32"
@@ -138,7 +139,7 @@ def load_transformers_clip(folder: str | os.PathLike):
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (KeyError, RuntimeError) as exc:
         raise ModelUnavailable(f"CLIP folder {folder} does not hold a transformers CLIPModel "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                               f"({type(exc).__name__}: {first_line(exc, limit=200)})") from None
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
         raise ModelUnavailable(f"CLIP folder {folder}: weights do not fit (missing {missing[:3]}, "

@@ -15,6 +15,7 @@ from registry import hookimpl
 from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, say, table
 from registry.settings import PROFILE_HELP
+from registry.states import FileState, JobState
 
 _REPORTED: set[str] = set()
 DEVICE_HELP = "cuda, cuda:N, mps or cpu [default: cuda if available, else mps, else cpu]."
@@ -77,54 +78,24 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
     (pickle, LoHa, SD1.5, truncated, ...) are reported with their reason; the rest are signed.
     Exits 1 when any target could not be signed validly.
     """
-    import sqlalchemy as sa
-
     from registry.errors import UsageError
-    from registry.models import File, Signature, Version
-    from registry.refs import resolve_ref
-    from signer import store
 
     if not targets and not all_:
         raise UsageError("give REFs, .safetensors files or folders, or --all")
+    from signer import store
+
     profile_obj, pid = _profile(app, profile)
     from signer.weights import check_weights
 
     check_weights(profile_obj)  # before anything is queued or torch is imported
-    paths = [Path(t) for t in targets if os.path.exists(t)]
-    refs = [t for t in targets if not os.path.exists(t)]
-    files, skipped = store.collect_paths(paths)
+    files, skipped = store.collect_paths([Path(t) for t in targets if os.path.exists(t)])
     for p in skipped:
         info(f"skipped {p.name}: not a LoRA file suffix (.safetensors)")
-    inputs: list[dict] = []
+    refs = [t for t in targets if not os.path.exists(t)]
     with app.db.write() as s:
-        entries = store.register_local_files(s, app.settings.artifacts, files,
-                                             trigger_words=list(triggers) if triggers else None)
-        for entry in entries:
-            inputs.append({"input": str(entry.path), "version_id": entry.version_id,
-                           "unsupported": entry.reason if entry.state != "verified" else None})
-        for ref in refs:
-            inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
-        if all_:
-            signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
-            vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
-                File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
-            known = {i["version_id"] for i in inputs}
-            inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
-        wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
-        for vid in wanted:
-            store.enqueue_lora(s, app.queue, pid, vid)
-        jobs = store.find_jobs(s, pid, wanted)
-        base = store.base_job(s, pid)
-        # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
-        retry = [j.id for j in jobs.values() if j.state == "dead"] + ([base.id] if base and base.state == "dead" else [])
-        if retry:
-            app.queue.requeue(s, job_ids=retry)
-        resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
-        if resign:
-            app.queue.requeue(s, job_ids=resign, state="done")
-            retry += resign
-        job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
-    todo = [j for j in jobs.values() if j.state != "done" or j.id in retry]
+        inputs, entries = _sign_inputs(app, s, files, refs, all_, pid, triggers)
+        wanted, jobs, job_ids, retry = _queue_inputs(app, s, pid, inputs, entries)
+    todo = [j for j in jobs.values() if j.state != JobState.DONE or j.id in retry]
     if todo:
         info(f"signing {len(todo)} LoRA(s) with profile {profile_obj.name!r} ({profile_obj.hash[:12]}) on "
              f"{_device(device)}" + (" — tiny random-weight models: mechanics only, meaningless rankings"
@@ -134,34 +105,8 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
                              profiles=[profile_obj.name], total_jobs=len(todo))
         if report.interrupted:
             info(f"interrupted ({report.interrupted}); unfinished jobs stay queued")
-    with app.db.read() as s:
-        jobs = store.find_jobs(s, pid, wanted)
-        sigs = {r.version_id: r for r in s.execute(sa.select(Signature).where(
-            Signature.profile_id == pid, Signature.version_id.in_(wanted))).scalars()}
-        names = dict(s.execute(sa.select(Version.id, Version.name).where(
-            Version.id.in_([i["version_id"] for i in inputs]))).all())
-    results, bad = [], 0
-    for i in inputs:
-        vid = i["version_id"]
-        job, sig = jobs.get(vid), sigs.get(vid)
-        row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
-        if i["unsupported"]:
-            row.update(outcome="unsupported", reason=i["unsupported"])
-        elif job is None and sig is not None:  # the same file signed before, or a signature imported
-            reused = sig.source == "reused"
-            row.update(outcome="reused" if reused else "already signed", strength=sig.strength,
-                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
-                       valid=sig.valid, reason=(f"signature of version {(sig.estimates or {}).get('reused_from')} "
-                                                f"(same file)") if reused else f"signature {sig.source} earlier")
-        elif job is not None and job.state == "done" and sig is not None:
-            row.update(outcome="signed" if sig.valid else "invalid", strength=sig.strength,
-                       consistency=sig.consistency, n_samples=sig.n_samples, flags=list(sig.flags or []),
-                       valid=sig.valid)
-        else:
-            row.update(outcome="failed" if job is not None and job.state == "dead" else (job.state if job else "?"),
-                       reason=job.last_error if job is not None else None)
-        bad += row["outcome"] not in ("signed", "reused", "already signed")
-        results.append(row)
+    results = _sign_results(app, pid, inputs, wanted)
+    bad = sum(r["outcome"] not in ("signed", "reused", "already signed") for r in results)
     if as_json:
         emit_json({"profile": profile_obj.name, "profile_hash": profile_obj.hash, "results": results,
                    "signed": len(results) - bad, "not_signed": bad})
@@ -174,7 +119,92 @@ def sign(app: App, targets, all_, profile, device, triggers, as_json):
         sys.exit(1)
 
 
-# ---------------------------------------------------------------- signer group
+def _sign_inputs(app: App, s, files: list[Path], refs: list[str], all_: bool, pid: int,
+                 triggers) -> tuple[list[dict], list]:
+    """What ``sign`` was asked for: local files (registered here), REFs, and with --all every
+    verified unsigned version; each with the reason it cannot be signed, if any."""
+    import sqlalchemy as sa
+
+    from registry.models import File, Signature
+    from registry.refs import resolve_ref
+    from signer import store
+
+    inputs: list[dict] = []
+    entries = store.register_local_files(s, app.settings.artifacts, files,
+                                         trigger_words=list(triggers) if triggers else None)
+    for entry in entries:
+        inputs.append({"input": str(entry.path), "version_id": entry.version_id,
+                       "unsupported": entry.reason if entry.state != FileState.VERIFIED else None})
+    for ref in refs:
+        inputs.append({"input": ref, "version_id": resolve_ref(s, ref), "unsupported": None})
+    if all_:
+        signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
+        vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
+            File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars()
+        known = {i["version_id"] for i in inputs}
+        inputs += [{"input": str(v), "version_id": v, "unsupported": None} for v in sorted(vids) if v not in known]
+    return inputs, entries
+
+
+def _queue_inputs(app: App, s, pid: int, inputs: list[dict], entries: list):
+    """Queue the signable inputs; returns (version ids, their jobs, the job ids to run, the ids re-queued)."""
+    from signer import store
+
+    wanted = list(dict.fromkeys(i["version_id"] for i in inputs if not i["unsupported"]))
+    for vid in wanted:
+        store.enqueue_lora(s, app.queue, pid, vid)
+    jobs = store.find_jobs(s, pid, wanted)
+    base = store.base_job(s, pid)
+    # Asked for explicitly: dead jobs (and a dead base) get a fresh try; new trigger words, a new signature.
+    retry = [j.id for j in jobs.values() if j.state == JobState.DEAD] + \
+        ([base.id] if base and base.state == JobState.DEAD else [])
+    if retry:
+        app.queue.requeue(s, job_ids=retry)
+    resign = [jobs[e.version_id].id for e in entries if e.triggers_changed and e.version_id in jobs]
+    if resign:
+        app.queue.requeue(s, job_ids=resign, state=JobState.DONE)
+        retry += resign
+    job_ids = [j.id for j in jobs.values()] + ([base.id] if base else [])
+    return wanted, jobs, job_ids, retry
+
+
+def _sign_results(app: App, pid: int, inputs: list[dict], wanted: list[int]) -> list[dict]:
+    """One row per input: its outcome (signed, reused, already signed, invalid, failed, ...) and numbers."""
+    import sqlalchemy as sa
+
+    from registry.models import Signature, Version
+    from signer import store
+
+    with app.db.read() as s:
+        jobs = store.find_jobs(s, pid, wanted)
+        sigs = {r.version_id: r for r in s.execute(sa.select(Signature).where(
+            Signature.profile_id == pid, Signature.version_id.in_(wanted))).scalars()}
+        names = dict(s.execute(sa.select(Version.id, Version.name).where(
+            Version.id.in_([i["version_id"] for i in inputs]))).all())
+    results = []
+    for i in inputs:
+        vid = i["version_id"]
+        row = {"input": i["input"], "version_id": vid, "name": names.get(vid)}
+        row.update(_outcome(i, jobs.get(vid), sigs.get(vid)))
+        results.append(row)
+    return results
+
+
+def _outcome(item: dict, job, sig) -> dict:
+    if item["unsupported"]:
+        return {"outcome": "unsupported", "reason": item["unsupported"]}
+    numbers = {} if sig is None else {"strength": sig.strength, "consistency": sig.consistency,
+                                      "n_samples": sig.n_samples, "flags": list(sig.flags or []),
+                                      "valid": sig.valid}
+    if job is None and sig is not None:  # the same file signed before, or a signature imported
+        reused = sig.source == "reused"
+        reason = (f"signature of version {(sig.estimates or {}).get('reused_from')} (same file)" if reused
+                  else f"signature {sig.source} earlier")
+        return {"outcome": "reused" if reused else "already signed", **numbers, "reason": reason}
+    if job is not None and job.state == JobState.DONE and sig is not None:
+        return {"outcome": "signed" if sig.valid else "invalid", **numbers}
+    return {"outcome": "failed" if job is not None and job.state == JobState.DEAD else (job.state if job else "?"),
+            "reason": job.last_error if job is not None else None}
 
 
 @click.group(name="signer")
@@ -226,6 +256,7 @@ def work(app: App, device, workers, once, max_jobs, profiles, lease_seconds):
 
 
 def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_seconds) -> None:
+    from registry.settings import environment
     from signer.launcher import Launcher, plan_devices
 
     app.close()  # the launcher itself holds no connection
@@ -233,7 +264,8 @@ def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_second
     args = (["--once"] if once else []) + (["--max-jobs", str(max_jobs)] if max_jobs else [])
     args += [a for p in profiles for a in ("--profile", p)]
     args += ["--lease-seconds", repr(lease_seconds)] if lease_seconds else []
-    env = {**os.environ, "CARLOS_REG_DB": app.settings.db_url, "CARLOS_REG_HOME": str(app.settings.home)}
+    env = environment().with_values(CARLOS_REG_DB=app.settings.db_url,
+                                    CARLOS_REG_HOME=str(app.settings.home)).for_subprocess()
     launcher = Launcher(devices, args, global_args=["-v"] * min(app.settings.verbose, 2), env=env, say=_say)
     info(f"launching {len(devices)} workers ({', '.join(devices)}); SIGTERM or Ctrl-C stops them")
     code = launcher.run()
@@ -274,12 +306,11 @@ def status(app: App, as_json, limit):
 @pass_app
 def profiles_command(app: App, as_json):
     """Signer profiles this machine defines (built-in and profiles.toml) and their hashes."""
-    from signer.errors import ProfileError
-    from signer.profiles import available_profiles, load_profile, profiles_file
-
     import sqlalchemy as sa
 
     from registry.models import Signature, SignerProfile
+    from signer.errors import ProfileError
+    from signer.profiles import available_profiles, load_profile, profiles_file
 
     rows = []
     for name in available_profiles(app.settings):
@@ -433,7 +464,7 @@ def nightly_sign(app: App, options: dict) -> dict:
     with app.db.write() as s:
         signed = sa.select(Signature.version_id).where(Signature.profile_id == pid)
         vids = s.execute(sa.select(sa.distinct(File.version_id)).where(
-            File.state == "verified", File.local_path.is_not(None), File.version_id.not_in(signed))).scalars().all()
+            File.state == FileState.VERIFIED, File.local_path.is_not(None), File.version_id.not_in(signed))).scalars().all()
         queued = sum(bool(store.enqueue_lora(s, app.queue, pid, v)) for v in vids)
     out = {"profile": profile.name, "unsigned": len(vids), "newly_queued": queued}
     if not options.get("sign_local"):

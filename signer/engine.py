@@ -1,4 +1,5 @@
-"""Paired generation and signing on one loaded pipeline (DESIGN §1, §7); no registry imports.
+"""Paired generation and signing on one loaded pipeline (docs/architecture.md, The method); no registry database
+(only the dependency-free ``registry.errors`` and ``registry.profile_identity``).
 
 Contract:
 - ``Engine(profile, device)`` loads the profile's SDXL pipeline and CLIP model once. LoRAs are
@@ -22,12 +23,13 @@ Contract:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from registry.errors import first_line
+from registry.settings import environment
 from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
 from signer.maths import AdaptiveRule, AdaptiveTracker, RunningSignature, SignatureStats
 from signer.profiles import Profile, Sample
@@ -128,7 +130,7 @@ def load_pipeline(profile: Profile, device="cpu"):
         raise ModelUnavailable(
             f"SDXL weights {profile.settings['base_model']} (profile {profile.name!r}) could not be loaded from "
             f"{location}: set CARLOS_REG_SDXL=/path/to/a/diffusers/folder or base_model_path in profiles.toml, or "
-            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({str(exc).splitlines()[0][:200]})") from None
+            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({first_line(exc, limit=200)})") from None
     wanted = profile.settings["scheduler"]
     if type(pipe.scheduler).__name__ != wanted:
         import diffusers
@@ -152,7 +154,7 @@ class Engine:
             quiet_libraries()
         self.profile = profile
         self.device = torch.device(device)
-        if self.device.type == "cpu" and profile.is_tiny and "OMP_NUM_THREADS" not in os.environ:
+        if self.device.type == "cpu" and profile.is_tiny and not environment().get("OMP_NUM_THREADS"):
             # The tiny models' matrices are too small to split: extra threads only wait on each other,
             # and on a busy machine that waiting made a tiny LoRA 11x slower (78 s vs 7 s, 2 cores, load 7).
             torch.set_num_threads(1)

@@ -29,6 +29,8 @@ from typing import Callable
 
 from registry.errors import CarlosError
 from registry.output import clean
+from registry.retry import RetryPolicy
+from registry.settings import environment
 
 RESTART_INITIAL_SECONDS = 1.0
 RESTART_CAP_SECONDS = 60.0
@@ -69,7 +71,7 @@ def die_with_launcher() -> None:
     """In a worker started by the launcher: get SIGTERM when the launcher dies (Linux), and stop
     at once if it is already gone. Called by ``signer work`` itself (no ``preexec_fn``: that is
     unsafe in a process with threads, and the launcher has its relay threads)."""
-    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    launcher = environment().get(LAUNCHER_PID_ENV)
     if not launcher or not sys.platform.startswith("linux"):
         return
     try:
@@ -103,7 +105,7 @@ class Launcher:
                  healthy_after: float = HEALTHY_AFTER_SECONDS, max_quick_failures: int = MAX_QUICK_FAILURES):
         self.slots = [Slot(f"w{i + 1} {d}", d) for i, d in enumerate(devices)]
         self.worker_args, self.global_args = list(worker_args), list(global_args or [])
-        self.env = dict(env if env is not None else os.environ)
+        self.env = dict(env if env is not None else environment().for_subprocess())
         self._say, self.python = say, python
         self.env[LAUNCHER_PID_ENV] = str(os.getpid())
         self.restart_initial, self.restart_cap = restart_initial, restart_cap
@@ -167,7 +169,8 @@ class Launcher:
             self.say(f"launcher: worker {slot.label} {how}; it failed {slot.quick_failures} times in a row, "
                      "each soon after starting: not restarting it")
             return
-        delay = min(self.restart_initial * 2 ** (slot.quick_failures - 1), self.restart_cap)
+        delay = RetryPolicy(initial=self.restart_initial, cap=self.restart_cap, jitter=0.0, deadline=None).delay(
+            slot.quick_failures)
         slot.restart_at = time.monotonic() + delay
         self.say(f"launcher: worker {slot.label} {how}; restarting it in {delay:.3g} s")
 

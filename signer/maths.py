@@ -1,4 +1,4 @@
-"""Signature maths (DESIGN §1) and the adaptive stopping rule; numpy only.
+"""Signature maths (docs/architecture.md, The method) and the adaptive stopping rule; numpy only.
 
 For the CLIP-diff ensemble V = {v_i} (raw image features, LoRA minus base):
 - Direction  SD   = mean_i v_i
@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from registry.profile_identity import ADAPTIVE_DEFAULTS
 
 ZERO_NORM = 1e-6  # raw CLIP features have norms ~10-30; below this a difference is "no change"
 
@@ -119,11 +121,11 @@ class AdaptiveRule:
     at least ``min_samples`` samples (checked at batch boundaries), with the error estimates
     inflated by ``safety`` (2.0: as if only half the samples had been seen)."""
 
-    target_cosine: float = 0.99
-    strength_rel_tol: float = 0.02
-    consistency_tol: float = 0.01
-    min_samples: int = 256
-    safety: float = 2.0
+    target_cosine: float = ADAPTIVE_DEFAULTS["target_cosine"]
+    strength_rel_tol: float = ADAPTIVE_DEFAULTS["strength_rel_tol"]
+    consistency_tol: float = ADAPTIVE_DEFAULTS["consistency_tol"]
+    min_samples: int = ADAPTIVE_DEFAULTS["min_samples"]
+    safety: float = ADAPTIVE_DEFAULTS["safety"]
 
     @classmethod
     def from_settings(cls, sampling: dict) -> "AdaptiveRule":

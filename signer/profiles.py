@@ -9,8 +9,9 @@ Contract:
   their content hashes, seeds, steps, guidance, size, dtype, scheduler, LoRA scale, trigger-word
   handling, batch size, sampling mode). Where weights are *loaded from* (a local folder, a CLIP
   checkpoint file) is not part of the identity: the same profile on two machines has one hash.
-- ``Profile.hash`` equals ``registry.profiles.profile_hash(name, settings)``; ``register``
-  stores the profile as a ``SignerProfile`` row.
+- ``Profile.hash`` is ``registry.profile_identity.profile_hash(name, settings)``, which also owns
+  the ``paper`` settings and the adaptive defaults; ``register`` stores the profile as a
+  ``SignerProfile`` row.
 
 Environment: ``CARLOS_REG_SDXL`` (a local folder or Hub id to load the SDXL base from),
 ``CARLOS_REG_CLIP`` (ViT-B-32 OpenAI weights: an open_clip checkpoint file or a transformers
@@ -28,58 +29,18 @@ the project's own prompt sets, for users without the reference file.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.profile_identity import ADAPTIVE_DEFAULTS, PAPER, SDXL_BASE, profile_hash
+from registry.settings import environment
 from signer.errors import ProfileError
 from signer.noise import noise_slot, sample_noise
 from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve_source
 
-METHOD = "carlos-reg signer 2"  # bump when the computation changes what a signature means
-SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 TINY_CLIP = "carlos-tiny-clip"
-
-# DESIGN §1 reference settings (the published implementation).
-PAPER: dict[str, Any] = {
-    "method": METHOD,
-    "base_model": SDXL_BASE,
-    "vae": None,
-    "clip_model": "ViT-B-32-quickgelu",
-    "clip_pretrained": "openai",
-    "clip_dtype": "float32",
-    "feature_space": "raw image features (unnormalized)",
-    "steps": 25,
-    "guidance_scale": 5.0,
-    "width": 1024,
-    "height": 1024,
-    "dtype": "float16",
-    "scheduler": "EulerDiscreteScheduler",
-    "lora_scale": 1.0,
-    "seeds": {"start": 42, "count": 16},
-    "noise_batch": 4,  # images i of a prompt: row i % 4 of the batch drawn with seed 42 + 4 * (i // 4)
-    "noise_dtype": "float16",
-    "prompt_set": "carlos-reference",
-    "prompt_subset": None,
-    "query_prompt_set": "carlos-reference",
-    "query_prompt_subset": None,
-    "trigger_words": "append",
-    "image_preprocess": "uint8-bicubic",  # 8-bit image, bicubic to 224 in 8 bits (PNG + CLIP processor)
-    "text_clean": "transformers",  # CLIPTokenizerFast's normalisation (the reference's CLIPProcessor), not ftfy
-    "batch_size": 8,
-    "sampling": {"mode": "full"},
-    "filters": {"max_strength": 9.8, "min_consistency": 0.041},
-    "no_effect_strength": 1e-4,
-}
-
-ADAPTIVE_DEFAULTS: dict[str, Any] = {
-    "mode": "adaptive", "target_cosine": 0.99, "strength_rel_tol": 0.02, "consistency_tol": 0.01,
-    "min_samples": 256, "safety": 2.0,
-}
 
 OWN_PROMPTS: dict[str, Any] = {**PAPER, "prompt_set": "carlos-reg-index", "query_prompt_set": "carlos-reg-query"}
 
@@ -246,20 +207,12 @@ class Profile:
                 "base_model_location": self.base_model_location, "clip_checkpoint": self.clip_checkpoint}
 
 
-def profile_hash(name: str, settings: dict) -> str:
-    """Same formula as ``registry.profiles.profile_hash`` (a test keeps them equal); kept here so
-    the numerical core runs without SQLAlchemy."""
-    blob = json.dumps({"name": name, "settings": settings}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def profiles_file(settings) -> Path:
-    return Path(os.environ.get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml").expanduser()
+    return Path(environment().get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml").expanduser()
 
 
 def models_dir(settings) -> Path:
-    return Path(os.environ.get("CARLOS_REG_MODELS") or Path(settings.home) / "models").expanduser()
+    return Path(environment().get("CARLOS_REG_MODELS") or Path(settings.home) / "models").expanduser()
 
 
 def _user_profiles(settings) -> dict[str, dict]:
@@ -385,7 +338,7 @@ def load_profile(name: str, settings) -> Profile:
     _check(name, raw)
     mdir = models_dir(settings)
     identity = dict(raw)
-    allow_download = os.environ.get("CARLOS_REG_ALLOW_DOWNLOAD", "") in ("1", "true", "yes")
+    allow_download = (environment().get("CARLOS_REG_ALLOW_DOWNLOAD") or "") in ("1", "true", "yes")
     if is_reference_source(identity["prompt_set"]) and identity["query_prompt_set"] == "carlos-reference":
         identity["query_prompt_set"] = identity["prompt_set"]  # P' from the same reference file as P
     for key, subset_key, part in (("prompt_set", "prompt_subset", "index"),
@@ -407,7 +360,7 @@ def load_profile(name: str, settings) -> Profile:
         location = str(mdir / identity["base_model"])
     else:
         location = str(locations.get("base_model_path") or (
-            os.environ.get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
+            environment().get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
             or identity["base_model"])
     thumbnails = locations.get("thumbnails", DEFAULT_THUMBNAILS)
     if not isinstance(thumbnails, int) or isinstance(thumbnails, bool) or not 0 <= thumbnails <= MAX_THUMBNAILS:
@@ -415,7 +368,7 @@ def load_profile(name: str, settings) -> Profile:
                            f"(got {thumbnails!r})")
     clip_ckpt = locations.get("clip_checkpoint")
     if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == ("ViT-B-32-quickgelu", "openai"):
-        clip_ckpt = os.environ.get("CARLOS_REG_CLIP") or None
+        clip_ckpt = environment().get("CARLOS_REG_CLIP") or None
     return Profile(name=name, settings=identity, hash=profile_hash(name, _without_sources(identity)), base_model_location=location,
                    clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None, models_dir=mdir,
                    allow_download=allow_download, thumbnails=thumbnails)
@@ -436,7 +389,4 @@ def register(session, profile: Profile):
     """The ``SignerProfile`` row of this profile (created on first use; content-hashed)."""
     from registry.profiles import get_or_create_profile
 
-    row = get_or_create_profile(session, profile.name, registry_settings(profile))
-    if row.hash != profile.hash:  # the two hash formulas must agree (see profile_hash)
-        raise ProfileError(f"profile {profile.name!r}: registry hash {row.hash[:12]} != signer hash {profile.hash[:12]}")
-    return row
+    return get_or_create_profile(session, profile.name, registry_settings(profile))

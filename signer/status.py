@@ -6,8 +6,9 @@ import sqlalchemy as sa
 
 from registry.models import BaseCache, SignerProfile, SignJob, Version
 from registry.queue import db_now_sql
+from registry.states import JobState
 
-STATES = ("queued", "running", "done", "dead")
+STATES = tuple(JobState)
 
 
 def queue_status(session, *, limit: int = 20) -> dict:
@@ -36,11 +37,11 @@ def queue_status(session, *, limit: int = 20) -> dict:
     running = [{"job_id": j.id, "profile": profiles[j.profile_id].name, "kind": j.kind, "version_id": j.version_id,
                 "owner": j.lease_owner, "attempts": j.attempts,
                 "heartbeat_age_s": round(float(now) - j.heartbeat_at, 1) if j.heartbeat_at else None}
-               for j in session.execute(sa.select(SignJob).where(SignJob.state == "running")
+               for j in session.execute(sa.select(SignJob).where(SignJob.state == JobState.RUNNING)
                                         .order_by(SignJob.id)).scalars()]
     dead_rows = session.execute(
         sa.select(SignJob, Version.name).outerjoin(Version, Version.id == SignJob.version_id)
-        .where(SignJob.state == "dead").order_by(SignJob.finished_at.desc(), SignJob.id.desc()).limit(limit)).all()
+        .where(SignJob.state == JobState.DEAD).order_by(SignJob.finished_at.desc(), SignJob.id.desc()).limit(limit)).all()
     dead = [{"job_id": j.id, "profile": profiles[j.profile_id].name, "kind": j.kind, "version_id": j.version_id,
              "name": name, "attempts": j.attempts, "reason": j.last_error,
              "finished_at": j.finished_at.isoformat() if j.finished_at else None} for j, name in dead_rows]

@@ -35,6 +35,7 @@ from registry.models import BaseCache, File, SampleImage, Signature, SignJob, Ve
 from registry.queries import next_local_version_id
 from registry.queue import JobQueue
 from registry.signatures import save_signature as registry_save_signature
+from registry.states import FileState
 from registry.vectors import from_blob, to_blob
 from signer.engine import BaseBranch, SignOutcome
 from signer.validate import PICKLE_SUFFIXES
@@ -193,7 +194,7 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
 def verified_file(session, version_id: int) -> File | None:
     """The file to sign for a version: a verified one with a local copy, the primary first."""
     return session.execute(
-        sa.select(File).where(File.version_id == version_id, File.state == "verified", File.local_path.is_not(None))
+        sa.select(File).where(File.version_id == version_id, File.state == FileState.VERIFIED, File.local_path.is_not(None))
         .order_by(File.primary.desc(), File.id)).scalars().first()
 
 
@@ -240,7 +241,7 @@ def new_local_version(session, *, name: str, file_name: str, size: int, digest: 
     session.flush()
     f = File(version_id=vid, name=file_name[:255], size_bytes=size, primary=True, sha256=digest, updated_at=now,
              state=state, error=error, format=fmt, local_path=local_path,
-             verified_at=now if state == "verified" else None)
+             verified_at=now if state == FileState.VERIFIED else None)
     session.add(f)
     session.flush()
     return vid, f
@@ -301,7 +302,7 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
             changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
             if changed:
                 version.trained_words = list(trigger_words)
-            if found.state == "verified" and found.local_path is None:  # a scanned file used in place until now
+            if found.state == FileState.VERIFIED and found.local_path is None:  # a scanned file used in place until now
                 found.local_path = place_file(artifacts, path, digest)
             out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
             continue
@@ -309,12 +310,12 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
         if pickled:
             vid, f = new_local_version(
                 session, name=path.stem, file_name=path.name, size=path.stat().st_size, digest=digest,
-                state="unsupported", fmt="PickleTensor", trigger_words=trigger_words,
+                state=FileState.UNSUPPORTED, fmt="PickleTensor", trigger_words=trigger_words,
                 error=(f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
                        "is signed"))
         elif problem:  # checked before a byte is copied: the store holds only well-formed files
             vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
-                                       digest=digest, state="unsupported", error=problem,
+                                       digest=digest, state=FileState.UNSUPPORTED, error=problem,
                                        trigger_words=trigger_words)
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
@@ -322,7 +323,7 @@ def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *
                 with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
             vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
-                                       digest=digest, state="verified", fmt="SafeTensor", local_path=rel,
+                                       digest=digest, state=FileState.VERIFIED, fmt="SafeTensor", local_path=rel,
                                        trigger_words=trigger_words)
         out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
     return out

@@ -1,4 +1,4 @@
-"""Screening of untrusted LoRA files before and after they touch a pipeline (DESIGN §5).
+"""Screening of untrusted LoRA files before and after they touch a pipeline (docs/security.md).
 
 Contract:
 - ``inspect_lora_file(path, context_dim=2048)`` reads only the safetensors header and the tensor
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crawler import stfile
+from registry.errors import first_line
 from signer.errors import LoraRejected
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
@@ -139,6 +140,41 @@ def inspect_lora_file(path: str | os.PathLike, *, context_dim: int = SDXL_CONTEX
                       max_bytes: int = MAX_FILE_BYTES, check_values: bool = True) -> LoraFileInfo:
     """Screen a LoRA file; returns what it adapts or raises ``LoraRejected`` with the reason."""
     path = Path(path)
+    _check_file_kind(path)
+    header, data_start = read_header(path, max_bytes=max_bytes)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        _reject(path, "corrupt header: __metadata__ is not a string map")
+    entries = _check_layout(path, header, data_start)
+    keys = list(entries)
+    downs = _lora_down_keys(path, keys)
+    fmt = "kohya" if all(k.startswith(("lora_unet_", "lora_te")) for k in keys) else (
+        "peft" if any("lora_A" in k for k in keys) else "diffusers")
+    modules: dict[str, int] = {}
+    for k in downs:
+        comp = _component(k)
+        if comp is None:
+            _reject(path, f"cannot tell which model part key {k!r} adapts")
+        modules[comp] = modules.get(comp, 0) + 1
+    _check_made_for_sdxl(path, entries, metadata, fmt, context_dim)
+    if "unet" not in modules:
+        _reject(path, "text-encoder-only LoRA (no UNet weights): it would change only the prompt encoding, which "
+                      "carlos-reg does not sign")
+    max_rank = max(int(entries[k]["shape"][0]) for k in downs)
+    conv = any(len(entries[k]["shape"]) == 4 for k in downs)
+    if max_rank > MAX_RANK:
+        _reject(path, f"rank {max_rank} is over the limit of {MAX_RANK}")
+    if check_values:
+        _check_values(path, entries)
+    return LoraFileInfo(path=path, size=path.stat().st_size, n_tensors=len(entries), key_format=fmt, modules=modules,
+                        max_rank=max_rank, conv=conv,
+                        metadata={k: v for k, v in metadata.items() if k in ("ss_base_model_version",
+                                                                             "ss_network_module", "ss_network_dim",
+                                                                             "ss_network_alpha")})
+
+
+def _check_file_kind(path: Path) -> None:
+    """Only an existing .safetensors file goes further; pickles are refused by name, never opened."""
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES:
         _reject(path, f"pickle format ({suffix}): never unpickled (it can run code); only .safetensors is signed")
@@ -146,12 +182,10 @@ def inspect_lora_file(path: str | os.PathLike, *, context_dim: int = SDXL_CONTEX
         _reject(path, f"not a .safetensors file ({suffix or 'no suffix'}); only .safetensors is signed")
     if not path.is_file():
         _reject(path, "file not found")
-    header, data_start = read_header(path, max_bytes=max_bytes)
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        _reject(path, "corrupt header: __metadata__ is not a string map")
-    entries = _check_layout(path, header, data_start)
-    keys = list(entries)
+
+
+def _lora_down_keys(path: Path, keys: list[str]) -> list[str]:
+    """The down-projection keys of a low-rank LoRA; any other kind of file is rejected with what it is."""
     for fragment, reason in UNSUPPORTED:
         if any(fragment in k for k in keys):
             _reject(path, reason)
@@ -166,14 +200,12 @@ def inspect_lora_file(path: str | os.PathLike, *, context_dim: int = SDXL_CONTEX
     downs = [k for k in keys if k.endswith(DOWN_SUFFIXES)]
     if not downs:
         _reject(path, "no LoRA down/up weight pairs found")
-    fmt = "kohya" if all(k.startswith(("lora_unet_", "lora_te")) for k in keys) else (
-        "peft" if any("lora_A" in k for k in keys) else "diffusers")
-    modules: dict[str, int] = {}
-    for k in downs:
-        comp = _component(k)
-        if comp is None:
-            _reject(path, f"cannot tell which model part key {k!r} adapts")
-        modules[comp] = modules.get(comp, 0) + 1
+    return downs
+
+
+def _check_made_for_sdxl(path: Path, entries: dict, metadata: dict, fmt: str, context_dim: int) -> None:
+    """SD 1.x/2.x LoRAs give themselves away by their cross-attention width, metadata or key names."""
+    keys = list(entries)
     base_version = str(metadata.get("ss_base_model_version", "") or metadata.get("modelspec.architecture", ""))
     width = _cross_attention_width(entries)
     if width is not None and width != context_dim:
@@ -186,24 +218,6 @@ def inspect_lora_file(path: str | os.PathLike, *, context_dim: int = SDXL_CONTEX
                       "lora_te_*), not SDXL")
     if fmt == "kohya" and any(k.startswith("lora_unet_down_blocks_0_attentions") for k in keys):
         _reject(path, "made for SD 1.x/2.x: it adapts attention in down_blocks.0, which SDXL does not have")
-    if "unet" not in modules:
-        _reject(path, "text-encoder-only LoRA (no UNet weights): it would change only the prompt encoding, which "
-                      "carlos-reg does not sign")
-    max_rank = 0
-    conv = False
-    for k in downs:
-        shape = entries[k]["shape"]
-        max_rank = max(max_rank, int(shape[0]))
-        conv = conv or len(shape) == 4
-    if max_rank > MAX_RANK:
-        _reject(path, f"rank {max_rank} is over the limit of {MAX_RANK}")
-    if check_values:
-        _check_values(path, entries)
-    return LoraFileInfo(path=path, size=path.stat().st_size, n_tensors=len(entries), key_format=fmt, modules=modules,
-                        max_rank=max_rank, conv=conv,
-                        metadata={k: v for k, v in metadata.items() if k in ("ss_base_model_version",
-                                                                             "ss_network_module", "ss_network_dim",
-                                                                             "ss_network_alpha")})
 
 
 def _check_values(path: Path, entries: dict) -> None:
@@ -222,7 +236,7 @@ def _check_values(path: Path, entries: dict) -> None:
     except LoraRejected:
         raise
     except Exception as exc:  # safetensors' own parser disagrees with ours: refuse, explained
-        _reject(path, f"unreadable safetensors data: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        _reject(path, f"unreadable safetensors data: {first_line(exc, default=type(exc).__name__)}")
 
 
 def attached_modules(pipe, adapter_name: str) -> dict[str, int]:

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field, replace
 
 import sqlalchemy as sa
 
-from registry.errors import CarlosError, LeaseLost
+from registry.errors import CarlosError, LeaseLost, first_line
 from registry.models import BaseCache, SignerProfile, SignJob, Version
 from registry.queue import JobQueue, Lease, worker_name
 from registry.retry import DatabaseUnavailable, describe, is_transient, retry_call
+from registry.states import JobState
 from signer import store
-from signer.errors import Interrupted, LoraRejected, ProfileError, SignerError
+from signer.errors import Interrupted, ProfileError, SignerError
 from signer.profiles import Profile, load_profile
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ class Worker:
         with self.db.read() as s:
             ready = set(s.execute(sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))).scalars())
             ready |= set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state == "dead", SignJob.profile_id.in_(ids))).scalars())
+                SignJob.kind == "base", SignJob.state == JobState.DEAD, SignJob.profile_id.in_(ids))).scalars())
         cur = _ENGINE.get("engine")
         preferred = [pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash]
         for group in (preferred, sorted(ready)):
@@ -242,7 +243,7 @@ class Worker:
     def _pending(self, job_ids: list[int]) -> bool:
         with self.db.read() as s:
             return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.id.in_(job_ids), SignJob.state.in_(["queued", "running"]))).scalar_one())
+                SignJob.id.in_(job_ids), SignJob.state.in_([JobState.QUEUED, JobState.RUNNING]))).scalar_one())
 
     def _waiting_for_base(self) -> bool:
         """A base job is running elsewhere while LoRA jobs of that profile wait for it."""
@@ -251,12 +252,12 @@ class Worker:
             return False
         with self.db.read() as s:
             running = set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state.in_(["running", "queued"]),
+                SignJob.kind == "base", SignJob.state.in_([JobState.RUNNING, JobState.QUEUED]),
                 SignJob.profile_id.in_(ids))).scalars())
             if not running:
                 return False
             return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.kind == "lora", SignJob.state == "queued", SignJob.profile_id.in_(running))).scalar_one())
+                SignJob.kind == "lora", SignJob.state == JobState.QUEUED, SignJob.profile_id.in_(running))).scalar_one())
 
     # ---------------------------------------------------------------- running
 
@@ -287,19 +288,10 @@ class Worker:
             self._event(lease, "done", detail)
             self.report.done += 1
         except Interrupted as exc:
-            if beat.lost:
-                self._event(lease, "lost", "another worker took the job over; nothing written")
-            elif beat.error:
-                self._fail(lease, f"heartbeat failed: {beat.error}", retryable=True)
-            else:
-                self.queue.release(lease)
-                self.report.released += 1
-                self._event(lease, "released", str(exc))
+            self._interrupted(lease, beat, exc)
         except LeaseLost as exc:
             self._event(lease, "lost", str(exc))
-        except LoraRejected as exc:
-            self._fail(lease, str(exc), retryable=False)
-        except SignerError as exc:
+        except SignerError as exc:  # LoraRejected and the like: the file or the setup, for good
             self._fail(lease, str(exc), retryable=False)
         except DatabaseUnavailable:  # retries gave up: nothing can be written; the lease expires by itself
             raise
@@ -307,21 +299,34 @@ class Worker:
             self.queue.release(lease)
             raise
         except Exception as exc:
-            if is_transient(exc):  # the database went away (and a stop cut the retry short): not the job's fault
-                if self._signal is None:
-                    self.queue.release(lease)
-                    self.report.released += 1
-                    self._event(lease, "released", f"database unreachable: {describe(exc)}")
-                    return
-                raise
-            # a bug or another unexpected failure: retried while attempts remain
-            log.exception("job %s failed", lease.job_id)
-            self._fail(lease, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}",
-                       retryable=True)
+            self._unexpected(lease, exc)
         finally:
             beat.stop()
             if self.progress is not None:
                 self.progress.job_finished()
+
+    def _interrupted(self, lease: Lease, beat: Heartbeat, exc: Interrupted) -> None:
+        """The job stopped between UNet steps: its lease is gone, its heartbeat failed, or a signal came."""
+        if beat.lost:
+            self._event(lease, "lost", "another worker took the job over; nothing written")
+        elif beat.error:
+            self._fail(lease, f"heartbeat failed: {beat.error}", retryable=True)
+        else:
+            self.queue.release(lease)
+            self.report.released += 1
+            self._event(lease, "released", str(exc))
+
+    def _unexpected(self, lease: Lease, exc: Exception) -> None:
+        if is_transient(exc):  # the database went away (and a stop cut the retry short): not the job's fault
+            if self._signal is not None:
+                raise exc
+            self.queue.release(lease)
+            self.report.released += 1
+            self._event(lease, "released", f"database unreachable: {describe(exc)}")
+            return
+        # a bug or another unexpected failure: retried while attempts remain
+        log.exception("job %s failed", lease.job_id)
+        self._fail(lease, f"{type(exc).__name__}: {first_line(exc, limit=500)}", retryable=True)
 
     def _fail(self, lease: Lease, reason: str, *, retryable: bool) -> None:
         try:
@@ -372,7 +377,7 @@ class Worker:
                 base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
                 if base is None:
                     job = store.base_job(s, lease.profile_id)
-                    reason = job.last_error if job is not None and job.state == "dead" else "no base cache"
+                    reason = job.last_error if job is not None and job.state == JobState.DEAD else "no base cache"
                     raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
                 version = s.get(Version, lease.version_id)
                 f = store.verified_file(s, lease.version_id)

@@ -7,14 +7,14 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import sqlalchemy as sa
 from aiohttp import web
 
-from crawler.client import RetryPolicy
+from crawler.client import HTTP_RETRY
 from crawler.mirror import (CATALOG, BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry,
                             write_catalog)
 from crawler.sync import CrawlOptions, Crawler
@@ -27,7 +27,7 @@ def LISTING(r) -> bool:
 
 FILES = "/mirror-files/"
 DOWNLOADS = "/api/download/models/"
-FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.005)
+FAST = replace(HTTP_RETRY, max_attempts=4, initial=0.001, cap=0.005)
 FILE_ROUTE = re.compile(r"^/mirror-files/(\d+)$")
 
 

@@ -297,7 +297,7 @@ def test_html_to_text_keeps_words_whole(html, text):
 
 
 def test_metadata_text_of_a_crawled_description_keeps_words_whole(crawled):
-    from plugins.metadata_retriever import metadata_text
+    from plugins.metadata_search.retriever import metadata_text
 
     db_url, *_ = crawled
     from registry.db import Database

@@ -8,6 +8,8 @@ The registry here is SQLite (the database is not the point; test_crawler_sync ru
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import hashlib
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -15,10 +17,10 @@ from email.utils import format_datetime
 import pytest
 import sqlalchemy as sa
 
-from crawler.client import RetryPolicy
+from crawler.client import HTTP_RETRY, RetryPolicy
 from crawler.download import DownloadLimits
 from crawler.mirror import BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry
-from crawler.sync import CrawlFailed
+from crawler.sync import CrawlFailed, CrawlOptions
 from registry.models import CrawlError, CrawlRun
 from tests.crawler_helpers import (DOWNLOADS, FILES, LISTING, MAINTENANCE, Catalog, Faults, broken_body,
                                    files_by_version, html_page, ignore_range, make_app_obj, malformed_json,
@@ -112,6 +114,17 @@ def test_server_errors_html_and_broken_json_are_retried(setup, fault):
     stats = run(app, download=False)
     assert stats.status == "ok" and stats.retries == 3 and stats.errors == 0
     assert versions_in(app.db) == catalog.expected_versions
+
+
+def test_retries_are_counted_by_reason_in_the_crawl_stats(setup):
+    catalog, faults, _, app = setup()
+    faults.add(LISTING, respond(503, {"error": "busy"}), times=2)
+    faults.add(LISTING, html_page, times=1)
+    stats = run(app, download=False)
+    doc = stats.summary(CrawlOptions())
+    assert stats.status == "ok" and doc["retry/count"] == doc["retries"] == 3
+    assert {k: v for k, v in doc.items() if k.startswith("retry/reason/")} == {
+        "retry/reason/http": 2, "retry/reason/html": 1}
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 451])
@@ -363,7 +376,7 @@ def test_a_crawl_through_every_fault_ends_exactly_right(setup, tmp_path):
         cdn_faults.add(file_route(10300), broken_body(mode="truncate", cut_at=0.5))
         cdn_faults.add(file_route(10300), ignore_range())
         cdn_faults.add(file_route(10400), respond(503, "busy"))
-        policy = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.005)
+        policy = replace(HTTP_RETRY, max_attempts=8, initial=0.001, cap=0.005)
         stats = run(app, page_limit=2, timeout=0.5, policy=policy, concurrency=3)
 
     assert stats.status == "ok" and stats.complete and stats.models_dropped == 3

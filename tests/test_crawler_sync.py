@@ -253,7 +253,7 @@ def test_export_feeds_another_registry(app, catalog, tmp_path, db_url):
 
 @pytest.mark.timeout(120)
 def test_a_registry_failure_mid_crawl_fails_the_run_instead_of_hanging(app, monkeypatch):
-    from crawler.store import RegistryStore
+    from crawler.registry_writer import RegistryStore
 
     calls = []
     real = RegistryStore.apply_models
@@ -272,7 +272,7 @@ def test_a_registry_failure_mid_crawl_fails_the_run_instead_of_hanging(app, monk
 
 
 def test_one_unstorable_item_costs_only_itself(app, catalog, monkeypatch):
-    from crawler.store import RegistryStore
+    from crawler.registry_writer import RegistryStore
 
     real = RegistryStore.apply_models
 

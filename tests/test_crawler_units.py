@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -12,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawler import stfile
-from crawler.client import (CivitaiError, RetryPolicy, backoff_delay, classify_status, decode_json,
-                            parse_retry_after, safe_url)
+from crawler.client import (HTTP_RETRY, CivitaiError, classify_status, decode_json, parse_retry_after,
+                            safe_url)
 from crawler.mirror import file_entry, model_entry, tiny_lora, version_entry
 from crawler.parse import ApiSchemaError, license_list, parse_model, trained_words
 
@@ -197,14 +198,14 @@ def test_backoff_is_exponential_capped_and_jittered():
     rng = random.Random(1)
     for attempt in range(1, 12):
         ceiling = min(30.0, 1.0 * 2 ** (attempt - 1))
-        waits = [backoff_delay(attempt, 1.0, 30.0, rng) for _ in range(200)]
+        waits = [HTTP_RETRY.delay(attempt, rng=rng) for _ in range(200)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits)
         assert len(set(waits)) > 100  # jitter spreads them
-    assert backoff_delay(10_000, 1.0, 30.0, rng) <= 30.0
+    assert HTTP_RETRY.delay(10_000, rng=rng) <= 30.0
 
 
 def test_retry_after_only_lengthens_the_wait_and_a_too_long_one_stops_retries():
-    policy, rng = RetryPolicy(base_delay=1.0, max_delay=4.0, retry_after_max=60.0), random.Random(0)
+    policy, rng = replace(HTTP_RETRY, initial=1.0, cap=4.0, retry_after_max=60.0), random.Random(0)
     assert policy.delay(1, 10.0, rng) == 10.0
     assert 0.5 <= policy.delay(1, 0.0, rng) <= 1.0
     assert 0.5 <= policy.delay(1, None, rng) <= 1.0
@@ -290,7 +291,7 @@ def test_valid_safetensors_pass(tmp_path):
 
 
 def test_the_crawler_builds_on_registry_only():
-    """crawler/ may import registry, never signer or plugins (DESIGN §2)."""
+    """crawler/ may import registry, never signer or plugins (docs/architecture.md, Packages and dependency rule)."""
     import ast
 
     from tests.conftest import REPO

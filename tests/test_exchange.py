@@ -86,7 +86,7 @@ import pyarrow as pa  # noqa: E402
 
 from registry.exchange import BundleRefused, bundle_schema, export_bundle, import_bundle, read_bundle  # noqa: E402
 from registry.models import File  # noqa: E402
-from registry.profiles import profile_hash  # noqa: E402
+from registry.profile_identity import profile_hash  # noqa: E402
 
 
 def _sign_here(db, settings, data: bytes) -> tuple[int, str]:
@@ -130,7 +130,7 @@ def _copyright(db_url):
 
 def _cache_query(urls, home, text: str) -> None:
     """The same query vector cached in each registry (computing it needs the real CLIP weights)."""
-    from plugins.search.encoders import QueryEncoder, store_vector
+    from signer.query_encoder import QueryEncoder, store_vector
     from registry.app import App
     from registry.settings import Settings
 

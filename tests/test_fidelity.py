@@ -413,10 +413,10 @@ def test_search_on_published_signatures_uses_the_reference_retrieval_prompts(ref
                                                                               tmp_path):
     import sqlalchemy as sa
 
-    from plugins.search.encoders import normalize_query
     from registry.db import Database
     from registry.models import VectorCache
     from registry.vectors import from_blob
+    from signer.query_encoder import normalize_query
     hf = _tiny_hf_clip(tmp_path / "clip", projection_dim=512)
     env = {"CARLOS_REG_CLIP": str(tmp_path / "clip"), "CARLOS_REG_CARLOS_PROMPTS": str(reference_prompts)}
     query = "ink wash painting, giant’s  style"

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from plugins.search.encoders import MAX_IMAGE_PIXELS, ImageRejected, ImageTooLarge, load_images
+from signer.query_encoder import MAX_IMAGE_PIXELS, ImageRejected, ImageTooLarge, load_images
 from tests.service_support import Server, multipart
 
 

@@ -59,7 +59,8 @@ def test_reimport_changes_nothing(database, reference_parquet):
 def test_reimport_rewrites_an_older_record_of_the_published_profile_in_place(database, tmp_path):
     from registry.importer import IMPORTED_PROFILE_SETTINGS
     from registry.models import SignerProfile
-    from registry.profiles import IMPORTED_PROFILE_NAME, profile_hash
+    from registry.profile_identity import profile_hash
+    from registry.profiles import IMPORTED_PROFILE_NAME
 
     path = _write(pa.table(_small_table()), tmp_path / "small.parquet")
     import_carlos(database, path)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plugins.search.index import Filters, RankingIndex
 from registry.models import Version
 from registry.profiles import get_or_create_profile
+from registry.ranking import Filters, RankingIndex
 from registry.signatures import save_signature
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from plugins.search.textenc import TextTower
+from signer.text_tower import TextTower
 
 WORDS = ("a photo of the cat dog red blue watercolor cyberpunk portrait landscape night neon, pencil sketch "
          "golden hour, 35mm film grain: vibrant colors; oil painting! anime-style über café 2024 ☕").split()

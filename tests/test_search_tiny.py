@@ -75,9 +75,9 @@ def test_text_search_output_and_the_query_cache(signed):
     assert again["query"]["cached"] is True
     assert [(r["version_id"], r["score"]) for r in again["results"]] == [(r["version_id"], r["score"]) for r in doc["results"]]
     # In process: a cache hit returns the identical vector without loading the CLIP model.
-    from plugins.search.engine import SearchEngine
     from registry.app import App
     from registry.settings import Settings
+    from signer.search import SearchEngine
 
     engine = SearchEngine(App(Settings.load(home=env["CARLOS_REG_HOME"])))
     encoder = engine.encoder(engine.profile("tiny"))
@@ -145,8 +145,8 @@ def test_compare_planted_claim_scores_high_and_unrelated_is_flagged(signed, tmp_
     text = claim_text("Watercolor Painting v2 SDXL", [], [])
     assert text == claim
     run_cli("search", text, env=env, check=True)
-    from plugins.search.encoders import QueryEncoder
     from registry.app import App
+    from signer.query_encoder import QueryEncoder
 
     with db.read() as s:
         profile = s.execute(sa.select(SignerProfile).where(SignerProfile.name == "tiny")).scalar_one()

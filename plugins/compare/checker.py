@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from plugins.compare.claims import claim_text
 from registry.catalog import display_words
 from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
 from registry.queries import lora_ref
-
-from plugins.compare.claims import claim_text
-from plugins.search.engine import SearchEngine
+from signer.search import SearchEngine
 
 VOCABULARY = Path(__file__).with_name("vocabulary.json")
 

@@ -33,6 +33,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from registry.models import File, HashLookup, LocalFile, Signature, Version, utcnow
+from registry.states import FileState
 from signer.validate import MAX_FILE_BYTES, PICKLE_SUFFIXES
 
 LOOKUP_BATCH = 50
@@ -294,10 +295,10 @@ class Scanner:
         p = Path(row.path)
         if row.signable:
             vid, _ = new_local_version(s, name=p.stem, file_name=p.name, size=row.size_bytes, digest=row.sha256,
-                                       state="verified", fmt="SafeTensor")
+                                       state=FileState.VERIFIED, fmt="SafeTensor")
         else:
             vid, _ = new_local_version(s, name=p.stem, file_name=p.name, size=row.size_bytes, digest=row.sha256,
-                                       state="unsupported", error=row.reason,
+                                       state=FileState.UNSUPPORTED, error=row.reason,
                                        fmt="PickleTensor" if p.suffix.lower() != ".safetensors" else "SafeTensor")
         row.version_id, row.match = vid, "local"
 
@@ -306,7 +307,7 @@ class Scanner:
 
         f = s.execute(sa.select(File).where(File.version_id == row.version_id, File.sha256 == row.sha256)
                       .order_by(File.primary.desc(), File.id)).scalars().first()
-        if f is None or (f.state == "verified" and f.local_path is not None):
+        if f is None or (f.state == FileState.VERIFIED and f.local_path is not None):
             return
         try:
             st = os.stat(row.path)
@@ -315,7 +316,7 @@ class Scanner:
         if st.st_size != row.size_bytes or st.st_mtime_ns != row.mtime_ns:
             return  # changed since it was hashed: the next scan sees it
         rel = place_file(self.app.settings.artifacts, Path(row.path), row.sha256, copy=self.copy)
-        f.state, f.error, f.verified_at, f.updated_at = "verified", None, utcnow(), utcnow()
+        f.state, f.error, f.verified_at, f.updated_at = FileState.VERIFIED, None, utcnow(), utcnow()
         if rel is not None:
             f.local_path = rel
 
@@ -337,25 +338,25 @@ class Scanner:
                         return h, None, exc
 
                 answers = await asyncio.gather(*(one(h) for h in batch))
-                if all(exc is not None and exc.status is None for _, _, exc in answers):
+                if all(problem is not None and problem.status is None for _, _, problem in answers):
                     res.lookups["asked"] += len(answers)
                     res.lookups["errors"] += len(answers)
                     res.errors.append(f"Civitai unreachable ({answers[0][2]}): stopped asking; the next scan "
                                       f"asks again about the {len(hashes) - i} hashes left")
                     break
                 docs = []
-                for h, doc, exc in answers:
+                for h, doc, problem in answers:
                     res.lookups["asked"] += 1
-                    if exc is not None:
-                        if exc.status == 404:
+                    if problem is not None:
+                        if problem.status == 404:
                             res.lookups["not_found"] += 1
                             docs.append((h, None))
                         else:
                             res.lookups["errors"] += 1
-                            res.errors.append(f"by-hash {h[:12]}…: {exc}")
+                            res.errors.append(f"by-hash {h[:12]}…: {problem}")
                         continue
                     docs.append((h, doc))
-                for h, doc in docs:
+                for _h, doc in docs:
                     mid = _model_id(doc)
                     if mid is not None and mid not in fetched_models:
                         try:
@@ -370,7 +371,7 @@ class Scanner:
     def _store_batch(self, docs: list[tuple[str, dict | None]], models: dict[int, dict | None]) -> None:
         """One batch's answers, committed together (an interrupted scan keeps what finished)."""
         from crawler.parse import ApiSchemaError, parse_model, parse_version
-        from crawler.store import RegistryStore
+        from crawler.registry_writer import RegistryStore
 
         res = self.result
         now = utcnow()

@@ -6,77 +6,21 @@ Every report kind — built-in (``copyright``) or from a third-party plugin — 
 """
 from __future__ import annotations
 
-import html
 import sys
 from pathlib import Path
 
 import click
 
-from registry import hookimpl
 from registry.app import App
 from registry.errors import CarlosError, UsageError
 from registry.output import emit_json, info, write_file
+from registry.plugin_api import Report, collect_named, hookimpl
 from registry.refs import REF_COMMAND
 from registry.settings import PROFILE_HELP
 
 
-class Report:
-    """Base class of report kinds."""
-
-    name: str = ""
-    description: str = ""
-    formats: tuple[str, ...] = ("table", "json", "html")
-
-    def options(self) -> list[click.Parameter]:
-        return []
-
-    def build(self, app: App, *, refs: list[str], profile: str | None, **options) -> dict:
-        raise NotImplementedError
-
-    def render_table(self, doc: dict) -> None:
-        emit_json(self.render_json(doc))
-
-    def render_json(self, doc: dict) -> dict:
-        return doc
-
-    def render_html(self, doc: dict) -> str:
-        body = f"<pre>{html.escape(str(doc))}</pre>"
-        return page(f"carlos-reg report: {self.name}", body)
-
-
-def page(title: str, body: str, style: str = "") -> str:
-    """A self-contained HTML page (no external resources)."""
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{BASE_CSS}{style}</style>"
-            f"</head><body>{body}</body></html>\n")
-
-
-BASE_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
-padding:0 1rem;color:#1b1f24}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem}
-table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;
-text-align:left;vertical-align:top}th{background:#f4f5f7;position:sticky;top:0}td.num{text-align:right;
-font-variant-numeric:tabular-nums}.tier-high{color:#b00020;font-weight:600}.tier-elevated{color:#b35c00;
-font-weight:600}.tier-low{color:#2e7d32}.tier-unreliable{color:#6b6b6b;font-style:italic}.muted{color:#666}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.6rem 1rem}code{background:#f4f5f7;padding:0 .25rem}
-img.plot{max-width:100%;height:auto;border:1px solid #eee}
-"""
-
-
 def get_reports() -> dict[str, Report]:
-    from registry.plugins import load_plugins, pm
-
-    load_plugins()
-    found: dict[str, Report] = {}
-
-    def register(report: Report) -> None:
-        if not report.name or report.name in found:
-            raise CarlosError(f"report kinds need a unique name; got {report.name!r} twice or empty")
-        found[report.name] = report
-
-    pm.hook.register_reports(register=register)
-    return found
+    return collect_named("register_reports", "report kind")
 
 
 def _command_for(report: Report) -> click.Command:

@@ -21,7 +21,7 @@ import click
 from registry.errors import CarlosError, UsageError
 from registry.output import info, table, write_file
 
-from plugins.reports import Report, page
+from registry.plugin_api import Report, page
 
 if TYPE_CHECKING:  # numpy, SQLAlchemy and the search engine load when a report is built, not for --help
     import numpy as np
@@ -84,8 +84,8 @@ class CopyrightReport(Report):
         import numpy as np
         import sqlalchemy as sa
 
-        from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine, duplicate_kind
-        from plugins.search.index import near_duplicate_pairs
+        from registry.ranking import near_duplicate_pairs
+        from signer.search import NEAR_DUPLICATE_COS, SearchEngine, duplicate_kind
         from registry.models import Signature
         from registry.queries import lora_ref, lora_rows
         from registry.refs import resolve_ref
@@ -301,7 +301,7 @@ class CopyrightReport(Report):
 
 
 def _all_valid():
-    from plugins.search.index import Filters
+    from registry.ranking import Filters
 
     return Filters()
 

@@ -31,7 +31,7 @@ from registry.settings import PROFILE_HELP
 def search(app: App, query, images, k, profile, no_filter, max_strength, min_consistency, base_model, nsfw,
            include_archived, retriever, as_json):
     """Find LoRAs by what they do: words (QUERY), example images (--image), or both."""
-    from plugins.search.engine import SearchEngine, SearchRequest
+    from signer.search import SearchEngine, SearchRequest
 
     request = SearchRequest(text=query, images=list(images), k=k, profile=profile, apply_filters=not no_filter,
                             max_strength=max_strength, min_consistency=min_consistency, base_model=base_model,
@@ -74,7 +74,7 @@ def _explain_filters(doc: dict) -> None:
 @output_options
 @pass_app
 def similar(app: App, ref, k, profile, as_json):
-    from plugins.search.engine import SearchEngine
+    from signer.search import SearchEngine
 
     doc = SearchEngine(app).similar(ref, k=k, profile=profile)
     if as_json:
@@ -97,7 +97,7 @@ def register_commands(cli):
 
 @hookimpl
 def register_retrievers(register):
-    from plugins.search.engine import CarlosRetriever
+    from signer.search import CarlosRetriever
 
     register(CarlosRetriever())
 

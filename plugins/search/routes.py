@@ -14,8 +14,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, check_params, json_error, param_bool, param_float,
                           param_int, respond)
 
-from plugins.search.encoders import ImageTooLarge
-from plugins.search.engine import SearchEngine, SearchRequest
+from signer.query_encoder import ImageTooLarge
+from signer.search import SearchEngine, SearchRequest
 
 ENGINE = web.AppKey("carlos_search_engine", SearchEngine)
 PAGE = Path(__file__).with_name("page.html")
@@ -111,7 +111,7 @@ async def similar(request: web.Request) -> web.Response:
 
 
 async def retrievers(request: web.Request) -> web.Response:
-    from plugins.search.engine import get_retrievers
+    from signer.search import get_retrievers
 
     check_params(request.query, ())
     return respond({"retrievers": [{"name": r.name, "description": getattr(r, "description", "")}

@@ -24,7 +24,7 @@ def _ref(request: web.Request) -> str:
 
 
 def _engine(request: web.Request):
-    from plugins.search.engine import SearchEngine
+    from signer.search import SearchEngine
     from plugins.search.routes import ENGINE
 
     if ENGINE not in request.app:  # the search plugin is not loaded: this page keeps its own

@@ -124,7 +124,7 @@ def serve(app: App, host, port, schedule, sign_local, device, run_now, header_ti
     # every API thread may hold a connection, plus the nightly run, its lease heartbeat, the crawler's
     # writer thread and a local signer's heartbeat ($CARLOS_REG_DB_POOL overrides)
     app.default_pool_size = API_THREADS + 4
-    app.db  # migrate before listening
+    _ = app.db  # migrate before listening
     options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event(),
                "header_timeout": header_timeout}
     asyncio.run(_serve(app, host, port, schedule, options, run_now))

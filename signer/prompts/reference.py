@@ -24,10 +24,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.settings import environment
 from signer.errors import ProfileError
 
 SOURCE_NAME = "carlos-reference"
@@ -187,10 +187,11 @@ def cached_download_path(home: Path) -> Path:
 
 def _download(home: Path) -> Path:
     """Fetch the pinned file once; keep it only when its SHA-256 is the pinned one."""
-    import tempfile
     import urllib.request
 
-    url = os.environ.get(ENV_URL) or REFERENCE_URL
+    from registry.files import write_file
+
+    url = environment().get(ENV_URL) or REFERENCE_URL
     target = cached_download_path(home)
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - a fixed https URL or the user's mirror
@@ -203,21 +204,13 @@ def _download(home: Path) -> Path:
         raise ProfileError(f"the downloaded reference prompt file has SHA-256 {digest[:16]}…, not the pinned "
                            f"{REFERENCE_SHA256[:16]}… of commit {REFERENCE_COMMIT}: not kept")
     _parse_bytes(data, target)  # the pinned file parses; checked anyway before it is kept
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".download-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(target, data)
     return target
 
 
 def locate_reference_file(home: Path | None = None, *, allow_download: bool = False) -> Path:
     """Where the reference prompts are on this machine (see the module doc for the order)."""
-    env = os.environ.get(ENV_PATH)
+    env = environment().get(ENV_PATH)
     if env:
         # a .py path: that suffix is how a stored profile's prompt source is known to be this format
         if not env.lower().endswith(".py"):

@@ -1,6 +1,6 @@
 """Query vectors: the reciprocal text query and the image query of a signer profile.
 
-Text (DESIGN §1): ``Δq = mean_p u(p + " " + q) − mean_p u(p)`` over the profile's P'.
+Text (docs/architecture.md, The method): ``Δq = mean_p u(p + " " + q) − mean_p u(p)`` over the profile's P'.
 Image: the mean CLIP feature of the given images minus the mean CLIP feature of the profile's
 base-branch images — the shift from what the base model draws toward this look.
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
+from registry.db import insert_or_ignore
 from registry.errors import CarlosError, UsageError
 from registry.models import BaseCache, SignerProfile, VectorCache, utcnow
 from registry.vectors import from_blob, to_blob
@@ -97,15 +98,12 @@ def cached_vector(session, namespace: str, key: str) -> np.ndarray | None:
 
 
 def store_vector(db, namespace: str, key: str, vector: np.ndarray, meta: dict | None = None) -> None:
-    if db.dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
     vec = np.asarray(vector, dtype=np.float32)
-    stmt = insert(VectorCache.__table__).values(namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]),
-                                                data=to_blob(vec), meta=meta, created_at=utcnow())
+    stmt = insert_or_ignore(db.dialect, VectorCache.__table__, ["namespace", "key"]).values(
+        namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]), data=to_blob(vec), meta=meta,
+        created_at=utcnow())
     with db.write() as session:
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["namespace", "key"]))
+        session.execute(stmt)
 
 
 class ClipSource:
@@ -166,7 +164,7 @@ class ClipSource:
     def tower(self):
         if self._tower is None:
             clip = self.clip()  # first: a missing model is reported before torch loads
-            from plugins.search.textenc import TextTower
+            from signer.text_tower import TextTower
 
             self._tower = TextTower(clip.model, clip.tokenizer)
         return self._tower

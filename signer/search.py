@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
-from registry.errors import CarlosError, NotFound, UsageError
 from registry.catalog import available_clause, nsfw_clause
+from registry.errors import CarlosError, NotFound, UsageError
 from registry.models import Model, Signature, SignerProfile, Version
 from registry.profiles import default_profile
 from registry.queries import lora_rows, unsigned_message
-
-from plugins.search.index import Filters, RankingIndex
+from registry.ranking import Filters, RankingIndex
 
 # Nearest-neighbor cosines in the published database (740 LoRAs) jump from 0.986 (retrained
 # versions of one LoRA family) to 0.999 (the same weights uploaded twice, or degenerate
@@ -53,18 +52,9 @@ class SearchRequest:
 
 
 def get_retrievers() -> dict:
-    from registry.plugins import load_plugins, pm
+    from registry.plugins import collect_named
 
-    load_plugins()
-    found: dict = {}
-
-    def register(retriever) -> None:
-        if retriever.name in found:
-            raise CarlosError(f"two plugins register a retriever named {retriever.name!r}")
-        found[retriever.name] = retriever
-
-    pm.hook.register_retrievers(register=register)
-    return found
+    return collect_named("register_retrievers", "retriever")
 
 
 class SearchEngine:
@@ -106,7 +96,7 @@ class SearchEngine:
             return fresh
 
     def encoder(self, row: SignerProfile):
-        from plugins.search.encoders import QueryEncoder
+        from signer.query_encoder import QueryEncoder
 
         with self._lock:
             if row.id not in self._encoders:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import sqlalchemy as sa
 
 from registry.catalog import display_words, html_to_text
-from registry.errors import ModelUnavailable, UsageError
+from registry.errors import ModelUnavailable, UsageError, first_line
 from registry.models import Model, ModelTag, Tag, VectorCache, Version, utcnow
+from registry.settings import environment, set_library_defaults
 from registry.vectors import from_blob, to_blob
 
 DESCRIPTION_CHARS = 1000
@@ -31,8 +31,7 @@ def metadata_text(name: str, version_name: str, tags: list[str], words: list[str
 
 
 def _load_model(name_or_path: str | None):
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    set_library_defaults(TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
     try:
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -51,7 +50,7 @@ def _load_model(name_or_path: str | None):
     try:
         return name_or_path, SentenceTransformer(name_or_path, device="cpu")
     except Exception as exc:
-        raise ModelUnavailable(f"cannot load the metadata embedding model {name_or_path!r}: {exc}".splitlines()[0]) from None
+        raise ModelUnavailable(first_line(f"cannot load the metadata embedding model {name_or_path!r}: {exc}")) from None
 
 
 class MetadataRetriever:
@@ -65,7 +64,7 @@ class MetadataRetriever:
 
     def model(self):
         if self._model is None:
-            name, self._model = _load_model(os.environ.get("CARLOS_REG_METADATA_MODEL"))
+            name, self._model = _load_model(environment().get("CARLOS_REG_METADATA_MODEL"))
             self._key = "meta:" + hashlib.sha256(name.encode()).hexdigest()[:20]
         return self._model
 

