@@ -35,6 +35,9 @@ EXECUTOR = web.AppKey("carlos_executor", ThreadPoolExecutor)
 API_THREADS = 8  # blocking queries run on this many threads (each may hold a database connection)
 OPTIONS = web.AppKey("carlos_options", dict)
 STARTED = web.AppKey("carlos_started", float)
+# The server's one warm search engine (signer.search.SearchEngine), shared by the plugins whose
+# routes query it (search, the LoRA page); whichever needs it first creates it.
+SEARCH_ENGINE = web.AppKey("carlos_search_engine", object)
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 DB_RETRY_AFTER_SECONDS = 5
 

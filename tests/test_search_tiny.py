@@ -140,7 +140,7 @@ def test_compare_planted_claim_scores_high_and_unrelated_is_flagged(signed, tmp_
     claim = "watercolor painting"
     # the claim's query vector, exactly as search computes it (and caches it)
     os.environ["CARLOS_REG_MODELS"] = env["CARLOS_REG_MODELS"]
-    from plugins.compare.claims import claim_text
+    from signer.claim_text import claim_text
 
     text = claim_text("Watercolor Painting v2 SDXL", [], [])
     assert text == claim

@@ -5,7 +5,7 @@ The claim is the LoRA's trigger words, name and tags, cleaned of version and bas
 Direction: the *agreement* is their cosine, and the *claim rank* is where the LoRA lands among
 all signed LoRAs for its own claim. A claim is *not supported* when the agreement is not
 positive or the rank is beyond ``--k``. The *strongest effect* is the vocabulary term
-(``vocabulary.json``) whose query vector the Direction is closest to; it is *undeclared* when
+(``signer/claim_vocabulary.json``) whose query vector the Direction is closest to; it is *undeclared* when
 the claim does not mention it.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from registry.settings import PROFILE_HELP
 @pass_app
 def compare(app: App, refs, profile, k, worst, as_json):
     """Claims vs behavior: does each LoRA do what its name, tags and trigger words say? Worst first."""
-    from plugins.compare.checker import ClaimChecker
+    from signer.claim_check import ClaimChecker
     from registry.refs import resolve_ref
 
     checker = ClaimChecker(app, profile, k)
@@ -61,7 +61,7 @@ def register_commands(cli):
 def register_routes(web_app, app):
     from aiohttp import web
 
-    from plugins.compare.checker import ClaimChecker
+    from signer.claim_check import ClaimChecker
     from registry.api import blocking, check_params, param_int, respond
     from registry.refs import resolve_ref
 

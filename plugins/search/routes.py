@@ -11,13 +11,13 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.api import (MAX_UPLOAD_BYTES, BadRequest, blocking, check_params, json_error, param_bool, param_float,
-                          param_int, respond)
+from registry.api import (MAX_UPLOAD_BYTES, SEARCH_ENGINE, BadRequest, blocking, check_params, json_error, param_bool,
+                          param_float, param_int, respond)
 
 from signer.query_encoder import ImageTooLarge
 from signer.search import SearchEngine, SearchRequest
 
-ENGINE = web.AppKey("carlos_search_engine", SearchEngine)
+ENGINE = SEARCH_ENGINE
 PAGE = Path(__file__).with_name("page.html")
 MAX_IMAGES = 8
 MAX_IMAGE_BYTES = 16 * 1024 * 1024

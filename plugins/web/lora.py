@@ -74,7 +74,7 @@ def _neighbours(app, engine, vid: int, sig: dict) -> dict:
 
 
 def _claim(app, checkers: dict, vid: int, sig: dict) -> dict:
-    from plugins.compare.checker import ClaimChecker
+    from signer.claim_check import ClaimChecker
 
     try:
         checker = checkers.get(sig["profile"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from registry.api import APP, BadRequest, blocking, respond
+from registry.api import APP, SEARCH_ENGINE, BadRequest, blocking, respond
 from registry.images import DIGEST, thumb_relative_path
 
 PAGE = Path(__file__).with_name("lora.html")
@@ -25,11 +25,10 @@ def _ref(request: web.Request) -> str:
 
 def _engine(request: web.Request):
     from signer.search import SearchEngine
-    from plugins.search.routes import ENGINE
 
-    if ENGINE not in request.app:  # the search plugin is not loaded: this page keeps its own
-        request.app[ENGINE] = SearchEngine(request.app[APP], warm=True)
-    return request.app[ENGINE]
+    if SEARCH_ENGINE not in request.app:  # the search plugin is not loaded: this page keeps its own
+        request.app[SEARCH_ENGINE] = SearchEngine(request.app[APP], warm=True)
+    return request.app[SEARCH_ENGINE]
 
 
 async def lora_api(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
-"""The claims-vs-behavior check behind ``carlos-reg compare`` and ``/api/v1/compare`` (see the
-plugin's docstring); loaded only when a comparison runs."""
+"""The claims-vs-behavior check behind ``carlos-reg compare``, ``/api/v1/compare`` and the LoRA
+page (see the compare plugin's docstring); loaded only when a comparison runs. It lives beside the
+search engine it queries, so that no plugin imports another."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from plugins.compare.claims import claim_text
 from registry.catalog import display_words
 from registry.errors import NotFound
 from registry.models import Model, ModelTag, Tag, Version
 from registry.queries import lora_ref
+from signer.claim_text import claim_text
 from signer.search import SearchEngine
 
-VOCABULARY = Path(__file__).with_name("vocabulary.json")
+VOCABULARY = Path(__file__).with_name("claim_vocabulary.json")
 
 
 def load_vocabulary() -> list[tuple[str, str]]:
