@@ -202,7 +202,7 @@ class CopyrightReport(Report):
                 "consistency": float(index.consistency[pos]), "strength_percentile": _round(s_pct[pos]),
                 "consistency_percentile": _round(c_pct[pos]), "n_samples": int(n_samples[pos]),
                 "substantiality": sub, "volition": vol, "quality_flags": quality,
-                "ref": m.get("ref"), "exact_duplicates": [int(ids[p]) for p in same], "near_duplicates": dup_of,
+                "exact_duplicates": [int(ids[p]) for p in same], "near_duplicates": dup_of,
             }
             if ref_scores is not None:
                 score, rank = float(ref_scores[pos]), int(ref_ranks[pos])
