@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.signer_support"]  # the tiny-model fixtures, for every module
+pytest_plugins = ["tests.signer_support", "tests.planted"]  # tiny models; planted-signature registries
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"

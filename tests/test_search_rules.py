@@ -5,72 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from plugins.search.engine import NEAR_DUPLICATE_COS, SearchEngine, SearchRequest
+from plugins.search.engine import NEAR_DUPLICATE_COS
 from plugins.search.index import Filters, RankingIndex
-from registry.app import App
-from registry.models import BaseCache, Version
-from registry.profiles import get_or_create_profile
-from registry.settings import Settings
-from registry.signatures import save_signature
-from registry.vectors import to_blob
+from tests.planted import DIM, Registry, at_cosine, example_png, unit
 from tests.signer_support import tiny_profile
-
-DIM = 32  # the tiny CLIP's width
-
-
-def _unit(v) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return (v / np.linalg.norm(v)).astype(np.float32)
-
-
-def _at_cosine(a: np.ndarray, cos: float, seed: int) -> np.ndarray:
-    """A unit vector whose cosine with unit ``a`` is exactly ``cos``."""
-    r = np.random.default_rng(seed).normal(size=a.shape)
-    r -= (r @ a) * a
-    return _unit(cos * a + np.sqrt(1 - cos * cos) * _unit(r))
-
-
-class Registry:
-    """An in-process registry with one profile and helpers to plant signatures."""
-
-    def __init__(self, home, profile_settings: dict, name: str = "tiny"):
-        self.app = App(Settings.load(home=home))
-        with self.app.db.write() as s:
-            self.row = get_or_create_profile(s, name, profile_settings)
-            s.expunge(self.row)
-        self.engine = SearchEngine(self.app)
-
-    def plant(self, vid: int, direction, strength: float = 2.0, consistency: float = 0.2, valid: bool = True):
-        with self.app.db.write() as s:
-            if s.get(Version, vid) is None:
-                s.add(Version(id=vid, name=f"lora {vid}", base_model="SDXL 1.0"))
-                s.flush()
-            save_signature(s, version_id=vid, profile_id=self.row.id, direction=np.asarray(direction, np.float32),
-                           strength=strength, consistency=consistency, valid=valid, n_samples=20)
-
-    def plant_query(self, text: str, vector) -> None:
-        """The query's vector, as the encoder caches it: search then needs no CLIP model."""
-        from plugins.search.encoders import store_vector
-
-        encoder = self.engine.encoder(self.row)
-        store_vector(self.app.db, "query", encoder.text_key(text), np.asarray(vector, np.float32))
-
-    def search(self, text=None, **kw) -> dict:
-        return self.engine.search(SearchRequest(text=text, k=kw.pop("k", 10), **kw))
-
-
-@pytest.fixture
-def tiny_settings():
-    return dict(tiny_profile().settings)
-
-
-@pytest.fixture
-def registry(tmp_path, tiny_models, tiny_settings):
-    reg = Registry(tmp_path / "home", tiny_settings)
-    yield reg
-    reg.app.close()
 
 
 def test_filter_boundaries_are_inclusive(registry):
@@ -88,11 +27,11 @@ def test_filter_boundaries_are_inclusive(registry):
 
 def test_profile_default_filters_apply_unless_overridden_or_disabled(tmp_path, tiny_models, tiny_settings):
     reg = Registry(tmp_path / "home", {**tiny_settings, "filters": {"max_strength": 5.0, "min_consistency": 0.1}})
-    q = _unit(np.arange(DIM) - DIM / 2)
+    q = unit(np.arange(DIM) - DIM / 2)
     reg.plant_query("glow", q)
     reg.plant(1, q * 3, strength=6.0, consistency=0.3)                    # best match, too strong
-    reg.plant(2, _at_cosine(q, 0.8, 1), strength=4.0, consistency=0.05)  # too inconsistent
-    reg.plant(3, _at_cosine(q, 0.5, 2), strength=4.0, consistency=0.3)
+    reg.plant(2, at_cosine(q, 0.8, 1), strength=4.0, consistency=0.05)  # too inconsistent
+    reg.plant(3, at_cosine(q, 0.5, 2), strength=4.0, consistency=0.3)
     doc = reg.search("glow")
     assert [r["version_id"] for r in doc["results"]] == [3]
     assert doc["filters"]["max_strength"] == 5.0 and doc["filters"]["min_consistency"] == 0.1
@@ -116,11 +55,11 @@ def test_builtin_profile_filters_are_the_papers():
 
 
 def test_similar_marks_near_duplicates_above_0_99_and_exact_ones(registry):
-    a = _unit(np.random.default_rng(5).normal(size=DIM))
+    a = unit(np.random.default_rng(5).normal(size=DIM))
     registry.plant(1, a * 4)
     registry.plant(2, a * 4)                          # the same Direction: an exact duplicate
-    registry.plant(3, _at_cosine(a, 0.995, 1) * 4)    # a re-upload with tiny differences
-    registry.plant(4, _at_cosine(a, 0.985, 2) * 4)    # a retrained version: similar, not a duplicate
+    registry.plant(3, at_cosine(a, 0.995, 1) * 4)    # a re-upload with tiny differences
+    registry.plant(4, at_cosine(a, 0.985, 2) * 4)    # a retrained version: similar, not a duplicate
     registry.plant(5, -a)
     doc = registry.engine.similar("1", k=4)
     marks = {r["version_id"]: r["duplicate"] for r in doc["results"]}
@@ -144,7 +83,7 @@ def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
     assert np.allclose(vec, with_q - without, atol=1e-5)
     rng = np.random.default_rng(9)
     registry.plant(1, -vec * 2)
-    registry.plant(2, _at_cosine(_unit(vec), 0.3, 3))
+    registry.plant(2, at_cosine(unit(vec), 0.3, 3))
     registry.plant(3, vec * 2)
     registry.plant(4, rng.normal(size=DIM) * 0.1 + vec)
     doc = registry.search("ink wash painting", k=4, apply_filters=False)
@@ -156,18 +95,14 @@ def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
 def test_text_and_images_weigh_equally(registry, tmp_path):
     """A query with words and example images ranks by the sum of the two unit vectors."""
     encoder = registry.engine.encoder(registry.row)
-    base = np.random.default_rng(4).normal(size=DIM).astype(np.float32)
-    with registry.app.db.write() as s:
-        s.add(BaseCache(profile_id=registry.row.id, n_samples=1, dim=DIM, artifact_path="none",
-                        mean_feature=to_blob(base)))
-    png = tmp_path / "example.png"
-    Image.fromarray((np.random.default_rng(1).uniform(size=(32, 32, 3)) * 255).astype(np.uint8)).save(png)
-    t = _unit(encoder.text_vector("neon city")[0])
-    i = _unit(encoder.image_vector([png]))
+    registry.plant_base_mean()
+    png = example_png(tmp_path / "example.png")
+    t = unit(encoder.text_vector("neon city")[0])
+    i = unit(encoder.image_vector([png]))
     assert abs(float(t @ i)) < 0.95  # two different directions, or the test could not tell them apart
     registry.plant(1, t * 3)
     registry.plant(2, i * 3)
-    registry.plant(3, _unit(t + i) * 3)
+    registry.plant(3, unit(t + i) * 3)
     both = registry.search("neon city", images=[str(png)], apply_filters=False)
     assert both["results"][0]["version_id"] == 3 and both["results"][0]["score"] == pytest.approx(1, abs=1e-5)
     assert registry.search("neon city", apply_filters=False)["results"][0]["version_id"] == 1
