@@ -87,7 +87,7 @@ def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
     registry.plant(3, vec * 2)
     registry.plant(4, rng.normal(size=DIM) * 0.1 + vec)
     doc = registry.search("ink wash painting", k=4, apply_filters=False)
-    assert [r["version_id"] for r in doc["results"]][0] == 3 and doc["results"][0]["score"] == pytest.approx(1, abs=1e-5)
+    assert doc["results"][0]["version_id"] == 3 and doc["results"][0]["score"] == pytest.approx(1, abs=1e-5)
     assert doc["results"][-1]["version_id"] == 1 and doc["results"][-1]["score"] == pytest.approx(-1, abs=1e-5)
     assert [r["score"] for r in doc["results"]] == sorted((r["score"] for r in doc["results"]), reverse=True)
 
