@@ -40,13 +40,15 @@ class Registry:
             s.expunge(self.row)
         self.engine = SearchEngine(self.app)
 
-    def plant(self, vid: int, direction, strength: float = 2.0, consistency: float = 0.2, valid: bool = True):
+    def plant(self, vid: int, direction, strength: float = 2.0, consistency: float = 0.2, valid: bool = True,
+              n_samples: int = 100, **fields):
         with self.app.db.write() as s:
             if s.get(Version, vid) is None:
                 s.add(Version(id=vid, name=f"lora {vid}", base_model="SDXL 1.0"))
                 s.flush()
             save_signature(s, version_id=vid, profile_id=self.row.id, direction=np.asarray(direction, np.float32),
-                           strength=strength, consistency=consistency, valid=valid, n_samples=20)
+                           strength=strength, consistency=consistency, valid=valid, n_samples=n_samples,
+                           **fields)
 
     def plant_query(self, text: str, vector) -> None:
         """The query's vector, as the encoder caches it: search then needs no CLIP model."""
