@@ -89,3 +89,20 @@ def test_reference_images_are_limited_to_64(tmp_path):
     example_png(folder / "one-more.png")
     with pytest.raises(UsageError, match="65 images; at most 64"):
         reference_images(folder)
+
+
+def test_http_report_options_never_name_server_files():
+    """`/api/report/copyright?reference=/etc&png=...&out=...`: options that name files on the server's
+    disk are not taken from a request; the others are, with their types and defaults."""
+    from multidict import MultiDict
+
+    from plugins.reports import _options_from_query
+
+    query = MultiDict(reference="/etc", png="/tmp/evil.png", out="/tmp/evil.html", reference_top="3",
+                      strength_threshold="8.5")
+    options = _options_from_query(CopyrightReport(), query)
+    assert not {"reference", "png", "out"} & set(options)
+    assert options["reference_top"] == 3 and options["strength_threshold"] == 8.5
+    assert options["min_samples"] == 64 and options["consistency_threshold"] is None
+    with pytest.raises(UsageError, match="reference_top"):
+        _options_from_query(CopyrightReport(), MultiDict(reference_top="many"))
