@@ -79,3 +79,24 @@ def test_the_lease_frees_itself_when_its_process_dies(database, db_url):
         proc.wait(timeout=60)
     _wait_until(lambda: other.holder() is None, 120, "the dead holder's lease expiring")
     assert other.acquire() and other.holder()["owner"] == "survivor"
+
+
+def test_keep_alive_renews_in_the_background_until_release(database):
+    a = DbLock(database, "nightly", "host-a", ttl=600)
+    assert a.acquire()
+    with database.write() as s:
+        s.execute(sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'"))
+    a.keep_alive(every=0.05)
+    _wait_until(lambda: a.holder()["expires_in"] > 590, 60, "a background renewal")
+    a.release()
+    assert not a._beat.is_alive() and a.holder() is None
+
+
+def test_keep_alive_stops_once_the_lease_is_lost(database):
+    a, b = DbLock(database, "nightly", "host-a", ttl=600), DbLock(database, "nightly", "host-b", ttl=600)
+    assert a.acquire()
+    _expire_now(database, "nightly")
+    assert b.acquire()
+    a.keep_alive(every=0.05)
+    _wait_until(lambda: not a._beat.is_alive(), 60, "the renewal thread giving up")
+    assert a.token is None and b.holder()["owner"] == "host-b"

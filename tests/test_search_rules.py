@@ -107,3 +107,25 @@ def test_text_and_images_weigh_equally(registry, tmp_path):
     assert both["results"][0]["version_id"] == 3 and both["results"][0]["score"] == pytest.approx(1, abs=1e-5)
     assert registry.search("neon city", apply_filters=False)["results"][0]["version_id"] == 1
     assert registry.search(images=[str(png)], apply_filters=False)["results"][0]["version_id"] == 2
+
+
+def test_nsfw_and_base_model_filters(registry):
+    """`--nsfw` only NSFW LoRAs, `--no-nsfw` none of them (the version's own level decides: R = 4);
+    `--base-model` matches case-insensitively."""
+    from registry.models import Version
+
+    q = unit(np.arange(DIM, dtype=float) + 1)
+    registry.plant_query("glow", q)
+    for vid, cos in ((1, 0.9), (2, 0.8), (3, 0.7)):
+        registry.plant(vid, at_cosine(q, cos, vid))
+    with registry.app.db.write() as s:
+        s.get(Version, 1).nsfw_level = 4   # R
+        s.get(Version, 2).nsfw_level = 1   # PG
+        s.get(Version, 3).base_model = "Pony"
+
+    def ids(**kw):
+        return [r["version_id"] for r in registry.search("glow", **kw)["results"]]
+
+    assert ids() == [1, 2, 3]
+    assert ids(nsfw=True) == [1] and ids(nsfw=False) == [2, 3]
+    assert ids(base_model="pony") == [3] and ids(base_model="Pony", nsfw=True) == []
