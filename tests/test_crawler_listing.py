@@ -108,3 +108,15 @@ def test_the_token_never_returns_along_a_redirect_chain(tmp_path):
 
         assert asyncio.run(go()) == {"ok": True}
     assert seen == {"/api/start": "Bearer tok-secret-123", "bounce": None, "/api/back": None}
+
+
+def test_the_listing_follows_the_cursor_to_the_end(crawl):
+    catalog = standard_catalog()
+    listed = [m for m in catalog.models if m["type"] in ("LORA", "LoCon", "DoRA")
+              and any(v["baseModel"] in SDXL_FAMILY for v in m["modelVersions"])]  # what the server answers
+    stats, faults, app = crawl(catalog, page_limit=3)
+    pages = faults.requests("/api/v1/models")
+    assert len(pages) >= 3 and "cursor" not in dict(pages[0].query)
+    assert all(dict(p.query).get("cursor") for p in pages[1:])
+    assert stats.complete and stats.models_listed == len(listed)
+    assert versions_in(app.db) == catalog.expected_versions

@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "reports": (["plugins/reports/copyright.py", "plugins/reports/__init__.py"], ["tests/test_report_rules.py"],
                 ["*CopyrightReportǁbuild__*", "*_options_from_query__*", "*reference_images__*"]),
     "compare": (["plugins/compare/checker.py"], ["tests/test_compare_rules.py"], ["*ClaimCheckerǁcheck__*"]),
-    "crawler": (["crawler/client.py", "crawler/sync.py"], ["tests/test_crawler_listing.py"],
+    "crawler": (["crawler/client.py", "crawler/sync.py"], ["tests/test_crawler_listing.py", "tests/test_crawler_sync.py"],
                 ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"]),
     "queue": (["registry/queue.py"], ["tests/test_queue.py"], ["registry.queue.*"]),
     "signer": (["signer/maths.py"], ["tests/test_signer_maths.py"], ["signer.maths.*"]),
@@ -58,7 +58,10 @@ def _config(modules: list[str], tests: list[str]) -> str:
             f"pytest_add_cli_args_test_selection = {toml_list([*tests, '-k', 'not postgres'])}\n"
             f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '-p', 'no:timeout', '-q'])}\n"
             'process_isolation = "forkserver"\n'
-            "timeout_constant = 60.0\n"  # each test's fixtures (a registry, the tiny CLIP) set up again per mutant
+            # each test's fixtures (a registry, the tiny CLIP) are set up again per mutant; a mutant that
+            # hangs (a redirect loop, a lost wake-up) is cut after about 3x the tests' own time
+            "timeout_constant = 30.0\n"
+            "timeout_multiplier = 3.0\n"
             "use_git_change_detection = false\n")
 
 
