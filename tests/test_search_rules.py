@@ -128,4 +128,5 @@ def test_nsfw_and_base_model_filters(registry):
 
     assert ids() == [1, 2, 3]
     assert ids(nsfw=True) == [1] and ids(nsfw=False) == [2, 3]
+    assert registry.search("glow", nsfw=True)["filtered"]["base_model_nsfw_or_archived"] == 2  # said, and why
     assert ids(base_model="pony") == [3] and ids(base_model="Pony", nsfw=True) == []
