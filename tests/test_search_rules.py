@@ -23,6 +23,9 @@ def test_filter_boundaries_are_inclusive(registry):
     got = index.rank(np.ones(DIM), 10, Filters(max_strength=9.8, min_consistency=0.041))
     assert sorted(got.version_ids.tolist()) == [1, 3, 5]
     assert got.filtered == {"invalid": 0, "no_effect": 0, "strength_above_max": 1, "consistency_below_min": 1}
+    nothing = index.rank(np.ones(DIM), 10, Filters(max_strength=1.0))  # all filtered out: still says why
+    assert nothing.version_ids.tolist() == [] and nothing.considered == 0
+    assert nothing.filtered == {"invalid": 0, "no_effect": 0, "strength_above_max": 5}
 
 
 def test_profile_default_filters_apply_unless_overridden_or_disabled(tmp_path, tiny_models, tiny_settings):
