@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_HOME ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint mutate clean
 
 venv: $(STAMP)
 
@@ -29,5 +29,12 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+# Mutation testing of the modules where meaning lives (slow; not in CI): see docs/testing.md.
+# MUTATE_GROUPS picks groups (default all), MUTATE_TIMEOUT bounds each group in seconds.
+MUTATE_GROUPS ?=
+mutate: venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[mutate]'
+	$(BIN)/python tools/mutate.py $(MUTATE_GROUPS)
+
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mutate

@@ -9,11 +9,52 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.signer_support"]  # the tiny-model fixtures, for every module
+pytest_plugins = ["tests.signer_support", "tests.planted"]  # tiny models; planted-signature registries
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
 REFERENCE_PROMPTS = REPO.parent / "shared" / "reference" / "carlos_generative_prompts.py"
+
+# Tests counted per marker at the end; tests using these fixtures get the marker themselves.
+COUNTED_MARKERS = ("postgres", "browser", "reference", "slow")
+_FIXTURE_MARKERS = {"pg_server": "postgres", "pg_url": "postgres", "reference_registry": "reference",
+                    "reference_parquet": "reference", "reference_prompts": "reference"}
+
+
+def require_reference(path: Path) -> Path:
+    """The file from ../shared/reference; a skip, or a failure under CARLOS_REG_REQUIRE_REFERENCE (CI)."""
+    if not path.is_file():
+        if os.environ.get("CARLOS_REG_REQUIRE_REFERENCE"):
+            pytest.fail(f"the reference data are required (CARLOS_REG_REQUIRE_REFERENCE is set) but {path} is missing")
+        pytest.skip(f"reference file not present at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in sorted(set(getattr(item, "fixturenames", ())) & _FIXTURE_MARKERS.keys()):
+            item.add_marker(_FIXTURE_MARKERS[fixture])
+
+
+_MARKER_OUTCOMES: dict[str, dict[str, int]] = {}
+
+
+def pytest_runtest_logreport(report):
+    # one outcome per test: the call's, or the setup's when setup did not pass (skip, error)
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        outcome = "error" if report.when == "setup" and report.failed else report.outcome
+        for marker in COUNTED_MARKERS:
+            if marker in report.keywords:
+                _MARKER_OUTCOMES.setdefault(marker, {}).setdefault(outcome, 0)
+                _MARKER_OUTCOMES[marker][outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.section("tests per marker")
+    for marker in COUNTED_MARKERS:
+        counts = _MARKER_OUTCOMES.get(marker, {})
+        detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none collected"
+        terminalreporter.write_line(f"{marker:>10}: {detail}")
 
 
 @pytest.fixture(autouse=True)
@@ -74,8 +115,7 @@ def database(db_url):
 @pytest.fixture(scope="module")
 def reference_registry(tmp_path_factory):
     """A SQLite registry holding the imported published CARLoS database (skipped when absent)."""
-    if not REFERENCE_PARQUET.is_file():
-        pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")
+    require_reference(REFERENCE_PARQUET)
     url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'registry.db'}"
     run_cli("--db", url, "import", "carlos", str(REFERENCE_PARQUET), check=True)
     return url
@@ -97,16 +137,13 @@ def small_registry(tmp_path, sqlite_url):
 
 @pytest.fixture
 def reference_parquet():
-    if not REFERENCE_PARQUET.is_file():
-        pytest.skip(f"reference database not present at {REFERENCE_PARQUET}")
-    return REFERENCE_PARQUET
+    return require_reference(REFERENCE_PARQUET)
 
 
 @pytest.fixture
 def reference_prompts(monkeypatch):
     """The reference's generative_prompts.py, as CARLOS_REG_CARLOS_PROMPTS (skipped when absent)."""
-    if not REFERENCE_PROMPTS.is_file():
-        pytest.skip(f"reference prompt file not present at {REFERENCE_PROMPTS}")
+    require_reference(REFERENCE_PROMPTS)
     monkeypatch.setenv("CARLOS_REG_CARLOS_PROMPTS", str(REFERENCE_PROMPTS))
     return REFERENCE_PROMPTS
 

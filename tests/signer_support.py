@@ -21,7 +21,8 @@ def tiny_models(tmp_path_factory) -> Path:
     if "models" not in _CACHE:
         from signer.tiny import ensure_tiny_sdxl
 
-        folder = tmp_path_factory.getbasetemp() / "signer-models"
+        # CARLOS_REG_TEST_MODELS: a folder kept between sessions (mutation testing runs thousands)
+        folder = Path(os.environ.get("CARLOS_REG_TEST_MODELS") or tmp_path_factory.getbasetemp() / "signer-models")
         ensure_tiny_sdxl(folder)
         _CACHE["models"] = folder
     os.environ["CARLOS_REG_MODELS"] = str(_CACHE["models"])

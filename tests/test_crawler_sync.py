@@ -147,16 +147,18 @@ def test_a_failed_page_blocks_gone_marking(app, catalog, tmp_path, faults):
     assert versions_in(app.db, alive=False) == set()
 
 
-def test_max_models_and_base_model_filters(app, catalog):
+def test_max_models_and_base_model_filters(app, catalog, faults):
+    # Pony first, on an empty registry and a server that ignores the filter: only the Pony LoRA lands
+    faults.add(LISTING, unfiltered(), times=None)
+    stats = run(app, base_models=("Pony",), download=False)
+    assert stats.status == "ok" and stats.models_kept == 1
+    with app.db.read() as s:
+        assert set(s.execute(sa.select(Version.base_model)).scalars()) == {"Pony"}
     stats = run(app, max_models=2, download=False)
     assert stats.status == "partial" and stats.models_kept == 2
     with app.db.read() as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Model)).scalar_one() == 2
         assert s.execute(sa.select(sa.func.count()).select_from(File).where(File.state == "verified")).scalar_one() == 0
-    run(app, base_models=("Pony",), download=False)
-    with app.db.read() as s:
-        bases = set(s.execute(sa.select(Version.base_model)).scalars())
-    assert "Pony" in bases
 
 
 class _Recorder:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import runpy
 import threading
 from functools import partial
@@ -21,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import REFERENCE_PROMPTS, run_cli, run_json
+from tests.conftest import REFERENCE_PROMPTS, require_reference, run_cli, run_json
 from tests.signer_support import tiny_profile
 
 
@@ -398,8 +399,8 @@ def test_text_tokens_are_the_transformers_fast_tokenizers(tmp_path):
     ours = clip_tokenizer("ViT-B-32-quickgelu", "transformers")
     texts = ["A sleeping giant’s face", "fish &amp; chips", "  Spaces\tand\nTABS ", "Ünïcode café ✨ 日本語",
              "e\u0301cole (NFD)", "ink wash painting", "“quoted” — dashes…"]
-    if REFERENCE_PROMPTS.is_file():
-        ref = _reference_module()
+    if REFERENCE_PROMPTS.is_file() or os.environ.get("CARLOS_REG_REQUIRE_REFERENCE"):
+        ref = runpy.run_path(str(require_reference(REFERENCE_PROMPTS)))
         texts += [p for part in ("prompts_for_indexing", "prompts_for_retrieval") for _, _, p in _flatten(ref[part]())]
     for text in texts:
         want = fast(text, truncation=True, max_length=77)["input_ids"]

@@ -75,6 +75,7 @@ def test_refs_restrict_the_rows_not_the_population(reference_registry):
     assert doc["registry"]["population"] == 736
 
 
+@pytest.mark.browser
 def test_html_report_renders_in_headless_chromium(reference_registry, tmp_path):
     from tests.browser import dump_dom, screenshot
 

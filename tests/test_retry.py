@@ -322,9 +322,18 @@ def test_pool_size_comes_from_the_environment(pg_url, monkeypatch):
     app.close()
     monkeypatch.delenv("CARLOS_REG_DB_POOL")
     app = App(Settings.load(db=pg_url))
-    app.default_pool_size = 3
-    assert app.raw_db.engine.pool.size() == 3
+    assert app.raw_db.engine.pool.size() == 5  # a command that asks for nothing gets the documented 5
     app.close()
+    # what each long-running command asks for (registry/db.py): a worker 3, the service its threads + 4
+    from registry.api import API_THREADS
+    from signer.commands import WORKER_POOL_SIZE
+
+    assert WORKER_POOL_SIZE == 3
+    for wanted in (WORKER_POOL_SIZE, API_THREADS + 4):
+        app = App(Settings.load(db=pg_url))
+        app.default_pool_size = wanted
+        assert app.raw_db.engine.pool.size() == wanted and app.raw_db.engine.pool._max_overflow == 0
+        app.close()
     monkeypatch.setenv("CARLOS_REG_DB_POOL", "0")
     with pytest.raises(UsageError, match="CARLOS_REG_DB_POOL"):
         Database(pg_url)

@@ -178,12 +178,16 @@ def test_search_without_clip_weights_fails_with_one_clear_line(reference_registr
     assert proc.stderr.count("\n") == 1 and "ViT-B-32" in proc.stderr
 
 
+@pytest.mark.browser
 def test_search_page_in_headless_chromium(signed):
     """Type a query into the page served by `serve`, submit, and see result rows (a real browser)."""
     from tests.browser import FLAGS, chromium
     from tests.service_support import Server
 
-    playwright = pytest.importorskip("playwright.sync_api")
+    if os.environ.get("CARLOS_REG_REQUIRE_BROWSER"):
+        import playwright.sync_api as playwright  # required: a missing package fails, never skips
+    else:
+        playwright = pytest.importorskip("playwright.sync_api")
     env, ids, _ = signed
     server = Server.start(serve_args=("--schedule", "off"), env=env)
     try:

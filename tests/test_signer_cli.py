@@ -36,11 +36,19 @@ def test_sign_a_folder_with_good_and_bad_files_explains_every_bad_one(tmp_path, 
     assert doc["signed"] == 3 and doc["not_signed"] == 4
 
     # Again: the same versions; the signed ones are kept, the dead ones are retried and explained again.
+    before = {j["job_id"]: j for j in json.loads(run_cli("signer", "status", "--json", check=True).stdout)["dead"]}
     again = json.loads(run_cli("sign", "--profile", "tiny", str(d), "--json").stdout)
     assert {r["version_id"] for r in again["results"]} == {r["version_id"] for r in doc["results"]}
     assert again["signed"] == 3
+    for name in ("loha.safetensors", "sd15.safetensors"):
+        r = {x["input"].rsplit("/", 1)[-1]: x for x in again["results"]}[name]
+        assert r["outcome"] == "failed" and expected[name] in r["reason"], r
 
     status = json.loads(run_cli("signer", "status", "--json", check=True).stdout)
+    after = {j["job_id"]: j for j in status["dead"]}
+    assert len(before) == 2 and set(after) == set(before)
+    # retried: each dead job ran again (a later finish), not merely reported from the first run
+    assert all(after[j]["finished_at"] > before[j]["finished_at"] for j in before), (before, after)
     (tiny,) = status["profiles"]
     assert tiny["name"] == "tiny" and tiny["base_cache"]["state"] == "ready"
     # LoHa and SD 1.5 die in their jobs; the truncated file never got one: it failed the container

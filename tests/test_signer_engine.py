@@ -66,6 +66,34 @@ def test_exploding_lora_gives_degenerate_images_flagged_not_valid(tiny_engine, t
     assert np.isnan(out.ensemble.astype(np.float32)).all()
 
 
+def test_black_and_nan_images_are_detected_per_sample(tiny_engine):
+    """The fp16 VAE overflow's two faces: all-black and NaN images, each marked degenerate; good ones not."""
+    import torch
+
+    engine, _ = tiny_engine
+    conv = engine.pipe.vae.decoder.conv_out
+    batch = engine.samples[:2]
+    weight, bias = conv.weight.detach().clone(), conv.bias.detach().clone()
+    try:
+        _, ok = engine.generate(batch)
+        assert not ok.any()
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.fill_(2 * (0.5 / 255 - 0.5))  # every pixel 0.5/255: below one 8-bit step, black
+        _, black = engine.generate(batch)
+        with torch.no_grad():
+            conv.bias.fill_(2 * (2 / 255 - 0.5))  # 2/255: dark, but a real image
+        _, dark = engine.generate(batch)
+        with torch.no_grad():
+            conv.bias.fill_(float("nan"))
+        _, nan = engine.generate(batch)
+    finally:
+        with torch.no_grad():
+            conv.weight.copy_(weight)
+            conv.bias.copy_(bias)
+    assert black.tolist() == [True, True] and nan.tolist() == [True, True] and dark.tolist() == [False, False]
+
+
 BAD = {
     "loha": (lf.write_loha, "LoHa"),
     "lokr": (lf.write_lokr, "LoKr"),

@@ -1,0 +1,63 @@
+"""Claims vs behavior, in process on planted signatures: the claim's vector computed here with the
+CLIP model (not taken from the encoder under test), agreement, claim rank against -k, worst first."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from signer.claim_check import ClaimChecker
+from signer.claim_text import claim_text
+from registry.models import Version
+from tests.conftest import run_json
+from tests.planted import at_cosine, unit
+
+
+def _reciprocal_shift(registry, text: str) -> np.ndarray:
+    """Δq = mean_p u(p + " " + q) − mean_p u(p), straight from the CLIP model."""
+    from signer.clip import load_clip
+
+    source = registry.engine.encoder(registry.row).source
+    clip = load_clip(source.profile)
+    prompts = source.query_prompts
+    return (clip.encode_text([p + " " + text for p in prompts]).double().mean(dim=0).numpy()
+            - clip.encode_text(prompts).double().mean(dim=0).numpy())
+
+
+def _name(registry, vid: int, name: str) -> None:
+    with registry.app.db.write() as s:
+        s.get(Version, vid).name = name
+
+
+def test_readme_claim_cleaning_example():
+    assert claim_text("ColoringBook.Redmond - Coloring Book Lora for SD XL", [], []) == "coloring book redmond"
+    assert claim_text("Ink v2.1 (SDXL) by someone", ["  ink wash ", "", "ink wash"], ["style"]) == "ink wash style"
+
+
+def test_agreement_rank_and_support(registry):
+    claim = "watercolor painting"
+    q = unit(_reciprocal_shift(registry, claim))
+    registry.plant(1, q * 3)                          # does what it says
+    registry.plant(2, -q * 3)                         # does the opposite
+    registry.plant(3, at_cosine(q, 0.5, 3) * 3)       # agrees a little, but two others agree more
+    registry.plant(4, at_cosine(q, 0.9, 4) * 3)
+    registry.plant(5, at_cosine(q, 0.8, 5) * 3)
+    for vid in (1, 2, 3):
+        _name(registry, vid, "Watercolor Painting v2 SDXL")
+    _name(registry, 4, "Pencil Sketch")
+    _name(registry, 5, "Neon Glow")
+    rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=3).check([1, 2, 3])}
+    assert {v: r["claim"] for v, r in rows.items()} == dict.fromkeys((1, 2, 3), claim)
+    assert rows[1]["agreement"] == pytest.approx(1.0, abs=1e-4) and rows[1]["claim_rank"] == 1
+    assert rows[1]["supported"] is True and "claim_not_supported" not in rows[1]["flags"]
+    assert rows[2]["agreement"] == pytest.approx(-1.0, abs=1e-4) and rows[2]["supported"] is False
+    assert rows[3]["agreement"] == pytest.approx(0.5, abs=1e-4)
+    assert rows[3]["claim_rank"] == 4 and rows[3]["supported"] is False  # positive, but beyond -k 3
+    assert "claim_not_supported" in rows[3]["flags"]
+    wider = {r["version_id"]: r for r in ClaimChecker(registry.app, k=4).check([3])}
+    assert wider[3]["supported"] is True  # the same LoRA within -k 4
+    # worst first: unsupported before supported, lower agreement first
+    assert [r["version_id"] for r in ClaimChecker(registry.app, k=3).check([1, 2, 3])] == [2, 3, 1]
+    # the CLI: `--worst N` keeps the N worst (the vectors are cached by now, so no model loads)
+    env = {"CARLOS_REG_HOME": str(registry.app.settings.home), "CARLOS_REG_PROFILE": "tiny"}
+    doc = run_json("compare", "1", "2", "3", "-k", "3", "--worst", "2", env=env)
+    assert [r["version_id"] for r in doc["results"]] == [2, 3]
