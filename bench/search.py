@@ -89,19 +89,22 @@ def bench_text(n_queries: int, device: str = "cpu", full_length: bool = False) -
         _sync(device)
         return out, time.perf_counter() - t0
 
-    for warm_up in range(2 if device.startswith("cuda") else 0):
+    for _ in range(2 if device.startswith("cuda") else 0):
         naive("warm up")
 
     mean_p, t_mean = timed(lambda: tower.encode(prompts).mean(0))
     cache, t_prefix = timed(lambda: tower.prepare_prefixes(prompts))
     naive_t, warm_t, cold_t, full_t, diffs = [], [], [], [], []
     for q in queries:
-        ref, t = timed(lambda: naive(q)); naive_t.append(t)
+        ref, t = timed(lambda q=q: naive(q))
+        naive_t.append(t)
         if full_length:
-            full, t = timed(lambda: naive_77(q)); full_t.append(t)
+            full, t = timed(lambda q=q: naive_77(q))
+            full_t.append(t)
             diffs.append(float(np.abs(ref - full).max()))
-        warm, t = timed(lambda: (tower.encode_with_suffix(cache, q).mean(0) - mean_p).cpu().numpy()); warm_t.append(t)
-        cold, t = timed(lambda: (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).cpu().numpy())
+        warm, t = timed(lambda q=q: (tower.encode_with_suffix(cache, q).mean(0) - mean_p).cpu().numpy())
+        warm_t.append(t)
+        cold, t = timed(lambda q=q: (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).cpu().numpy())
         cold_t.append(t)
         diffs.append(float(max(np.abs(ref - warm).max(), np.abs(ref - cold).max())))
     return {"prompts": len(prompts), "queries": len(queries), "naive_s": statistics.median(naive_t),
@@ -130,7 +133,9 @@ def bench_ranking(sizes: list[int], repeats: int = 20) -> list[dict]:
         index.rank(q, 10, filters)
         fast = []
         for _ in range(repeats):
-            t0 = time.perf_counter(); index.rank(q, 10, filters); fast.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            index.rank(q, 10, filters)
+            fast.append(time.perf_counter() - t0)
         full = []
         for _ in range(max(3, repeats // 4)):
             t0 = time.perf_counter()
