@@ -8,6 +8,7 @@ Commands: `--help`, `--version`, `plugins`, `loras --limit 5`, `show REF`, and a
 vector is already cached (the first search of a text encodes it; later ones read it from the
 registry). The floor is `python -c pass` with the same interpreter: what any Python CLI pays.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,16 +45,32 @@ def main() -> None:
     if demo is None:
         demo = Path(tempfile.mkdtemp()) / "demo"
         print(f"building a demo registry in {demo} ...", file=sys.stderr)
-        subprocess.run([py, "-m", "registry", "demo", "--dir", str(demo)], env=env, cwd=REPO, check=True,
-                       capture_output=True)
-    env.update(CARLOS_REG_HOME=str(demo / "home"), CARLOS_REG_PROFILE="tiny", CARLOS_REG_MODELS=str(demo / "models"))
+        subprocess.run(
+            [py, "-m", "registry", "demo", "--dir", str(demo)],
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+    env.update(
+        CARLOS_REG_HOME=str(demo / "home"),
+        CARLOS_REG_PROFILE="tiny",
+        CARLOS_REG_MODELS=str(demo / "models"),
+    )
     cli = [py, "-m", "registry"]
     query = [*cli, "search", "ink wash painting", "-k", "5", "--no-filter"]
-    subprocess.run(query, env=env, cwd=REPO, check=True, capture_output=True)  # caches the query vector
-    cases = [("python -c pass (floor)", [py, "-c", "pass"]), ("--help", [*cli, "--help"]),
-             ("--version", [*cli, "--version"]), ("plugins", [*cli, "plugins"]),
-             ("loras --limit 5", [*cli, "loras", "--limit", "5"]), ("show 2101", [*cli, "show", "2101"]),
-             ("search (cached query)", query)]
+    subprocess.run(
+        query, env=env, cwd=REPO, check=True, capture_output=True
+    )  # caches the query vector
+    cases = [
+        ("python -c pass (floor)", [py, "-c", "pass"]),
+        ("--help", [*cli, "--help"]),
+        ("--version", [*cli, "--version"]),
+        ("plugins", [*cli, "plugins"]),
+        ("loras --limit 5", [*cli, "loras", "--limit", "5"]),
+        ("show 2101", [*cli, "show", "2101"]),
+        ("search (cached query)", query),
+    ]
     print(f"{'command':<26} {'median s':>9} {'min s':>7}   ({args.runs} runs each, fresh process)")
     for label, argv in cases:
         median, best = wall(argv, env, args.runs)

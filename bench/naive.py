@@ -3,6 +3,7 @@ works: for every LoRA, for every prompt, one pipeline call for the base images a
 LoRA images (all seeds of that prompt in the call), each image saved as PNG, read back and
 embedded with CLIP through the PIL preprocessing; the base branch is regenerated for every LoRA.
 Not used by the product."""
+
 from __future__ import annotations
 
 import time
@@ -11,7 +12,20 @@ from pathlib import Path
 import numpy as np
 
 
-def naive_sign(pipe, clip, lora_path, prompts, seeds, *, steps, guidance, width, height, suffix="", workdir: Path):
+def naive_sign(
+    pipe,
+    clip,
+    lora_path,
+    prompts,
+    seeds,
+    *,
+    steps,
+    guidance,
+    width,
+    height,
+    suffix="",
+    workdir: Path,
+):
     import open_clip
     import torch
     from PIL import Image
@@ -32,13 +46,24 @@ def naive_sign(pipe, clip, lora_path, prompts, seeds, *, steps, guidance, width,
 
     def run(prompt, tag):
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        return pipe(prompt=[prompt] * len(seeds), generator=gens, num_inference_steps=steps, guidance_scale=guidance,
-                    width=width, height=height, output_type="pil").images
+        return pipe(
+            prompt=[prompt] * len(seeds),
+            generator=gens,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            output_type="pil",
+        ).images
 
     base = [f for k, prompt in enumerate(prompts) for f in embed(run(prompt, "base"), f"b{k}")]
     pipe.load_lora_weights(str(lora_path), adapter_name="naive", use_safetensors=True)
     try:
-        lora = [f for k, prompt in enumerate(prompts) for f in embed(run(prompt + suffix, "lora"), f"l{k}")]
+        lora = [
+            f
+            for k, prompt in enumerate(prompts)
+            for f in embed(run(prompt + suffix, "lora"), f"l{k}")
+        ]
     finally:
         pipe.unload_lora_weights()
     diffs = [a - b for a, b in zip(lora, base)]

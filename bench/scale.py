@@ -11,6 +11,7 @@ LoRA listing, the full copyright report (CLI, cold process, and API), the first 
 process (ranking matrix from the database vs from its cache file), database size and the API
 process's memory. PostgreSQL runs in a throwaway cluster (tests/pg.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,31 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 REFERENCE = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
-BASE_MODELS = [("SDXL 1.0", 0.55), ("Pony", 0.2), ("Illustrious", 0.15), ("NoobAI", 0.05), ("SDXL Lightning", 0.05)]
-WORDS = ("ink wash watercolor neon cyber pastel anime film grain portrait armor dragon forest city retro pixel "
-         "oil sketch gothic baroque glow chibi comic lego vapor cinematic soft moody gold").split()
-QUERIES = ["watercolor painting", "pencil sketch", "neon city", "anime style", "film photograph", "pixel art",
-           "oil painting", "dark and moody", "golden armor", "vibrant colors", "coloring book", "3d render"]
+BASE_MODELS = [
+    ("SDXL 1.0", 0.55),
+    ("Pony", 0.2),
+    ("Illustrious", 0.15),
+    ("NoobAI", 0.05),
+    ("SDXL Lightning", 0.05),
+]
+WORDS = (
+    "ink wash watercolor neon cyber pastel anime film grain portrait armor dragon forest city retro pixel "
+    "oil sketch gothic baroque glow chibi comic lego vapor cinematic soft moody gold"
+).split()
+QUERIES = [
+    "watercolor painting",
+    "pencil sketch",
+    "neon city",
+    "anime style",
+    "film photograph",
+    "pixel art",
+    "oil painting",
+    "dark and moody",
+    "golden armor",
+    "vibrant colors",
+    "coloring book",
+    "3d render",
+]
 
 
 def reference_distribution(rng):
@@ -42,10 +63,19 @@ def reference_distribution(rng):
         import pyarrow.parquet as pq
 
         t = pq.read_table(REFERENCE).to_pydict()
-        return (np.asarray(t["direction"], np.float32), np.asarray(t["strength"], np.float32),
-                np.asarray(t["consistency"], np.float32), "published CARLoS database (740 rows)")
+        return (
+            np.asarray(t["direction"], np.float32),
+            np.asarray(t["strength"], np.float32),
+            np.asarray(t["consistency"], np.float32),
+            "published CARLoS database (740 rows)",
+        )
     d = rng.normal(size=(740, 512)).astype(np.float32) * 0.25
-    return d, rng.gamma(9, 0.65, 740).astype(np.float32), rng.gamma(2, 0.05, 740).astype(np.float32), "Gaussian stand-in"
+    return (
+        d,
+        rng.gamma(9, 0.65, 740).astype(np.float32),
+        rng.gamma(2, 0.05, 740).astype(np.float32),
+        "Gaussian stand-in",
+    )
 
 
 def build(url: str, n: int, seed: int = 0) -> dict:
@@ -74,19 +104,53 @@ def build(url: str, n: int, seed: int = 0) -> dict:
     for start in range(0, n, chunk):
         ids = np.arange(start + 1, min(n, start + chunk) + 1)
         pick = rng.integers(0, len(dirs), size=ids.size)
-        vecs = dirs[pick] * rng.uniform(0.8, 1.2, (ids.size, 1)).astype(np.float32) \
-            + rng.normal(scale=noise, size=(ids.size, dirs.shape[1])).astype(np.float32)
+        vecs = dirs[pick] * rng.uniform(0.8, 1.2, (ids.size, 1)).astype(np.float32) + rng.normal(
+            scale=noise, size=(ids.size, dirs.shape[1])
+        ).astype(np.float32)
         s_val = np.clip(strength[pick] * rng.uniform(0.95, 1.05, ids.size), 0.01, None)
         c_val = np.clip(consistency[pick] * rng.uniform(0.9, 1.1, ids.size), 0.0, 1.0)
         bms = rng.choice(bm_names, size=ids.size, p=bm_p)
-        models = [dict(id=int(v), name=" ".join(rng.choice(names, 3)).title(), type="LORA", nsfw=bool(rng.random() < 0.2),
-                       nsfw_level=int(rng.choice([1, 2, 4, 8, 16])), source="bench", first_seen_at=now)
-                  for v in ids]
-        versions = [dict(id=int(v), model_id=int(v), name="v1.0", base_model=str(b), trained_words=[str(rng.choice(names))],
-                         source="bench", first_seen_at=now) for v, b in zip(ids, bms)]
-        sigs = [dict(version_id=int(v), profile_id=pid, dim=int(vecs.shape[1]), direction=to_blob(vec), strength=float(a),
-                     consistency=float(b), n_samples=4480, valid=True, flags=[], source="imported", seq=int(v),
-                     created_at=now) for v, vec, a, b in zip(ids, vecs, s_val, c_val)]
+        models = [
+            dict(
+                id=int(v),
+                name=" ".join(rng.choice(names, 3)).title(),
+                type="LORA",
+                nsfw=bool(rng.random() < 0.2),
+                nsfw_level=int(rng.choice([1, 2, 4, 8, 16])),
+                source="bench",
+                first_seen_at=now,
+            )
+            for v in ids
+        ]
+        versions = [
+            dict(
+                id=int(v),
+                model_id=int(v),
+                name="v1.0",
+                base_model=str(b),
+                trained_words=[str(rng.choice(names))],
+                source="bench",
+                first_seen_at=now,
+            )
+            for v, b in zip(ids, bms)
+        ]
+        sigs = [
+            dict(
+                version_id=int(v),
+                profile_id=pid,
+                dim=int(vecs.shape[1]),
+                direction=to_blob(vec),
+                strength=float(a),
+                consistency=float(b),
+                n_samples=4480,
+                valid=True,
+                flags=[],
+                source="imported",
+                seq=int(v),
+                created_at=now,
+            )
+            for v, vec, a, b in zip(ids, vecs, s_val, c_val)
+        ]
         with db.write() as s:
             s.execute(sa.insert(Model), models)
             s.execute(sa.insert(Version), versions)
@@ -107,7 +171,15 @@ def build(url: str, n: int, seed: int = 0) -> dict:
     with db.write() as s:
         for q in QUERIES:
             vec = dirs[rng.integers(0, len(dirs), 3)].mean(axis=0)
-            s.add(VectorCache(namespace="query", key=enc.text_key(q), dim=vec.shape[0], data=to_blob(vec), created_at=now))
+            s.add(
+                VectorCache(
+                    namespace="query",
+                    key=enc.text_key(q),
+                    dim=vec.shape[0],
+                    data=to_blob(vec),
+                    created_at=now,
+                )
+            )
     db.dispose()
     return {"n": n, "build_s": round(build_s, 1), "source": source}
 
@@ -125,11 +197,22 @@ def db_size(url: str, sqlite_path: Path | None) -> int:
 
 class Serve:
     def __init__(self, url: str, home: Path):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "CARLOS_REG_HOME": str(home),
-               "CARLOS_REG_DB": url, "CARLOS_REG_LOAD_PLUGINS": "serve,search,reports,listing"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PYTHONUNBUFFERED": "1",
+            "CARLOS_REG_HOME": str(home),
+            "CARLOS_REG_DB": url,
+            "CARLOS_REG_LOAD_PLUGINS": "serve,search,reports,listing",
+        }
         self.log = open(home / "serve.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "registry", "serve", "--port", "0", "--schedule", "off"],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", "serve", "--port", "0", "--schedule", "off"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
         for _ in range(600):
             text = Path(self.log.name).read_text()
             if "serving http://" in text:
@@ -180,11 +263,18 @@ def load(server: Serve, paths: list[str], clients: int, per_client: int) -> dict
         t.join()
     wall = time.perf_counter() - t0
     arr = np.array(lat) * 1e3
-    return {"requests": len(lat), "errors": len(errors), "p50_ms": round(float(np.percentile(arr, 50)), 1),
-            "p99_ms": round(float(np.percentile(arr, 99)), 1), "rps": round(len(lat) / wall, 1)}
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "p50_ms": round(float(np.percentile(arr, 50)), 1),
+        "p99_ms": round(float(np.percentile(arr, 99)), 1),
+        "rps": round(len(lat) / wall, 1),
+    }
 
 
-def run_backend(name: str, url: str, n: int, clients: int, per_client: int, sqlite_path: Path | None, home: Path) -> dict:
+def run_backend(
+    name: str, url: str, n: int, clients: int, per_client: int, sqlite_path: Path | None, home: Path
+) -> dict:
     out = {"backend": name, **build(url, n)}
     out["db_mib"] = round(db_size(url, sqlite_path) / 2**20, 1)
     server = Serve(url, home)
@@ -199,24 +289,57 @@ def run_backend(name: str, url: str, n: int, clients: int, per_client: int, sqli
         out["search"] = load(server, search, clients, per_client)
         out["search_base_model_nsfw"] = load(server, filtered, clients, per_client)
         rng = np.random.default_rng(1)
-        out["similar"] = load(server, [f"/api/similar/{v}?k=10" for v in rng.integers(1, n + 1, 50)], clients,
-                              max(1, per_client // 2))
-        out["listing"] = load(server, [f"/api/loras?limit=50&offset={o}&base_model=Pony" for o in (0, 1000, 5000)],
-                              clients, max(1, per_client // 4))
+        out["similar"] = load(
+            server,
+            [f"/api/similar/{v}?k=10" for v in rng.integers(1, n + 1, 50)],
+            clients,
+            max(1, per_client // 2),
+        )
+        out["listing"] = load(
+            server,
+            [f"/api/loras?limit=50&offset={o}&base_model=Pony" for o in (0, 1000, 5000)],
+            clients,
+            max(1, per_client // 4),
+        )
         status, body, report = server.get("/api/report/copyright?format=json")
         assert status == 200, body[:300]
         out["report_api_s"] = round(report, 1)
         out["api_rss_mib"] = round(server.rss_mib(), 0)
     finally:
         server.stop()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CARLOS_REG_HOME": str(home), "CARLOS_REG_DB": url}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CARLOS_REG_HOME": str(home),
+        "CARLOS_REG_DB": url,
+    }
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "registry", "report", "copyright", "--format", "json", "--out",
-                    str(home / "report.json")], env=env, check=True, capture_output=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "registry",
+            "report",
+            "copyright",
+            "--format",
+            "json",
+            "--out",
+            str(home / "report.json"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     out["report_cli_s"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()  # a fresh process: the ranking matrix comes from its cache file
-    subprocess.run([sys.executable, "-m", "registry", "search", QUERIES[0], "--json"], env=env, check=True,
-                   capture_output=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "registry", "search", QUERIES[0], "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
     out["cli_search_cached_s"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -234,14 +357,33 @@ def main() -> None:
             home = Path(tmp)
             if backend == "sqlite":
                 path = home / "registry.db"
-                results.append(run_backend(backend, f"sqlite:///{path}", args.n, args.clients, args.requests, path, home))
+                results.append(
+                    run_backend(
+                        backend,
+                        f"sqlite:///{path}",
+                        args.n,
+                        args.clients,
+                        args.requests,
+                        path,
+                        home,
+                    )
+                )
             else:
                 from tests.pg import PgServer
 
                 pg = PgServer()
                 try:
-                    results.append(run_backend(backend, pg.create_database(), args.n, args.clients, args.requests,
-                                               None, home))
+                    results.append(
+                        run_backend(
+                            backend,
+                            pg.create_database(),
+                            args.n,
+                            args.clients,
+                            args.requests,
+                            None,
+                            home,
+                        )
+                    )
                 finally:
                     pg.close()
         print(json.dumps(results[-1], indent=1), flush=True)

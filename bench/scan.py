@@ -9,6 +9,7 @@ warm for both (every file is read once before timing).
 
     python bench/scan.py [--big 8] [--big-mib 64] [--small 500]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,16 +35,25 @@ def lora_bytes(n_bytes: int, seed: int) -> bytes:
     rank = 8
     pattern = struct.pack("<e", (seed % 97 + 1) / 1000.0) * (rank * width)
     key = "lora_unet_output_blocks_0_1_transformer_blocks_0_attn1_to_q"
-    return stfile.build({f"{key}.lora_down.weight": ("F16", [rank, width], pattern),
-                         f"{key}.lora_up.weight": ("F16", [width, rank], pattern),
-                         f"{key}.alpha": ("F32", [], struct.pack("<f", 8.0))})
+    return stfile.build(
+        {
+            f"{key}.lora_down.weight": ("F16", [rank, width], pattern),
+            f"{key}.lora_up.weight": ("F16", [width, rank], pattern),
+            f"{key}.alpha": ("F32", [], struct.pack("<f", 8.0)),
+        }
+    )
 
 
 def scan(folder: Path, home: Path) -> tuple[float, dict]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "CARLOS_REG_HOME": str(home)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "registry", "scan", str(folder), "--offline", "--json"],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", "scan", str(folder), "--offline", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return time.perf_counter() - t0, json.loads(proc.stdout)
 
 
@@ -64,7 +74,9 @@ def main() -> None:
             (small / f"lora_{i}.safetensors").write_bytes(lora_bytes(64 << 10, i))
         files = sorted(big.iterdir())
         total = sum(f.stat().st_size for f in files)
-        subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
+        subprocess.run(
+            ["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True
+        )  # warm the page cache
         sums = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -77,18 +89,30 @@ def main() -> None:
         mib = total / 2**20
         own = doc_big["seconds"]
         print(f"{'what':44} {'scan s':>7} {'process s':>9} {'MiB/s':>7}  detail")
-        print(f"{'sha256sum, best of 3':44} {min(sums):7.2f} {'':>9} {mib / min(sums):7.0f}  {len(files)} files, "
-              f"{mib:.0f} MiB")
-        print(f"{'scan (hash + AutoV2 + screen + register)':44} {own:7.2f} {t_big:9.2f} {mib / own:7.0f}  "
-              f"{doc_big['hashed_files']} files hashed, {doc_big['bytes_hashed']} bytes")
-        print(f"{'rescan of the same files':44} {doc_again['seconds']:7.2f} {t_again:9.2f} {'':>7}  "
-              f"{doc_again['hashed_files']} hashed, {doc_again['bytes_hashed']} bytes")
-        print(f"{f'first scan of {args.small} small files':44} {doc_small['seconds']:7.2f} {t_small:9.2f} {'':>7}  "
-              f"{doc_small['hashed_files']} hashed")
-        print(f"{f'rescan of {args.small} unchanged files':44} {doc_rescan['seconds']:7.2f} {t_rescan:9.2f} {'':>7}  "
-              f"{doc_rescan['hashed_files']} hashed, {doc_rescan['bytes_hashed']} bytes")
-        print(f"ratio scan/sha256sum throughput: {(mib / own) / (mib / min(sums)):.2f} "
-              "(scan s: the command's own time; process s: with interpreter start and schema creation)")
+        print(
+            f"{'sha256sum, best of 3':44} {min(sums):7.2f} {'':>9} {mib / min(sums):7.0f}  {len(files)} files, "
+            f"{mib:.0f} MiB"
+        )
+        print(
+            f"{'scan (hash + AutoV2 + screen + register)':44} {own:7.2f} {t_big:9.2f} {mib / own:7.0f}  "
+            f"{doc_big['hashed_files']} files hashed, {doc_big['bytes_hashed']} bytes"
+        )
+        print(
+            f"{'rescan of the same files':44} {doc_again['seconds']:7.2f} {t_again:9.2f} {'':>7}  "
+            f"{doc_again['hashed_files']} hashed, {doc_again['bytes_hashed']} bytes"
+        )
+        print(
+            f"{f'first scan of {args.small} small files':44} {doc_small['seconds']:7.2f} {t_small:9.2f} {'':>7}  "
+            f"{doc_small['hashed_files']} hashed"
+        )
+        print(
+            f"{f'rescan of {args.small} unchanged files':44} {doc_rescan['seconds']:7.2f} {t_rescan:9.2f} {'':>7}  "
+            f"{doc_rescan['hashed_files']} hashed, {doc_rescan['bytes_hashed']} bytes"
+        )
+        print(
+            f"ratio scan/sha256sum throughput: {(mib / own) / (mib / min(sums)):.2f} "
+            "(scan s: the command's own time; process s: with interpreter start and schema creation)"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

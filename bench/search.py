@@ -12,6 +12,7 @@ strings (what a CLI process pays for a query it has not seen before, once the mo
 Ranking: one matrix-vector product + argpartition over N unit Directions (d = 512), with the
 Strength/Consistency filters, vs a full argsort.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,10 @@ def query_prompts() -> list[str]:
         from registry.settings import Settings
         from signer.profiles import load_profile
 
-        for name in ("paper", "carlos-reg"):  # the reference's P' when its file is here, else our own
+        for name in (
+            "paper",
+            "carlos-reg",
+        ):  # the reference's P' when its file is here, else our own
             try:
                 return list(load_profile(name, Settings.load()).query_prompts())
             except Exception:
@@ -37,8 +41,10 @@ def query_prompts() -> list[str]:
         raise LookupError("no prompt set")
     except Exception:  # before the signer's prompt sets exist: a stand-in of the same shape
         rng = np.random.default_rng(0)
-        words = ("portrait landscape city forest castle robot cat dog woman man street night sunset ocean "
-                 "mountain ancient futuristic cozy dramatic lighting photo painting of a the in on with").split()
+        words = (
+            "portrait landscape city forest castle robot cat dog woman man street night sunset ocean "
+            "mountain ancient futuristic cozy dramatic lighting photo painting of a the in on with"
+        ).split()
         return [" ".join(rng.choice(words, size=rng.integers(6, 18))) for _ in range(280)]
 
 
@@ -53,8 +59,9 @@ def bench_text(n_queries: int, device: str = "cpu", full_length: bool = False) -
     import open_clip
 
     # by file: the plugin package's __init__ pulls in the registry (and its database packages)
-    spec = importlib.util.spec_from_file_location("textenc", Path(__file__).resolve().parent.parent
-                                                  / "plugins" / "search" / "textenc.py")
+    spec = importlib.util.spec_from_file_location(
+        "textenc", Path(__file__).resolve().parent.parent / "plugins" / "search" / "textenc.py"
+    )
     textenc = importlib.util.module_from_spec(spec)
     import sys
 
@@ -67,8 +74,15 @@ def bench_text(n_queries: int, device: str = "cpu", full_length: bool = False) -
     tok = open_clip.get_tokenizer("ViT-B-32-quickgelu")
     tower = TextTower(model, tok)
     prompts = query_prompts()
-    queries = ["vibrant colors", "pencil sketch", "watercolor painting", "cyberpunk neon city at night",
-               "studio ghibli style", "coloring book page", "pixel art"][:n_queries]
+    queries = [
+        "vibrant colors",
+        "pencil sketch",
+        "watercolor painting",
+        "cyberpunk neon city at night",
+        "studio ghibli style",
+        "coloring book page",
+        "pixel art",
+    ][:n_queries]
 
     def naive(q: str) -> np.ndarray:
         # one batch each, padded to its longest text: the two 280-string batches the reference encodes
@@ -102,16 +116,29 @@ def bench_text(n_queries: int, device: str = "cpu", full_length: bool = False) -
             full, t = timed(lambda q=q: naive_77(q))
             full_t.append(t)
             diffs.append(float(np.abs(ref - full).max()))
-        warm, t = timed(lambda q=q: (tower.encode_with_suffix(cache, q).mean(0) - mean_p).cpu().numpy())
+        warm, t = timed(
+            lambda q=q: (tower.encode_with_suffix(cache, q).mean(0) - mean_p).cpu().numpy()
+        )
         warm_t.append(t)
-        cold, t = timed(lambda q=q: (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).cpu().numpy())
+        cold, t = timed(
+            lambda q=q: (
+                (tower.encode([p + " " + q for p in prompts]).mean(0) - mean_p).cpu().numpy()
+            )
+        )
         cold_t.append(t)
         diffs.append(float(max(np.abs(ref - warm).max(), np.abs(ref - cold).max())))
-    return {"prompts": len(prompts), "queries": len(queries), "naive_s": statistics.median(naive_t),
-            "naive_77_s": statistics.median(full_t) if full_t else None,
-            "fast_warm_s": statistics.median(warm_t), "fast_cold_s": statistics.median(cold_t),
-            "one_time_prompt_mean_s": t_mean, "one_time_prefix_cache_s": t_prefix,
-            "prefix_cache_mb": cache.nbytes() / 1e6, "max_abs_diff": max(diffs)}
+    return {
+        "prompts": len(prompts),
+        "queries": len(queries),
+        "naive_s": statistics.median(naive_t),
+        "naive_77_s": statistics.median(full_t) if full_t else None,
+        "fast_warm_s": statistics.median(warm_t),
+        "fast_cold_s": statistics.median(cold_t),
+        "one_time_prompt_mean_s": t_mean,
+        "one_time_prefix_cache_s": t_prefix,
+        "prefix_cache_mb": cache.nbytes() / 1e6,
+        "max_abs_diff": max(diffs),
+    }
 
 
 def bench_ranking(sizes: list[int], repeats: int = 20) -> list[dict]:
@@ -143,8 +170,14 @@ def bench_ranking(sizes: list[int], repeats: int = 20) -> list[dict]:
             ok = (index.strength <= 9.8) & (index.consistency >= 0.041)
             np.argsort(-np.where(ok, scores, -np.inf))[:10]
             full.append(time.perf_counter() - t0)
-        out.append({"n": n, "rank_ms": 1e3 * statistics.median(fast), "argsort_ms": 1e3 * statistics.median(full),
-                    "matrix_mb": index.units.nbytes / 1e6})
+        out.append(
+            {
+                "n": n,
+                "rank_ms": 1e3 * statistics.median(fast),
+                "argsort_ms": 1e3 * statistics.median(full),
+                "matrix_mb": index.units.nbytes / 1e6,
+            }
+        )
     return out
 
 
@@ -152,33 +185,54 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--sizes", default="740,100000,1000000", help="ranking sizes; empty: skip ranking")
+    ap.add_argument(
+        "--sizes", default="740,100000,1000000", help="ranking sizes; empty: skip ranking"
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--full-length", action="store_true", help="also time the 77-token-padded strawman")
+    ap.add_argument(
+        "--full-length", action="store_true", help="also time the 77-token-padded strawman"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
-    print(f"machine: {gpu or platform.processor() or platform.machine()}, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, torch {torch.__version__}")
+    print(
+        f"machine: {gpu or platform.processor() or platform.machine()}, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, torch {torch.__version__}"
+    )
     t = bench_text(args.queries, args.device, args.full_length)
-    print("\nquery vector, ViT-B/32 text tower, |P'| = %d, median of %d queries" % (t["prompts"], t["queries"]))
-    print(f"  naive, as the reference (560 encodes, padded to each batch's longest): {t['naive_s']*1e3:9.1f} ms")
+    print(
+        "\nquery vector, ViT-B/32 text tower, |P'| = %d, median of %d queries"
+        % (t["prompts"], t["queries"])
+    )
+    print(
+        f"  naive, as the reference (560 encodes, padded to each batch's longest): {t['naive_s'] * 1e3:9.1f} ms"
+    )
     if t["naive_77_s"] is not None:
-        print(f"  naive, every string padded to 77 tokens (strawman):  {t['naive_77_s']*1e3:9.1f} ms")
-    print(f"  fast, warm (prefix reuse):                 {t['fast_warm_s']*1e3:9.1f} ms   "
-          f"ratio {t['naive_s']/t['fast_warm_s']:.1f}x")
-    print(f"  fast, cold (cut length only):              {t['fast_cold_s']*1e3:9.1f} ms   "
-          f"ratio {t['naive_s']/t['fast_cold_s']:.1f}x")
-    print(f"  one-time: mean u(p) {t['one_time_prompt_mean_s']*1e3:.0f} ms, prefix cache "
-          f"{t['one_time_prefix_cache_s']*1e3:.0f} ms ({t['prefix_cache_mb']:.0f} MB); max |diff| vs naive "
-          f"{t['max_abs_diff']:.2e}")
+        print(
+            f"  naive, every string padded to 77 tokens (strawman):  {t['naive_77_s'] * 1e3:9.1f} ms"
+        )
+    print(
+        f"  fast, warm (prefix reuse):                 {t['fast_warm_s'] * 1e3:9.1f} ms   "
+        f"ratio {t['naive_s'] / t['fast_warm_s']:.1f}x"
+    )
+    print(
+        f"  fast, cold (cut length only):              {t['fast_cold_s'] * 1e3:9.1f} ms   "
+        f"ratio {t['naive_s'] / t['fast_cold_s']:.1f}x"
+    )
+    print(
+        f"  one-time: mean u(p) {t['one_time_prompt_mean_s'] * 1e3:.0f} ms, prefix cache "
+        f"{t['one_time_prefix_cache_s'] * 1e3:.0f} ms ({t['prefix_cache_mb']:.0f} MB); max |diff| vs naive "
+        f"{t['max_abs_diff']:.2e}"
+    )
     if not args.sizes:
         return
     print("\nranking (top 10, filters on), median")
     for r in bench_ranking([int(s) for s in args.sizes.split(",")]):
-        print(f"  N={r['n']:>9,}: {r['rank_ms']:8.2f} ms   (full argsort {r['argsort_ms']:8.2f} ms, "
-              f"ratio {r['argsort_ms']/r['rank_ms']:.1f}x; matrix {r['matrix_mb']:.0f} MB)")
+        print(
+            f"  N={r['n']:>9,}: {r['rank_ms']:8.2f} ms   (full argsort {r['argsort_ms']:8.2f} ms, "
+            f"ratio {r['argsort_ms'] / r['rank_ms']:.1f}x; matrix {r['matrix_mb']:.0f} MB)"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 Run each in a fresh process (torch fixes its thread pool on first use). Builds the tiny models under
 $CARLOS_REG_MODELS (default /tmp/tinymodels) on first use.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CARLOS_REG_MODELS", "/tmp/tinymodels")
-os.environ["OMP_NUM_THREADS"] = sys.argv[1] if len(sys.argv) > 1 else "1"  # the engine then leaves it alone
+os.environ["OMP_NUM_THREADS"] = (
+    sys.argv[1] if len(sys.argv) > 1 else "1"
+)  # the engine then leaves it alone
 
 import torch  # noqa: E402
 
@@ -34,5 +37,7 @@ base_s = time.perf_counter() - t
 lora = lf.write_kohya_lora(Path(tempfile.mkdtemp()) / "l.safetensors", strength=0.5, seed=3)
 t = time.perf_counter()
 engine.sign_lora(lora, ["w"], base)
-print(f"threads {torch.get_num_threads()}: base branch {base_s:.1f} s, one LoRA {time.perf_counter() - t:.1f} s "
-      f"({len(engine.samples)} samples each)")
+print(
+    f"threads {torch.get_num_threads()}: base branch {base_s:.1f} s, one LoRA {time.perf_counter() - t:.1f} s "
+    f"({len(engine.samples)} samples each)"
+)

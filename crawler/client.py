@@ -24,6 +24,7 @@ Contract:
   storage URLs carry credentials there) and never a header.
 - Per-host concurrency: at most ``per_host`` open connections to one host (aiohttp connector).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,16 @@ _PAGE_CAP = re.compile(rb"too many pages|use cursors", re.IGNORECASE)
 class CivitaiError(CarlosError):
     """A failed request. ``retryable`` tells whether trying again may help."""
 
-    def __init__(self, message: str, *, url: URL | str | None = None, status: int | None = None,
-                 kind: str = "http", retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: URL | str | None = None,
+        status: int | None = None,
+        kind: str = "http",
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         self.message = message
         self.url = safe_url(url) if url is not None else None
         self.status = status
@@ -77,8 +86,10 @@ class CivitaiError(CarlosError):
         return f"{code}{self.message}{where}"
 
     def __repr__(self) -> str:
-        return (f"CivitaiError(kind={self.kind!r}, status={self.status!r}, retryable={self.retryable!r}, "
-                f"url={self.url!r}, message={self.message!r})")
+        return (
+            f"CivitaiError(kind={self.kind!r}, status={self.status!r}, retryable={self.retryable!r}, "
+            f"url={self.url!r}, message={self.message!r})"
+        )
 
 
 def safe_url(url: URL | str) -> str:
@@ -101,7 +112,9 @@ def origin(url: URL) -> tuple[str, str, int | None]:
 
 # Tries per request, the first included; "equal jitter" (between half and all of the capped
 # exponential wait); a server asking for more than 10 minutes is not retried.
-HTTP_RETRY = RetryPolicy(initial=1.0, cap=30.0, jitter=0.5, deadline=None, max_attempts=6, retry_after_max=600.0)
+HTTP_RETRY = RetryPolicy(
+    initial=1.0, cap=30.0, jitter=0.5, deadline=None, max_attempts=6, retry_after_max=600.0
+)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -126,11 +139,21 @@ def classify_status(status: int, body: bytes = b"") -> tuple[bool, str]:
     """``(retryable, reason)`` for a non-success HTTP status."""
     if status == 429 and _PAGE_CAP.search(body[:4096]):
         return False, "page-number cap reached (the API wants cursors)"
-    reasons = {400: "bad request", 401: "unauthorized (login or API key required, or downloads disabled)",
-               403: "forbidden (early access, paid or blocked)", 404: "not found", 410: "gone (archived)",
-               429: "rate limited", 451: "unavailable for legal reasons (region blocked)",
-               408: "request timeout", 500: "server error", 502: "bad gateway", 503: "service unavailable",
-               504: "gateway timeout", 524: "origin timeout"}
+    reasons = {
+        400: "bad request",
+        401: "unauthorized (login or API key required, or downloads disabled)",
+        403: "forbidden (early access, paid or blocked)",
+        404: "not found",
+        410: "gone (archived)",
+        429: "rate limited",
+        451: "unavailable for legal reasons (region blocked)",
+        408: "request timeout",
+        500: "server error",
+        502: "bad gateway",
+        503: "service unavailable",
+        504: "gateway timeout",
+        524: "origin timeout",
+    }
     reason = reasons.get(status) or ("server error" if status >= 500 else "client error")
     return status in RETRY_STATUSES, reason
 
@@ -179,15 +202,21 @@ def json_depth_ok(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         if isinstance(value, (dict, list)):
             if depth > limit:
                 return False
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+            stack.extend(
+                (v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)
+            )
     return True
 
 
 def decode_json(body: bytes, content_type: str, url: URL | str | None = None) -> Any:
     """The JSON document of a 2xx body; HTML or malformed JSON raises a retryable error."""
     if body[:512].lstrip().startswith(b"<"):  # JSON never starts with "<"
-        raise CivitaiError("an HTML page instead of JSON (maintenance or challenge page)", url=url,
-                           kind="html", retryable=True)
+        raise CivitaiError(
+            "an HTML page instead of JSON (maintenance or challenge page)",
+            url=url,
+            kind="html",
+            retryable=True,
+        )
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -195,12 +224,18 @@ def decode_json(body: bytes, content_type: str, url: URL | str | None = None) ->
         detail = "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
         raise CivitaiError(f"{what} ({detail})", url=url, kind="json", retryable=True) from None
     if not json_depth_ok(doc):
-        raise CivitaiError(f"malformed JSON (nested more than {MAX_JSON_DEPTH} deep)", url=url, kind="json",
-                           retryable=True)
+        raise CivitaiError(
+            f"malformed JSON (nested more than {MAX_JSON_DEPTH} deep)",
+            url=url,
+            kind="json",
+            retryable=True,
+        )
     return doc
 
 
-def wrap_exception(exc: BaseException, url: URL | str, *, idle_timeout: float | None = None) -> CivitaiError:
+def wrap_exception(
+    exc: BaseException, url: URL | str, *, idle_timeout: float | None = None
+) -> CivitaiError:
     """A transport failure as a retryable ``CivitaiError`` whose text holds no query or header."""
     if isinstance(exc, CivitaiError):
         return exc
@@ -208,18 +243,30 @@ def wrap_exception(exc: BaseException, url: URL | str, *, idle_timeout: float | 
         detail = f" (no data for {idle_timeout:g} s)" if idle_timeout else ""
         return CivitaiError(f"timed out{detail}", url=url, kind="timeout", retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return CivitaiError("truncated body: the connection ended before the declared length", url=url,
-                            kind="truncated", retryable=True)
+        return CivitaiError(
+            "truncated body: the connection ended before the declared length",
+            url=url,
+            kind="truncated",
+            retryable=True,
+        )
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return CivitaiError("server disconnected", url=url, kind="reset", retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return CivitaiError(f"cannot connect ({exc.strerror or type(exc.os_error).__name__})", url=url,
-                            kind="connect", retryable=True)
+        return CivitaiError(
+            f"cannot connect ({exc.strerror or type(exc.os_error).__name__})",
+            url=url,
+            kind="connect",
+            retryable=True,
+        )
     if isinstance(exc, (aiohttp.ClientOSError, ConnectionError)):
         return CivitaiError("connection reset", url=url, kind="reset", retryable=True)
     if isinstance(exc, aiohttp.ClientError):
-        return CivitaiError(f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True)
-    return CivitaiError(f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True)
+        return CivitaiError(
+            f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True
+        )
+    return CivitaiError(
+        f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True
+    )
 
 
 # ---------------------------------------------------------------- the client
@@ -236,15 +283,25 @@ def check_base_url(base_url: str) -> URL:
     return base
 
 
-
 class CivitaiClient:
     """One aiohttp session against one Civitai-compatible API (``async with`` it)."""
 
-    def __init__(self, base_url: str, token: Secret | str | None = None, *, policy: RetryPolicy | None = None,
-                 per_host: int = 4, timeout: float = 60.0, connect_timeout: float = 30.0, max_redirects: int = 10,
-                 user_agent: str = USER_AGENT, max_json_bytes: int = 64 * 1024 * 1024,
-                 min_rate: float = 16 * 1024,
-                 sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret | str | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        per_host: int = 4,
+        timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        max_redirects: int = 10,
+        user_agent: str = USER_AGENT,
+        max_json_bytes: int = 64 * 1024 * 1024,
+        min_rate: float = 16 * 1024,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+        rng: random.Random | None = None,
+    ):
         self.base = check_base_url(base_url)
         self._token = token.get() if isinstance(token, Secret) else (token or None)
         self.policy = policy or HTTP_RETRY
@@ -266,7 +323,9 @@ class CivitaiClient:
 
     async def __aenter__(self) -> "CivitaiClient":
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=self.connect_timeout, sock_read=self.timeout
+            ),
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.per_host),
             cookie_jar=aiohttp.DummyCookieJar(),  # no cookie ever follows a redirect
             trust_env=False,
@@ -294,8 +353,12 @@ class CivitaiClient:
         return time.monotonic() - started > self.timeout + received / self.min_rate
 
     def too_slow(self, url: URL | str) -> CivitaiError:
-        return CivitaiError(f"timed out (slower than {self.min_rate / 1024:g} KiB/s after {self.timeout:g} s)",
-                            url=url, kind="timeout", retryable=True)
+        return CivitaiError(
+            f"timed out (slower than {self.min_rate / 1024:g} KiB/s after {self.timeout:g} s)",
+            url=url,
+            kind="timeout",
+            retryable=True,
+        )
 
     def api_url(self, path: str) -> URL:
         return URL(str(self.base) + path)
@@ -306,16 +369,28 @@ class CivitaiClient:
         return mask_token(text, self._token, limit)
 
     def redacted(self, error: CivitaiError) -> CivitaiError:
-        if not self._token or (self._token not in error.message and self._token not in (error.url or "")):
+        if not self._token or (
+            self._token not in error.message and self._token not in (error.url or "")
+        ):
             return error
-        return CivitaiError(self.redact(error.message), url=self.redact(error.url or "") or None,
-                            status=error.status, kind=error.kind, retryable=error.retryable,
-                            retry_after=error.retry_after)
+        return CivitaiError(
+            self.redact(error.message),
+            url=self.redact(error.url or "") or None,
+            status=error.status,
+            kind=error.kind,
+            retryable=error.retryable,
+            retry_after=error.retry_after,
+        )
 
     @contextlib.asynccontextmanager
-    async def open(self, url: URL | str, *, params: Sequence[tuple[str, str]] | None = None,
-                   headers: dict[str, str] | None = None,
-                   ok: Sequence[int] = (200,)) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def open(
+        self,
+        url: URL | str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+        ok: Sequence[int] = (200,),
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One GET, following redirects; yields a response whose status is in ``ok``.
 
         Any other status raises ``CivitaiError`` (retryable or not); so does a transport failure.
@@ -339,7 +414,9 @@ class CivitaiClient:
         while True:
             send = {"User-Agent": self.user_agent, **(headers or {})}
             if url.scheme != "http" and url.scheme != "https":
-                raise CivitaiError(f"refusing a non-HTTP URL scheme {url.scheme!r}", kind="redirect")
+                raise CivitaiError(
+                    f"refusing a non-HTTP URL scheme {url.scheme!r}", kind="redirect"
+                )
             if origin(url) != api:
                 left_api_origin = True
             if self._token and not left_api_origin:
@@ -358,19 +435,28 @@ class CivitaiClient:
                 location = resp.headers.get("Location")
                 resp.release()
                 if not location:
-                    raise CivitaiError("redirect without a Location", url=url, status=resp.status, kind="redirect")
+                    raise CivitaiError(
+                        "redirect without a Location", url=url, status=resp.status, kind="redirect"
+                    )
                 try:
                     nxt = url.join(URL(location))
                 except (ValueError, TypeError):
-                    raise CivitaiError("unparsable redirect Location", url=url, status=resp.status,
-                                       kind="redirect") from None
+                    raise CivitaiError(
+                        "unparsable redirect Location", url=url, status=resp.status, kind="redirect"
+                    ) from None
                 if nxt.user is not None or nxt.password is not None:
                     # aiohttp would send them as Basic auth to whatever host the server names
-                    raise CivitaiError("refusing a redirect to a URL with credentials in it", url=url,
-                                       status=resp.status, kind="redirect")
+                    raise CivitaiError(
+                        "refusing a redirect to a URL with credentials in it",
+                        url=url,
+                        status=resp.status,
+                        kind="redirect",
+                    )
                 hops += 1
                 if str(nxt) in visited or hops > self.max_redirects:
-                    raise CivitaiError(f"redirect loop ({hops} hops)", url=url, status=resp.status, kind="redirect")
+                    raise CivitaiError(
+                        f"redirect loop ({hops} hops)", url=url, status=resp.status, kind="redirect"
+                    )
                 visited.add(str(nxt))
                 url = nxt
                 continue
@@ -382,8 +468,13 @@ class CivitaiClient:
                 retryable, reason = classify_status(resp.status, body)
                 detail = _body_message(body, self.redact)
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                raise CivitaiError(reason + (f": {detail}" if detail else ""), url=url, status=resp.status,
-                                   retryable=retryable, retry_after=retry_after)
+                raise CivitaiError(
+                    reason + (f": {detail}" if detail else ""),
+                    url=url,
+                    status=resp.status,
+                    retryable=retryable,
+                    retry_after=retry_after,
+                )
             try:
                 yield resp
             finally:
@@ -399,7 +490,11 @@ class CivitaiClient:
                     raise self.too_slow(resp.url)
                 size += len(chunk)
                 if size > limit:
-                    raise self.redacted(CivitaiError(f"response larger than {limit} bytes", url=resp.url, kind="size"))
+                    raise self.redacted(
+                        CivitaiError(
+                            f"response larger than {limit} bytes", url=resp.url, kind="size"
+                        )
+                    )
                 chunks.append(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             raise self.redacted(wrap_exception(exc, resp.url, idle_timeout=self.timeout)) from None
@@ -409,16 +504,24 @@ class CivitaiClient:
         """Sleep as the policy says before try ``attempt + 1``, or re-raise when it says stop."""
         delay = self.policy.delay(attempt, error.retry_after, self.rng)
         if delay is None:
-            raise CivitaiError(f"{error.message}; the server asks to wait {error.retry_after:.0f} s, longer than "
-                               f"this crawl waits ({self.policy.retry_after_max:.0f} s)",
-                               url=error.url, status=error.status, kind=error.kind) from None
+            raise CivitaiError(
+                f"{error.message}; the server asks to wait {error.retry_after:.0f} s, longer than "
+                f"this crawl waits ({self.policy.retry_after_max:.0f} s)",
+                url=error.url,
+                status=error.status,
+                kind=error.kind,
+            ) from None
         self.retries += 1
         self.retry_reasons[error.kind] += 1
         log.info("retrying %s in %.1f s after: %s", error.url, delay, error.message)
         await self._sleep(delay)
 
-    async def get_json(self, path: str, params: Sequence[tuple[str, str]] | None = None,
-                       validate: Callable[[Any], Any] | None = None) -> Any:
+    async def get_json(
+        self,
+        path: str,
+        params: Sequence[tuple[str, str]] | None = None,
+        validate: Callable[[Any], Any] | None = None,
+    ) -> Any:
         """GET an API path and decode its JSON, retrying as the policy says.
 
         ``validate(doc)`` may reshape the document; its ``ValueError`` counts as a retryable
@@ -429,7 +532,9 @@ class CivitaiClient:
         while True:
             attempt += 1
             try:
-                async with self.open(url, params=params, headers={"Accept": "application/json"}) as resp:
+                async with self.open(
+                    url, params=params, headers={"Accept": "application/json"}
+                ) as resp:
                     body = await self.read_body(resp, self.max_json_bytes)
                     content_type = resp.headers.get("Content-Type", "")
                 doc = decode_json(body, content_type, url)
@@ -438,7 +543,9 @@ class CivitaiClient:
                 try:
                     return validate(doc)
                 except ValueError as exc:
-                    raise CivitaiError(f"unexpected JSON: {exc}", url=url, kind="schema", retryable=True) from None
+                    raise CivitaiError(
+                        f"unexpected JSON: {exc}", url=url, kind="schema", retryable=True
+                    ) from None
             except CivitaiError as exc:
                 if not exc.retryable or self.policy.gives_up_after(attempt):
                     raise

@@ -21,6 +21,7 @@ Contract for ``download(client, store, task, limits)``:
 - Nothing is unpickled here, and pickle formats never reach this function (``sync`` records them
   as ``unsupported``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -106,21 +107,31 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-async def download(client: CivitaiClient, store: ArtifactStore, task: DownloadTask,
-                   limits: DownloadLimits = DownloadLimits(),
-                   on_bytes: Callable[[int], None] | None = None) -> Outcome:
+async def download(
+    client: CivitaiClient,
+    store: ArtifactStore,
+    task: DownloadTask,
+    limits: DownloadLimits = DownloadLimits(),
+    on_bytes: Callable[[int], None] | None = None,
+) -> Outcome:
     rel = lora_path(store, task.sha256)
     final = store.path(rel)
     if final.is_file():  # content-addressed: bytes there were verified when they were put there
         return Outcome("verified", local_path=rel)
     if task.size_bytes is not None and task.size_bytes > limits.max_file_bytes:
-        return Outcome("failed", error=f"declared size {task.size_bytes} bytes is over the limit of "
-                                       f"{limits.max_file_bytes} bytes; not downloaded")
+        return Outcome(
+            "failed",
+            error=f"declared size {task.size_bytes} bytes is over the limit of "
+            f"{limits.max_file_bytes} bytes; not downloaded",
+        )
     free = store.free_bytes()
     if free < (task.size_bytes or 0) + limits.min_free_bytes:
         need = (task.size_bytes or 0) // MiB
-        return Outcome("deferred", error=f"not enough free space ({free // MiB} MiB free; need the file's {need} MiB "
-                                         f"plus {limits.min_free_bytes // MiB} MiB)")
+        return Outcome(
+            "deferred",
+            error=f"not enough free space ({free // MiB} MiB free; need the file's {need} MiB "
+            f"plus {limits.min_free_bytes // MiB} MiB)",
+        )
     partial_dir = store.root / ".partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{task.sha256}.part"
@@ -134,16 +145,23 @@ async def download(client: CivitaiClient, store: ArtifactStore, task: DownloadTa
         if final.is_file():  # finished by another process while we opened the partial
             part.unlink(missing_ok=True)
             return Outcome("verified", local_path=rel)
-        outcome = await _fetch_verify_store(client, store, task, limits, fh, part, final, rel, on_bytes)
-        if outcome.state != FileState.VERIFIED and part.exists() and os.fstat(fh.fileno()).st_size == 0:
+        outcome = await _fetch_verify_store(
+            client, store, task, limits, fh, part, final, rel, on_bytes
+        )
+        if (
+            outcome.state != FileState.VERIFIED
+            and part.exists()
+            and os.fstat(fh.fileno()).st_size == 0
+        ):
             part.unlink()  # nothing to resume: leave no empty partial behind (we still hold its lock)
         return outcome
     finally:
         fh.close()
 
 
-async def _fetch_verify_store(client, store, task, limits, fh, part: Path, final: Path, rel: str,
-                              on_bytes) -> Outcome:
+async def _fetch_verify_store(
+    client, store, task, limits, fh, part: Path, final: Path, rel: str, on_bytes
+) -> Outcome:
     received = [0]
 
     def count(n: int) -> None:
@@ -159,35 +177,53 @@ async def _fetch_verify_store(client, store, task, limits, fh, part: Path, final
             size, hasher = await _fetch(client, task, limits, fh, size, hasher, count)
         except CivitaiError as exc:
             exc = client.redacted(exc)
-            return Outcome("failed", error=exc.message + (f" ({exc.url})" if exc.url else ""), status=exc.status,
-                           bytes=received[0])
+            return Outcome(
+                "failed",
+                error=exc.message + (f" ({exc.url})" if exc.url else ""),
+                status=exc.status,
+                bytes=received[0],
+            )
         except OSError as exc:
             if exc.errno == 28:  # ENOSPC: free what we hold
                 fh.truncate(0)
-            return Outcome("failed", error=f"cannot write the download: {exc.strerror or type(exc).__name__}",
-                           bytes=received[0])
+            return Outcome(
+                "failed",
+                error=f"cannot write the download: {exc.strerror or type(exc).__name__}",
+                bytes=received[0],
+            )
         os.fsync(fh.fileno())
         digest = hasher.hexdigest()
         if digest == task.sha256:
             break
-        if resumed and round_ == 1:  # the partial may come from another representation: once from scratch
+        if (
+            resumed and round_ == 1
+        ):  # the partial may come from another representation: once from scratch
             fh.truncate(0)
             size, hasher, resumed = 0, hashlib.sha256(), False
             continue
-        return _quarantine(store, task, part, digest,
-                           f"SHA256 mismatch: the bytes hash to {digest}, the API says {task.sha256}", received[0])
+        return _quarantine(
+            store,
+            task,
+            part,
+            digest,
+            f"SHA256 mismatch: the bytes hash to {digest}, the API says {task.sha256}",
+            received[0],
+        )
     try:
         stfile.validate_file(part)
     except stfile.InvalidSafetensors as exc:
-        return _quarantine(store, task, part, task.sha256, f"not a valid safetensors file: {exc}", received[0])
+        return _quarantine(
+            store, task, part, task.sha256, f"not a valid safetensors file: {exc}", received[0]
+        )
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
     _fsync_dir(final.parent)
     return Outcome("verified", local_path=rel, bytes=received[0])
 
 
-def _quarantine(store: ArtifactStore, task: DownloadTask, part: Path, digest: str, reason: str,
-                received: int) -> Outcome:
+def _quarantine(
+    store: ArtifactStore, task: DownloadTask, part: Path, digest: str, reason: str, received: int
+) -> Outcome:
     qrel = f"quarantine/{task.sha256}-{digest[:16]}.bin"
     target = store.path(qrel)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,8 +231,15 @@ def _quarantine(store: ArtifactStore, task: DownloadTask, part: Path, digest: st
     return Outcome("quarantined", error=reason, local_path=qrel, bytes=received)
 
 
-async def _fetch(client: CivitaiClient, task: DownloadTask, limits: DownloadLimits, fh, size: int, hasher,
-                 count: Callable[[int], None]):
+async def _fetch(
+    client: CivitaiClient,
+    task: DownloadTask,
+    limits: DownloadLimits,
+    fh,
+    size: int,
+    hasher,
+    count: Callable[[int], None],
+):
     """Fill the partial file to the end of the body; returns ``(size, hasher)``."""
     url = client.api_url(f"/api/download/models/{task.version_id}")
     params = [("fileId", str(task.civitai_file_id))] if task.civitai_file_id else None
@@ -211,28 +254,42 @@ async def _fetch(client: CivitaiClient, task: DownloadTask, limits: DownloadLimi
             headers["Range"] = f"bytes={size}-"
         try:
             async with client.open(url, params=params, headers=headers, ok=(200, 206, 416)) as resp:
-                if resp.status == 416 or (resp.status == 206 and
-                                          parse_content_range_start(resp.headers.get("Content-Range")) != size):
+                if resp.status == 416 or (
+                    resp.status == 206
+                    and parse_content_range_start(resp.headers.get("Content-Range")) != size
+                ):
                     raise _Restart()
                 if resp.status == 200 and size > 0:  # Range ignored: the body starts at byte 0
                     fh.truncate(0)
                     size, hasher = 0, hashlib.sha256()
                 length = resp.content_length
                 if length is not None and size + length > cap:
-                    raise CivitaiError(f"the body ({size + length} bytes) is larger than the declared size or the "
-                                       f"limit ({cap} bytes)", url=resp.url, kind="size")
+                    raise CivitaiError(
+                        f"the body ({size + length} bytes) is larger than the declared size or the "
+                        f"limit ({cap} bytes)",
+                        url=resp.url,
+                        kind="size",
+                    )
                 fh.seek(size)
                 started, body_bytes = time.monotonic(), 0
                 try:
                     async for chunk in resp.content.iter_chunked(CHUNK):
-                        if client.deadline(body_bytes, started):  # a trickle keeps the idle timeout happy
+                        if client.deadline(
+                            body_bytes, started
+                        ):  # a trickle keeps the idle timeout happy
                             raise client.too_slow(resp.url)
                         body_bytes += len(chunk)
                         if size + len(chunk) > cap:
-                            raise CivitaiError(f"the body is larger than the declared size or the limit "
-                                               f"({cap} bytes)", url=resp.url, kind="size")
+                            raise CivitaiError(
+                                f"the body is larger than the declared size or the limit "
+                                f"({cap} bytes)",
+                                url=resp.url,
+                                kind="size",
+                            )
                         written = fh.write(chunk)
-                        if written != len(chunk):  # unbuffered: a short write means the disk is full
+                        if written != len(
+                            chunk
+                        ):  # unbuffered: a short write means the disk is full
                             raise OSError(errno.ENOSPC, "short write (disk full?)")
                         hasher.update(chunk)
                         size += len(chunk)
@@ -244,8 +301,11 @@ async def _fetch(client: CivitaiClient, task: DownloadTask, limits: DownloadLimi
         except _Restart:
             fh.truncate(0)
             size, hasher = 0, hashlib.sha256()
-            error = CivitaiError("the server cannot resume this partial file; starting over", kind="range",
-                                 retryable=True)
+            error = CivitaiError(
+                "the server cannot resume this partial file; starting over",
+                kind="range",
+                retryable=True,
+            )
         except CivitaiError as exc:
             if not exc.retryable:
                 raise
@@ -254,6 +314,10 @@ async def _fetch(client: CivitaiClient, task: DownloadTask, limits: DownloadLimi
             high_water, failures = size, 0
         failures += 1
         if failures >= client.policy.max_attempts or connections >= 20 * client.policy.max_attempts:
-            raise CivitaiError(f"gave up after {connections} connection(s): {error.message}", url=error.url,
-                               status=error.status, kind=error.kind)
+            raise CivitaiError(
+                f"gave up after {connections} connection(s): {error.message}",
+                url=error.url,
+                status=error.status,
+                kind=error.kind,
+            )
         await client.wait_before_retry(failures, error)

@@ -19,6 +19,7 @@ The raw payload is kept (``raw``) with a hash of its canonical JSON (``raw_hash`
 item is recognised without comparing fields, and so the registry can be re-parsed later. A
 model's raw payload excludes ``modelVersions``; each version keeps its own.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,17 @@ from registry.catalog import in_early_access  # noqa: F401  (re-exported for the
 from registry.profile_identity import canonical_json
 
 # Base models of the SDXL architecture (not "Pony V7", which is AuraFlow).
-SDXL_BASE_MODELS: tuple[str, ...] = ("SDXL 1.0", "SDXL 0.9", "SDXL 1.0 LCM", "SDXL Turbo", "SDXL Lightning",
-                                     "SDXL Hyper", "Pony", "Illustrious", "NoobAI")
+SDXL_BASE_MODELS: tuple[str, ...] = (
+    "SDXL 1.0",
+    "SDXL 0.9",
+    "SDXL 1.0 LCM",
+    "SDXL Turbo",
+    "SDXL Lightning",
+    "SDXL Hyper",
+    "Pony",
+    "Illustrious",
+    "NoobAI",
+)
 LORA_TYPES: tuple[str, ...] = ("LORA", "LoCon", "DoRA")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 MODEL_FILE_TYPES = ("Model", "Pruned Model")
@@ -151,7 +161,9 @@ def license_list(value: Any) -> list[str] | None:
         text = value.strip()
         if text.startswith("{") and text.endswith("}"):
             text = text[1:-1]
-        return _dedupe([p.strip().strip('"').strip() for p in text.split(",") if p.strip().strip('"').strip()])
+        return _dedupe(
+            [p.strip().strip('"').strip() for p in text.split(",") if p.strip().strip('"').strip()]
+        )
     return None
 
 
@@ -175,12 +187,22 @@ def trained_words(value: Any) -> list[str]:
 # Civitai's AIR ecosystem segment per SDXL-architecture base model (``urn:air:ECO:TYPE:civitai:M@V``).
 # Civitai names the *root* ecosystem (its getAirEcosystem, research notes §10.1): Pony, Illustrious
 # and NoobAI versions are ``urn:air:sdxl:…`` too. A payload's own ``air`` always wins.
-AIR_ECOSYSTEM = {"SDXL 1.0": "sdxl", "SDXL 0.9": "sdxl", "SDXL 1.0 LCM": "sdxl", "SDXL Turbo": "sdxl",
-                 "SDXL Lightning": "sdxl", "SDXL Hyper": "sdxl", "Pony": "sdxl", "Illustrious": "sdxl",
-                 "NoobAI": "sdxl"}
+AIR_ECOSYSTEM = {
+    "SDXL 1.0": "sdxl",
+    "SDXL 0.9": "sdxl",
+    "SDXL 1.0 LCM": "sdxl",
+    "SDXL Turbo": "sdxl",
+    "SDXL Lightning": "sdxl",
+    "SDXL Hyper": "sdxl",
+    "Pony": "sdxl",
+    "Illustrious": "sdxl",
+    "NoobAI": "sdxl",
+}
 
 
-def air_for(base_model: str | None, model_type: str | None, model_id: int, version_id: int) -> str | None:
+def air_for(
+    base_model: str | None, model_type: str | None, model_id: int, version_id: int
+) -> str | None:
     """The AIR of a version, its ecosystem taken from the version's base model."""
     if model_type not in _AIR_TYPE:
         return None
@@ -241,13 +263,18 @@ class ParsedFile:
     def is_safetensors(self) -> bool:
         if self.is_pickle or (self.type is not None and self.type not in MODEL_FILE_TYPES):
             return False
-        return self.format == "SafeTensor" or (self.format is None and self.name.lower().endswith(".safetensors"))
+        return self.format == "SafeTensor" or (
+            self.format is None and self.name.lower().endswith(".safetensors")
+        )
 
     def score(self) -> int:
         """Civitai's primary-file score: weights file, then SafeTensor, pruned, fp16."""
-        return ((1000 if self.type in MODEL_FILE_TYPES or self.type is None else 0)
-                + (100 if self.format == "SafeTensor" else 0) + (10 if self.size == "pruned" else 0)
-                + (1 if self.fp == "fp16" else 0))
+        return (
+            (1000 if self.type in MODEL_FILE_TYPES or self.type is None else 0)
+            + (100 if self.format == "SafeTensor" else 0)
+            + (10 if self.size == "pruned" else 0)
+            + (1 if self.fp == "fp16" else 0)
+        )
 
 
 @dataclass
@@ -268,7 +295,9 @@ class ParsedVersion:
     files: list[ParsedFile]
     raw: dict
     raw_hash: str
-    created_at: datetime | None = None  # Civitai's; 2023-shaped payloads have it, current lists do not
+    created_at: datetime | None = (
+        None  # Civitai's; 2023-shaped payloads have it, current lists do not
+    )
     civitai_updated_at: datetime | None = None
     status: str | None = None
     early_access_ends_at: datetime | None = None
@@ -302,7 +331,10 @@ class ParsedVersion:
             return None, "the version lists no files"
         if primary.is_pickle:
             return None, "pickle format (PickleTensor): never downloaded or loaded"
-        return None, f"no safetensors weights file (primary is {primary.format or primary.type or 'unknown'})"
+        return (
+            None,
+            f"no safetensors weights file (primary is {primary.format or primary.type or 'unknown'})",
+        )
 
 
 @dataclass
@@ -337,7 +369,11 @@ class ParsedModel:
 
     def keep_versions(self, base_models: tuple[str, ...] | frozenset[str]) -> list[ParsedVersion]:
         """The SDXL versions whose (canonical) base model is in ``base_models``."""
-        return [v for v in self.versions if v.is_sdxl and canonical_base_model(v.base_model) in base_models]
+        return [
+            v
+            for v in self.versions
+            if v.is_sdxl and canonical_base_model(v.base_model) in base_models
+        ]
 
 
 # ---------------------------------------------------------------- parsers
@@ -376,7 +412,9 @@ def parse_file(item: Any) -> ParsedFile:
     )
 
 
-def parse_version(item: Any, model_id: int, model_type: str | None = None) -> tuple[ParsedVersion, list[str]]:
+def parse_version(
+    item: Any, model_id: int, model_type: str | None = None
+) -> tuple[ParsedVersion, list[str]]:
     if not isinstance(item, dict):
         raise ApiSchemaError("version is not an object")
     version_id = _id(item.get("id"))
@@ -429,8 +467,15 @@ def preview_images(items: Any) -> list[dict]:
         url = _text(_dict(item).get("url"))
         if not url or len(url) > 2000 or not url.lower().startswith(("https://", "http://")):
             continue
-        out.append({"url": url, "width": _int(item.get("width")), "height": _int(item.get("height")),
-                    "nsfw_level": _int(item.get("nsfwLevel")), "type": _text(item.get("type"), 16) or "image"})
+        out.append(
+            {
+                "url": url,
+                "width": _int(item.get("width")),
+                "height": _int(item.get("height")),
+                "nsfw_level": _int(item.get("nsfwLevel")),
+                "type": _text(item.get("type"), 16) or "image",
+            }
+        )
         if len(out) == MAX_PREVIEWS:
             break
     return out
@@ -474,8 +519,16 @@ def parse_model(item: Any) -> ParsedModel:
         thumbs_up_count=_int(stats.get("thumbsUpCount")),
         creator_username=(_text(creator.get("username"), 255) or None),
         creator_image=_text(creator.get("image"), 1000),
-        tags=_dedupe([t.strip() for t in (_text(x.get("name") if isinstance(x, dict) else x, 255)
-                                              for x in _list(item.get("tags"))) if t and t.strip()]),
+        tags=_dedupe(
+            [
+                t.strip()
+                for t in (
+                    _text(x.get("name") if isinstance(x, dict) else x, 255)
+                    for x in _list(item.get("tags"))
+                )
+                if t and t.strip()
+            ]
+        ),
         versions=versions,
         raw=raw,
         raw_hash=raw_hash(raw),

@@ -28,6 +28,7 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
   ``interrupted`` (cancelled, or killed: the next crawl on the same host marks a run whose
   process is gone).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -91,9 +92,15 @@ class CrawlOptions:
     connect_timeout: float = 30.0
     limits: DownloadLimits = field(default_factory=DownloadLimits)
     min_rate: float = 16 * 1024  # bytes/s a body must average after its first ``timeout`` seconds
-    deadline: float | None = None  # seconds for the whole run (scheduled runs); then it ends ``partial``
-    max_stale_pages: int = 20  # consecutive pages without a new model end the listing (an endless cursor)
-    model_ids: tuple[int, ...] | None = None  # fetch these models by id instead of walking the listing
+    deadline: float | None = (
+        None  # seconds for the whole run (scheduled runs); then it ends ``partial``
+    )
+    max_stale_pages: int = (
+        20  # consecutive pages without a new model end the listing (an endless cursor)
+    )
+    model_ids: tuple[int, ...] | None = (
+        None  # fetch these models by id instead of walking the listing
+    )
 
     @property
     def unfiltered(self) -> bool:
@@ -101,9 +108,19 @@ class CrawlOptions:
 
     def describe(self) -> dict:
         if self.model_ids is not None:
-            return {"models": len(self.model_ids), "download": self.download, "concurrency": self.concurrency}
-        return {"base_models": list(self.base_models), "max_models": self.max_models, "full": self.full,
-                "download": self.download, "concurrency": self.concurrency, "sort": "Oldest"}
+            return {
+                "models": len(self.model_ids),
+                "download": self.download,
+                "concurrency": self.concurrency,
+            }
+        return {
+            "base_models": list(self.base_models),
+            "max_models": self.max_models,
+            "full": self.full,
+            "download": self.download,
+            "concurrency": self.concurrency,
+            "sort": "Oldest",
+        }
 
 
 @dataclass
@@ -142,16 +159,22 @@ class CrawlStats:
         doc = asdict(self)
         # the retry counters as flat names: retry/count, retry/reason/<kind> (http, timeout, ...)
         doc["retry/count"] = self.retries
-        doc.update({f"retry/reason/{kind}": n for kind, n in sorted(doc.pop("retry_reasons").items())})
+        doc.update(
+            {f"retry/reason/{kind}": n for kind, n in sorted(doc.pop("retry_reasons").items())}
+        )
         doc["options"] = options.describe()
-        doc["models_per_second"] = round(self.models_listed / self.seconds, 1) if self.seconds > 0 else None
+        doc["models_per_second"] = (
+            round(self.models_listed / self.seconds, 1) if self.seconds > 0 else None
+        )
         return doc
 
 
 class Reporter:
     """Progress callbacks (the CLI draws them with rich); the default reports nothing."""
 
-    shows_problems = False  # True: problems reach the user here, so the log keeps them at INFO (said once)
+    shows_problems = (
+        False  # True: problems reach the user here, so the log keeps them at INFO (said once)
+    )
 
     def refresh(self, stats: CrawlStats) -> None:
         pass
@@ -161,8 +184,14 @@ class Reporter:
 
 
 class Crawler:
-    def __init__(self, app, options: CrawlOptions, reporter: Reporter | None = None, *,
-                 client_kwargs: dict | None = None):
+    def __init__(
+        self,
+        app,
+        options: CrawlOptions,
+        reporter: Reporter | None = None,
+        *,
+        client_kwargs: dict | None = None,
+    ):
         self.app = app
         self.options = options
         self.reporter = reporter or Reporter()
@@ -190,18 +219,29 @@ class Crawler:
         """
         what = f"crawl: {getattr(fn, '__name__', 'write')}"
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, lambda: retry_call(lambda: fn(*args), what=what, policy=self._db_retry))
+            self._executor, lambda: retry_call(lambda: fn(*args), what=what, policy=self._db_retry)
+        )
 
     def _error(self, stage: str, ref: str | None, message: str, status: int | None = None) -> None:
         client = getattr(self, "client", None)
-        if client is not None:  # every problem is stored, printed and logged: never with the token in it
+        if (
+            client is not None
+        ):  # every problem is stored, printed and logged: never with the token in it
             message = client.redact(message)
         self.stats.errors += 1
         record = ErrorRecord(stage=stage, ref=ref, message=message, status_code=status)
         self._errors.append(record)
         if len(self.stats.error_samples) < MAX_ERROR_SAMPLES:
-            self.stats.error_samples.append({"stage": stage, "item": ref, "status": status, "message": message})
-        log.log(logging.INFO if self.reporter.shows_problems else logging.WARNING, "%s %s: %s", stage, ref or "", message)
+            self.stats.error_samples.append(
+                {"stage": stage, "item": ref, "status": status, "message": message}
+            )
+        log.log(
+            logging.INFO if self.reporter.shows_problems else logging.WARNING,
+            "%s %s: %s",
+            stage,
+            ref or "",
+            message,
+        )
         self.reporter.problem(f"{stage} {ref or ''}: {message}".strip())
 
     async def _flush_errors(self) -> None:
@@ -211,11 +251,20 @@ class Crawler:
 
     def _run_values(self) -> dict:
         s = self.stats
-        return dict(status=s.status, cursor=s.cursor, pages=s.pages, requests=s.requests, models_seen=s.models_listed,
-                    models_written=s.models_new + s.models_updated, versions_new=s.versions_new,
-                    versions_gone=s.versions_gone, files_verified=s.files_verified,
-                    files_failed=s.files_failed + s.files_quarantined, bytes_downloaded=s.bytes_downloaded,
-                    error_count=s.errors)
+        return dict(
+            status=s.status,
+            cursor=s.cursor,
+            pages=s.pages,
+            requests=s.requests,
+            models_seen=s.models_listed,
+            models_written=s.models_new + s.models_updated,
+            versions_new=s.versions_new,
+            versions_gone=s.versions_gone,
+            files_verified=s.files_verified,
+            files_failed=s.files_failed + s.files_quarantined,
+            bytes_downloaded=s.bytes_downloaded,
+            error_count=s.errors,
+        )
 
     # -------------------------------------------------------------- the run
 
@@ -225,10 +274,16 @@ class Crawler:
         self.stats.run_id = await self._write(self.store.start_run, params)
         failure: BaseException | None = None
         try:
-            async with CivitaiClient(self.app.settings.civitai_base_url, self.app.settings.civitai_api_key,
-                                     policy=self.options.policy, per_host=self.options.concurrency,
-                                     timeout=self.options.timeout, connect_timeout=self.options.connect_timeout,
-                                     min_rate=self.options.min_rate, **self.client_kwargs) as client:
+            async with CivitaiClient(
+                self.app.settings.civitai_base_url,
+                self.app.settings.civitai_api_key,
+                policy=self.options.policy,
+                per_host=self.options.concurrency,
+                timeout=self.options.timeout,
+                connect_timeout=self.options.connect_timeout,
+                min_rate=self.options.min_rate,
+                **self.client_kwargs,
+            ) as client:
                 self.client = client
                 limit = asyncio.timeout(self.options.deadline)
                 try:
@@ -238,8 +293,12 @@ class Crawler:
                     if not limit.expired():
                         raise
                     # a hostile or broken server must not hold a scheduled run (and its lease) forever
-                    self._error("run", None, f"the run reached its deadline of {self.options.deadline:g} s and "
-                                             "stopped (partial downloads are kept for the next run)")
+                    self._error(
+                        "run",
+                        None,
+                        f"the run reached its deadline of {self.options.deadline:g} s and "
+                        "stopped (partial downloads are kept for the next run)",
+                    )
                     self.stats.status = "partial"
         except BaseException as exc:
             failure = exc
@@ -256,19 +315,27 @@ class Crawler:
     async def _finish(self) -> None:
         try:
             await self._flush_errors()
-            await self._write(self.store.update_run, self.stats.run_id, {**self._run_values(), "finished_at": utcnow()})
+            await self._write(
+                self.store.update_run,
+                self.stats.run_id,
+                {**self._run_values(), "finished_at": utcnow()},
+            )
         except Exception as exc:
             if not disk_full(exc):
                 raise
             # nothing more fits; the run row stays "running" and the next crawl marks it interrupted
-            log.warning("crawl run %s could not be recorded: the registry's disk is full", self.stats.run_id)
+            log.warning(
+                "crawl run %s could not be recorded: the registry's disk is full", self.stats.run_id
+            )
         finally:
             self._executor.shutdown(wait=True)
 
     async def _crawl(self, client: CivitaiClient) -> None:
         downloads: asyncio.Queue[DownloadTask] = asyncio.Queue()
-        workers = [asyncio.create_task(self._download_worker(downloads))
-                   for _ in range(self.options.concurrency if self.options.download else 0)]
+        workers = [
+            asyncio.create_task(self._download_worker(downloads))
+            for _ in range(self.options.concurrency if self.options.download else 0)
+        ]
         if self.options.model_ids is not None:
             try:
                 await self._fetch_models(client, downloads)
@@ -279,12 +346,16 @@ class Crawler:
                 await asyncio.gather(*workers, return_exceptions=True)
                 self._sync_counters()
             return
-        pages: asyncio.Queue = asyncio.Queue(maxsize=2)  # the lister runs at most two pages ahead of the writer
+        pages: asyncio.Queue = asyncio.Queue(
+            maxsize=2
+        )  # the lister runs at most two pages ahead of the writer
         consumer = asyncio.create_task(self._consume(pages, downloads))
         lister = asyncio.create_task(self._list(client, pages))
         try:
             await asyncio.wait({lister, consumer}, return_when=asyncio.FIRST_COMPLETED)
-            if consumer.done():  # before the end of the listing it can only have failed (e.g. the database)
+            if (
+                consumer.done()
+            ):  # before the end of the listing it can only have failed (e.g. the database)
                 lister.cancel()
                 await asyncio.gather(lister, return_exceptions=True)
                 consumer.result()
@@ -319,13 +390,21 @@ class Crawler:
                 except CivitaiError as exc:
                     missing += 1
                     gone = exc.status in (404, 410)
-                    self._error("fetch", f"model {model_id}", "not on Civitai (deleted or never public)" if gone
-                                else f"could not be fetched: {exc}", exc.status)
+                    self._error(
+                        "fetch",
+                        f"model {model_id}",
+                        "not on Civitai (deleted or never public)"
+                        if gone
+                        else f"could not be fetched: {exc}",
+                        exc.status,
+                    )
                     return
             self.stats.pages += 1
             batch = self._select([doc])
             if not batch and isinstance(doc, dict) and doc.get("id") == model_id:
-                self._error("fetch", f"model {model_id}", "not an SDXL LoRA on Civitai: nothing to fill in")
+                self._error(
+                    "fetch", f"model {model_id}", "not an SDXL LoRA on Civitai: nothing to fill in"
+                )
             await self._ingest(batch, downloads)
 
         await asyncio.gather(*(fetch(m) for m in self.options.model_ids))
@@ -342,9 +421,16 @@ class Crawler:
     # -------------------------------------------------------------- listing
 
     def _list_params(self, cursor: str | None) -> list[tuple[str, str]]:
-        params = [("types", t) for t in LORA_TYPES] + [("baseModels", b) for b in self.options.base_models]
+        params = [("types", t) for t in LORA_TYPES] + [
+            ("baseModels", b) for b in self.options.base_models
+        ]
         # archived=true: archived models are listed too (marked, never downloaded); Civitai hides them otherwise
-        params += [("limit", str(self.options.page_limit)), ("nsfw", "true"), ("archived", "true"), ("sort", "Oldest")]
+        params += [
+            ("limit", str(self.options.page_limit)),
+            ("nsfw", "true"),
+            ("archived", "true"),
+            ("sort", "Oldest"),
+        ]
         return params + ([("cursor", cursor)] if cursor is not None else [])
 
     async def _list(self, client: CivitaiClient, pages: asyncio.Queue) -> bool:
@@ -352,8 +438,11 @@ class Crawler:
 
         The next page is requested before the current one is parsed, so the server works while we do.
         """
+
         def fetch(cursor: str | None) -> asyncio.Task:
-            return asyncio.create_task(client.get_json(MODELS_PATH, self._list_params(cursor), _envelope))
+            return asyncio.create_task(
+                client.get_json(MODELS_PATH, self._list_params(cursor), _envelope)
+            )
 
         pending: asyncio.Task | None = fetch(None)
         requested: set[str | None] = {None}
@@ -366,25 +455,46 @@ class Crawler:
                     where = f"page {self.stats.pages + 1}"
                     if self.stats.pages == 0:
                         self._error("page", where, str(exc), exc.status)
-                        raise CrawlFailed(f"the crawl could not start: the first page of {self.stats.base_url}"
-                                          f"{MODELS_PATH} failed: {exc}") from None
-                    self._error("page", where, f"{exc}; the listing stops here (the next crawl starts over)",
-                                exc.status)
+                        raise CrawlFailed(
+                            f"the crawl could not start: the first page of {self.stats.base_url}"
+                            f"{MODELS_PATH} failed: {exc}"
+                        ) from None
+                    self._error(
+                        "page",
+                        where,
+                        f"{exc}; the listing stops here (the next crawl starts over)",
+                        exc.status,
+                    )
                     return False
                 self.stats.pages += 1
                 pending, complete = None, next_cursor is None
-                ids = {item["id"] for item in items if isinstance(item, dict) and type(item.get("id")) is int}
+                ids = {
+                    item["id"]
+                    for item in items
+                    if isinstance(item, dict) and type(item.get("id")) is int
+                }
                 stale = 0 if ids - self._listed else stale + 1
                 if next_cursor in requested and not complete:
-                    self._error("page", f"page {self.stats.pages}", "the server returned a cursor it had already "
-                                                                    "returned (a loop); the listing stops here")
+                    self._error(
+                        "page",
+                        f"page {self.stats.pages}",
+                        "the server returned a cursor it had already "
+                        "returned (a loop); the listing stops here",
+                    )
                 elif not complete and client.holds_token(next_cursor):
-                    self._error("page", f"page {self.stats.pages}", "the server returned a cursor that holds the "
-                                                                    "API token; it is not followed or stored")
+                    self._error(
+                        "page",
+                        f"page {self.stats.pages}",
+                        "the server returned a cursor that holds the "
+                        "API token; it is not followed or stored",
+                    )
                 elif not complete and stale >= self.options.max_stale_pages:
-                    self._error("page", f"page {self.stats.pages}",
-                                f"{stale} consecutive pages brought no new model (an endless cursor?); the listing "
-                                "stops here")
+                    self._error(
+                        "page",
+                        f"page {self.stats.pages}",
+                        f"{stale} consecutive pages brought no new model (an endless cursor?); the listing "
+                        "stops here",
+                    )
                 elif not complete:
                     requested.add(next_cursor)
                     self.stats.cursor = next_cursor
@@ -411,7 +521,9 @@ class Crawler:
                 model = parse_model(item)
             except ApiSchemaError as exc:
                 ref = item.get("id") if isinstance(item, dict) else None
-                self._error("model", f"model {ref}" if ref is not None else None, f"unusable item: {exc}")
+                self._error(
+                    "model", f"model {ref}" if ref is not None else None, f"unusable item: {exc}"
+                )
                 continue
             for note in model.skipped:
                 self._error("model", f"model {model.id}", f"part of the item skipped: {note}")
@@ -425,7 +537,10 @@ class Crawler:
                 self.stats.duplicates += 1
                 continue
             if model.id not in self._seen:
-                if self.options.max_models is not None and len(self._seen) >= self.options.max_models:
+                if (
+                    self.options.max_models is not None
+                    and len(self._seen) >= self.options.max_models
+                ):
                     self._truncated = True
                     break
                 self.stats.models_kept += 1
@@ -449,10 +564,14 @@ class Crawler:
             raise
         except Exception as page_error:
             if disk_full(page_error):  # item by item would fail the same way, thousands of times
-                self._error("page", f"page {self.stats.pages}", "the registry's disk is full; the crawl stops "
-                                                                "(free space, then crawl again)")
-                raise CrawlFailed("the registry's disk is full; the crawl stopped (free space, then crawl again)") \
-                    from None
+                self._error(
+                    "page",
+                    f"page {self.stats.pages}",
+                    "the registry's disk is full; the crawl stops (free space, then crawl again)",
+                )
+                raise CrawlFailed(
+                    "the registry's disk is full; the crawl stopped (free space, then crawl again)"
+                ) from None
             if len(batch) == 1:
                 raise
             results, failed = [], []
@@ -467,7 +586,11 @@ class Crawler:
                 raise page_error
             for model_id, exc in failed:
                 first = first_line(exc, limit=300)
-                self._error("model", f"model {model_id}", f"could not be stored: {type(exc).__name__}: {first}")
+                self._error(
+                    "model",
+                    f"model {model_id}",
+                    f"could not be stored: {type(exc).__name__}: {first}",
+                )
             return results
 
     async def _ingest(self, batch, downloads: asyncio.Queue) -> None:
@@ -483,7 +606,9 @@ class Crawler:
                 await self._flush_errors()
                 await self._write(self.store.update_run, s.run_id, self._run_values())
             if self.options.download:
-                for task in await self._write(self.store.download_tasks, [v.id for _, vs in batch for v in vs]):
+                for task in await self._write(
+                    self.store.download_tasks, [v.id for _, vs in batch for v in vs]
+                ):
                     if task.file_id not in self._queued_files:
                         self._queued_files.add(task.file_id)
                         s.files_queued += 1
@@ -501,19 +626,26 @@ class Crawler:
         while True:
             task = await downloads.get()
             try:
-                outcome = await download(self.client, store, task, self.options.limits, self._on_bytes)
+                outcome = await download(
+                    self.client, store, task, self.options.limits, self._on_bytes
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug or an odd OS error: this file fails, the crawl goes on
                 log.debug("download of file %s crashed", task.file_id, exc_info=True)
-                outcome = Outcome("failed", error=f"unexpected {type(exc).__name__} while downloading")
+                outcome = Outcome(
+                    "failed", error=f"unexpected {type(exc).__name__} while downloading"
+                )
             try:
                 await self._record(task, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._error("download", _file_ref(task), f"could not record the outcome: {type(exc).__name__}: "
-                                                        f"{first_line(exc)}")
+                self._error(
+                    "download",
+                    _file_ref(task),
+                    f"could not record the outcome: {type(exc).__name__}: {first_line(exc)}",
+                )
             finally:
                 downloads.task_done()
 
@@ -531,7 +663,9 @@ class Crawler:
         else:
             s.files_failed += 1
         if outcome.state != FileState.VERIFIED:
-            self._error("download", _file_ref(task), f"{outcome.state}: {outcome.error}", outcome.status)
+            self._error(
+                "download", _file_ref(task), f"{outcome.state}: {outcome.error}", outcome.status
+            )
         self._sync_counters()
 
     # -------------------------------------------------------------- disappearance
@@ -555,7 +689,9 @@ class Crawler:
             self.stats.gone_check = blocker
             return
         alive_models, alive_versions = await self._write(self.store.alive_ids)
-        missing_versions = {vid: mid for vid, mid in alive_versions.items() if vid not in self._seen_versions}
+        missing_versions = {
+            vid: mid for vid, mid in alive_versions.items() if vid not in self._seen_versions
+        }
         candidates = sorted((alive_models - self._listed) | set(missing_versions.values()))
         gone_models: set[int] = set()
         gone_versions: set[int] = set()
@@ -572,8 +708,12 @@ class Crawler:
                         gone_models.add(model_id)
                     else:
                         unconfirmed += 1
-                        self._error("gone", f"model {model_id}", f"cannot confirm whether it is gone: {exc}",
-                                    exc.status)
+                        self._error(
+                            "gone",
+                            f"model {model_id}",
+                            f"cannot confirm whether it is gone: {exc}",
+                            exc.status,
+                        )
                     return
             try:
                 model = parse_model(doc)
@@ -581,23 +721,32 @@ class Crawler:
                     raise ApiSchemaError(f"asked for model {model_id}, got {model.id}")
             except ApiSchemaError as exc:
                 unconfirmed += 1
-                self._error("gone", f"model {model_id}", f"cannot confirm whether it is gone: {exc}")
+                self._error(
+                    "gone", f"model {model_id}", f"cannot confirm whether it is gone: {exc}"
+                )
                 return
             versions = model.keep_versions(frozenset(SDXL_BASE_MODELS)) if model.is_lora else []
             if not versions:
                 gone_models.add(model_id)  # still upstream, but no longer an SDXL LoRA
                 return
             present = {v.id for v in versions}
-            gone_versions.update(vid for vid, mid in missing_versions.items() if mid == model_id and vid not in present)
+            gone_versions.update(
+                vid
+                for vid, mid in missing_versions.items()
+                if mid == model_id and vid not in present
+            )
             self._seen_versions.update(present)
             await self._ingest([(model, versions)], downloads)
 
         await asyncio.gather(*(confirm(m) for m in candidates))
-        n_models, n_versions = await self._write(self.store.mark_gone, gone_models, gone_versions, utcnow())
+        n_models, n_versions = await self._write(
+            self.store.mark_gone, gone_models, gone_versions, utcnow()
+        )
         self.stats.models_gone += n_models
         self.stats.versions_gone += n_versions
-        self.stats.gone_check = (f"done: {len(candidates)} model(s) not listed were checked"
-                                 + (f", {unconfirmed} could not be confirmed" if unconfirmed else ""))
+        self.stats.gone_check = f"done: {len(candidates)} model(s) not listed were checked" + (
+            f", {unconfirmed} could not be confirmed" if unconfirmed else ""
+        )
 
 
 def _envelope(doc: Any) -> tuple[list, str | None]:
@@ -614,7 +763,9 @@ def _file_ref(task: DownloadTask) -> str:
     return f"version {task.version_id} file {task.civitai_file_id or task.file_id}"
 
 
-async def run_crawl(app, options: CrawlOptions, reporter: Reporter | None = None, **kwargs) -> CrawlStats:
+async def run_crawl(
+    app, options: CrawlOptions, reporter: Reporter | None = None, **kwargs
+) -> CrawlStats:
     return await Crawler(app, options, reporter, **kwargs).run()
 
 

@@ -5,6 +5,7 @@ PostgreSQL an advisory lock makes concurrent upgrades wait for each other; the w
 reads the new revision and has nothing left to do. SQLite runs in batch mode with foreign-key
 enforcement off for the duration (table rebuilds would otherwise cascade).
 """
+
 from __future__ import annotations
 
 from alembic import context
@@ -12,7 +13,9 @@ from sqlmodel import SQLModel
 
 import registry.models  # noqa: F401  (fills SQLModel.metadata)
 
-MIGRATION_LOCK_ID = 0x0CA1205  # arbitrary, constant: one advisory lock for all carlos-reg migrations
+MIGRATION_LOCK_ID = (
+    0x0CA1205  # arbitrary, constant: one advisory lock for all carlos-reg migrations
+)
 
 target_metadata = SQLModel.metadata
 
@@ -46,5 +49,7 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("offline (SQL script) migrations are not supported; run `carlos-reg db upgrade`")
+    raise SystemExit(
+        "offline (SQL script) migrations are not supported; run `carlos-reg db upgrade`"
+    )
 run_migrations_online()

@@ -8,6 +8,7 @@ step through the same commands a user types. Random weights make every ranking m
 the mechanics (downloads, verification, failures and their reasons, queue, signatures, caches,
 duplicate detection) are real.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -37,18 +38,95 @@ def _catalog(folder: Path, work: Path) -> dict:
     files.mkdir(parents=True, exist_ok=True)
     specs = [
         # (model id, name, tags, trained words, base model, how the file is made)
-        (101, "Ink Wash Painting", ["style", "ink"], WORDS["ink"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=11, strength=1.0)),
-        (102, "Neon Cyberpunk City", ["style", "cyberpunk"], WORDS["neon"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=22, strength=1.0)),
-        (103, "Pastel Watercolor", ["style", "watercolor"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=33, strength=0.6)),
-        (104, "Film Grain Photo", ["photography"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=44, strength=0.15)),
-        (105, "Soft Lighting", ["lighting"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=55, strength=0.08)),
-        (106, "Does Nothing", ["concept"], [], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, zero_up=True)),
-        (107, "Ink Wash Painting (re-upload)", ["style", "ink"], WORDS["ink"], "SDXL 1.0", None),  # near duplicate of 101
-        (108, "Golden Armor", ["clothing", "armor"], WORDS["armor"], "SDXL 1.0", lambda p: lf.write_kohya_lora(p, seed=66, strength=0.8, te=True)),
-        (109, "Pony Pastel Style", ["style"], [], "Pony", lambda p: lf.write_kohya_lora(p, seed=77, strength=0.9)),
-        (110, "Sketchy LoHa", ["style", "sketch"], [], "SDXL 1.0", lambda p: lf.write_loha(p, seed=1)),
+        (
+            101,
+            "Ink Wash Painting",
+            ["style", "ink"],
+            WORDS["ink"],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=11, strength=1.0),
+        ),
+        (
+            102,
+            "Neon Cyberpunk City",
+            ["style", "cyberpunk"],
+            WORDS["neon"],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=22, strength=1.0),
+        ),
+        (
+            103,
+            "Pastel Watercolor",
+            ["style", "watercolor"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=33, strength=0.6),
+        ),
+        (
+            104,
+            "Film Grain Photo",
+            ["photography"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=44, strength=0.15),
+        ),
+        (
+            105,
+            "Soft Lighting",
+            ["lighting"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=55, strength=0.08),
+        ),
+        (
+            106,
+            "Does Nothing",
+            ["concept"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, zero_up=True),
+        ),
+        (
+            107,
+            "Ink Wash Painting (re-upload)",
+            ["style", "ink"],
+            WORDS["ink"],
+            "SDXL 1.0",
+            None,
+        ),  # near duplicate of 101
+        (
+            108,
+            "Golden Armor",
+            ["clothing", "armor"],
+            WORDS["armor"],
+            "SDXL 1.0",
+            lambda p: lf.write_kohya_lora(p, seed=66, strength=0.8, te=True),
+        ),
+        (
+            109,
+            "Pony Pastel Style",
+            ["style"],
+            [],
+            "Pony",
+            lambda p: lf.write_kohya_lora(p, seed=77, strength=0.9),
+        ),
+        (
+            110,
+            "Sketchy LoHa",
+            ["style", "sketch"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_loha(p, seed=1),
+        ),
         (111, "Corrupt Upload", ["style"], [], "SDXL 1.0", lambda p: lf.write_truncated(p, seed=2)),
-        (112, "Old Pickle LoRA", ["style"], [], "SDXL 1.0", lambda p: lf.write_pickle_lora(p, seed=3)),
+        (
+            112,
+            "Old Pickle LoRA",
+            ["style"],
+            [],
+            "SDXL 1.0",
+            lambda p: lf.write_pickle_lora(p, seed=3),
+        ),
         (113, "SD 1.5 Anime", ["anime"], [], "SD 1.5", lambda p: lf.write_sd15_lora(p, seed=4)),
     ]
     models, blobs = [], {}
@@ -63,8 +141,19 @@ def _catalog(folder: Path, work: Path) -> dict:
         file_id, version_id = 3000 + model_id, 2000 + model_id
         fmt = "PickleTensor" if suffix == ".pt" else "SafeTensor"
         entry = file_entry(file_id, data, name=f"{name.replace(' ', '_')}{suffix}", format=fmt)
-        models.append(model_entry(model_id, name=name, tags=tags, creator="demo", versions=[
-            version_entry(version_id, name="v1.0", files=[entry], base_model=base, trained_words=words)]))
+        models.append(
+            model_entry(
+                model_id,
+                name=name,
+                tags=tags,
+                creator="demo",
+                versions=[
+                    version_entry(
+                        version_id, name="v1.0", files=[entry], base_model=base, trained_words=words
+                    )
+                ],
+            )
+        )
         blobs[file_id] = path
     write_catalog(folder, models, blobs)
     return {"models": len(models)}
@@ -80,15 +169,25 @@ def _explain_failures(home: Path) -> None:
 
     app = App(Settings.load(home=home))
     with app.db.read() as s:
-        files = s.execute(sa.select(Model.name, File.state, File.error).join(Version, Version.id == File.version_id)
-                          .join(Model, Model.id == Version.model_id).where(File.state != FileState.VERIFIED)).all()
-        jobs = s.execute(sa.select(Model.name, SignJob.last_error).join(Version, Version.id == SignJob.version_id)
-                         .join(Model, Model.id == Version.model_id).where(SignJob.state == JobState.DEAD)).all()
+        files = s.execute(
+            sa.select(Model.name, File.state, File.error)
+            .join(Version, Version.id == File.version_id)
+            .join(Model, Model.id == Version.model_id)
+            .where(File.state != FileState.VERIFIED)
+        ).all()
+        jobs = s.execute(
+            sa.select(Model.name, SignJob.last_error)
+            .join(Version, Version.id == SignJob.version_id)
+            .join(Model, Model.id == Version.model_id)
+            .where(SignJob.state == JobState.DEAD)
+        ).all()
     rows = [(name, f"file {state}", error or "") for name, state, error in files]
     rows += [(name, "signing failed", error or "") for name, error in jobs]
     table(["LoRA", "what", "why"], rows, title="rejected on the way")
-    info("The SD 1.5 LoRA never entered the registry: the crawler keeps only SDXL-architecture LoRAs, "
-         "whatever the server returns.")
+    info(
+        "The SD 1.5 LoRA never entered the registry: the crawler keeps only SDXL-architecture LoRAs, "
+        "whatever the server returns."
+    )
     app.close()
 
 
@@ -108,7 +207,11 @@ class _Runner:
 
         say(f"$ carlos-reg {shlex.join(args)}")  # copy-pasteable: quoted, one unwrapped line
         try:
-            get_cli().main(args=["--home", str(self.home), *args], prog_name="carlos-reg", standalone_mode=False)
+            get_cli().main(
+                args=["--home", str(self.home), *args],
+                prog_name="carlos-reg",
+                standalone_mode=False,
+            )
             code = 0
         except SystemExit as exc:
             code = int(exc.code or 0)
@@ -137,62 +240,108 @@ def _fresh_dir(directory: str) -> Path:
 def _demo_environment(root: Path) -> Environment:
     """The demo's settings: the tiny profile, its own models, no registry or token of the user's."""
     set_library_defaults(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return environment().with_values(CARLOS_REG_PROFILE="tiny", CARLOS_REG_MODELS=str(root / "models"),
-                                      CARLOS_REG_DB=None, CIVITAI_API_KEY=None)
+    return environment().with_values(
+        CARLOS_REG_PROFILE="tiny",
+        CARLOS_REG_MODELS=str(root / "models"),
+        CARLOS_REG_DB=None,
+        CIVITAI_API_KEY=None,
+    )
 
 
 def _build_and_crawl(run: _Runner, root: Path, env: Environment) -> None:
-    _step(1, "Tiny models", "An SDXL-architecture pipeline and a CLIP model with random weights, built from small "
-          "configs and saved, then loaded back through the same from_pretrained path as real weights.")
+    _step(
+        1,
+        "Tiny models",
+        "An SDXL-architecture pipeline and a CLIP model with random weights, built from small "
+        "configs and saved, then loaded back through the same from_pretrained path as real weights.",
+    )
     from signer.tiny import ensure_tiny_sdxl
 
     ensure_tiny_sdxl(root / "models")
     info(f"built in {root / 'models'}")
 
-    _step(2, "A Civitai-compatible mirror", "13 LoRAs in the mirror format: strong, subtle, zero-effect, a "
-          "near-duplicate re-upload, a text-encoder LoRA, a Pony LoRA, plus an SD 1.5 LoRA (not SDXL: dropped), a "
-          "pickle .pt (never downloaded as usable), a LoHa (diffusers cannot load it) and a truncated file.")
+    _step(
+        2,
+        "A Civitai-compatible mirror",
+        "13 LoRAs in the mirror format: strong, subtle, zero-effect, a "
+        "near-duplicate re-upload, a text-encoder LoRA, a Pony LoRA, plus an SD 1.5 LoRA (not SDXL: dropped), a "
+        "pickle .pt (never downloaded as usable), a LoHa (diffusers cannot load it) and a truncated file.",
+    )
     from crawler.mirror import BackgroundServer, make_app
 
     _catalog(root / "mirror", root / "work")
-    with BackgroundServer(make_app(root / "mirror")) as server, \
-            use_environment(env.with_values(CIVITAI_BASE_URL=server.url)):
+    with (
+        BackgroundServer(make_app(root / "mirror")) as server,
+        use_environment(env.with_values(CIVITAI_BASE_URL=server.url)),
+    ):
         info(f"serving {root / 'mirror'} at {server.url}")
 
-        _step(3, "Crawl", "Listing with cursor pagination, SDXL LoRAs only, files downloaded with SHA256 "
-              "verification; every verified file is queued for signing with the default profile (tiny).")
+        _step(
+            3,
+            "Crawl",
+            "Listing with cursor pagination, SDXL LoRAs only, files downloaded with SHA256 "
+            "verification; every verified file is queued for signing with the default profile (tiny).",
+        )
         run("crawl", "--concurrency", "2", allow_fail=True)
         run("crawls", "--limit", "1")
 
 
 def _sign_and_query(run: _Runner, root: Path) -> Path:
     """Steps 4-10; returns the HTML report's path."""
-    _step(4, "Sign", "A worker claims jobs with a lease: first the profile's base branch (computed once), then each "
-          "LoRA (paired generations with and without it, CLIP-space differences → Direction, Strength, Consistency). "
-          "Bad files fail their job with the reason; the worker goes on.")
+    _step(
+        4,
+        "Sign",
+        "A worker claims jobs with a lease: first the profile's base branch (computed once), then each "
+        "LoRA (paired generations with and without it, CLIP-space differences → Direction, Strength, Consistency). "
+        "Bad files fail their job with the reason; the worker goes on.",
+    )
     run("signer", "work", "--once", "--device", "cpu", allow_fail=True)
     run("signer", "status")
 
-    _step(5, "What failed, and why", "Nothing bad is lost or silent: each rejected file keeps its reason.")
+    _step(
+        5,
+        "What failed, and why",
+        "Nothing bad is lost or silent: each rejected file keeps its reason.",
+    )
     _explain_failures(run.home)
 
-    _step(6, "The registry", "What was crawled and signed (zero-effect LoRAs get Strength 0 and a no_effect flag).")
+    _step(
+        6,
+        "The registry",
+        "What was crawled and signed (zero-effect LoRAs get Strength 0 and a no_effect flag).",
+    )
     run("loras")
 
-    _step(7, "Search by behavior", "The query's CLIP-text shift over the profile's prompts, against each LoRA's "
-          "Direction. The second identical query comes from the cache without loading a model.")
+    _step(
+        7,
+        "Search by behavior",
+        "The query's CLIP-text shift over the profile's prompts, against each LoRA's "
+        "Direction. The second identical query comes from the cache without loading a model.",
+    )
     run("search", "ink wash painting", "-k", "5", "--no-filter")
     run("search", "ink wash painting", "-k", "3", "--no-filter")
     run("search", "watercolor", "-k", "5", "--retriever", "metadata", allow_fail=True)
 
-    _step(8, "Similar LoRAs", "Nearest Directions: the re-upload of 'Ink Wash Painting' shows up as a near duplicate.")
+    _step(
+        8,
+        "Similar LoRAs",
+        "Nearest Directions: the re-upload of 'Ink Wash Painting' shows up as a near duplicate.",
+    )
     run("similar", "Ink Wash Painting", "-k", "3")
 
-    _step(9, "Claims vs behavior", "Does each LoRA do what its name, tags and trigger words say? Worst first.")
+    _step(
+        9,
+        "Claims vs behavior",
+        "Does each LoRA do what its name, tags and trigger words say? Worst first.",
+    )
     run("compare", "--worst", "5")
 
-    _step(10, "Copyright-risk screening", "Strength (substantiality) and Consistency (volition) against the registry's "
-          "own distribution, with quality flags; also written as a self-contained HTML report.")
+    _step(
+        10,
+        "Copyright-risk screening",
+        "Strength (substantiality) and Consistency (volition) against the registry's "
+        "own distribution, with quality flags; also written as a self-contained HTML report.",
+    )
     html = root / "copyright-report.html"
     run("report", "copyright", "--min-samples", "16", "--limit", "12")
     run("report", "copyright", "--min-samples", "16", "--format", "html", "--out", str(html))
@@ -200,34 +349,47 @@ def _sign_and_query(run: _Runner, root: Path) -> Path:
 
 
 @click.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default="carlos-demo", show_default=True,
-              help="Fresh data dir for the demo (recreated on each run; the registry in --home is not touched).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    default="carlos-demo",
+    show_default=True,
+    help="Fresh data dir for the demo (recreated on each run; the registry in --home is not touched).",
+)
 def demo(directory: str):
     """Offline end-to-end run on tiny local models: crawl a mirror, sign, search, compare, report."""
     started = time.monotonic()
     root = _fresh_dir(directory)
     home = root / "home"
     run = _Runner(home)
-    err.print(Text.assemble(("carlos-reg demo", "bold"), f" — data in {clean(root)}"), highlight=False)
-    err.print("Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
-              "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).", highlight=False)
+    err.print(
+        Text.assemble(("carlos-reg demo", "bold"), f" — data in {clean(root)}"), highlight=False
+    )
+    err.print(
+        "Everything runs offline on tiny random-weight models. The mechanics are real; the rankings are "
+        "[bold]meaningless[/bold] (random weights cannot 'mean' watercolor).",
+        highlight=False,
+    )
     env = _demo_environment(root)
     with use_environment(env):
         _build_and_crawl(run, root, env)
         html = _sign_and_query(run, root)
 
     err.rule("[bold]Done")
-    err.print(f"Finished in {time.monotonic() - started:.0f} s. Open {html} in a browser; the registry is "
-              f"{home / 'registry.db'} (try: carlos-reg --home {home} loras; or see the search page, the LoRA pages "
-              f"with their before/after images and the report: CARLOS_REG_MODELS={root / 'models'} carlos-reg --home {home} "
-              "serve).\n\n"
-              "Real weights on a GPU (see the README):\n"
-              "  export CIVITAI_API_KEY=...            # your Civitai token\n"
-              "  carlos-reg crawl --max-models 50      # SDXL LoRAs from civitai.com\n"
-              "  carlos-reg signer work --device cuda  # paper profile: SDXL base 1.0 + CLIP ViT-B/32\n"
-              "  carlos-reg search 'watercolor painting'\n"
-              "Or start from the published signatures: carlos-reg import carlos metrics_database.parquet",
-              highlight=False)
+    err.print(
+        f"Finished in {time.monotonic() - started:.0f} s. Open {html} in a browser; the registry is "
+        f"{home / 'registry.db'} (try: carlos-reg --home {home} loras; or see the search page, the LoRA pages "
+        f"with their before/after images and the report: CARLOS_REG_MODELS={root / 'models'} carlos-reg --home {home} "
+        "serve).\n\n"
+        "Real weights on a GPU (see the README):\n"
+        "  export CIVITAI_API_KEY=...            # your Civitai token\n"
+        "  carlos-reg crawl --max-models 50      # SDXL LoRAs from civitai.com\n"
+        "  carlos-reg signer work --device cuda  # paper profile: SDXL base 1.0 + CLIP ViT-B/32\n"
+        "  carlos-reg search 'watercolor painting'\n"
+        "Or start from the published signatures: carlos-reg import carlos metrics_database.parquet",
+        highlight=False,
+    )
 
 
 @hookimpl

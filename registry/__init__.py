@@ -3,6 +3,7 @@
 Nothing in this package imports ``crawler``, ``signer`` or ``plugins``; they build on it.
 Importing the package loads nothing: ``registry.profile_identity`` stays standard-library only.
 """
+
 from __future__ import annotations
 
 from typing import Any

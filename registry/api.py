@@ -9,14 +9,15 @@ operator's problem, not a passing one: a 500 with ``"code": "model_unavailable"`
 for the visitor and the detail in the log; blocking work (the database, models) runs in a thread pool so the event loop
 keeps serving.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
 import time
-from http import HTTPStatus
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -52,15 +53,21 @@ def respond(doc, status: int = 200) -> web.Response:
 
     from registry.output import json_safe
 
-    return web.json_response(json_safe(doc), status=status, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(
+        json_safe(doc), status=status, dumps=lambda o: json.dumps(o, default=str)
+    )
 
 
 def json_error(status: int, message: str, code: str | None = None) -> web.Response:
     return respond({"error": message, **({"code": code} if code else {})}, status=status)
 
 
-MODEL_UNAVAILABLE_MESSAGE = "this server cannot answer that query now: a model it needs is not installed"
-SERVER_ERROR_MESSAGE = "this server is not set up to answer that (the operator finds the reason in its log)"
+MODEL_UNAVAILABLE_MESSAGE = (
+    "this server cannot answer that query now: a model it needs is not installed"
+)
+SERVER_ERROR_MESSAGE = (
+    "this server is not set up to answer that (the operator finds the reason in its log)"
+)
 
 
 class _JsonParseErrors(RequestHandler):
@@ -69,13 +76,23 @@ class _JsonParseErrors(RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         if status >= 500 or request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
-        log.info("unparsable request from %s: %s", request.remote, type(exc).__name__ if exc else status)
-        resp = json_error(status, f"malformed HTTP request ({HTTPStatus(status).phrase.lower()}): "
-                                  "an overlong URL or header, or a bad request line")
+        log.info(
+            "unparsable request from %s: %s", request.remote, type(exc).__name__ if exc else status
+        )
+        resp = json_error(
+            status,
+            f"malformed HTTP request ({HTTPStatus(status).phrase.lower()}): "
+            "an overlong URL or header, or a bad request line",
+        )
         resp.force_close()
         return resp
 
@@ -83,7 +100,9 @@ class _JsonParseErrors(RequestHandler):
 class _JsonParseErrorServer(Server):
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
-        handler.__class__ = _JsonParseErrors  # same layout (no new slots): only handle_error differs
+        handler.__class__ = (
+            _JsonParseErrors  # same layout (no new slots): only handle_error differs
+        )
         return handler
 
 
@@ -98,7 +117,9 @@ async def errors(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
-            return json_error(exc.status, exc.reason)  # unknown routes, bad methods, oversized bodies
+            return json_error(
+                exc.status, exc.reason
+            )  # unknown routes, bad methods, oversized bodies
         raise
     except NotFound as exc:
         return json_error(404, str(exc))
@@ -108,12 +129,21 @@ async def errors(request: web.Request, handler):
     except (UsageError, ValueError) as exc:
         return json_error(400, str(exc))
     except Exception as exc:
-        if is_transient(exc):  # the database is restarting or unreachable: the client should come back
-            log.warning("%s %s: registry database unavailable: %s", request.method, request.path, describe(exc))
+        if is_transient(
+            exc
+        ):  # the database is restarting or unreachable: the client should come back
+            log.warning(
+                "%s %s: registry database unavailable: %s",
+                request.method,
+                request.path,
+                describe(exc),
+            )
             response = json_error(503, "the registry database is unavailable; retry shortly")
             response.headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
             return response
-        if isinstance(exc, DatabaseError):  # e.g. a schema newer than this code: the operator's to fix
+        if isinstance(
+            exc, DatabaseError
+        ):  # e.g. a schema newer than this code: the operator's to fix
             log.error("%s %s: %s", request.method, request.path, exc)
             return json_error(500, SERVER_ERROR_MESSAGE, "server_misconfigured")
         if isinstance(exc, CarlosError):  # refused for this request (a LoRA with no Direction, ...)
@@ -132,11 +162,14 @@ def check_params(query, known) -> None:
     """A parameter the route does not take is refused by name (a typo would otherwise be ignored)."""
     unknown = sorted(set(query) - set(known))
     if unknown:
-        raise BadRequest(f"unknown parameter {unknown[0]}; this route takes {', '.join(sorted(known)) or 'none'}")
+        raise BadRequest(
+            f"unknown parameter {unknown[0]}; this route takes {', '.join(sorted(known)) or 'none'}"
+        )
 
 
-def param_int(query, name: str, default: int | None = None, lo: int | None = None,
-              hi: int | None = None) -> int | None:
+def param_int(
+    query, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
+) -> int | None:
     """An integer query parameter (``query`` is any mapping: request.query, form fields)."""
     raw = query.get(name)
     if raw is None or raw == "":
@@ -188,8 +221,11 @@ async def health(request: web.Request) -> web.Response:
         from registry.service import recent_runs
 
         revs = current_revisions(app.db)
-        return {"schema": {"current": list(revs), "head": head_revision()}, "queue": app.queue.counts(),
-                "runs": recent_runs(app, 5)}
+        return {
+            "schema": {"current": list(revs), "head": head_revision()},
+            "queue": app.queue.counts(),
+            "runs": recent_runs(app, 5),
+        }
 
     try:
         doc = await blocking(request, gather)
@@ -198,11 +234,19 @@ async def health(request: web.Request) -> web.Response:
         doc, status = {"error": str(exc)}, "degraded"
     scheduler = request.app[OPTIONS].get("scheduler")
     job = scheduler.get_job("nightly") if scheduler is not None else None
-    return respond({
-        "status": status, "version": __version__, "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
-        "schedule": request.app[OPTIONS].get("schedule"),
-        "next_run": job.next_run_time.isoformat() if job is not None and job.next_run_time else None,
-        **doc}, status=200 if status == "ok" else 503)
+    return respond(
+        {
+            "status": status,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
+            "schedule": request.app[OPTIONS].get("schedule"),
+            "next_run": job.next_run_time.isoformat()
+            if job is not None and job.next_run_time
+            else None,
+            **doc,
+        },
+        status=200 if status == "ok" else 503,
+    )
 
 
 LORAS_PARAMS = ("signed", "limit", "offset", "base_model", "profile", "nsfw", "mode")
@@ -225,8 +269,16 @@ async def loras(request: web.Request) -> web.Response:
     def query():
         with app.db.read() as session:
             pid = find_profile(session, profile).id if profile else None
-            return lora_rows(session, signed=signed, base_model=base_model, profile_id=pid, limit=limit or None,
-                             offset=offset, nsfw=nsfw, mode=mode)
+            return lora_rows(
+                session,
+                signed=signed,
+                base_model=base_model,
+                profile_id=pid,
+                limit=limit or None,
+                offset=offset,
+                nsfw=nsfw,
+                mode=mode,
+            )
 
     total, rows = await blocking(request, query)
     return respond({"total": total, "offset": offset, "count": len(rows), "loras": rows})
@@ -271,14 +323,22 @@ async def queue(request: web.Request) -> web.Response:
             per_profile = session.execute(
                 sa.select(SignerProfile.name, SignJob.kind, SignJob.state, sa.func.count())
                 .join(SignerProfile, SignerProfile.id == SignJob.profile_id)
-                .group_by(SignerProfile.name, SignJob.kind, SignJob.state)).all()
-            dead = session.execute(sa.select(SignJob.id, SignJob.version_id, SignJob.last_error)
-                                   .where(SignJob.state == JobState.DEAD).order_by(SignJob.id.desc()).limit(50)).all()
+                .group_by(SignerProfile.name, SignJob.kind, SignJob.state)
+            ).all()
+            dead = session.execute(
+                sa.select(SignJob.id, SignJob.version_id, SignJob.last_error)
+                .where(SignJob.state == JobState.DEAD)
+                .order_by(SignJob.id.desc())
+                .limit(50)
+            ).all()
         by_profile: dict = {}
         for name, kind, state, n in per_profile:
             by_profile.setdefault(name, {}).setdefault(kind, {})[state] = n
-        return {"counts": app.queue.counts(), "profiles": by_profile,
-                "dead": [{"job_id": j, "version_id": v, "reason": e} for j, v, e in dead]}
+        return {
+            "counts": app.queue.counts(),
+            "profiles": by_profile,
+            "dead": [{"job_id": j, "version_id": v, "reason": e} for j, v, e in dead],
+        }
 
     return respond(await blocking(request, query))
 
@@ -291,7 +351,9 @@ async def runs(request: web.Request) -> web.Response:
     return respond({"runs": await blocking(request, recent_runs, request.app[APP], limit)})
 
 
-def create_web_app(app: App, options: dict | None = None, *, threads: int = API_THREADS) -> web.Application:
+def create_web_app(
+    app: App, options: dict | None = None, *, threads: int = API_THREADS
+) -> web.Application:
     from registry.plugins import load_plugins, pm
 
     web_app = web.Application(middlewares=[errors], client_max_size=MAX_UPLOAD_BYTES)

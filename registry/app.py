@@ -1,4 +1,5 @@
 """What every command receives: the settings, and the registry opened on first use."""
+
 from __future__ import annotations
 
 from functools import cached_property

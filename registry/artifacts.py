@@ -5,6 +5,7 @@ Writes go to a temp file in the destination folder and are renamed into place, s
 never leaves a partial file at a final path. Paths stored in the database are relative to
 the store root, so a data dir can move.
 """
+
 from __future__ import annotations
 
 import contextlib

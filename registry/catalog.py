@@ -13,6 +13,7 @@
   entries never split).
 - ``html_to_text``: descriptions as plain text without splitting words where inline tags sat.
 """
+
 from __future__ import annotations
 
 import html
@@ -26,7 +27,12 @@ import sqlalchemy as sa
 from registry.models import NSFW_LEVEL_BITS, Model, Version
 
 UNAVAILABLE_MODES = ("Archived", "TakenDown")
-MODE_FILTERS = {"live": None, "archived": "Archived", "takendown": "TakenDown", "taken-down": "TakenDown"}
+MODE_FILTERS = {
+    "live": None,
+    "archived": "Archived",
+    "takendown": "TakenDown",
+    "taken-down": "TakenDown",
+}
 
 
 # ---------------------------------------------------------------- NSFW
@@ -47,9 +53,14 @@ def is_nsfw(version_level: int | None, model_level: int | None, model_flag: bool
 def nsfw_clause():
     """``is_nsfw`` as a SQL boolean over ``Version`` outer-joined with ``Model``."""
     v, m = Version.nsfw_level, Model.nsfw_level
-    return sa.case((v > 0, v.op("&")(NSFW_LEVEL_BITS) != 0),
-                   (m > 0, m.op("&")(NSFW_LEVEL_BITS) != 0),
-                   else_=sa.func.coalesce(Model.nsfw, sa.false())) == sa.true()
+    return (
+        sa.case(
+            (v > 0, v.op("&")(NSFW_LEVEL_BITS) != 0),
+            (m > 0, m.op("&")(NSFW_LEVEL_BITS) != 0),
+            else_=sa.func.coalesce(Model.nsfw, sa.false()),
+        )
+        == sa.true()
+    )
 
 
 # ---------------------------------------------------------------- availability
@@ -96,9 +107,45 @@ def words_missing(raw: Any) -> bool:
 # ---------------------------------------------------------------- HTML
 
 
-_BLOCK = {"address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt", "figcaption",
-          "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "img", "li", "main", "nav", "ol",
-          "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "iframe", "video"}
+_BLOCK = {
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "br",
+    "dd",
+    "details",
+    "div",
+    "dl",
+    "dt",
+    "figcaption",
+    "figure",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "img",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+    "iframe",
+    "video",
+}
 _SKIP = {"script", "style", "template"}
 
 
@@ -167,4 +214,3 @@ def on_civitai(origin: str | None) -> bool:
     """Whether a model with this ``model.origin`` has a page on Civitai (None: imported or crawled
     before origins were kept, all from Civitai)."""
     return origin is None or origin.split(":")[0] in CIVITAI_HOSTS
-

@@ -1,5 +1,6 @@
 """The CLI root. It defines only the global options; every command arrives through the
 ``register_commands`` hook, built-ins included."""
+
 from __future__ import annotations
 
 import logging
@@ -20,13 +21,28 @@ _state = {"verbose": 0, "registered": False}
 PROJECT_LOGGERS = ("registry", "crawler", "signer", "plugins", "migrations")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             invoke_without_command=True)
-@click.option("--db", "db_url", metavar="URL", help="Registry database URL [env CARLOS_REG_DB; default: SQLite file in the data dir].")
-@click.option("--home", type=click.Path(file_okay=False),
-              help="Data dir [env CARLOS_REG_HOME]; an explicit --home must exist unless --create is given.")
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="Registry database URL [env CARLOS_REG_DB; default: SQLite file in the data dir].",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    help="Data dir [env CARLOS_REG_HOME]; an explicit --home must exist unless --create is given.",
+)
 @click.option("--create", is_flag=True, help="Create the --home data dir if it does not exist.")
-@click.option("-v", "--verbose", count=True, help="-v: this project's logs and tracebacks on errors; -vv: every library's too.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="-v: this project's logs and tracebacks on errors; -vv: every library's too.",
+)
 @click.version_option(__version__, prog_name="carlos-reg")
 @click.pass_context
 def cli(ctx: click.Context, db_url: str | None, home: str | None, create: bool, verbose: int):
@@ -46,15 +62,21 @@ def cli(ctx: click.Context, db_url: str | None, home: str | None, create: bool, 
     from registry.output import CleanFormatter
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))  # logged values are untrusted
-    logging.basicConfig(level=logging.DEBUG if verbose >= 2 else logging.WARNING, handlers=[handler])
+    handler.setFormatter(
+        CleanFormatter("%(levelname)s %(name)s: %(message)s")
+    )  # logged values are untrusted
+    logging.basicConfig(
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING, handlers=[handler]
+    )
     if verbose == 1:
         for name in PROJECT_LOGGERS:
             logging.getLogger(name).setLevel(logging.INFO)
     if home is not None and not create and not Path(home).expanduser().is_dir():
         from registry.errors import UsageError
 
-        raise UsageError(f"data dir {home} does not exist: check the path, or add --create to start a new registry there")
+        raise UsageError(
+            f"data dir {home} does not exist: check the path, or add --create to start a new registry there"
+        )
     app = App(Settings.load(home=home, db=db_url, verbose=verbose))
     ctx.obj = app
     ctx.call_on_close(app.close)
@@ -96,5 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         if _state["verbose"]:
             raise
         first = first_line(exc)
-        click.echo(f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True)
+        click.echo(
+            f"Error: {type(exc).__name__}: {clean(first)} (run with -v for the traceback)", err=True
+        )
         sys.exit(1)

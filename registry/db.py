@@ -14,6 +14,7 @@ server's ``max_connections`` as the sum over all processes. Stale connections (a
 restart) are detected on checkout (``pool_pre_ping``) and replaced; see ``registry.retry`` for
 riding out the outage itself.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,7 +50,9 @@ def pool_size_setting(default: int = DEFAULT_POOL_SIZE) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise UsageError(f"{POOL_ENV}={raw!r}: give the number of database connections per process (1 or more)")
+        raise UsageError(
+            f"{POOL_ENV}={raw!r}: give the number of database connections per process (1 or more)"
+        )
     return value
 
 
@@ -102,12 +105,15 @@ def _sqlite_engine(url: sa.URL, *, write: bool) -> Engine:
             if not read_only:
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DatabaseError(f"cannot create the folder of the SQLite registry {folder}: {exc.strerror}") from None
+            raise DatabaseError(
+                f"cannot create the folder of the SQLite registry {folder}: {exc.strerror}"
+            ) from None
     extra = {}
     if read_only:
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
-        extra["creator"] = lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
-                                                   check_same_thread=False)
+        extra["creator"] = lambda: sqlite3.connect(
+            uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
     engine = sa.create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -156,8 +162,14 @@ def create_engines(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> tuple[Eng
                 pool_recycle=1800,
                 # TCP keepalives: a server that vanished without closing (host down, network cut) is
                 # noticed in about a minute instead of the kernel's ~15 min, and the retry takes over
-                connect_args={"connect_timeout": 10, "application_name": "carlos-reg", "keepalives": 1,
-                              "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3},
+                connect_args={
+                    "connect_timeout": 10,
+                    "application_name": "carlos-reg",
+                    "keepalives": 1,
+                    "keepalives_idle": 30,
+                    "keepalives_interval": 10,
+                    "keepalives_count": 3,
+                },
             )
             return engine, engine
     except (NoSuchModuleError, ArgumentError, ImportError) as exc:
@@ -217,9 +229,19 @@ def _is_connect_failure(exc: OperationalError) -> bool:
     text = str(exc.orig or exc).lower()
     return any(
         s in text
-        for s in ("connection refused", "could not connect", "unable to open database", "connection failed",
-                  "could not translate host", "timeout expired", "does not exist", "password authentication",
-                  "server closed the connection", "terminating connection", "no such host")
+        for s in (
+            "connection refused",
+            "could not connect",
+            "unable to open database",
+            "connection failed",
+            "could not translate host",
+            "timeout expired",
+            "does not exist",
+            "password authentication",
+            "server closed the connection",
+            "terminating connection",
+            "no such host",
+        )
     )
 
 

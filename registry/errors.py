@@ -1,4 +1,5 @@
 """Exceptions that the CLI turns into one clear line on stderr."""
+
 from __future__ import annotations
 
 

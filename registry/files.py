@@ -4,6 +4,7 @@ The data go to a fresh, unpredictable temporary name in the target's folder (cre
 exclusively, so a symlink planted there is never followed), then an atomic rename puts them in
 place. Standard library only.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ A plugin is a module (or object) with functions decorated by ``registry.hookimpl
 plugins are found through the entry-point group ``carlos_reg``. Specs only ever grow: new
 arguments are opt-in for implementations.
 """
+
 from __future__ import annotations
 
 import pluggy

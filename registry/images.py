@@ -7,6 +7,7 @@ Preview images are Civitai's URLs; whether a visitor's browser may load them is 
 choice (``CARLOS_REG_PREVIEWS``): ``off`` (default: counted, neither shown nor linked), ``link``
 (links the visitor may follow) or ``show`` (loaded from the image host Civitai lists).
 """
+
 from __future__ import annotations
 
 import re
@@ -37,27 +38,50 @@ def preview_mode(settings) -> str:
 
 def sample_pairs(session, profile_id: int, version_id: int) -> list[dict]:
     """Before/after pairs of one version under one profile, in visiting order (base image or None)."""
-    rows = session.execute(sa.select(SampleImage).where(
-        SampleImage.profile_id == profile_id,
-        sa.or_(SampleImage.version_id == version_id, SampleImage.version_id.is_(None)))
-        .order_by(SampleImage.position, SampleImage.id)).scalars().all()
+    rows = (
+        session.execute(
+            sa.select(SampleImage)
+            .where(
+                SampleImage.profile_id == profile_id,
+                sa.or_(SampleImage.version_id == version_id, SampleImage.version_id.is_(None)),
+            )
+            .order_by(SampleImage.position, SampleImage.id)
+        )
+        .scalars()
+        .all()
+    )
     base = {r.position: r for r in rows if r.version_id is None}
-    return [{"position": r.position, "prompt": r.prompt, "width": r.width, "height": r.height,
-             "lora": image_url(r.artifact_path),
-             "base": image_url(base[r.position].artifact_path) if r.position in base else None}
-            for r in rows if r.version_id is not None]
+    return [
+        {
+            "position": r.position,
+            "prompt": r.prompt,
+            "width": r.width,
+            "height": r.height,
+            "lora": image_url(r.artifact_path),
+            "base": image_url(base[r.position].artifact_path) if r.position in base else None,
+        }
+        for r in rows
+        if r.version_id is not None
+    ]
 
 
-def first_thumbnails(session, version_ids: list[int], profile_id: int | None = None) -> dict[int, str]:
+def first_thumbnails(
+    session, version_ids: list[int], profile_id: int | None = None
+) -> dict[int, str]:
     """The first kept LoRA-branch image of each version (of the given profile, else any)."""
     if not version_ids:
         return {}
-    stmt = (sa.select(SampleImage.version_id, SampleImage.artifact_path)
-            .where(SampleImage.version_id.in_(version_ids)).order_by(SampleImage.position.desc(), SampleImage.id.desc()))
+    stmt = (
+        sa.select(SampleImage.version_id, SampleImage.artifact_path)
+        .where(SampleImage.version_id.in_(version_ids))
+        .order_by(SampleImage.position.desc(), SampleImage.id.desc())
+    )
     if profile_id is not None:
         stmt = stmt.where(SampleImage.profile_id == profile_id)
     out: dict[int, str] = {}
-    for vid, path in session.execute(stmt):  # the last one written per version is the lowest position
+    for vid, path in session.execute(
+        stmt
+    ):  # the last one written per version is the lowest position
         url = image_url(path)
         if url:
             out[vid] = url
@@ -67,6 +91,14 @@ def first_thumbnails(session, version_ids: list[int], profile_id: int | None = N
 def previews_for_page(previews: list | None, mode: str) -> dict:
     """The author's previews as a page may use them under the operator's setting."""
     items = [p for p in previews or [] if isinstance(p, dict)]
-    shown = [{"width": p.get("width"), "height": p.get("height"), "nsfw_level": p.get("nsfw_level"),
-              "type": p.get("type"), **({"url": p["url"]} if mode != "off" else {})} for p in items]
+    shown = [
+        {
+            "width": p.get("width"),
+            "height": p.get("height"),
+            "nsfw_level": p.get("nsfw_level"),
+            "type": p.get("type"),
+            **({"url": p["url"]} if mode != "off" else {}),
+        }
+        for p in items
+    ]
     return {"mode": mode, "count": len(items), "items": shown}

@@ -5,6 +5,7 @@ is one atomic upsert that succeeds only if the row is absent or expired; the hol
 with ``heartbeat`` and gives it up with ``release``. A holder that dies simply stops renewing,
 and the lock frees itself after ``ttl`` seconds.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -29,12 +30,16 @@ class DbLock:
 
     def acquire(self) -> bool:
         token = secrets.token_hex(16)
-        sql = (f"INSERT INTO service_lock (name, owner, token, expires_at) VALUES (:name, :owner, :token, {self._now} + :ttl) "
-               f"ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
-               f"expires_at = excluded.expires_at WHERE service_lock.expires_at < {self._now} RETURNING token")
+        sql = (
+            f"INSERT INTO service_lock (name, owner, token, expires_at) VALUES (:name, :owner, :token, {self._now} + :ttl) "
+            f"ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = excluded.token, "
+            f"expires_at = excluded.expires_at WHERE service_lock.expires_at < {self._now} RETURNING token"
+        )
         with self.db.write() as session:
-            row = session.execute(sa.text(sql), {"name": self.name, "owner": self.owner, "token": token,
-                                                 "ttl": self.ttl}).first()
+            row = session.execute(
+                sa.text(sql),
+                {"name": self.name, "owner": self.owner, "token": token, "ttl": self.ttl},
+            ).first()
         if row is None or row[0] != token:
             return False
         self.token = token
@@ -43,9 +48,14 @@ class DbLock:
     def heartbeat(self) -> bool:
         if self.token is None:
             return False
-        sql = (f"UPDATE service_lock SET expires_at = {self._now} + :ttl WHERE name = :name AND token = :token")
+        sql = f"UPDATE service_lock SET expires_at = {self._now} + :ttl WHERE name = :name AND token = :token"
         with self.db.write() as session:
-            held = session.execute(sa.text(sql), {"ttl": self.ttl, "name": self.name, "token": self.token}).rowcount == 1
+            held = (
+                session.execute(
+                    sa.text(sql), {"ttl": self.ttl, "name": self.name, "token": self.token}
+                ).rowcount
+                == 1
+            )
         if not held:
             self.token = None
         return held
@@ -56,8 +66,10 @@ class DbLock:
             self._beat.join(timeout=5)
         if self.token is not None:
             with self.db.write() as session:
-                session.execute(sa.text("DELETE FROM service_lock WHERE name = :name AND token = :token"),
-                                {"name": self.name, "token": self.token})
+                session.execute(
+                    sa.text("DELETE FROM service_lock WHERE name = :name AND token = :token"),
+                    {"name": self.name, "token": self.token},
+                )
             self.token = None
 
     def keep_alive(self, every: float | None = None) -> None:
@@ -78,8 +90,12 @@ class DbLock:
 
     def holder(self) -> dict | None:
         with self.db.read() as session:
-            row = session.execute(sa.text(f"SELECT owner, expires_at - {self._now} FROM service_lock WHERE name = :name"),
-                                  {"name": self.name}).first()
+            row = session.execute(
+                sa.text(
+                    f"SELECT owner, expires_at - {self._now} FROM service_lock WHERE name = :name"
+                ),
+                {"name": self.name},
+            ).first()
         if row is None or row[1] < 0:
             return None
         return {"owner": row[0], "expires_in": float(row[1])}

@@ -3,6 +3,7 @@
 Every command calls ``ensure_schema``: an empty or older database is upgraded in place; a
 database at a revision this code does not know (written by a newer carlos-reg) is refused.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,7 +56,9 @@ def _run(db: Database, fn, *args) -> None:
     try:
         with db.engine.connect() as conn:
             if db.is_sqlite:
-                _sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")  # table rebuilds must not cascade or fail
+                _sqlite_pragma(
+                    conn, "PRAGMA foreign_keys=OFF"
+                )  # table rebuilds must not cascade or fail
             try:
                 fn(_config(conn), *args)
                 conn.commit()
@@ -75,9 +78,13 @@ def upgrade(db: Database, revision: str = "head") -> None:
 def downgrade(db: Database, revision: str) -> None:
     _refuse_unknown(db)
     try:
-        script_directory().get_revision(revision) if revision not in ("base",) and not revision.startswith("-") else None
+        script_directory().get_revision(revision) if revision not in (
+            "base",
+        ) and not revision.startswith("-") else None
     except Exception:
-        raise DatabaseError(f"unknown revision {revision!r}; see `carlos-reg db current` and migrations/versions/") from None
+        raise DatabaseError(
+            f"unknown revision {revision!r}; see `carlos-reg db current` and migrations/versions/"
+        ) from None
     _run(db, command.downgrade, revision)
 
 

@@ -4,6 +4,7 @@ Civitai's unit of a LoRA is a model *version*: one file, one signature. Vectors 
 little-endian blobs (see ``registry.vectors``). Timestamps are timezone-aware UTC; lease and
 availability times of jobs are epoch seconds on the *database* clock (see ``registry.queue``).
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -133,7 +134,9 @@ class Version(SQLModel, table=True):
     status: Optional[str] = Field(default=None, max_length=32)  # Civitai's: Published, ...
     usage_control: Optional[str] = Field(default=None, max_length=32)  # Download | Generation | ...
     early_access_ends_at: Optional[datetime] = _ts()
-    civitai_created_at: Optional[datetime] = _ts()  # Civitai's createdAt / updatedAt (not this row's)
+    civitai_created_at: Optional[datetime] = (
+        _ts()
+    )  # Civitai's createdAt / updatedAt (not this row's)
     civitai_updated_at: Optional[datetime] = _ts()
     source: str = Field(default="civitai", max_length=16)  # civitai | local | carlos
     # the author's preview images as the payload lists them: url, width, height, nsfw_level, type
@@ -150,10 +153,14 @@ class File(SQLModel, table=True):
     """One file of a version and its download/verification state."""
 
     id: Optional[int] = Field(default=None, primary_key=True)
-    civitai_file_id: Optional[int] = Field(default=None, sa_column=sa.Column(sa.Integer(), unique=True, nullable=True))
+    civitai_file_id: Optional[int] = Field(
+        default=None, sa_column=sa.Column(sa.Integer(), unique=True, nullable=True)
+    )
     version_id: int = Field(foreign_key="version.id", index=True)
     name: str = ""  # as the API gives it: display only, never a path
-    size_bytes: Optional[int] = Field(default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True))
+    size_bytes: Optional[int] = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True)
+    )
     type: Optional[str] = None
     format: Optional[str] = None
     fp: Optional[str] = None
@@ -167,8 +174,12 @@ class File(SQLModel, table=True):
     autov1: Optional[str] = Field(default=None, max_length=64)
     autov3: Optional[str] = Field(default=None, max_length=64)
     size_type: Optional[str] = Field(default=None, max_length=64)  # metadata.size: full | pruned
-    pickle_scan_message: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
-    virus_scan_message: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    pickle_scan_message: Optional[str] = Field(
+        default=None, sa_column=sa.Column(sa.Text(), nullable=True)
+    )
+    virus_scan_message: Optional[str] = Field(
+        default=None, sa_column=sa.Column(sa.Text(), nullable=True)
+    )
     scanned_at: Optional[datetime] = _ts()
     # pending | verified | failed | unsupported | quarantined | skipped
     # | deferred (early access: not attempted until it is public) | unavailable (model Archived/TakenDown)
@@ -241,7 +252,9 @@ class CrawlRun(SQLModel, table=True):
     versions_gone: int = 0
     files_verified: int = 0
     files_failed: int = 0
-    bytes_downloaded: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0"))
+    bytes_downloaded: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0")
+    )
     error_count: int = 0
 
 
@@ -316,7 +329,10 @@ class Signature(SQLModel, table=True):
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
     source: str = Field(default="signed", max_length=16)  # signed | imported
     # Registry-wide write order (see registry.signatures): readers refresh with "seq > last seen".
-    seq: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0", index=True))
+    seq: int = Field(
+        default=0,
+        sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0", index=True),
+    )
     created_at: Optional[datetime] = _ts()
 
 
@@ -325,7 +341,9 @@ class ChangeCounter(SQLModel, table=True):
 
     __tablename__ = "change_counter"
     name: str = Field(primary_key=True, max_length=32)
-    value: int = Field(default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0"))
+    value: int = Field(
+        default=0, sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0")
+    )
 
 
 class BaseCache(SQLModel, table=True):
@@ -333,7 +351,11 @@ class BaseCache(SQLModel, table=True):
 
     __tablename__ = "base_cache"
     id: Optional[int] = Field(default=None, primary_key=True)
-    profile_id: int = Field(sa_column=sa.Column(sa.Integer(), sa.ForeignKey("signer_profile.id"), nullable=False, unique=True))
+    profile_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer(), sa.ForeignKey("signer_profile.id"), nullable=False, unique=True
+        )
+    )
     n_samples: int
     dim: int
     artifact_path: str  # float32 per-sample base image features, relative to artifacts dir
@@ -351,7 +373,9 @@ class SampleImage(SQLModel, table=True):
     profile_id: int = Field(foreign_key="signer_profile.id", index=True)
     version_id: Optional[int] = Field(default=None, foreign_key="version.id", index=True)
     position: int  # the sample's place in the profile's visiting order
-    prompt: str = Field(default="", sa_column=sa.Column(sa.Text(), nullable=False, server_default=""))
+    prompt: str = Field(
+        default="", sa_column=sa.Column(sa.Text(), nullable=False, server_default="")
+    )
     artifact_path: str = Field(max_length=255)
     width: int
     height: int
@@ -383,7 +407,9 @@ class ServiceRun(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     owner: str = Field(max_length=128)
     trigger: str = Field(default="schedule", max_length=16)  # schedule | manual
-    status: str = Field(default="running", max_length=16)  # running | ok | failed | skipped | interrupted
+    status: str = Field(
+        default="running", max_length=16
+    )  # running | ok | failed | skipped | interrupted
     started_at: Optional[datetime] = _ts()
     finished_at: Optional[datetime] = _ts()
     steps: dict = _json(dict)

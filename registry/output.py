@@ -1,5 +1,6 @@
 """Output conventions: data on stdout (a rich table, or exactly one JSON document with --json),
 progress and messages on stderr."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ from registry.files import write_file  # noqa: F401  (re-exported: commands writ
 from registry.settings import environment
 
 # Piped output is not cut to 80 columns (tables stay readable in files and `less -S`) unless COLUMNS says so.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() or environment().get("COLUMNS") else 200)
+out = Console(
+    soft_wrap=False, width=None if sys.stdout.isatty() or environment().get("COLUMNS") else 200
+)
 err = Console(stderr=True)
 
 
@@ -27,8 +30,10 @@ err = Console(stderr=True)
 # C0/C1 controls (ESC starts CSI/OSC sequences), DEL, bidi overrides/isolates and line separators
 # are shown as visible escapes instead of being interpreted; so are lone surrogates (valid in JSON,
 # not encodable as UTF-8: printing one would crash the command).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-                     "\ud800-\udfff]")
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
+)
 _UNSAFE_ONE_LINE = re.compile(_UNSAFE.pattern[:-1] + "\n\t]")
 
 
@@ -87,7 +92,9 @@ def emit_json(doc: Any) -> None:
     text = json.dumps(safe, indent=2, ensure_ascii=False, default=_default, allow_nan=False)
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate from crawled text: the \ud800 escape is valid JSON
+    except (
+        UnicodeEncodeError
+    ):  # a lone surrogate from crawled text: the \ud800 escape is valid JSON
         text = json.dumps(safe, indent=2, ensure_ascii=True, default=_default, allow_nan=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -104,9 +111,17 @@ def output_options(func):
 
     import click
 
-    @click.option("--format", "output_format", type=click.Choice(FORMATS), default="table", show_default=True,
-                  help="table for people; csv or tsv for spreadsheets and shell tools; json as --json.")
-    @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (same as --format json).")
+    @click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
+        help="table for people; csv or tsv for spreadsheets and shell tools; json as --json.",
+    )
+    @click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document (same as --format json)."
+    )
     @functools.wraps(func)
     def wrapper(*args, output_format: str, as_json: bool, **kwargs):
         _format["value"] = "table" if output_format == "json" else output_format
@@ -117,11 +132,19 @@ def output_options(func):
 
 # Columns dropped first, in this order, when a table cannot fit the terminal at a useful width.
 LOW_PRIORITY = ("url", "module", "hooks", "trigger words", "flags / reason", "claim", "base model")
-NARROWEST_TEXT = 12  # a text column is not squeezed below this (or its longest cell) before columns go
+NARROWEST_TEXT = (
+    12  # a text column is not squeezed below this (or its longest cell) before columns go
+)
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None,
-          caption: str | None = None, wrap: bool = False) -> None:
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    wrap: bool = False,
+) -> None:
     """Rows as a table on stdout (or CSV/TSV under ``--format``). A listing keeps one line per row and cuts
     long text with "…" to fit the terminal; ``wrap`` (a detail view such as ``show``) folds it instead."""
     # cleaned first: a visible escape (\x1b) is wider than the control character it replaces
@@ -129,14 +152,19 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
     if _format["value"] in ("csv", "tsv"):
         import csv
 
-        writer = csv.writer(sys.stdout, dialect="excel-tab" if _format["value"] == "tsv" else "excel",
-                            lineterminator="\n")
+        writer = csv.writer(
+            sys.stdout,
+            dialect="excel-tab" if _format["value"] == "tsv" else "excel",
+            lineterminator="\n",
+        )
         writer.writerow(columns)
         writer.writerows(cells)
         sys.stdout.flush()
         return
     if wrap:
-        t = Table(title=None if title is None else plain(title), show_lines=False, header_style="bold")
+        t = Table(
+            title=None if title is None else plain(title), show_lines=False, header_style="bold"
+        )
         for col in columns:
             t.add_column(plain(col), overflow="fold")
         for row in cells:
@@ -147,12 +175,23 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
     widths = _widths(columns, cells, keep, out.width)
     # Titles and cells are Text: a name like "[/]" or "[link=…]" is shown, not parsed as markup; long text
     # is cut with "…" on one line rather than wrapped over many.
-    t = Table(title=None if title is None else Text(clean(title, one_line=True), no_wrap=True, overflow="ellipsis"),
-              caption=None if caption is None else plain(caption), show_lines=False, header_style="bold")
+    t = Table(
+        title=None
+        if title is None
+        else Text(clean(title, one_line=True), no_wrap=True, overflow="ellipsis"),
+        caption=None if caption is None else plain(caption),
+        show_lines=False,
+        header_style="bold",
+    )
     for i in keep:
         numeric = columns[i] in NUMERIC_COLUMNS
-        t.add_column(plain(columns[i]), justify="right" if numeric else "left", no_wrap=True, overflow="ellipsis",
-                     width=widths[i])
+        t.add_column(
+            plain(columns[i]),
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[i],
+        )
     link = out.is_terminal
     for row in cells:
         t.add_row(*(_cell(row[i], columns[i], link) for i in keep))
@@ -162,7 +201,11 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
 def _columns_that_fit(columns: Sequence[str], cells: list[list[str]], width: int) -> list[int]:
     def comfortable(i: int) -> int:
         longest = max([len(columns[i])] + [len(row[i]) for row in cells])
-        return longest if columns[i] in NUMERIC_COLUMNS else min(longest, max(NARROWEST_TEXT, len(columns[i])))
+        return (
+            longest
+            if columns[i] in NUMERIC_COLUMNS
+            else min(longest, max(NARROWEST_TEXT, len(columns[i])))
+        )
 
     keep = list(range(len(columns)))
     for name in LOW_PRIORITY:
@@ -172,7 +215,9 @@ def _columns_that_fit(columns: Sequence[str], cells: list[list[str]], width: int
     return keep
 
 
-def _widths(columns: Sequence[str], cells: list[list[str]], keep: list[int], width: int) -> dict[int, int]:
+def _widths(
+    columns: Sequence[str], cells: list[list[str]], keep: list[int], width: int
+) -> dict[int, int]:
     """Column widths that fit ``width``: numbers whole, the text columns sharing the rest fairly (a short
     column keeps its length, long ones split what is left)."""
     longest = {i: max([len(columns[i])] + [len(row[i]) for row in cells]) for i in keep}
@@ -196,13 +241,31 @@ def _widths(columns: Sequence[str], cells: list[list[str]], keep: list[int], wid
 def _cell(value: str, column: str, link: bool) -> Text:
     text = plain(value)
     if link and column == "url" and value.startswith(("https://", "http://")):
-        text.stylize(f"link {clean(value, one_line=True)}")  # a terminal hyperlink where the terminal has them
+        text.stylize(
+            f"link {clean(value, one_line=True)}"
+        )  # a terminal hyperlink where the terminal has them
     return text
 
 
-NUMERIC_COLUMNS = {"#", "version", "model", "strength", "consistency", "score", "rank", "claim rank", "count", "samples", "pct",
-                   "signatures", "agreement", "image", "seed", "row",
-                   "reference score"}
+NUMERIC_COLUMNS = {
+    "#",
+    "version",
+    "model",
+    "strength",
+    "consistency",
+    "score",
+    "rank",
+    "claim rank",
+    "count",
+    "samples",
+    "pct",
+    "signatures",
+    "agreement",
+    "image",
+    "seed",
+    "row",
+    "reference score",
+}
 
 
 def fmt(value: Any) -> str:

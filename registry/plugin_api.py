@@ -4,6 +4,7 @@
 hooks themselves are specified in ``registry.hookspecs`` and documented in docs/plugins.md.
 Built-in plugins use this module exactly as third-party ones do.
 """
+
 from __future__ import annotations
 
 import html
@@ -17,13 +18,28 @@ from registry.output import emit_json, info, output_options, table
 from registry.plugins import collect, collect_named
 
 __all__ = [
-    "App", "CarlosError", "NotFound", "Report", "UsageError", "blocking", "collect", "collect_named",
-    "emit_json", "hookimpl", "info", "output_options", "page", "param_int", "pass_app", "respond",
+    "App",
+    "CarlosError",
+    "NotFound",
+    "Report",
+    "UsageError",
+    "blocking",
+    "collect",
+    "collect_named",
+    "emit_json",
+    "hookimpl",
+    "info",
+    "output_options",
+    "page",
+    "param_int",
+    "pass_app",
+    "respond",
     "table",
 ]
 
 
 # HTTP helpers for ``register_routes``: aiohttp loads with the first route, not with the CLI.
+
 
 async def blocking(request, fn, *args, **kwargs):
     """Run a blocking function (database, models) on the API's worker threads."""
@@ -39,8 +55,9 @@ def respond(doc, status: int = 200):
     return api.respond(doc, status)
 
 
-def param_int(query, name: str, default: int | None = None, lo: int | None = None,
-              hi: int | None = None) -> int | None:
+def param_int(
+    query, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
+) -> int | None:
     """An integer query parameter within ``lo..hi``; a bad value answers 400."""
     from registry import api
 
@@ -73,9 +90,11 @@ class Report:
 
 def page(title: str, body: str, style: str = "") -> str:
     """A self-contained HTML page (no external resources)."""
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{BASE_CSS}{style}</style>"
-            f"</head><body>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{BASE_CSS}{style}</style>"
+        f"</head><body>{body}</body></html>\n"
+    )
 
 
 BASE_CSS = """

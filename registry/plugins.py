@@ -7,6 +7,7 @@ plugins come through the entry-point group ``carlos_reg``.
 ``CARLOS_REG_LOAD_PLUGINS=a,b`` loads only the named plugins (built-in or third-party) besides
 the essential ones; an empty value loads only the essential ones.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -113,7 +114,9 @@ def collect_named(hook_name: str, kind: str) -> dict[str, Any]:
     for item in collect(hook_name):
         name = getattr(item, "name", "")
         if not name or name in named:
-            raise CarlosError(f"each {kind} needs a unique name; {name!r} is empty or registered twice")
+            raise CarlosError(
+                f"each {kind} needs a unique name; {name!r} is empty or registered twice"
+            )
         named[name] = item
     return named
 
@@ -132,8 +135,12 @@ def get_plugins() -> list[dict[str, Any]]:
                 dists[ep.name] = (dist.metadata["Name"], dist.version)
     for name, plugin in pm.list_name_plugin():
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        info: dict[str, Any] = {"name": name, "module": getattr(plugin, "__name__", repr(plugin)),
-                                "builtin": name in DEFAULT_PLUGINS, "hooks": hooks}
+        info: dict[str, Any] = {
+            "name": name,
+            "module": getattr(plugin, "__name__", repr(plugin)),
+            "builtin": name in DEFAULT_PLUGINS,
+            "hooks": hooks,
+        }
         if name in dists:
             info["distribution"], info["version"] = dists[name]
         elif info["builtin"]:

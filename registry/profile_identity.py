@@ -10,6 +10,7 @@ numerical core, the registry and the GPU bench all import it without SQLAlchemy 
   profile row (the same values as ``PAPER``, spelled out for readers of the database);
 - ``profile_hash(name, settings)``: sha256 of the canonical JSON of ``{"name", "settings"}``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,21 +65,48 @@ PAPER: dict[str, Any] = {
 ADAPTIVE_DEFAULTS: dict[str, Any] = {
     # consistency_tol 0.005 (was 0.01): on the 740 published LoRAs (bench/adaptive_catalog.py) 0.01
     # left 3-4 % of them off by more than 0.01 in Consistency; 0.005 keeps >= 99 % within it
-    "mode": "adaptive", "target_cosine": 0.99, "strength_rel_tol": 0.02, "consistency_tol": 0.005,
-    "min_samples": 256, "safety": 2.0,
+    "mode": "adaptive",
+    "target_cosine": 0.99,
+    "strength_rel_tol": 0.02,
+    "consistency_tol": 0.005,
+    "min_samples": 256,
+    "safety": 2.0,
 }
 
 
 # Spelled out for the database row; the values shared with PAPER are taken from it.
 PUBLISHED_SETTINGS: dict[str, Any] = {
-    **{key: PAPER[key] for key in ("base_model", "clip_model", "clip_pretrained", "steps", "guidance_scale",
-                                   "width", "height", "dtype", "scheduler", "lora_scale", "seeds", "filters")},
+    **{
+        key: PAPER[key]
+        for key in (
+            "base_model",
+            "clip_model",
+            "clip_pretrained",
+            "steps",
+            "guidance_scale",
+            "width",
+            "height",
+            "dtype",
+            "scheduler",
+            "lora_scale",
+            "seeds",
+            "filters",
+        )
+    },
     "feature_space": "raw image features (unnormalized), d=512",
     "noise": "image i of a prompt: row i % 4 of the float16 batch drawn from torch.manual_seed(42 + 4 * (i // 4))",
-    "prompt_set": {"name": "carlos-reference-index", "version": "c284094", "size": 280,
-                   "layout": "prompts_for_indexing(): the first 8 of each of 10 categories x 35 subcategories"},
-    "query_prompt_set": {"name": "carlos-reference-query", "version": "c284094", "size": 280,
-                         "layout": "prompts_for_retrieval(): the last 8 of each subcategory"},
+    "prompt_set": {
+        "name": "carlos-reference-index",
+        "version": "c284094",
+        "size": 280,
+        "layout": "prompts_for_indexing(): the first 8 of each of 10 categories x 35 subcategories",
+    },
+    "query_prompt_set": {
+        "name": "carlos-reference-query",
+        "version": "c284094",
+        "size": 280,
+        "layout": "prompts_for_retrieval(): the last 8 of each subcategory",
+    },
     "trigger_words": "prompt += f', {w}' for every trainedWords entry; ', ' when the list is missing",
     "image_preprocess": "8-bit PNG, transformers CLIPProcessor (PIL bicubic to 224, centre crop)",
 }

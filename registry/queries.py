@@ -2,6 +2,7 @@
 
 One SQL statement per listing (no per-row ORM objects), so 100,000 rows stay cheap.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,9 +11,28 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from registry.catalog import (display_words, in_early_access, is_nsfw, mode_clause, nsfw_clause, on_civitai,
-                              words_missing)
-from registry.models import Creator, File, LocalFile, Model, ModelTag, Signature, SignerProfile, SignJob, Tag, Version, utcnow
+from registry.catalog import (
+    display_words,
+    in_early_access,
+    is_nsfw,
+    mode_clause,
+    nsfw_clause,
+    on_civitai,
+    words_missing,
+)
+from registry.models import (
+    Creator,
+    File,
+    LocalFile,
+    Model,
+    ModelTag,
+    Signature,
+    SignerProfile,
+    SignJob,
+    Tag,
+    Version,
+    utcnow,
+)
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -37,11 +57,20 @@ def _chosen_signature(profile_id: int | None, version_ids: list[int] | None = No
     return stmt.group_by(Signature.version_id).subquery("chosen")
 
 
-def lora_rows(session: Session, *, signed: bool | None = None, base_model: str | None = None,
-              profile_id: int | None = None, limit: int | None = None, offset: int = 0,
-              version_ids: list[int] | None = None, nsfw: bool | None = None,
-              mode: str | None = None, query: str | None = None,
-              sort: str = "version") -> tuple[int, list[dict[str, Any]]]:
+def lora_rows(
+    session: Session,
+    *,
+    signed: bool | None = None,
+    base_model: str | None = None,
+    profile_id: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    version_ids: list[int] | None = None,
+    nsfw: bool | None = None,
+    mode: str | None = None,
+    query: str | None = None,
+    sort: str = "version",
+) -> tuple[int, list[dict[str, Any]]]:
     """Return ``(total, rows)`` of LoRA listing dicts, ordered by ``sort`` (one of ``SORTS``).
 
     A page (``limit``) is found first by id (an indexed EXISTS for ``signed``), then only its rows
@@ -53,11 +82,17 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}")
     where = []
-    needs_model = nsfw is not None or mode is not None or bool(query) or sort in ("name", "downloads")
+    needs_model = (
+        nsfw is not None or mode is not None or bool(query) or sort in ("name", "downloads")
+    )
     if query:
         words = query.lower()
-        where.append(sa.or_(sa.func.lower(Model.name).contains(words, autoescape=True),
-                            sa.func.lower(Version.name).contains(words, autoescape=True)))
+        where.append(
+            sa.or_(
+                sa.func.lower(Model.name).contains(words, autoescape=True),
+                sa.func.lower(Version.name).contains(words, autoescape=True),
+            )
+        )
     if nsfw is not None:
         where.append(nsfw_clause() if nsfw else sa.not_(nsfw_clause()))
     if mode is not None:
@@ -72,18 +107,26 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         where.append(sa.func.lower(Version.base_model) == base_model.lower())
     if version_ids is not None:
         where.append(Version.id.in_(version_ids))
+
     def base(stmt):
         return stmt.outerjoin(Model, Model.id == Version.model_id) if needs_model else stmt
 
-    total = session.execute(base(sa.select(sa.func.count()).select_from(Version)).where(*where)).scalar_one()
+    total = session.execute(
+        base(sa.select(sa.func.count()).select_from(Version)).where(*where)
+    ).scalar_one()
     order = [Version.id]
     if limit:
         page_stmt = base(sa.select(Version.id)).where(*where)
         if sort in ("strength", "consistency"):
             chosen = _chosen_signature(profile_id)
-            page_stmt = (page_stmt.outerjoin(chosen, chosen.c.vid == Version.id)
-                         .outerjoin(Signature, Signature.id == chosen.c.sid))
-        page = session.execute(page_stmt.order_by(*_sort_order(sort)).offset(offset).limit(limit)).scalars().all()
+            page_stmt = page_stmt.outerjoin(chosen, chosen.c.vid == Version.id).outerjoin(
+                Signature, Signature.id == chosen.c.sid
+            )
+        page = (
+            session.execute(page_stmt.order_by(*_sort_order(sort)).offset(offset).limit(limit))
+            .scalars()
+            .all()
+        )
         if not page:
             return total, []
         where, version_ids, offset = [Version.id.in_(page)], list(page), 0
@@ -92,12 +135,31 @@ def lora_rows(session: Session, *, signed: bool | None = None, base_model: str |
         order = _sort_order(sort)
     chosen = _chosen_signature(profile_id, version_ids)
     stmt = (
-        sa.select(Version.id, Version.model_id, Version.name, Model.name.label("model_name"), Version.base_model,
-                  Version.trained_words, Version.source, Version.air, Version.gone_at, Model.nsfw,
-                  Version.nsfw_level, Model.nsfw_level.label("model_nsfw_level"), Model.mode, Version.availability,
-                  Version.early_access_ends_at, Version.published_at, Model.origin,
-                  Signature.strength, Signature.consistency, Signature.valid, Signature.flags,
-                  Signature.n_samples, SignerProfile.name.label("profile"))
+        sa.select(
+            Version.id,
+            Version.model_id,
+            Version.name,
+            Model.name.label("model_name"),
+            Version.base_model,
+            Version.trained_words,
+            Version.source,
+            Version.air,
+            Version.gone_at,
+            Model.nsfw,
+            Version.nsfw_level,
+            Model.nsfw_level.label("model_nsfw_level"),
+            Model.mode,
+            Version.availability,
+            Version.early_access_ends_at,
+            Version.published_at,
+            Model.origin,
+            Signature.strength,
+            Signature.consistency,
+            Signature.valid,
+            Signature.flags,
+            Signature.n_samples,
+            SignerProfile.name.label("profile"),
+        )
         .outerjoin(Model, Model.id == Version.model_id)
         .outerjoin(chosen, chosen.c.vid == Version.id)
         .outerjoin(Signature, Signature.id == chosen.c.sid)
@@ -148,7 +210,9 @@ def display_name(model_name: str | None, version_name: str | None) -> str:
 
 
 def lora_dict(r, now=None) -> dict[str, Any]:
-    early = r["source"] == "civitai" and in_early_access(r["availability"], r["early_access_ends_at"], now or utcnow())
+    early = r["source"] == "civitai" and in_early_access(
+        r["availability"], r["early_access_ends_at"], now or utcnow()
+    )
     out = {
         "version_id": r["id"],
         "model_id": r["model_id"],
@@ -169,8 +233,14 @@ def lora_dict(r, now=None) -> dict[str, Any]:
         "signed": r["strength"] is not None,
     }
     if r["strength"] is not None:
-        out.update(strength=float(r["strength"]), consistency=float(r["consistency"]), profile=r["profile"],
-                   valid=bool(r["valid"]), flags=list(r["flags"] or []), n_samples=r["n_samples"])
+        out.update(
+            strength=float(r["strength"]),
+            consistency=float(r["consistency"]),
+            profile=r["profile"],
+            valid=bool(r["valid"]),
+            flags=list(r["flags"] or []),
+            n_samples=r["n_samples"],
+        )
     return out
 
 
@@ -179,60 +249,159 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
     _, rows = lora_rows(session, version_ids=[version_id])
     out = rows[0]
     version = session.get(Version, version_id)
-    out.update(description=version.description, published_at=_iso(version.published_at),
-               created_at=_iso(version.civitai_created_at), updated_at=_iso(version.civitai_updated_at),
-               status=version.status, availability=version.availability, usage_control=version.usage_control,
-               nsfw_level=version.nsfw_level, first_seen_at=_iso(version.first_seen_at), gone_at=_iso(version.gone_at),
-               # the entries as stored (as Civitai gives them; what the signer appends), and whether the
-               # payload had no list at all
-               trained_words_verbatim=list(version.trained_words or []),
-               trained_words_missing=words_missing(version.raw))
+    out.update(
+        description=version.description,
+        published_at=_iso(version.published_at),
+        created_at=_iso(version.civitai_created_at),
+        updated_at=_iso(version.civitai_updated_at),
+        status=version.status,
+        availability=version.availability,
+        usage_control=version.usage_control,
+        nsfw_level=version.nsfw_level,
+        first_seen_at=_iso(version.first_seen_at),
+        gone_at=_iso(version.gone_at),
+        # the entries as stored (as Civitai gives them; what the signer appends), and whether the
+        # payload had no list at all
+        trained_words_verbatim=list(version.trained_words or []),
+        trained_words_missing=words_missing(version.raw),
+    )
     if version.model_id is not None:
         model = session.get(Model, version.model_id)
         if model is not None:
-            creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
-            tags = session.exec(sa.select(Tag.name).join(ModelTag, ModelTag.tag_id == Tag.id)
-                                .where(ModelTag.model_id == model.id).order_by(Tag.name)).scalars().all()
-            creator = session.get(Creator, model.creator_id) if model.creator_id is not None else None
+            creator = (
+                session.get(Creator, model.creator_id) if model.creator_id is not None else None
+            )
+            tags = (
+                session.exec(
+                    sa.select(Tag.name)
+                    .join(ModelTag, ModelTag.tag_id == Tag.id)
+                    .where(ModelTag.model_id == model.id)
+                    .order_by(Tag.name)
+                )
+                .scalars()
+                .all()
+            )
+            creator = (
+                session.get(Creator, model.creator_id) if model.creator_id is not None else None
+            )
             out["model"] = {
-                "id": model.id, "name": model.name, "type": model.type, "nsfw": model.nsfw,
+                "id": model.id,
+                "name": model.name,
+                "type": model.type,
+                "nsfw": model.nsfw,
                 "creator": creator.username if creator is not None else None,
-                "nsfw_level": model.nsfw_level, "mode": model.mode,
-                "description": model.description, "tags": list(tags), "download_count": model.download_count,
-                "license": {"allow_no_credit": model.allow_no_credit, "allow_derivatives": model.allow_derivatives,
-                            "allow_different_license": model.allow_different_license,
-                            "allow_commercial_use": model.allow_commercial_use},
+                "nsfw_level": model.nsfw_level,
+                "mode": model.mode,
+                "description": model.description,
+                "tags": list(tags),
+                "download_count": model.download_count,
+                "license": {
+                    "allow_no_credit": model.allow_no_credit,
+                    "allow_derivatives": model.allow_derivatives,
+                    "allow_different_license": model.allow_different_license,
+                    "allow_commercial_use": model.allow_commercial_use,
+                },
                 "gone_at": _iso(model.gone_at),
             }
-    files = session.exec(sa.select(File).where(File.version_id == version_id).order_by(File.id)).scalars().all()
-    out["files"] = [{"id": f.id, "civitai_file_id": f.civitai_file_id, "name": f.name, "size_bytes": f.size_bytes,
-                     "type": f.type, "format": f.format, "fp": f.fp, "size_type": f.size_type, "primary": f.primary,
-                     "hashes": {k: v for k, v in (("SHA256", f.sha256), ("AutoV1", f.autov1), ("AutoV2", f.autov2),
-                                                  ("AutoV3", f.autov3), ("BLAKE3", f.blake3), ("CRC32", f.crc32))
-                                if v},
-                     "sha256": f.sha256, "pickle_scan": f.pickle_scan, "pickle_scan_message": f.pickle_scan_message,
-                     "virus_scan": f.virus_scan, "virus_scan_message": f.virus_scan_message,
-                     "scanned_at": _iso(f.scanned_at), "state": f.state, "error": f.error,
-                     "verified_at": _iso(f.verified_at)} for f in files]
-    local = session.exec(sa.select(LocalFile).where(LocalFile.version_id == version_id)
-                         .order_by(LocalFile.path)).scalars().all()
-    out["local_files"] = [{"path": lf.path, "status": lf.status, "sha256": lf.sha256, "size_bytes": lf.size_bytes,
-                           "last_seen_at": _iso(lf.last_seen_at), "missing_since": _iso(lf.missing_since)}
-                          for lf in local]
+    files = (
+        session.exec(sa.select(File).where(File.version_id == version_id).order_by(File.id))
+        .scalars()
+        .all()
+    )
+    out["files"] = [
+        {
+            "id": f.id,
+            "civitai_file_id": f.civitai_file_id,
+            "name": f.name,
+            "size_bytes": f.size_bytes,
+            "type": f.type,
+            "format": f.format,
+            "fp": f.fp,
+            "size_type": f.size_type,
+            "primary": f.primary,
+            "hashes": {
+                k: v
+                for k, v in (
+                    ("SHA256", f.sha256),
+                    ("AutoV1", f.autov1),
+                    ("AutoV2", f.autov2),
+                    ("AutoV3", f.autov3),
+                    ("BLAKE3", f.blake3),
+                    ("CRC32", f.crc32),
+                )
+                if v
+            },
+            "sha256": f.sha256,
+            "pickle_scan": f.pickle_scan,
+            "pickle_scan_message": f.pickle_scan_message,
+            "virus_scan": f.virus_scan,
+            "virus_scan_message": f.virus_scan_message,
+            "scanned_at": _iso(f.scanned_at),
+            "state": f.state,
+            "error": f.error,
+            "verified_at": _iso(f.verified_at),
+        }
+        for f in files
+    ]
+    local = (
+        session.exec(
+            sa.select(LocalFile).where(LocalFile.version_id == version_id).order_by(LocalFile.path)
+        )
+        .scalars()
+        .all()
+    )
+    out["local_files"] = [
+        {
+            "path": lf.path,
+            "status": lf.status,
+            "sha256": lf.sha256,
+            "size_bytes": lf.size_bytes,
+            "last_seen_at": _iso(lf.last_seen_at),
+            "missing_since": _iso(lf.missing_since),
+        }
+        for lf in local
+    ]
     sigs = session.execute(
         sa.select(Signature, SignerProfile.name, SignerProfile.hash)
         .join(SignerProfile, SignerProfile.id == Signature.profile_id)
-        .where(Signature.version_id == version_id).order_by(Signature.id)).all()
-    out["signatures"] = [{"profile": name, "profile_hash": digest, "strength": s.strength,
-                          "consistency": s.consistency, "dim": s.dim, "n_samples": s.n_samples, "valid": s.valid,
-                          "flags": list(s.flags or []), "estimates": s.estimates, "source": s.source,
-                          "reused_from_version": (s.estimates or {}).get("reused_from") if s.source == "reused" else None,
-                          "created_at": _iso(s.created_at)} for s, name, digest in sigs]
+        .where(Signature.version_id == version_id)
+        .order_by(Signature.id)
+    ).all()
+    out["signatures"] = [
+        {
+            "profile": name,
+            "profile_hash": digest,
+            "strength": s.strength,
+            "consistency": s.consistency,
+            "dim": s.dim,
+            "n_samples": s.n_samples,
+            "valid": s.valid,
+            "flags": list(s.flags or []),
+            "estimates": s.estimates,
+            "source": s.source,
+            "reused_from_version": (s.estimates or {}).get("reused_from")
+            if s.source == "reused"
+            else None,
+            "created_at": _iso(s.created_at),
+        }
+        for s, name, digest in sigs
+    ]
     jobs = session.execute(
-        sa.select(SignJob, SignerProfile.name).join(SignerProfile, SignerProfile.id == SignJob.profile_id)
-        .where(SignJob.version_id == version_id).order_by(SignJob.id)).all()
-    out["jobs"] = [{"id": j.id, "profile": name, "state": j.state, "attempts": j.attempts,
-                    "last_error": j.last_error} for j, name in jobs]
+        sa.select(SignJob, SignerProfile.name)
+        .join(SignerProfile, SignerProfile.id == SignJob.profile_id)
+        .where(SignJob.version_id == version_id)
+        .order_by(SignJob.id)
+    ).all()
+    out["jobs"] = [
+        {
+            "id": j.id,
+            "profile": name,
+            "state": j.state,
+            "attempts": j.attempts,
+            "last_error": j.last_error,
+        }
+        for j, name in jobs
+    ]
     return out
 
 
@@ -240,25 +409,33 @@ def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
 SIGN_STATES = ("failed", "signing", "queued", "ready", "downloading", "deferred", "unsignable")
 
 
-def sign_status(session: Session, version_ids: list[int],
-                profile_id: int | None = None) -> dict[int, dict[str, str | None]]:
+def sign_status(
+    session: Session, version_ids: list[int], profile_id: int | None = None
+) -> dict[int, dict[str, str | None]]:
     """``{version_id: {"state", "reason"}}`` for versions without a signature: ``failed`` (the job
     died; its error), ``signing``, ``queued``, ``ready`` (a verified file, not queued yet),
     ``downloading`` (a file still to fetch), ``deferred`` (early access) or ``unsignable`` (no file
     the signer can use; the file's reason). Jobs of ``profile_id`` only, when given."""
     out: dict[int, dict[str, str | None]] = {}
     for start in range(0, len(version_ids), 900):  # SQL parameter limits
-        chunk = version_ids[start:start + 900]
+        chunk = version_ids[start : start + 900]
         files: dict[int, list] = {}
         for vid, state, error, name in session.execute(
-                sa.select(File.version_id, File.state, File.error, File.name).where(File.version_id.in_(chunk))
-                .order_by(File.primary.desc(), File.id)):
+            sa.select(File.version_id, File.state, File.error, File.name)
+            .where(File.version_id.in_(chunk))
+            .order_by(File.primary.desc(), File.id)
+        ):
             files.setdefault(vid, []).append((state, error, name))
-        jobs = sa.select(SignJob.version_id, SignJob.state, SignJob.last_error).where(
-            SignJob.kind == "lora", SignJob.version_id.in_(chunk)).order_by(SignJob.id)
+        jobs = (
+            sa.select(SignJob.version_id, SignJob.state, SignJob.last_error)
+            .where(SignJob.kind == "lora", SignJob.version_id.in_(chunk))
+            .order_by(SignJob.id)
+        )
         if profile_id is not None:
             jobs = jobs.where(SignJob.profile_id == profile_id)
-        job = {vid: (state, error) for vid, state, error in session.execute(jobs)}  # the newest job wins
+        job = {
+            vid: (state, error) for vid, state, error in session.execute(jobs)
+        }  # the newest job wins
         for vid in chunk:
             out[vid] = _one_status(files.get(vid, []), job.get(vid))
     return out
@@ -266,11 +443,18 @@ def sign_status(session: Session, version_ids: list[int],
 
 def _one_status(files: list, job: tuple | None) -> dict[str, str | None]:
     if job is not None and job[0] == "dead":
-        return {"state": "failed", "reason": (job[1] or "").strip().splitlines()[0] if job[1] else None}
+        return {
+            "state": "failed",
+            "reason": (job[1] or "").strip().splitlines()[0] if job[1] else None,
+        }
     if job is not None and job[0] in ("running", "queued"):
         return {"state": "signing" if job[0] == "running" else "queued", "reason": None}
     states = [f[0] for f in files]
-    for wanted, state in (("verified", "ready"), ("pending", "downloading"), ("deferred", "deferred")):
+    for wanted, state in (
+        ("verified", "ready"),
+        ("pending", "downloading"),
+        ("deferred", "deferred"),
+    ):
         if wanted in states:
             return {"state": state, "reason": None}
     if not files:
@@ -281,18 +465,31 @@ def _one_status(files: list, job: tuple | None) -> dict[str, str | None]:
 
 def unsigned_message(session: Session, version_id: int, profile: SignerProfile) -> str:
     """Why a version has no signature under ``profile``, and what to do about it (one line)."""
-    others = session.execute(sa.select(SignerProfile.name).join(Signature, Signature.profile_id == SignerProfile.id)
-                             .where(Signature.version_id == version_id).distinct()).scalars().all()
+    others = (
+        session.execute(
+            sa.select(SignerProfile.name)
+            .join(Signature, Signature.profile_id == SignerProfile.id)
+            .where(Signature.version_id == version_id)
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
     if others:
-        return (f"LoRA {version_id} has no signature under profile {profile.name!r}; it is signed under "
-                f"{', '.join(sorted(others))}: pass --profile NAME")
+        return (
+            f"LoRA {version_id} has no signature under profile {profile.name!r}; it is signed under "
+            f"{', '.join(sorted(others))}: pass --profile NAME"
+        )
     status = sign_status(session, [version_id], profile.id)[version_id]
-    ref = lora_ref(session.execute(sa.select(Version.model_id).where(Version.id == version_id)).scalar(), version_id)
+    ref = lora_ref(
+        session.execute(sa.select(Version.model_id).where(Version.id == version_id)).scalar(),
+        version_id,
+    )
     if status["state"] == "unsignable":
         return f"LoRA {version_id} cannot be signed: {status['reason']}"
     if status["state"] == "failed":
         return f"LoRA {version_id} has no signature: signing failed ({status['reason']})"
-    return (f"LoRA {version_id} has no signature yet ({status['state']}): sign it with `carlos-reg sign {ref}`")
+    return f"LoRA {version_id} has no signature yet ({status['state']}): sign it with `carlos-reg sign {ref}`"
 
 
 def registry_stats(session: Session) -> dict[str, Any]:
@@ -301,16 +498,28 @@ def registry_stats(session: Session) -> dict[str, Any]:
     profiles = session.execute(
         sa.select(SignerProfile.name, SignerProfile.hash, sa.func.count(Signature.id))
         .join(Signature, Signature.profile_id == SignerProfile.id)
-        .group_by(SignerProfile.name, SignerProfile.hash).order_by(sa.func.count(Signature.id).desc())).all()
+        .group_by(SignerProfile.name, SignerProfile.hash)
+        .order_by(sa.func.count(Signature.id).desc())
+    ).all()
     spellings: dict[str, dict[str, int]] = {}
-    for name, n in session.execute(sa.select(Version.base_model, sa.func.count()).where(Version.base_model.is_not(None))
-                                   .group_by(Version.base_model)):
+    for name, n in session.execute(
+        sa.select(Version.base_model, sa.func.count())
+        .where(Version.base_model.is_not(None))
+        .group_by(Version.base_model)
+    ):
         spellings.setdefault(name.lower(), {})[name] = n
-    base_models = sorted(({"name": max(forms, key=lambda f: (forms[f], f)), "count": sum(forms.values())}
-                          for forms in spellings.values()), key=lambda b: (-b["count"], b["name"].lower()))
-    return {"loras": session.execute(sa.select(sa.func.count()).select_from(Version)).scalar_one(),
-            "profiles": [{"name": n, "hash": h, "signed": c} for n, h, c in profiles],
-            "base_models": base_models}
+    base_models = sorted(
+        (
+            {"name": max(forms, key=lambda f: (forms[f], f)), "count": sum(forms.values())}
+            for forms in spellings.values()
+        ),
+        key=lambda b: (-b["count"], b["name"].lower()),
+    )
+    return {
+        "loras": session.execute(sa.select(sa.func.count()).select_from(Version)).scalar_one(),
+        "profiles": [{"name": n, "hash": h, "signed": c} for n, h, c in profiles],
+        "base_models": base_models,
+    }
 
 
 def next_local_version_id(session) -> int:

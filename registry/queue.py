@@ -18,6 +18,7 @@ Lifecycle: ``queued`` → ``running`` (leased) → ``done`` | back to ``queued``
   answer was lost), and ``complete_with`` finds a job already completed under its token and
   writes nothing a second time.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,18 +76,27 @@ class Lease:
 
 
 class JobQueue:
-    def __init__(self, db: Database, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                 backoff_seconds: float = RETRY_BACKOFF_SECONDS, retry: RetryPolicy | None = None):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        backoff_seconds: float = RETRY_BACKOFF_SECONDS,
+        retry: RetryPolicy | None = None,
+    ):
         """``retry``: how the queue's transactions wait out a database outage [default: from
         ``$CARLOS_REG_DB_RETRY_SECONDS``]; ``backoff_seconds``: delay before a failed job's next try."""
         self.db = db
         self.lease_seconds = float(lease_seconds)
         self.backoff_seconds = float(backoff_seconds)
         # a failed job's next try: backoff_seconds, doubling per attempt, at most an hour; exact
-        self.job_backoff = RetryPolicy(initial=self.backoff_seconds, cap=RETRY_BACKOFF_CAP_SECONDS, jitter=0.0,
-                                       deadline=None)
+        self.job_backoff = RetryPolicy(
+            initial=self.backoff_seconds, cap=RETRY_BACKOFF_CAP_SECONDS, jitter=0.0, deadline=None
+        )
         self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
-        self.wait: Callable[[float], bool] | None = None  # the retries' sleep; True ends them (a worker's stop)
+        self.wait: Callable[[float], bool] | None = (
+            None  # the retries' sleep; True ends them (a worker's stop)
+        )
         self._now = db_now_sql(db.dialect)
 
     def retried(self, fn: Callable[[], T], what: str) -> T:
@@ -96,6 +106,7 @@ class JobQueue:
 
     def _write_retried(self, fn: Callable[[Session], T], what: str) -> T:
         """``fn(session)`` in one write transaction, the whole transaction retried on an outage."""
+
         def attempt() -> T:
             with self.db.write() as session:
                 return fn(session)
@@ -104,33 +115,78 @@ class JobQueue:
 
     # -------------------------------------------------------------- producing
 
-    def enqueue(self, session: Session, *, profile_id: int, version_id: int | None = None, kind: str = "lora",
-                priority: int = 0, max_attempts: int = DEFAULT_MAX_ATTEMPTS, payload: dict | None = None) -> bool:
+    def enqueue(
+        self,
+        session: Session,
+        *,
+        profile_id: int,
+        version_id: int | None = None,
+        kind: str = "lora",
+        priority: int = 0,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        payload: dict | None = None,
+    ) -> bool:
         """Add a job unless one exists for the same key (in any state). True if a job was added."""
         key = dedupe_key(kind, profile_id, version_id)
-        values = dict(kind=kind, version_id=version_id, profile_id=profile_id, dedupe_key=key, state=JobState.QUEUED,
-                      priority=priority, attempts=0, max_attempts=max_attempts, available_at=0.0,
-                      payload=payload, enqueued_at=utcnow())
+        values = dict(
+            kind=kind,
+            version_id=version_id,
+            profile_id=profile_id,
+            dedupe_key=key,
+            state=JobState.QUEUED,
+            priority=priority,
+            attempts=0,
+            max_attempts=max_attempts,
+            available_at=0.0,
+            payload=payload,
+            enqueued_at=utcnow(),
+        )
         table = SignJob.__table__
-        stmt = insert_or_ignore(self.db.dialect, table, ["dedupe_key"]).values(**values).returning(table.c.id)
+        stmt = (
+            insert_or_ignore(self.db.dialect, table, ["dedupe_key"])
+            .values(**values)
+            .returning(table.c.id)
+        )
         return session.execute(stmt).first() is not None
 
-    def requeue(self, session: Session, *, job_ids: Iterable[int] | None = None, state: str = JobState.DEAD) -> int:
+    def requeue(
+        self, session: Session, *, job_ids: Iterable[int] | None = None, state: str = JobState.DEAD
+    ) -> int:
         """Put dead (or other finished) jobs back in the queue with a fresh attempt budget."""
         stmt = sa.update(SignJob).where(SignJob.state == state)
         if job_ids is not None:
             stmt = stmt.where(SignJob.id.in_(list(job_ids)))
-        stmt = stmt.values(state=JobState.QUEUED, attempts=0, available_at=0.0, lease_token=None, lease_owner=None,
-                           lease_expires_at=None, finished_at=None)
+        stmt = stmt.values(
+            state=JobState.QUEUED,
+            attempts=0,
+            available_at=0.0,
+            lease_token=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=None,
+        )
         return session.execute(stmt).rowcount
 
     # -------------------------------------------------------------- consuming
 
-    def claim(self, owner: str, *, kinds: Iterable[str] | None = None,
-              profile_ids: Iterable[int] | None = None, job_ids: Iterable[int] | None = None) -> Lease | None:
+    def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Iterable[str] | None = None,
+        profile_ids: Iterable[int] | None = None,
+        job_ids: Iterable[int] | None = None,
+    ) -> Lease | None:
         """Lease the next available job (optionally only among ``job_ids``), or return None."""
-        token = secrets.token_hex(16)  # one token for every try: a retry can find what an unanswered COMMIT did
-        params: dict = {"owner": owner, "token": token, "ttl": self.lease_seconds, "started": utcnow()}
+        token = secrets.token_hex(
+            16
+        )  # one token for every try: a retry can find what an unanswered COMMIT did
+        params: dict = {
+            "owner": owner,
+            "token": token,
+            "ttl": self.lease_seconds,
+            "started": utcnow(),
+        }
         filters = ""
         if kinds is not None:
             kinds = list(kinds)
@@ -138,7 +194,9 @@ class JobQueue:
             params.update({f"k{i}": k for i, k in enumerate(kinds)})
         if profile_ids is not None:
             profile_ids = list(profile_ids)
-            filters += " AND profile_id IN (" + ", ".join(f":p{i}" for i in range(len(profile_ids))) + ")"
+            filters += (
+                " AND profile_id IN (" + ", ".join(f":p{i}" for i in range(len(profile_ids))) + ")"
+            )
             params.update({f"p{i}": p for i, p in enumerate(profile_ids)})
         if job_ids is not None:
             job_ids = list(job_ids)
@@ -157,8 +215,10 @@ class JobQueue:
             f"THEN 'previous lease expired (worker lost); reclaimed' ELSE sign_job.last_error END"
         )
         if self.db.dialect == "postgresql":
-            sql = (f"WITH next AS ({candidates} FOR UPDATE SKIP LOCKED) UPDATE sign_job SET {assignments} "
-                   f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}")
+            sql = (
+                f"WITH next AS ({candidates} FOR UPDATE SKIP LOCKED) UPDATE sign_job SET {assignments} "
+                f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}"
+            )
         else:
             sql = f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
         tries = 0
@@ -167,8 +227,17 @@ class JobQueue:
             nonlocal tries
             tries += 1
             if tries > 1:
-                held = session.execute(sa.text(f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
-                                               f"AND state = 'running'"), {"token": token}).mappings().first()
+                held = (
+                    session.execute(
+                        sa.text(
+                            f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
+                            f"AND state = 'running'"
+                        ),
+                        {"token": token},
+                    )
+                    .mappings()
+                    .first()
+                )
                 if held is not None:
                     return held
             self._reap(session)
@@ -177,16 +246,27 @@ class JobQueue:
         row = self._write_retried(attempt, "claiming a job")
         if row is None:
             return None
-        return Lease(job_id=row["id"], token=token, owner=owner, kind=row["kind"], version_id=row["version_id"],
-                     profile_id=row["profile_id"], attempts=row["attempts"], max_attempts=row["max_attempts"],
-                     payload=_json(row["payload"]), expires_at=float(row["lease_expires_at"]))
+        return Lease(
+            job_id=row["id"],
+            token=token,
+            owner=owner,
+            kind=row["kind"],
+            version_id=row["version_id"],
+            profile_id=row["profile_id"],
+            attempts=row["attempts"],
+            max_attempts=row["max_attempts"],
+            payload=_json(row["payload"]),
+            expires_at=float(row["lease_expires_at"]),
+        )
 
     def _reap(self, session: Session) -> int:
         """Expired leases on their last attempt end dead: the job killed its worker every time."""
-        sql = (f"UPDATE sign_job SET state = 'dead', lease_token = NULL, lease_expires_at = NULL, "
-               f"last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts "
-               f"|| ' (the worker died or hung each time)' "
-               f"WHERE state = 'running' AND lease_expires_at < {self._now} AND attempts >= max_attempts")
+        sql = (
+            f"UPDATE sign_job SET state = 'dead', lease_token = NULL, lease_expires_at = NULL, "
+            f"last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts "
+            f"|| ' (the worker died or hung each time)' "
+            f"WHERE state = 'running' AND lease_expires_at < {self._now} AND attempts >= max_attempts"
+        )
         return session.execute(sa.text(sql)).rowcount
 
     def reap(self) -> int:
@@ -198,12 +278,15 @@ class JobQueue:
         A heartbeat that cannot reach the database is not a lost lease: with ``retry`` it waits
         for the database (``retry=False``: the error goes to the caller, who may beat again later).
         """
-        sql = (f"UPDATE sign_job SET lease_expires_at = {self._now} + :ttl, heartbeat_at = {self._now} "
-               f"WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING lease_expires_at")
+        sql = (
+            f"UPDATE sign_job SET lease_expires_at = {self._now} + :ttl, heartbeat_at = {self._now} "
+            f"WHERE id = :id AND lease_token = :token AND state = 'running' RETURNING lease_expires_at"
+        )
 
         def beat(session: Session):
-            return session.execute(sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id,
-                                                  "token": lease.token}).first()
+            return session.execute(
+                sa.text(sql), {"ttl": self.lease_seconds, "id": lease.job_id, "token": lease.token}
+            ).first()
 
         if retry:
             row = self._write_retried(beat, f"heartbeat of job {lease.job_id}")
@@ -216,16 +299,34 @@ class JobQueue:
 
     def complete(self, session: Session, lease: Lease) -> None:
         """Mark the job done inside the caller's transaction; raises LeaseLost (rolling it back) if stale."""
-        stmt = (sa.update(SignJob)
-                .where(SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == JobState.RUNNING)
-                .values(state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None, last_error=None))
+        stmt = (
+            sa.update(SignJob)
+            .where(
+                SignJob.id == lease.job_id,
+                SignJob.lease_token == lease.token,
+                SignJob.state == JobState.RUNNING,
+            )
+            .values(
+                state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None, last_error=None
+            )
+        )
         if session.execute(stmt).rowcount != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before completion; result discarded")
 
     def completed_by(self, session: Session, lease: Lease) -> bool:
         """True if the job is done under this lease's token (this worker's completion committed)."""
-        return session.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-            SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == JobState.DONE)).scalar_one() == 1
+        return (
+            session.execute(
+                sa.select(sa.func.count())
+                .select_from(SignJob)
+                .where(
+                    SignJob.id == lease.job_id,
+                    SignJob.lease_token == lease.token,
+                    SignJob.state == JobState.DONE,
+                )
+            ).scalar_one()
+            == 1
+        )
 
     def complete_with(self, lease: Lease, write: Callable[[Session], object]) -> bool:
         """Run ``write(session)`` and ``complete`` in one write transaction, retried as a whole on a
@@ -235,6 +336,7 @@ class JobQueue:
         under this lease (an earlier try committed but its answer was lost): ``write`` is then not
         run again, so a result is never written twice. Raises LeaseLost if the lease is gone.
         """
+
         def attempt(session: Session) -> bool:
             if self.completed_by(session, lease):
                 return False
@@ -253,26 +355,40 @@ class JobQueue:
         retry = retryable and lease.attempts < lease.max_attempts
         delay = self.job_backoff.delay(lease.attempts)
         new_state = JobState.QUEUED if retry else JobState.DEAD
-        sql = (f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
-               f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "
-               f"WHERE id = :id AND lease_token = :token AND state = 'running'")
-        params = {"state": new_state, "reason": reason[:4000], "delay": delay,
-                  "finished": None if retry else utcnow(), "id": lease.job_id, "token": lease.token}
+        sql = (
+            f"UPDATE sign_job SET state = :state, last_error = :reason, lease_token = NULL, lease_owner = NULL, "
+            f"lease_expires_at = NULL, available_at = {self._now} + :delay, finished_at = :finished "
+            f"WHERE id = :id AND lease_token = :token AND state = 'running'"
+        )
+        params = {
+            "state": new_state,
+            "reason": reason[:4000],
+            "delay": delay,
+            "finished": None if retry else utcnow(),
+            "id": lease.job_id,
+            "token": lease.token,
+        }
 
-        n = self._write_retried(lambda session: session.execute(sa.text(sql), params).rowcount,
-                                f"recording the failure of job {lease.job_id}")
+        n = self._write_retried(
+            lambda session: session.execute(sa.text(sql), params).rowcount,
+            f"recording the failure of job {lease.job_id}",
+        )
         if n != 1:
             raise LeaseLost(f"job {lease.job_id}: lease lost before the failure could be recorded")
         return new_state
 
     def release(self, lease: Lease) -> bool:
         """Give the job back untried (e.g. on SIGTERM): it does not count as an attempt."""
-        sql = (f"UPDATE sign_job SET state = 'queued', attempts = attempts - 1, lease_token = NULL, "
-               f"lease_owner = NULL, lease_expires_at = NULL, available_at = {self._now} "
-               f"WHERE id = :id AND lease_token = :token AND state = 'running'")
+        sql = (
+            f"UPDATE sign_job SET state = 'queued', attempts = attempts - 1, lease_token = NULL, "
+            f"lease_owner = NULL, lease_expires_at = NULL, available_at = {self._now} "
+            f"WHERE id = :id AND lease_token = :token AND state = 'running'"
+        )
         params = {"id": lease.job_id, "token": lease.token}
-        return self._write_retried(lambda session: session.execute(sa.text(sql), params).rowcount == 1,
-                                   f"releasing job {lease.job_id}")
+        return self._write_retried(
+            lambda session: session.execute(sa.text(sql), params).rowcount == 1,
+            f"releasing job {lease.job_id}",
+        )
 
     # -------------------------------------------------------------- watching
 

@@ -5,6 +5,7 @@ once from the registry, saved next to the data dir (``cache/``), and brought up 
 only the signatures written since (``signature.seq`` > the last one seen), so neither a warm
 service nor a cold CLI re-reads unchanged signatures.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,14 +50,24 @@ class RankingIndex:
         self.strength = np.zeros(0, dtype=np.float32)
         self.consistency = np.zeros(0, dtype=np.float32)
         self.valid = np.zeros(0, dtype=bool)
-        self.signature_bytes = np.zeros(0, dtype="S32")  # sha256 of the direction blob: exact duplicates
+        self.signature_bytes = np.zeros(
+            0, dtype="S32"
+        )  # sha256 of the direction blob: exact duplicates
         self._pos: dict[int, int] | None = None
 
     def copy(self) -> "RankingIndex":
         """A deep copy: the service refreshes a copy and swaps it in while requests read the old one."""
         other = RankingIndex(self.profile_id, self.dim)
         other.seq = self.seq
-        for name in ("ids", "units", "norms", "strength", "consistency", "valid", "signature_bytes"):
+        for name in (
+            "ids",
+            "units",
+            "norms",
+            "strength",
+            "consistency",
+            "valid",
+            "signature_bytes",
+        ):
             setattr(other, name, getattr(self, name).copy())
         return other
 
@@ -81,11 +92,20 @@ class RankingIndex:
             self.__init__(self.profile_id, self.dim)
         if top == self.seq:
             return 0
-        stmt = (sa.select(Signature.version_id, Signature.dim, Signature.direction, Signature.strength,
-                          Signature.consistency, Signature.valid, Signature.seq)
-                .where(Signature.profile_id == self.profile_id, Signature.seq > self.seq)
-                .order_by(Signature.seq)
-                .execution_options(yield_per=5000))
+        stmt = (
+            sa.select(
+                Signature.version_id,
+                Signature.dim,
+                Signature.direction,
+                Signature.strength,
+                Signature.consistency,
+                Signature.valid,
+                Signature.seq,
+            )
+            .where(Signature.profile_id == self.profile_id, Signature.seq > self.seq)
+            .order_by(Signature.seq)
+            .execution_options(yield_per=5000)
+        )
         rows = session.execute(stmt).all()
         self._apply(rows)
         self.seq = top
@@ -96,16 +116,23 @@ class RankingIndex:
             return
         dims = {r.dim for r in rows}
         if self.dim and dims != {self.dim} or len(dims) > 1:
-            raise ValueError(f"profile {self.profile_id} mixes direction sizes {sorted(dims | {self.dim} - {0})}")
+            raise ValueError(
+                f"profile {self.profile_id} mixes direction sizes {sorted(dims | {self.dim} - {0})}"
+            )
         dim = dims.pop()
         vecs = np.stack([from_blob(r.direction, dim) for r in rows])
         norms = np.linalg.norm(vecs, axis=1).astype(np.float32)
         units = np.divide(vecs, norms[:, None], out=np.zeros_like(vecs), where=norms[:, None] > 0)
         digests = np.array([hashlib.sha256(r.direction).digest() for r in rows], dtype="S32")
         new_ids = np.array([r.version_id for r in rows], dtype=np.int64)
-        cols = dict(units=units, norms=norms, strength=np.array([r.strength for r in rows], np.float32),
-                    consistency=np.array([r.consistency for r in rows], np.float32),
-                    valid=np.array([bool(r.valid) for r in rows]), signature_bytes=digests)
+        cols = dict(
+            units=units,
+            norms=norms,
+            strength=np.array([r.strength for r in rows], np.float32),
+            consistency=np.array([r.consistency for r in rows], np.float32),
+            valid=np.array([bool(r.valid) for r in rows]),
+            signature_bytes=digests,
+        )
         if self.units.shape[1] != dim:
             self.units = np.zeros((0, dim), dtype=np.float32)
         # a re-signed version replaces its row; the newest write of a version wins
@@ -130,10 +157,19 @@ class RankingIndex:
 
     def save(self, path: Path) -> None:
         with atomic_file(path) as fh:
-            np.savez(fh, format=np.int64(INDEX_FORMAT), profile_id=np.int64(self.profile_id),
-                     seq=np.int64(self.seq), ids=self.ids, units=self.units, norms=self.norms,
-                     strength=self.strength, consistency=self.consistency, valid=self.valid,
-                     signature_bytes=self.signature_bytes)
+            np.savez(
+                fh,
+                format=np.int64(INDEX_FORMAT),
+                profile_id=np.int64(self.profile_id),
+                seq=np.int64(self.seq),
+                ids=self.ids,
+                units=self.units,
+                norms=self.norms,
+                strength=self.strength,
+                consistency=self.consistency,
+                valid=self.valid,
+                signature_bytes=self.signature_bytes,
+            )
 
     @classmethod
     def load(cls, path: Path, profile_id: int) -> "RankingIndex":
@@ -143,7 +179,15 @@ class RankingIndex:
                 if int(data["format"]) != INDEX_FORMAT or int(data["profile_id"]) != profile_id:
                     return index
                 index.seq = int(data["seq"])
-                for name in ("ids", "units", "norms", "strength", "consistency", "valid", "signature_bytes"):
+                for name in (
+                    "ids",
+                    "units",
+                    "norms",
+                    "strength",
+                    "consistency",
+                    "valid",
+                    "signature_bytes",
+                ):
                     setattr(index, name, data[name])
         except (OSError, ValueError, KeyError):
             return cls(profile_id)  # a missing or damaged cache is rebuilt from the registry
@@ -159,8 +203,14 @@ class RankingIndex:
             raise ValueError("the query vector is zero or not finite")
         return self.units @ (q / qn)
 
-    def rank(self, query: np.ndarray, k: int, filters: Filters | None = None,
-             exclude: int | None = None, scores: np.ndarray | None = None) -> Ranked:
+    def rank(
+        self,
+        query: np.ndarray,
+        k: int,
+        filters: Filters | None = None,
+        exclude: int | None = None,
+        scores: np.ndarray | None = None,
+    ) -> Ranked:
         """Top-k version ids by cosine between ``query`` and each unit Direction, after filters.
 
         ``scores`` (from ``self.scores(query)``) saves the product when ranking one query twice.
@@ -192,7 +242,9 @@ class RankingIndex:
         candidates = np.flatnonzero(keep)
         k = max(0, min(k, candidates.shape[0]))
         if k == 0:
-            return Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32), int(candidates.shape[0]), filtered)
+            return Ranked(
+                np.zeros(0, np.int64), np.zeros(0, np.float32), int(candidates.shape[0]), filtered
+            )
         sub = scores[candidates]
         top = np.argpartition(-sub, k - 1)[:k] if k < sub.shape[0] else np.arange(sub.shape[0])
         # ties broken by version id, so results are stable
@@ -213,8 +265,9 @@ class RankingIndex:
         return self.ids[same]
 
 
-def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, grid_dims: int = 4,
-                         seed: int = 0) -> list[tuple[int, int, float]]:
+def near_duplicate_pairs(
+    units: np.ndarray, min_cos: float, *, dims: int = 32, grid_dims: int = 4, seed: int = 0
+) -> list[tuple[int, int, float]]:
     """All pairs (i < j) of unit rows with cosine ≥ ``min_cos``, exactly, without an N² × d product.
 
     For unit vectors, cos ≥ c ⇔ ‖a − b‖ ≤ r with r² = 2(1 − c). A projection can only shorten a
@@ -230,7 +283,7 @@ def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, g
     sample = units[rng.choice(n, size=min(n, 20_000), replace=False)].astype(np.float64)
     centered = sample - sample.mean(axis=0)
     _, vecs = np.linalg.eigh(centered.T @ centered)
-    basis = vecs[:, ::-1][:, :min(dims, d)]  # principal directions, largest variance first
+    basis = vecs[:, ::-1][:, : min(dims, d)]  # principal directions, largest variance first
     proj = (units @ basis).astype(np.float32)
     sq = np.einsum("ij,ij->i", proj, proj)
     valid = np.linalg.norm(units, axis=1) > 0
@@ -247,7 +300,9 @@ def near_duplicate_pairs(units: np.ndarray, min_cos: float, *, dims: int = 32, g
     offsets = np.array(np.meshgrid(*[[-1, 0, 1]] * g, indexing="ij")).reshape(g, -1).T
     pairs = []
     for key, rows in groups.items():
-        near = [groups[k] for k in (tuple(np.add(key, o)) for o in offsets) if k in groups and k >= key]
+        near = [
+            groups[k] for k in (tuple(np.add(key, o)) for o in offsets) if k in groups and k >= key
+        ]
         cols = np.concatenate(near)
         dist = sq[rows, None] + sq[None, cols] - 2.0 * (proj[rows] @ proj[cols].T)
         a, b = np.nonzero(dist <= r * r)

@@ -1,12 +1,12 @@
 """REF → version id: a version id (negative for local files), ``local:N`` (= version -N),
 ``civitai:MODEL@VERSION``, an AIR URN, a Civitai model/version/download URL (what every table prints),
 a file hash (SHA-256, AutoV1, AutoV2 or AutoV3), or an unambiguous name."""
+
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qs, urlsplit
-
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 from registry.errors import NotFound
 
@@ -28,11 +28,15 @@ _URL_PATHS = [  # (pattern on the URL path, what its number is)
     (re.compile(r"^/api/download/models/(\d+)/?$"), "version"),
 ]
 
-MAX_ID = 2**31 - 1  # ids are SQL INTEGER: a larger number names nothing (and must not reach the database)
+MAX_ID = (
+    2**31 - 1
+)  # ids are SQL INTEGER: a larger number names nothing (and must not reach the database)
 
-REF_HELP = ("a version id, civitai:MODEL@VERSION, urn:air:sdxl:lora:civitai:MODEL@VERSION, a Civitai URL "
-            "(civitai.com/models/M?modelVersionId=V), a file's SHA-256 or AutoV2 hash, local:N (a file signed "
-            "from disk), or an unambiguous name")
+REF_HELP = (
+    "a version id, civitai:MODEL@VERSION, urn:air:sdxl:lora:civitai:MODEL@VERSION, a Civitai URL "
+    "(civitai.com/models/M?modelVersionId=V), a file's SHA-256 or AutoV2 hash, local:N (a file signed "
+    "from disk), or an unambiguous name"
+)
 
 # For commands that take REFs: a negative version id such as -3 is a REF, not an unknown option.
 REF_COMMAND = {"ignore_unknown_options": True}
@@ -64,13 +68,17 @@ def resolve_ref(session: Session, ref: str) -> int:
     if _INT.match(ref) or local:
         vid = _id("-" + local.group(1)) if local else _id(ref)
         if vid is None or session.get(Version, vid) is None:
-            raise NotFound(f"no LoRA version {vid if vid is not None else ref[:40]} in the registry")
+            raise NotFound(
+                f"no LoRA version {vid if vid is not None else ref[:40]} in the registry"
+            )
         return vid
     m = _CIVITAI.match(ref) or _AIR.match(ref)
     parsed = (m.group(1), m.group(2)) if m else _parse_url(ref)
     if parsed is not None:
         model_id, version_id = (_id(parsed[0]) if parsed[0] is not None else None), parsed[1]
-        if (parsed[0] is not None and model_id is None) or (version_id is not None and _id(version_id) is None):
+        if (parsed[0] is not None and model_id is None) or (
+            version_id is not None and _id(version_id) is None
+        ):
             raise NotFound(f"no such LoRA in the registry ({ref[:60]})")
         if model_id is None:
             if session.get(Version, int(version_id)) is None:
@@ -81,14 +89,24 @@ def resolve_ref(session: Session, ref: str) -> int:
             if version is None:
                 raise NotFound(f"no LoRA version {version_id} in the registry ({ref})")
             if version.model_id is not None and version.model_id != model_id:
-                raise NotFound(f"version {version_id} belongs to model {version.model_id}, not {model_id} ({ref})")
+                raise NotFound(
+                    f"version {version_id} belongs to model {version.model_id}, not {model_id} ({ref})"
+                )
             return version.id
-        ids = session.exec(sa.select(Version.id).where(Version.model_id == model_id).order_by(Version.id)).scalars().all()
+        ids = (
+            session.exec(
+                sa.select(Version.id).where(Version.model_id == model_id).order_by(Version.id)
+            )
+            .scalars()
+            .all()
+        )
         if not ids:
             raise NotFound(f"no versions of Civitai model {model_id} in the registry")
         if len(ids) > 1:
-            raise AmbiguousRef(f"model {model_id} has {len(ids)} versions; name one: "
-                               + ", ".join(f"civitai:{model_id}@{v}" for v in ids[:10]))
+            raise AmbiguousRef(
+                f"model {model_id} has {len(ids)} versions; name one: "
+                + ", ".join(f"civitai:{model_id}@{v}" for v in ids[:10])
+            )
         return ids[0]
     if _HEX.match(ref) and len(ref) in _HASH_COLUMNS:
         found = _resolve_hash(session, ref)
@@ -120,11 +138,22 @@ def _resolve_hash(session: Session, ref: str) -> int | None:
     from registry.models import File
 
     column = getattr(File, _HASH_COLUMNS[len(ref)])
-    rows = session.exec(sa.select(File.version_id).where(sa.func.lower(column) == ref.lower())
-                        .group_by(File.version_id).order_by(File.version_id).limit(11)).scalars().all()
+    rows = (
+        session.exec(
+            sa.select(File.version_id)
+            .where(sa.func.lower(column) == ref.lower())
+            .group_by(File.version_id)
+            .order_by(File.version_id)
+            .limit(11)
+        )
+        .scalars()
+        .all()
+    )
     if len(rows) > 1:
-        raise AmbiguousRef(f"{len(rows) if len(rows) <= 10 else 'more than 10'} versions have a file with "
-                           f"{_HASH_COLUMNS[len(ref)]} {ref}: " + ", ".join(map(str, rows[:10])))
+        raise AmbiguousRef(
+            f"{len(rows) if len(rows) <= 10 else 'more than 10'} versions have a file with "
+            f"{_HASH_COLUMNS[len(ref)]} {ref}: " + ", ".join(map(str, rows[:10]))
+        )
     return rows[0] if rows else None
 
 
@@ -135,12 +164,16 @@ def _resolve_name(session: Session, ref: str) -> int:
 
     low = ref.lower()
     label = sa.func.lower(sa.func.coalesce(sa.func.nullif(Model.name, ""), Version.name))
-    base = sa.select(Version.id, Model.name, Version.name).outerjoin(Model, Model.id == Version.model_id)
+    base = sa.select(Version.id, Model.name, Version.name).outerjoin(
+        Model, Model.id == Version.model_id
+    )
     exact = sa.or_(label == low, sa.func.lower(Version.name) == low)
     rows = session.exec(base.where(exact).order_by(Version.id).limit(11)).all()
     if not rows:
         pattern = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        like = sa.or_(label.like(pattern, escape="\\"), sa.func.lower(Version.name).like(pattern, escape="\\"))
+        like = sa.or_(
+            label.like(pattern, escape="\\"), sa.func.lower(Version.name).like(pattern, escape="\\")
+        )
         rows = session.exec(base.where(like).order_by(Version.id).limit(11)).all()
     if not rows:
         raise NotFound(f"no LoRA matches {ref!r}; give " + REF_HELP)

@@ -30,6 +30,7 @@ COMMIT whose outcome the client never learned).
 Environment: ``CARLOS_REG_DB_RETRY_SECONDS`` (default 300): how long a process keeps retrying
 before it gives up with an error; ``0`` turns retrying off.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,12 +49,28 @@ DEFAULT_DEADLINE_SECONDS = 300.0
 TRANSIENT_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "40001", "40P01"}
 TRANSIENT_SQLSTATE_CLASSES = {"08"}
 TRANSIENT_MESSAGES = (
-    "server closed the connection", "connection refused", "terminating connection", "connection is closed",
-    "connection already closed", "connection is lost", "connection reset", "connection timed out",
-    "could not connect to server", "could not receive data", "could not send data", "no connection to the server",
-    "broken pipe", "ssl syscall error", "ssl connection has been closed", "eof detected", "timeout expired",
-    "the database system is starting up", "the database system is shutting down",
-    "the database system is in recovery mode", "consuming input failed", "sending query failed",
+    "server closed the connection",
+    "connection refused",
+    "terminating connection",
+    "connection is closed",
+    "connection already closed",
+    "connection is lost",
+    "connection reset",
+    "connection timed out",
+    "could not connect to server",
+    "could not receive data",
+    "could not send data",
+    "no connection to the server",
+    "broken pipe",
+    "ssl syscall error",
+    "ssl connection has been closed",
+    "eof detected",
+    "timeout expired",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "consuming input failed",
+    "sending query failed",
 )
 
 
@@ -84,11 +101,16 @@ class RetryPolicy:
     max_attempts: int | None = None
     retry_after_max: float | None = None
 
-    def delay(self, attempt: int, retry_after: float | None = None,
-              rng: random.Random | None = None) -> float | None:
+    def delay(
+        self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+    ) -> float | None:
         """Seconds to wait before try ``attempt + 1``. A server's ``retry_after`` only ever lengthens
         the wait; None when it asks for more than ``retry_after_max``."""
-        if retry_after is not None and self.retry_after_max is not None and retry_after > self.retry_after_max:
+        if (
+            retry_after is not None
+            and self.retry_after_max is not None
+            and retry_after > self.retry_after_max
+        ):
             return None
         ceiling = min(self.cap, self.initial * self.factor ** min(max(attempt - 1, 0), 62))
         wait = ceiling * (1.0 - self.jitter * (rng or random).random()) if self.jitter else ceiling
@@ -118,7 +140,9 @@ class RetryPolicy:
         try:
             seconds = float(raw)
         except ValueError:
-            raise UsageError(f"CARLOS_REG_DB_RETRY_SECONDS={raw!r}: give a number of seconds (0: no retries)") from None
+            raise UsageError(
+                f"CARLOS_REG_DB_RETRY_SECONDS={raw!r}: give a number of seconds (0: no retries)"
+            ) from None
         if seconds < 0:
             raise UsageError(f"CARLOS_REG_DB_RETRY_SECONDS={raw!r}: must not be negative")
         return cls(deadline=seconds)
@@ -184,9 +208,15 @@ def describe(exc: BaseException) -> str:
     return f"{type(cur).__name__}: {' '.join(lines)[:300]}" if lines else type(cur).__name__
 
 
-def retry_call(fn: Callable[[], T], *, what: str, policy: RetryPolicy | None = None,
-               wait: Callable[[float], bool] | None = None, logger: logging.Logger | None = None,
-               rng: random.Random | None = None) -> T:
+def retry_call(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    policy: RetryPolicy | None = None,
+    wait: Callable[[float], bool] | None = None,
+    logger: logging.Logger | None = None,
+    rng: random.Random | None = None,
+) -> T:
     """Call ``fn()``; after a transient database error wait and call it again (see module doc).
 
     ``wait(seconds)`` sleeps and returns True to abandon the retries (pass an Event's ``wait`` so a
@@ -214,23 +244,36 @@ def retry_call(fn: Callable[[], T], *, what: str, policy: RetryPolicy | None = N
             if policy.deadline is not None and elapsed >= policy.deadline:
                 raise DatabaseUnavailable(
                     f"the registry database stayed unreachable for {elapsed:.0f} s ({what}); last error: "
-                    f"{describe(exc)}") from exc
+                    f"{describe(exc)}"
+                ) from exc
             delay = next(delays)
             if policy.deadline is not None:
                 delay = max(min(delay, policy.deadline - elapsed), 0.0)
             if tries == 1:
-                logger.warning("registry database unavailable (%s): %s; retrying with backoff up to %.0f s%s",
-                               what, describe(exc), policy.cap,
-                               "" if policy.deadline is None else f" for up to {policy.deadline:.0f} s")
+                logger.warning(
+                    "registry database unavailable (%s): %s; retrying with backoff up to %.0f s%s",
+                    what,
+                    describe(exc),
+                    policy.cap,
+                    "" if policy.deadline is None else f" for up to {policy.deadline:.0f} s",
+                )
             else:
-                logger.info("registry database still unavailable (%s), try %d: %s; next in %.1f s",
-                            what, tries, describe(exc), delay)
+                logger.info(
+                    "registry database still unavailable (%s), try %d: %s; next in %.1f s",
+                    what,
+                    tries,
+                    describe(exc),
+                    delay,
+                )
             if wait(delay):
                 raise
             continue
         if failing_since is not None:
-            logger.warning("registry database reachable again after %.1f s (%s)",
-                           time.monotonic() - failing_since, what)
+            logger.warning(
+                "registry database reachable again after %.1f s (%s)",
+                time.monotonic() - failing_since,
+                what,
+            )
         return result
 
 

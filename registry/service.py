@@ -6,6 +6,7 @@ local signing, ...) and run in order. A database lease (``registry.locks``) make
 one that finds the lease taken records a ``skipped`` run. Every run is recorded with its
 per-step counts and errors. A failing step does not stop the next steps, nor the next run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,9 @@ def _record(app, run_id: int | None = None, **values) -> int:
         return run_id
 
 
-def run_nightly(app, options: dict | None = None, *, trigger: str = "schedule", owner: str | None = None) -> dict:
+def run_nightly(
+    app, options: dict | None = None, *, trigger: str = "schedule", owner: str | None = None
+) -> dict:
     """Run every nightly step once, unless another service is running them; returns the run record."""
     options = dict(options or {})
     stop: threading.Event = options.setdefault("stop", threading.Event())
@@ -53,8 +56,15 @@ def run_nightly(app, options: dict | None = None, *, trigger: str = "schedule", 
     now = utcnow()
     if not lock.acquire():
         holder = lock.holder()
-        run_id = _record(app, owner=owner, trigger=trigger, status="skipped", started_at=now, finished_at=now,
-                         error=f"another service ({(holder or {}).get('owner', 'unknown')}) is running the job")
+        run_id = _record(
+            app,
+            owner=owner,
+            trigger=trigger,
+            status="skipped",
+            started_at=now,
+            finished_at=now,
+            error=f"another service ({(holder or {}).get('owner', 'unknown')}) is running the job",
+        )
         return get_run(app, run_id)
     lock.keep_alive()
     run_id = _record(app, owner=owner, trigger=trigger, status="running", started_at=now)
@@ -84,10 +94,16 @@ def run_nightly(app, options: dict | None = None, *, trigger: str = "schedule", 
 
 
 def _run_dict(r: ServiceRun) -> dict:
-    return {"id": r.id, "owner": r.owner, "trigger": r.trigger, "status": r.status,
-            "started_at": r.started_at.isoformat() if r.started_at else None,
-            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-            "steps": r.steps or {}, "error": r.error}
+    return {
+        "id": r.id,
+        "owner": r.owner,
+        "trigger": r.trigger,
+        "status": r.status,
+        "started_at": r.started_at.isoformat() if r.started_at else None,
+        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+        "steps": r.steps or {},
+        "error": r.error,
+    }
 
 
 def get_run(app, run_id: int) -> dict:
@@ -97,5 +113,9 @@ def get_run(app, run_id: int) -> dict:
 
 def recent_runs(app, limit: int = 10) -> list[dict]:
     with app.db.read() as session:
-        rows = session.execute(sa.select(ServiceRun).order_by(ServiceRun.id.desc()).limit(limit)).scalars().all()
+        rows = (
+            session.execute(sa.select(ServiceRun).order_by(ServiceRun.id.desc()).limit(limit))
+            .scalars()
+            .all()
+        )
         return [_run_dict(r) for r in rows]

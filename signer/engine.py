@@ -20,6 +20,7 @@ Contract:
 - ``stop`` callables are polled between UNet steps; when one returns a reason the work stops
   with ``Interrupted`` (SIGTERM, a lost lease).
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,13 +52,18 @@ class BaseBranch:
     features: np.ndarray  # float32 (N, d)
     degenerate: np.ndarray  # bool (N,)
     clip_key: str
-    images: dict = field(default_factory=dict)  # sample index -> webp_thumbnail(), the first ``thumbnails`` samples
+    images: dict = field(
+        default_factory=dict
+    )  # sample index -> webp_thumbnail(), the first ``thumbnails`` samples
 
     @property
     def mean_feature(self) -> np.ndarray:
         good = ~self.degenerate
-        return self.features[good].mean(axis=0).astype(np.float32) if good.any() else np.zeros(
-            self.features.shape[1], np.float32)
+        return (
+            self.features[good].mean(axis=0).astype(np.float32)
+            if good.any()
+            else np.zeros(self.features.shape[1], np.float32)
+        )
 
 
 @dataclass
@@ -68,7 +74,9 @@ class SignOutcome:
     flags: list = field(default_factory=list)
     estimates: dict = field(default_factory=dict)
     lora: LoraFileInfo | None = None
-    images: dict = field(default_factory=dict)  # sample index -> webp_thumbnail() of the LoRA branch
+    images: dict = field(
+        default_factory=dict
+    )  # sample index -> webp_thumbnail() of the LoRA branch
 
 
 def trigger_suffix(words: Sequence[str] | None, mode: str = "append") -> str:
@@ -96,7 +104,12 @@ def webp_thumbnail(image, prompt: str) -> dict:
     picture.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), Image.LANCZOS)
     out = io.BytesIO()
     picture.save(out, "WEBP", quality=80, method=4)
-    return {"webp": out.getvalue(), "prompt": prompt, "width": picture.width, "height": picture.height}
+    return {
+        "webp": out.getvalue(),
+        "prompt": prompt,
+        "width": picture.width,
+        "height": picture.height,
+    }
 
 
 def load_pipeline(profile: Profile, device="cpu"):
@@ -106,8 +119,12 @@ def load_pipeline(profile: Profile, device="cpu"):
 
     dtype = getattr(torch, profile.settings["dtype"])
     location = profile.base_model_location
-    kwargs = dict(dtype=dtype, use_safetensors=True, add_watermarker=False,
-                  local_files_only=not profile.allow_download)
+    kwargs = dict(
+        dtype=dtype,
+        use_safetensors=True,
+        add_watermarker=False,
+        local_files_only=not profile.allow_download,
+    )
     if profile.is_tiny:
         from signer.tiny import ensure_tiny_sdxl
 
@@ -116,12 +133,16 @@ def load_pipeline(profile: Profile, device="cpu"):
     if profile.settings.get("vae"):
         from diffusers import AutoencoderKL
 
-        kwargs["vae"] = AutoencoderKL.from_pretrained(profile.settings["vae"], dtype=dtype,
-                                                      local_files_only=kwargs["local_files_only"])
+        kwargs["vae"] = AutoencoderKL.from_pretrained(
+            profile.settings["vae"], dtype=dtype, local_files_only=kwargs["local_files_only"]
+        )
     try:
         try:
             pipe = StableDiffusionXLPipeline.from_pretrained(
-                location, variant="fp16" if dtype == torch.float16 and not profile.is_tiny else None, **kwargs)
+                location,
+                variant="fp16" if dtype == torch.float16 and not profile.is_tiny else None,
+                **kwargs,
+            )
         except (OSError, ValueError) as exc:
             if "variant" not in str(exc):
                 raise
@@ -130,7 +151,8 @@ def load_pipeline(profile: Profile, device="cpu"):
         raise ModelUnavailable(
             f"SDXL weights {profile.settings['base_model']} (profile {profile.name!r}) could not be loaded from "
             f"{location}: set CARLOS_REG_SDXL=/path/to/a/diffusers/folder or base_model_path in profiles.toml, or "
-            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({first_line(exc, limit=200)})") from None
+            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({first_line(exc, limit=200)})"
+        ) from None
     wanted = profile.settings["scheduler"]
     if type(pipe.scheduler).__name__ != wanted:
         import diffusers
@@ -144,8 +166,16 @@ def load_pipeline(profile: Profile, device="cpu"):
 
 
 class Engine:
-    def __init__(self, profile: Profile, device="cpu", *, pipe=None, clip=None, quiet: bool = True,
-                 fuse: bool = True):
+    def __init__(
+        self,
+        profile: Profile,
+        device="cpu",
+        *,
+        pipe=None,
+        clip=None,
+        quiet: bool = True,
+        fuse: bool = True,
+    ):
         import torch
 
         from signer.clip import load_clip
@@ -154,23 +184,34 @@ class Engine:
             quiet_libraries()
         self.profile = profile
         self.device = torch.device(device)
-        if self.device.type == "cpu" and profile.is_tiny and not environment().get("OMP_NUM_THREADS"):
+        if (
+            self.device.type == "cpu"
+            and profile.is_tiny
+            and not environment().get("OMP_NUM_THREADS")
+        ):
             # The tiny models' matrices are too small to split: extra threads only wait on each other,
             # and on a busy machine that waiting made a tiny LoRA 11x slower (78 s vs 7 s, 2 cores, load 7).
             torch.set_num_threads(1)
         self.pipe = pipe if pipe is not None else load_pipeline(profile, device)
         self.clip = clip if clip is not None else load_clip(profile, device)
         self.samples: list[Sample] = profile.samples()
-        latent = (int(self.pipe.unet.config.in_channels), int(profile.settings["height"]) // self.pipe.vae_scale_factor,
-                  int(profile.settings["width"]) // self.pipe.vae_scale_factor)
+        latent = (
+            int(self.pipe.unet.config.in_channels),
+            int(profile.settings["height"]) // self.pipe.vae_scale_factor,
+            int(profile.settings["width"]) // self.pipe.vae_scale_factor,
+        )
         if latent != profile.latent_shape:
-            raise SignerError(f"profile {profile.name!r}: the pipeline's latents are {latent}, the profile's noise "
-                              f"layout expects {profile.latent_shape}")
+            raise SignerError(
+                f"profile {profile.name!r}: the pipeline's latents are {latent}, the profile's noise "
+                f"layout expects {profile.latent_shape}"
+            )
         self.batch_size = profile.batch_size
         self.lora_loaded = False
         self.fuse = fuse
         self.fused = False  # the loaded LoRA is merged into the weights (no adapter work per step)
-        self._pristine: dict[int, tuple] = {}  # id(param) -> (param, its base value): exact restores
+        self._pristine: dict[
+            int, tuple
+        ] = {}  # id(param) -> (param, its base value): exact restores
 
     @property
     def dim(self) -> int:
@@ -188,8 +229,15 @@ class Engine:
 
     # ---------------------------------------------------------------- generation
 
-    def generate(self, batch: Sequence[Sample], *, suffix: str = "", lora: bool = False,
-                 stop: Stop | None = None, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self,
+        batch: Sequence[Sample],
+        *,
+        suffix: str = "",
+        lora: bool = False,
+        stop: Stop | None = None,
+        keep: dict | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """CLIP image features (B, d) and a degenerate-image mask (B,) for one batch of samples; the
         images of samples among the profile's first ``thumbnails`` go into ``keep`` as WebP bytes."""
         import torch
@@ -202,24 +250,40 @@ class Engine:
                 raise Interrupted(reason)
             return kwargs
 
-        latents = torch.stack([self.profile.sample_noise(x) for x in batch]).to(self.device, self.pipe.unet.dtype)
+        latents = torch.stack([self.profile.sample_noise(x) for x in batch]).to(
+            self.device, self.pipe.unet.dtype
+        )
         with torch.inference_mode():
-            out = self.pipe(prompt=[x.prompt + suffix for x in batch], latents=latents,
-                            num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"], width=s["width"],
-                            height=s["height"], output_type="pt",
-                            cross_attention_kwargs={"scale": float(s["lora_scale"])} if lora and not self.fused else None,
-                            callback_on_step_end=on_step if stop else None)
+            out = self.pipe(
+                prompt=[x.prompt + suffix for x in batch],
+                latents=latents,
+                num_inference_steps=s["steps"],
+                guidance_scale=s["guidance_scale"],
+                width=s["width"],
+                height=s["height"],
+                output_type="pt",
+                cross_attention_kwargs={"scale": float(s["lora_scale"])}
+                if lora and not self.fused
+                else None,
+                callback_on_step_end=on_step if stop else None,
+            )
             images = out.images
             if keep is not None:
                 for row, sample in enumerate(batch):
                     if sample.index < self.profile.thumbnails:
                         keep[sample.index] = webp_thumbnail(images[row], sample.prompt + suffix)
             flat = images.flatten(1)
-            degenerate = ~torch.isfinite(flat).all(dim=1) | (torch.nan_to_num(flat, nan=0.0).amax(dim=1) <= BLACK_MAX)
-            features = self.clip.encode_images(torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0))
+            degenerate = ~torch.isfinite(flat).all(dim=1) | (
+                torch.nan_to_num(flat, nan=0.0).amax(dim=1) <= BLACK_MAX
+            )
+            features = self.clip.encode_images(
+                torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+            )
         return features.cpu().numpy().astype(np.float32), degenerate.cpu().numpy()
 
-    def base_branch(self, *, progress: Progress | None = None, stop: Stop | None = None) -> BaseBranch:
+    def base_branch(
+        self, *, progress: Progress | None = None, stop: Stop | None = None
+    ) -> BaseBranch:
         if self.lora_loaded:
             raise SignerError("base branch requested while a LoRA is loaded")
         feats, bad, kept = [], [], {}
@@ -242,16 +306,20 @@ class Engine:
             self.pipe.load_lora_weights(str(path), adapter_name=ADAPTER, use_safetensors=True)
             attached = attached_modules(self.pipe, ADAPTER)
             if attached != info.modules:
-                raise LoraRejected(f"the adapter attached to {_fmt(attached) or 'no modules'} but "
-                                   f"its keys name {_fmt(info.modules)}: the file does not fit this base model "
-                                   "(partial match)")
+                raise LoraRejected(
+                    f"the adapter attached to {_fmt(attached) or 'no modules'} but "
+                    f"its keys name {_fmt(info.modules)}: the file does not fit this base model "
+                    "(partial match)"
+                )
         except LoraRejected:
             self.unload_lora()
             raise
         except Exception as exc:  # diffusers/peft refused it; a failed load is not atomic
             self.unload_lora()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise LoraRejected(f"diffusers could not load it ({type(exc).__name__}: {first})") from None
+            raise LoraRejected(
+                f"diffusers could not load it ({type(exc).__name__}: {first})"
+            ) from None
         return info
 
     def fuse_lora(self) -> str | None:
@@ -267,7 +335,11 @@ class Engine:
         components = []
         for name in ("unet", "text_encoder", "text_encoder_2"):
             model = getattr(self.pipe, name, None)
-            layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if model is not None else []
+            layers = (
+                [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+                if model is not None
+                else []
+            )
             if layers:
                 components.append(name)
             with torch.no_grad():
@@ -276,8 +348,12 @@ class Engine:
                         if id(param) not in self._pristine:
                             self._pristine[id(param)] = (param, param.detach().clone())
         try:
-            self.pipe.fuse_lora(components=components, lora_scale=float(self.profile.settings["lora_scale"]),
-                                safe_fusing=True, adapter_names=[ADAPTER])
+            self.pipe.fuse_lora(
+                components=components,
+                lora_scale=float(self.profile.settings["lora_scale"]),
+                safe_fusing=True,
+                adapter_names=[ADAPTER],
+            )
         except Exception as exc:  # e.g. NaN weights (safe_fusing): restore whatever was merged
             self.restore_base()
             return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
@@ -296,7 +372,7 @@ class Engine:
                 param.copy_(value)
         for name in ("unet", "text_encoder", "text_encoder_2"):
             model = getattr(self.pipe, name, None)
-            for layer in (model.modules() if model is not None else ()):
+            for layer in model.modules() if model is not None else ():
                 if isinstance(layer, BaseTunerLayer):
                     layer.merged_adapters.clear()  # the adapter is no longer in the weights
         self.pipe._merged_adapters = set()
@@ -307,18 +383,34 @@ class Engine:
             self.restore_base()
         self.pipe.unload_lora_weights()  # (a no-op after a fuse)
         if attached_modules(self.pipe, ADAPTER):
-            raise SignerError("the pipeline still carries LoRA layers after unloading; restart the worker")
+            raise SignerError(
+                "the pipeline still carries LoRA layers after unloading; restart the worker"
+            )
         self.lora_loaded = False
 
-    def sign_lora(self, path, trigger_words: Sequence[str] | None, base: BaseBranch, *,
-                  progress: Progress | None = None, stop: Stop | None = None) -> SignOutcome:
+    def sign_lora(
+        self,
+        path,
+        trigger_words: Sequence[str] | None,
+        base: BaseBranch,
+        *,
+        progress: Progress | None = None,
+        stop: Stop | None = None,
+    ) -> SignOutcome:
         if base.features.shape != (len(self.samples), self.dim) or base.clip_key != self.clip.key:
-            raise SignerError("the cached base branch does not match this profile's samples or CLIP model")
+            raise SignerError(
+                "the cached base branch does not match this profile's samples or CLIP model"
+            )
         info = self.load_lora(path)
         try:
             why_not = self.fuse_lora() if self.fuse else "fusing is off"
-            outcome = self._sign_loaded(info, trigger_suffix(trigger_words, self.profile.settings["trigger_words"]),
-                                        base, progress, stop)
+            outcome = self._sign_loaded(
+                info,
+                trigger_suffix(trigger_words, self.profile.settings["trigger_words"]),
+                base,
+                progress,
+                stop,
+            )
             outcome.estimates["generation"] = "fused" if why_not is None else "unfused"
             if why_not is not None and self.fuse:
                 outcome.estimates["fuse_error"] = why_not
@@ -353,11 +445,18 @@ class Engine:
                     break
         if rule is not None:
             if "consistency_se" not in est:  # ended without the costly estimate having been needed
-                est = tracker.estimates(len(self.samples) - int(base.degenerate.sum()), safety=rule.safety)
+                est = tracker.estimates(
+                    len(self.samples) - int(base.degenerate.sum()), safety=rule.safety
+                )
             estimates.update({k: v for k, v in est.items() if k != "n"}, targets=dict(sampling))
         stats = acc.result()
-        estimates.update(n_visited=sum(len(r) for r in rows), n_used=stats.n, n_degenerate=n_bad,
-                         n_zero=stats.n_zero, trigger_suffix=suffix)
+        estimates.update(
+            n_visited=sum(len(r) for r in rows),
+            n_used=stats.n,
+            n_degenerate=n_bad,
+            n_zero=stats.n_zero,
+            trigger_suffix=suffix,
+        )
         flags = []
         if n_bad:
             flags.append("degenerate_images")
@@ -365,8 +464,15 @@ class Engine:
             flags.append("no_effect")
         if info.conv:
             flags.append("locon")
-        return SignOutcome(stats=stats, ensemble=np.concatenate(rows).astype(np.float16), valid=not n_bad and stats.n > 0,
-                           flags=flags, estimates=estimates, lora=info, images=images)
+        return SignOutcome(
+            stats=stats,
+            ensemble=np.concatenate(rows).astype(np.float16),
+            valid=not n_bad and stats.n > 0,
+            flags=flags,
+            estimates=estimates,
+            lora=info,
+            images=images,
+        )
 
 
 def _fmt(counts: dict) -> str:

@@ -4,12 +4,14 @@ They subclass ``registry.errors.CarlosError``. The numerical core must also run 
 torch, diffusers and open_clip are installed (the GPU benchmark machine), so when the registry
 package cannot be imported a plain ``Exception`` base stands in.
 """
+
 from __future__ import annotations
 
 try:
     from registry.errors import CarlosError
     from registry.errors import ModelUnavailable as _MissingWeights
 except ImportError:  # registry's own dependencies (pluggy) missing: benchmark-only environment
+
     class CarlosError(Exception):  # type: ignore[no-redef]
         exit_code = 1
 

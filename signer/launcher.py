@@ -16,6 +16,7 @@ The launcher is a small supervisor; it loads no model and holds no lease. It:
 - exits when every worker has exited for good: 0 if all ended cleanly (``--once``/``--max-jobs``
   done, or stopped by a signal), 1 otherwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,10 @@ def plan_devices(device: str, workers: int) -> list[str]:
     if device == "all":
         gpus = cuda_devices()
         if not gpus:
-            raise CarlosError("--device all starts one worker per CUDA device, but this machine has no CUDA device "
-                              "visible to torch; use --device cpu (with --workers N for several)")
+            raise CarlosError(
+                "--device all starts one worker per CUDA device, but this machine has no CUDA device "
+                "visible to torch; use --device cpu (with --workers N for several)"
+            )
         return [d for d in gpus for _ in range(workers)]
     return [device] * workers
 
@@ -81,7 +84,9 @@ def die_with_launcher() -> None:
     except (OSError, AttributeError):
         return
     if str(os.getppid()) != launcher:  # the launcher died before the line above
-        raise CarlosError(f"the launcher (pid {launcher}) that started this worker is gone; not starting")
+        raise CarlosError(
+            f"the launcher (pid {launcher}) that started this worker is gone; not starting"
+        )
 
 
 @dataclass
@@ -98,11 +103,20 @@ class Slot:
 
 
 class Launcher:
-    def __init__(self, devices: list[str], worker_args: list[str], *, global_args: list[str] | None = None,
-                 env: dict[str, str] | None = None, say: Callable[[str], None] = lambda m: None,
-                 python: str = sys.executable,
-                 restart_initial: float = RESTART_INITIAL_SECONDS, restart_cap: float = RESTART_CAP_SECONDS,
-                 healthy_after: float = HEALTHY_AFTER_SECONDS, max_quick_failures: int = MAX_QUICK_FAILURES):
+    def __init__(
+        self,
+        devices: list[str],
+        worker_args: list[str],
+        *,
+        global_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        say: Callable[[str], None] = lambda m: None,
+        python: str = sys.executable,
+        restart_initial: float = RESTART_INITIAL_SECONDS,
+        restart_cap: float = RESTART_CAP_SECONDS,
+        healthy_after: float = HEALTHY_AFTER_SECONDS,
+        max_quick_failures: int = MAX_QUICK_FAILURES,
+    ):
         self.slots = [Slot(f"w{i + 1} {d}", d) for i, d in enumerate(devices)]
         self.worker_args, self.global_args = list(worker_args), list(global_args or [])
         self.env = dict(env if env is not None else environment().for_subprocess())
@@ -119,13 +133,33 @@ class Launcher:
     # ------------------------------------------------------------------ children
 
     def _start(self, slot: Slot) -> None:
-        cmd = [self.python, "-m", "registry", *self.global_args, "signer", "work", "--device", slot.device,
-               *self.worker_args]
-        slot.proc = subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, errors="replace", bufsize=1)
+        cmd = [
+            self.python,
+            "-m",
+            "registry",
+            *self.global_args,
+            "signer",
+            "work",
+            "--device",
+            slot.device,
+            *self.worker_args,
+        ]
+        slot.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         slot.started_at, slot.restart_at = time.monotonic(), None
-        slot.reader = threading.Thread(target=self._relay, args=(slot.label, slot.proc.stderr), daemon=True,
-                                       name=f"relay-{slot.label}")
+        slot.reader = threading.Thread(
+            target=self._relay,
+            args=(slot.label, slot.proc.stderr),
+            daemon=True,
+            name=f"relay-{slot.label}",
+        )
         slot.reader.start()
         self.say(f"launcher: started worker {slot.label} (pid {slot.proc.pid})")
 
@@ -155,10 +189,17 @@ class Launcher:
     def _exited(self, slot: Slot, code: int) -> None:
         slot.reader.join(timeout=5)
         slot.proc = None
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code < 0
+            else f"exited with code {code}"
+        )
         if self.stopping or code == 0:
-            slot.finished, slot.clean = True, code == 0 or (self.stopping is not None and code in (
-                -signal.SIGTERM, -signal.SIGINT, 130))
+            slot.finished, slot.clean = (
+                True,
+                code == 0
+                or (self.stopping is not None and code in (-signal.SIGTERM, -signal.SIGINT, 130)),
+            )
             if code != 0:
                 self.say(f"launcher: worker {slot.label} {how}")
             return
@@ -166,11 +207,14 @@ class Launcher:
         slot.quick_failures = slot.quick_failures + 1 if ran < self.healthy_after else 1
         if slot.quick_failures >= self.max_quick_failures:
             slot.finished, slot.clean = True, False
-            self.say(f"launcher: worker {slot.label} {how}; it failed {slot.quick_failures} times in a row, "
-                     "each soon after starting: not restarting it")
+            self.say(
+                f"launcher: worker {slot.label} {how}; it failed {slot.quick_failures} times in a row, "
+                "each soon after starting: not restarting it"
+            )
             return
-        delay = RetryPolicy(initial=self.restart_initial, cap=self.restart_cap, jitter=0.0, deadline=None).delay(
-            slot.quick_failures)
+        delay = RetryPolicy(
+            initial=self.restart_initial, cap=self.restart_cap, jitter=0.0, deadline=None
+        ).delay(slot.quick_failures)
         slot.restart_at = time.monotonic() + delay
         self.say(f"launcher: worker {slot.label} {how}; restarting it in {delay:.3g} s")
 

@@ -10,6 +10,7 @@ Bad files, one per failure the signer must explain: LoHa, LoKr, DoRA, SD1.5-shap
 text-encoder-only, NaN weights, a truncated file, a pickle (``torch.save``) file.
 Every writer returns the path it wrote.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ from signer.tiny import TINY_TEXT, TINY_UNET
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def unet_targets(unet_config: dict | None = None, *, feedforward: bool = False) -> list[tuple[str, int, int]]:
+def unet_targets(
+    unet_config: dict | None = None, *, feedforward: bool = False
+) -> list[tuple[str, int, int]]:
     """(module path, in_features, out_features) of the attention projections of a UNet config."""
     import torch
     from diffusers import UNet2DConditionModel
@@ -28,35 +31,66 @@ def unet_targets(unet_config: dict | None = None, *, feedforward: bool = False) 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**(unet_config or TINY_UNET))
     wanted = ATTENTION + (("ff.net.0.proj", "ff.net.2") if feedforward else ())
-    return [(name, m.in_features, m.out_features) for name, m in unet.named_modules()
-            if isinstance(m, torch.nn.Linear) and any(name.endswith("." + w) for w in wanted)]
+    return [
+        (name, m.in_features, m.out_features)
+        for name, m in unet.named_modules()
+        if isinstance(m, torch.nn.Linear) and any(name.endswith("." + w) for w in wanted)
+    ]
 
 
 def te_targets(text_config: dict | None = None, layers: int = 2) -> list[tuple[str, int, int]]:
     cfg = text_config or TINY_TEXT
     h = cfg["hidden_size"]
-    return [(f"text_model.encoder.layers.{i}.self_attn.{p}", h, h)
-            for i in range(min(layers, cfg["num_hidden_layers"])) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    return [
+        (f"text_model.encoder.layers.{i}.self_attn.{p}", h, h)
+        for i in range(min(layers, cfg["num_hidden_layers"]))
+        for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+    ]
 
 
 def kohya_name(prefix: str, module: str) -> str:
     return f"{prefix}_{module.replace('.', '_')}"
 
 
-def _pair(tensors: dict, key: str, n_in: int, n_out: int, rank: int, strength: float, gen, *, zero_up: bool,
-          alpha: float | None, dtype) -> None:
+def _pair(
+    tensors: dict,
+    key: str,
+    n_in: int,
+    n_out: int,
+    rank: int,
+    strength: float,
+    gen,
+    *,
+    zero_up: bool,
+    alpha: float | None,
+    dtype,
+) -> None:
     import torch
 
-    down = torch.randn(rank, n_in, generator=gen) / n_in ** 0.5
-    up = torch.zeros(n_out, rank) if zero_up else torch.randn(n_out, rank, generator=gen) * (strength / rank ** 0.5)
+    down = torch.randn(rank, n_in, generator=gen) / n_in**0.5
+    up = (
+        torch.zeros(n_out, rank)
+        if zero_up
+        else torch.randn(n_out, rank, generator=gen) * (strength / rank**0.5)
+    )
     tensors[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
     tensors[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
     tensors[f"{key}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank)).to(dtype)
 
 
-def kohya_tensors(*, rank: int = 4, strength: float = 1.0, seed: int = 0, zero_up: bool = False, te: bool = False,
-                  unet: bool = True, alpha: float | None = None, unet_config: dict | None = None,
-                  feedforward: bool = False, dtype=None) -> dict:
+def kohya_tensors(
+    *,
+    rank: int = 4,
+    strength: float = 1.0,
+    seed: int = 0,
+    zero_up: bool = False,
+    te: bool = False,
+    unet: bool = True,
+    alpha: float | None = None,
+    unet_config: dict | None = None,
+    feedforward: bool = False,
+    dtype=None,
+) -> dict:
     import torch
 
     dtype = dtype or torch.float32
@@ -64,13 +98,33 @@ def kohya_tensors(*, rank: int = 4, strength: float = 1.0, seed: int = 0, zero_u
     tensors: dict = {}
     if unet:
         for module, n_in, n_out in unet_targets(unet_config, feedforward=feedforward):
-            _pair(tensors, kohya_name("lora_unet", module), n_in, n_out, rank, strength, gen, zero_up=zero_up,
-                  alpha=alpha, dtype=dtype)
+            _pair(
+                tensors,
+                kohya_name("lora_unet", module),
+                n_in,
+                n_out,
+                rank,
+                strength,
+                gen,
+                zero_up=zero_up,
+                alpha=alpha,
+                dtype=dtype,
+            )
     if te:
         for prefix in ("lora_te1", "lora_te2"):
             for module, n_in, n_out in te_targets():
-                _pair(tensors, kohya_name(prefix, module), n_in, n_out, rank, strength, gen, zero_up=zero_up,
-                      alpha=alpha, dtype=dtype)
+                _pair(
+                    tensors,
+                    kohya_name(prefix, module),
+                    n_in,
+                    n_out,
+                    rank,
+                    strength,
+                    gen,
+                    zero_up=zero_up,
+                    alpha=alpha,
+                    dtype=dtype,
+                )
     return tensors
 
 
@@ -79,7 +133,9 @@ def save(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})})
+    save_file(
+        tensors, str(path), metadata={"ss_network_module": "networks.lora", **(metadata or {})}
+    )
     return path
 
 
@@ -97,7 +153,9 @@ def write_near_duplicate(source, path, *, noise: float = 0.01, seed: int = 1) ->
     tensors = load_file(str(source))
     for key, t in tensors.items():
         if key.endswith("lora_up.weight"):
-            tensors[key] = (t + noise * t.abs().mean() * torch.randn(t.shape, generator=gen)).contiguous()
+            tensors[key] = (
+                t + noise * t.abs().mean() * torch.randn(t.shape, generator=gen)
+            ).contiguous()
     return save(path, tensors)
 
 
@@ -109,8 +167,12 @@ def write_loha(path, *, seed: int = 0) -> Path:
     tensors = {}
     for module, n_in, n_out in unet_targets()[:8]:
         key = kohya_name("lora_unet", module)
-        for w, shape in (("hada_w1_a", (n_out, 4)), ("hada_w1_b", (4, n_in)), ("hada_w2_a", (n_out, 4)),
-                         ("hada_w2_b", (4, n_in))):
+        for w, shape in (
+            ("hada_w1_a", (n_out, 4)),
+            ("hada_w1_b", (4, n_in)),
+            ("hada_w2_a", (n_out, 4)),
+            ("hada_w2_b", (4, n_in)),
+        ):
             tensors[f"{key}.{w}"] = torch.randn(*shape, generator=gen)
         tensors[f"{key}.alpha"] = torch.tensor(4.0)
     return save(path, tensors, {"ss_network_module": "lycoris.kohya"})
@@ -134,7 +196,9 @@ def write_dora(path, *, seed: int = 0) -> Path:
 
     tensors = kohya_tensors(seed=seed)
     for key in [k for k in tensors if k.endswith(".lora_up.weight")]:
-        tensors[key.replace(".lora_up.weight", ".dora_scale")] = torch.ones(1, tensors[key].shape[0])
+        tensors[key.replace(".lora_up.weight", ".dora_scale")] = torch.ones(
+            1, tensors[key].shape[0]
+        )
     return save(path, tensors)
 
 
@@ -144,12 +208,41 @@ def write_sd15_lora(path, *, seed: int = 0) -> Path:
 
     gen = torch.Generator().manual_seed(seed)
     tensors: dict = {}
-    for block in ("down_blocks_0_attentions_0", "down_blocks_1_attentions_0", "up_blocks_1_attentions_0"):
+    for block in (
+        "down_blocks_0_attentions_0",
+        "down_blocks_1_attentions_0",
+        "up_blocks_1_attentions_0",
+    ):
         base = f"lora_unet_{block}_transformer_blocks_0"
-        for proj, n_in, n_out in (("attn1_to_q", 320, 320), ("attn2_to_k", 768, 320), ("attn2_to_v", 768, 320)):
-            _pair(tensors, f"{base}_{proj}", n_in, n_out, 4, 1.0, gen, zero_up=False, alpha=None, dtype=torch.float32)
-    _pair(tensors, "lora_te_text_model_encoder_layers_0_self_attn_q_proj", 768, 768, 4, 1.0, gen, zero_up=False,
-          alpha=None, dtype=torch.float32)
+        for proj, n_in, n_out in (
+            ("attn1_to_q", 320, 320),
+            ("attn2_to_k", 768, 320),
+            ("attn2_to_v", 768, 320),
+        ):
+            _pair(
+                tensors,
+                f"{base}_{proj}",
+                n_in,
+                n_out,
+                4,
+                1.0,
+                gen,
+                zero_up=False,
+                alpha=None,
+                dtype=torch.float32,
+            )
+    _pair(
+        tensors,
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+        768,
+        768,
+        4,
+        1.0,
+        gen,
+        zero_up=False,
+        alpha=None,
+        dtype=torch.float32,
+    )
     return save(path, tensors, {"ss_base_model_version": "sd_v1"})
 
 

@@ -13,6 +13,7 @@ For the CLIP-diff ensemble V = {v_i} (raw image features, LoRA minus base):
 the ensemble was split. ``adaptive_estimates`` / ``AdaptiveRule`` implement the stopping rule of
 adaptive sampling; see their docstrings for what they estimate.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,9 @@ class RunningSignature:
         n_unit = n - self.n_zero
         pairs = n * (n - 1)
         cons = float((self.sum_u @ self.sum_u - n_unit) / pairs) if pairs > 0 else 0.0
-        return SignatureStats((self.sum_v / n).astype(np.float32), self.sum_norm / n, cons, n, self.n_zero)
+        return SignatureStats(
+            (self.sum_v / n).astype(np.float32), self.sum_norm / n, cons, n, self.n_zero
+        )
 
 
 def signature(diffs) -> SignatureStats:
@@ -82,8 +85,13 @@ def naive_signature(diffs) -> SignatureStats:
             if i != j and norms[i] > ZERO_NORM and norms[j] > ZERO_NORM:
                 total += float(v[i] @ v[j]) / (norms[i] * norms[j])
     cons = total / (n * (n - 1)) if n > 1 else 0.0
-    return SignatureStats(v.mean(axis=0).astype(np.float32), float(norms.mean()), cons, n,
-                          int((norms <= ZERO_NORM).sum()))
+    return SignatureStats(
+        v.mean(axis=0).astype(np.float32),
+        float(norms.mean()),
+        cons,
+        n,
+        int((norms <= ZERO_NORM).sum()),
+    )
 
 
 def adaptive_estimates(prefix, n_total: int, *, safety: float = 1.0) -> dict:
@@ -111,8 +119,13 @@ def adaptive_estimates(prefix, n_total: int, *, safety: float = 1.0) -> dict:
     norms = np.linalg.norm(v, axis=1)
     units = np.where(norms[:, None] > ZERO_NORM, v / np.maximum(norms, ZERO_NORM)[:, None], 0.0)
     proj = units @ units.mean(axis=0)
-    return {"n": n, "cosine": cosine, "strength_se": math.sqrt(safety * f * norms.var(ddof=1) / n),
-            "strength": float(norms.mean()), "consistency_se": math.sqrt(safety * f * 4.0 * proj.var(ddof=1) / n)}
+    return {
+        "n": n,
+        "cosine": cosine,
+        "strength_se": math.sqrt(safety * f * norms.var(ddof=1) / n),
+        "strength": float(norms.mean()),
+        "consistency_se": math.sqrt(safety * f * 4.0 * proj.var(ddof=1) / n),
+    }
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,19 @@ class AdaptiveRule:
 
     @classmethod
     def from_settings(cls, sampling: dict) -> "AdaptiveRule":
-        return cls(**{k: sampling[k] for k in ("target_cosine", "strength_rel_tol", "consistency_tol", "min_samples",
-                                                "safety") if k in sampling})
+        return cls(
+            **{
+                k: sampling[k]
+                for k in (
+                    "target_cosine",
+                    "strength_rel_tol",
+                    "consistency_tol",
+                    "min_samples",
+                    "safety",
+                )
+                if k in sampling
+            }
+        )
 
     def check(self, prefix, n_total: int) -> tuple[bool, dict]:
         """Decide on the whole prefix (O(n·d) per call); ``AdaptiveTracker`` does the same in O(d²)."""
@@ -141,9 +165,12 @@ class AdaptiveRule:
         else already allows stopping (the costly part)."""
         est = tracker.estimates(n_total, safety=self.safety, consistency=False)
         n = est["n"]
-        cheap_ok = n >= n_total or (n >= min(self.min_samples, n_total) and est["cosine"] >= self.target_cosine
-                                    and est["strength_se"] <= self.strength_rel_tol * max(est.get("strength", 0.0),
-                                                                                          ZERO_NORM))
+        cheap_ok = n >= n_total or (
+            n >= min(self.min_samples, n_total)
+            and est["cosine"] >= self.target_cosine
+            and est["strength_se"]
+            <= self.strength_rel_tol * max(est.get("strength", 0.0), ZERO_NORM)
+        )
         if cheap_ok:
             return self.decide(tracker.estimates(n_total, safety=self.safety), n_total)
         return False, est
@@ -152,9 +179,13 @@ class AdaptiveRule:
         n = est["n"]
         if n >= n_total:
             return True, est
-        done = (n >= min(self.min_samples, n_total) and est["cosine"] >= self.target_cosine
-                and est["strength_se"] <= self.strength_rel_tol * max(est.get("strength", 0.0), ZERO_NORM)
-                and est["consistency_se"] <= self.consistency_tol)
+        done = (
+            n >= min(self.min_samples, n_total)
+            and est["cosine"] >= self.target_cosine
+            and est["strength_se"]
+            <= self.strength_rel_tol * max(est.get("strength", 0.0), ZERO_NORM)
+            and est["consistency_se"] <= self.consistency_tol
+        )
         return done, est
 
 
@@ -182,7 +213,7 @@ class AdaptiveTracker:
         self.n += v.shape[0]
         self.sum_v += v.sum(axis=0)
         self.sum_norm += float(norms.sum())
-        self.sum_norm_sq += float((norms ** 2).sum())
+        self.sum_norm_sq += float((norms**2).sum())
         self.sum_u += units.sum(axis=0)
         self._waiting.append(units)
 
@@ -199,8 +230,13 @@ class AdaptiveTracker:
         signal2 = max(float(mean @ mean) - err2, 0.0)
         cosine = math.sqrt(signal2 / (signal2 + err2)) if signal2 + err2 > 0 else 1.0
         strength = self.sum_norm / n
-        norm_var = max(self.sum_norm_sq - n * strength ** 2, 0.0) / (n - 1)
-        out = {"n": n, "cosine": cosine, "strength_se": math.sqrt(safety * f * norm_var / n), "strength": strength}
+        norm_var = max(self.sum_norm_sq - n * strength**2, 0.0) / (n - 1)
+        out = {
+            "n": n,
+            "cosine": cosine,
+            "strength_se": math.sqrt(safety * f * norm_var / n),
+            "strength": strength,
+        }
         if consistency:
             if self._waiting:
                 units = np.concatenate(self._waiting)
@@ -208,7 +244,7 @@ class AdaptiveTracker:
                 self._waiting = []
             u_bar = self.sum_u / n
             proj_mean = float(u_bar @ u_bar)
-            proj_var = max(float(u_bar @ self.gram_u @ u_bar) - n * proj_mean ** 2, 0.0) / (n - 1)
+            proj_var = max(float(u_bar @ self.gram_u @ u_bar) - n * proj_mean**2, 0.0) / (n - 1)
             out["consistency_se"] = math.sqrt(safety * f * 4.0 * proj_var / n)
         return out
 
@@ -219,7 +255,7 @@ def adaptive_run(ensemble, rule: AdaptiveRule, batch_size: int) -> tuple[int, di
     n_total = v.shape[0]
     tracker = AdaptiveTracker(v.shape[1])
     for start in range(0, n_total, batch_size):
-        tracker.add(v[start:start + batch_size])
+        tracker.add(v[start : start + batch_size])
         done, est = rule.decide_on(tracker, n_total)
         if done:
             return tracker.n, est

@@ -10,6 +10,7 @@ reference's noise exactly. With ``noise_batch = 1`` the layout is one generator 
 The draw is the scheduler-independent standard normal; the pipeline scales it by
 ``init_noise_sigma`` itself, exactly as it does for noise it draws.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,13 @@ def _draw(seed: int, rows: int, shape: tuple[int, ...], dtype_name: str):
     import torch
 
     generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn((rows, *shape), generator=generator, device="cpu", dtype=getattr(torch, dtype_name),
-                       layout=torch.strided)
+    return torch.randn(
+        (rows, *shape),
+        generator=generator,
+        device="cpu",
+        dtype=getattr(torch, dtype_name),
+        layout=torch.strided,
+    )
 
 
 def sample_noise(seed: int, row: int, *, rows: int, shape: tuple[int, ...], dtype: str = "float16"):

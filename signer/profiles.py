@@ -26,6 +26,7 @@ fetch the reference prompt file once), ``CARLOS_REG_CARLOS_PROMPTS`` (the refere
 ``trainedWords`` entry verbatim; a missing list appends ", "). ``carlos-reg`` is the same method on
 the project's own prompt sets, for users without the reference file.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,11 @@ from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve
 
 TINY_CLIP = "carlos-tiny-clip"
 
-OWN_PROMPTS: dict[str, Any] = {**PAPER, "prompt_set": "carlos-reg-index", "query_prompt_set": "carlos-reg-query"}
+OWN_PROMPTS: dict[str, Any] = {
+    **PAPER,
+    "prompt_set": "carlos-reg-index",
+    "query_prompt_set": "carlos-reg-query",
+}
 
 TINY: dict[str, Any] = {
     **OWN_PROMPTS,
@@ -108,7 +113,9 @@ class Profile:
     clip_checkpoint: str | None  # a local open_clip checkpoint file (not hashed)
     models_dir: Path  # where the tiny pipeline is built
     allow_download: bool = False
-    thumbnails: int = DEFAULT_THUMBNAILS  # before/after pairs kept as images per signature (not hashed)
+    thumbnails: int = (
+        DEFAULT_THUMBNAILS  # before/after pairs kept as images per signature (not hashed)
+    )
 
     # -- settings, typed
     @property
@@ -199,20 +206,34 @@ class Profile:
 
     def sample_noise(self, sample: Sample):
         """The sample's standard-normal initial latent (C, h, w) on the CPU, in the profile's noise dtype."""
-        return sample_noise(sample.seed, sample.row, rows=self.noise_batch, shape=self.latent_shape,
-                            dtype=self.settings.get("noise_dtype", "float32"))
+        return sample_noise(
+            sample.seed,
+            sample.row,
+            rows=self.noise_batch,
+            shape=self.latent_shape,
+            dtype=self.settings.get("noise_dtype", "float32"),
+        )
 
     def describe(self) -> dict:
-        return {"name": self.name, "hash": self.hash, "settings": self.settings,
-                "base_model_location": self.base_model_location, "clip_checkpoint": self.clip_checkpoint}
+        return {
+            "name": self.name,
+            "hash": self.hash,
+            "settings": self.settings,
+            "base_model_location": self.base_model_location,
+            "clip_checkpoint": self.clip_checkpoint,
+        }
 
 
 def profiles_file(settings) -> Path:
-    return Path(environment().get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml").expanduser()
+    return Path(
+        environment().get("CARLOS_REG_PROFILES") or Path(settings.home) / "profiles.toml"
+    ).expanduser()
 
 
 def models_dir(settings) -> Path:
-    return Path(environment().get("CARLOS_REG_MODELS") or Path(settings.home) / "models").expanduser()
+    return Path(
+        environment().get("CARLOS_REG_MODELS") or Path(settings.home) / "models"
+    ).expanduser()
 
 
 def _user_profiles(settings) -> dict[str, dict]:
@@ -240,20 +261,27 @@ def _resolve_raw(name: str, settings, seen: tuple[str, ...] = ()) -> tuple[dict,
         entry = dict(user[name])
         parent = str(entry.pop("extends", "paper"))
         if parent in seen + (name,):
-            raise ProfileError(f"profile {name!r}: 'extends' forms a cycle ({' -> '.join(seen + (name, parent))})")
+            raise ProfileError(
+                f"profile {name!r}: 'extends' forms a cycle ({' -> '.join(seen + (name, parent))})"
+            )
         base, locations = _resolve_raw(parent, settings, seen + (name,))
         unknown = set(entry) - IDENTITY_KEYS - LOCATION_KEYS
         if unknown:
-            raise ProfileError(f"profile {name!r} in {profiles_file(settings)}: unknown keys {sorted(unknown)} "
-                               f"(known: {sorted(IDENTITY_KEYS | LOCATION_KEYS)})")
+            raise ProfileError(
+                f"profile {name!r} in {profiles_file(settings)}: unknown keys {sorted(unknown)} "
+                f"(known: {sorted(IDENTITY_KEYS | LOCATION_KEYS)})"
+            )
         for key in LOCATION_KEYS & set(entry):
             locations[key] = entry.pop(key)
         merged = copy.deepcopy(base)
         for key, value in entry.items():
             if key == "sampling" and isinstance(value, dict):
                 sampling = {**merged["sampling"], **value}
-                merged["sampling"] = ({**ADAPTIVE_DEFAULTS, **sampling} if sampling.get("mode") == "adaptive"
-                                      else {"mode": sampling.get("mode")})
+                merged["sampling"] = (
+                    {**ADAPTIVE_DEFAULTS, **sampling}
+                    if sampling.get("mode") == "adaptive"
+                    else {"mode": sampling.get("mode")}
+                )
             elif isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key] = {**merged[key], **value}
             else:
@@ -261,15 +289,28 @@ def _resolve_raw(name: str, settings, seen: tuple[str, ...] = ()) -> tuple[dict,
         return merged, locations
     if name in BUILTINS:
         return copy.deepcopy(BUILTINS[name]), {}
-    raise ProfileError(f"no signer profile {name!r}: built-in ones are {', '.join(BUILTINS)}; add your own as "
-                       f"[profiles.{name}] in {profiles_file(settings)}")
+    raise ProfileError(
+        f"no signer profile {name!r}: built-in ones are {', '.join(BUILTINS)}; add your own as "
+        f"[profiles.{name}] in {profiles_file(settings)}"
+    )
 
 
 # Bounds on profile values (README "Profiles"): generous for real use, small enough that a typo
 # fails here with a reason instead of as an out-of-memory kill in the middle of signing.
-LIMITS = {"steps": (1, 1000), "width": (8, 4096), "height": (8, 4096), "batch_size": (1, 1024),
-          "noise_batch": (1, 1024), "seeds.count": (1, 1024), "seeds.start": (0, 2**63 - 1 - 2**20)}
-FLOAT_LIMITS = {"guidance_scale": (0.0, 100.0), "lora_scale": (-10.0, 10.0), "no_effect_strength": (0.0, 1e6)}
+LIMITS = {
+    "steps": (1, 1000),
+    "width": (8, 4096),
+    "height": (8, 4096),
+    "batch_size": (1, 1024),
+    "noise_batch": (1, 1024),
+    "seeds.count": (1, 1024),
+    "seeds.start": (0, 2**63 - 1 - 2**20),
+}
+FLOAT_LIMITS = {
+    "guidance_scale": (0.0, 100.0),
+    "lora_scale": (-10.0, 10.0),
+    "no_effect_strength": (0.0, 1e6),
+}
 
 
 def _check(name: str, s: dict) -> None:
@@ -283,8 +324,11 @@ def _check(name: str, s: dict) -> None:
         v = s.get(parent)
         return v.get(child) if child and isinstance(v, dict) else v
 
-    if not isinstance(s.get("seeds"), dict) or not isinstance(s.get("sampling"), dict) \
-            or not isinstance(s.get("filters"), dict):
+    if (
+        not isinstance(s.get("seeds"), dict)
+        or not isinstance(s.get("sampling"), dict)
+        or not isinstance(s.get("filters"), dict)
+    ):
         bad("seeds, sampling and filters must be tables")
     for key, (lo, hi) in LIMITS.items():
         v = value(key)
@@ -292,11 +336,18 @@ def _check(name: str, s: dict) -> None:
             bad(f"{key} must be an integer from {lo} to {hi} (got {v!r})")
     for key, (lo, hi) in FLOAT_LIMITS.items():
         v = value(key)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+        if (
+            not isinstance(v, (int, float))
+            or isinstance(v, bool)
+            or not math.isfinite(v)
+            or not lo <= v <= hi
+        ):
             bad(f"{key} must be a number from {lo} to {hi} (got {v!r})")
     for key in ("max_strength", "min_consistency"):
         v = s["filters"].get(key)
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
+        if v is not None and (
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+        ):
             bad(f"filters.{key} must be a number or absent (got {v!r})")
     if s["dtype"] not in DTYPES:
         bad(f"dtype must be one of {sorted(DTYPES)}")
@@ -310,7 +361,14 @@ def _check(name: str, s: dict) -> None:
         bad(f"trigger_words must be one of {sorted(TRIGGER_MODES)}")
     if s["width"] % 8 or s["height"] % 8:
         bad("width and height must be multiples of 8")
-    for key in ("prompt_set", "query_prompt_set", "base_model", "clip_model", "clip_pretrained", "scheduler"):
+    for key in (
+        "prompt_set",
+        "query_prompt_set",
+        "base_model",
+        "clip_model",
+        "clip_pretrained",
+        "scheduler",
+    ):
         if not isinstance(s.get(key), str) or not s[key]:
             bad(f"{key} must be a non-empty string")
     for key in ("prompt_subset", "query_prompt_subset"):
@@ -326,7 +384,12 @@ def _check(name: str, s: dict) -> None:
             bad(f"unknown sampling keys {sorted(unknown)}")
         for key in SAMPLING_KEYS - {"mode"}:
             v = s["sampling"].get(key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or v < 0
+            ):
                 bad(f"sampling.{key} must be a non-negative number")
         if not 0 < float(s["sampling"]["target_cosine"]) < 1:
             bad("sampling.target_cosine must be between 0 and 1")
@@ -339,18 +402,29 @@ def load_profile(name: str, settings) -> Profile:
     mdir = models_dir(settings)
     identity = dict(raw)
     allow_download = (environment().get("CARLOS_REG_ALLOW_DOWNLOAD") or "") in ("1", "true", "yes")
-    if is_reference_source(identity["prompt_set"]) and identity["query_prompt_set"] == "carlos-reference":
-        identity["query_prompt_set"] = identity["prompt_set"]  # P' from the same reference file as P
-    for key, subset_key, part in (("prompt_set", "prompt_subset", "index"),
-                                  ("query_prompt_set", "query_prompt_subset", "query")):
+    if (
+        is_reference_source(identity["prompt_set"])
+        and identity["query_prompt_set"] == "carlos-reference"
+    ):
+        identity["query_prompt_set"] = identity[
+            "prompt_set"
+        ]  # P' from the same reference file as P
+    for key, subset_key, part in (
+        ("prompt_set", "prompt_subset", "index"),
+        ("query_prompt_set", "query_prompt_subset", "query"),
+    ):
         try:
-            source = resolve_source(identity[key], home=Path(settings.home), allow_download=allow_download)
+            source = resolve_source(
+                identity[key], home=Path(settings.home), allow_download=allow_download
+            )
             prompt_set = load_prompt_set(source, part)
         except ProfileError as exc:
             raise ProfileError(f"profile {name!r}: {exc}") from None
         subset = identity.pop(subset_key)
         if subset is not None and not 1 <= int(subset) <= len(prompt_set.prompts):
-            raise ProfileError(f"profile {name!r}: {subset_key} must be between 1 and {len(prompt_set.prompts)}")
+            raise ProfileError(
+                f"profile {name!r}: {subset_key} must be between 1 and {len(prompt_set.prompts)}"
+            )
         identity[key] = prompt_set.describe(int(subset) if subset is not None else None)
         identity[key]["source"] = source
     if identity["clip_model"] == TINY_CLIP:
@@ -359,25 +433,53 @@ def load_profile(name: str, settings) -> Profile:
         identity["base_model"] = tiny_model_name()
         location = str(mdir / identity["base_model"])
     else:
-        location = str(locations.get("base_model_path") or (
-            environment().get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None)
-            or identity["base_model"])
+        location = str(
+            locations.get("base_model_path")
+            or (
+                environment().get("CARLOS_REG_SDXL")
+                if identity["base_model"] == SDXL_BASE
+                else None
+            )
+            or identity["base_model"]
+        )
     thumbnails = locations.get("thumbnails", DEFAULT_THUMBNAILS)
-    if not isinstance(thumbnails, int) or isinstance(thumbnails, bool) or not 0 <= thumbnails <= MAX_THUMBNAILS:
-        raise ProfileError(f"profile {name!r}: thumbnails must be an integer from 0 to {MAX_THUMBNAILS} "
-                           f"(got {thumbnails!r})")
+    if (
+        not isinstance(thumbnails, int)
+        or isinstance(thumbnails, bool)
+        or not 0 <= thumbnails <= MAX_THUMBNAILS
+    ):
+        raise ProfileError(
+            f"profile {name!r}: thumbnails must be an integer from 0 to {MAX_THUMBNAILS} "
+            f"(got {thumbnails!r})"
+        )
     clip_ckpt = locations.get("clip_checkpoint")
-    if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == ("ViT-B-32-quickgelu", "openai"):
+    if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == (
+        "ViT-B-32-quickgelu",
+        "openai",
+    ):
         clip_ckpt = environment().get("CARLOS_REG_CLIP") or None
-    return Profile(name=name, settings=identity, hash=profile_hash(name, _without_sources(identity)), base_model_location=location,
-                   clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None, models_dir=mdir,
-                   allow_download=allow_download, thumbnails=thumbnails)
+    return Profile(
+        name=name,
+        settings=identity,
+        hash=profile_hash(name, _without_sources(identity)),
+        base_model_location=location,
+        clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None,
+        models_dir=mdir,
+        allow_download=allow_download,
+        thumbnails=thumbnails,
+    )
 
 
 def _without_sources(settings: dict) -> dict:
     """A user prompt file is identified by its content hash, not by where it lies."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "source"} if k in ("prompt_set", "query_prompt_set") else v)
-            for k, v in settings.items()}
+    return {
+        k: (
+            {kk: vv for kk, vv in v.items() if kk != "source"}
+            if k in ("prompt_set", "query_prompt_set")
+            else v
+        )
+        for k, v in settings.items()
+    }
 
 
 def registry_settings(profile: Profile) -> dict:

@@ -8,6 +8,7 @@ Caches, so no call pays twice: ``mean_p u(p)`` per (profile, P') and each query 
 (profile, P', text) in the registry's ``vector_cache``; a cached query loads no model at all.
 In a long-lived process the CLIP model and P' prefix states stay warm (``QueryEncoder``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,26 +63,34 @@ def load_images(paths: list[str | Path]) -> list[np.ndarray]:
             with opened(path) as img:
                 w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise ImageTooLarge(f"image {path.name!r} is {w}x{h} pixels, over the limit of "
-                                    f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels")
+                raise ImageTooLarge(
+                    f"image {path.name!r} is {w}x{h} pixels, over the limit of "
+                    f"{MAX_IMAGE_PIXELS / 1e6:.1f} megapixels"
+                )
             total += w * h
         if total > MAX_QUERY_PIXELS:
-            raise ImageTooLarge(f"the query images hold {total / 1e6:.1f} megapixels together, over the limit of "
-                                f"{MAX_QUERY_PIXELS / 1e6:.1f}")
+            raise ImageTooLarge(
+                f"the query images hold {total / 1e6:.1f} megapixels together, over the limit of "
+                f"{MAX_QUERY_PIXELS / 1e6:.1f}"
+            )
         arrays = []
         for path in paths:
             with opened(path) as img:
                 arrays.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
         return arrays
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-        raise ImageRejected(f"image {path.name!r} is not a readable image ({type(exc).__name__})") from None
+        raise ImageRejected(
+            f"image {path.name!r} is not a readable image ({type(exc).__name__})"
+        ) from None
 
 
 def normalize_query(text: str) -> str:
     """CLIP's tokenizer lowercases and collapses whitespace, so these give the same vector."""
     text = re.sub(r"\s+", " ", text or "").strip().lower()
     if not text:
-        raise QueryError("empty query: give words describing a behavior, e.g. 'watercolor painting'")
+        raise QueryError(
+            "empty query: give words describing a behavior, e.g. 'watercolor painting'"
+        )
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"query too long ({len(text)} characters; at most {MAX_QUERY_CHARS})")
     return text
@@ -92,16 +101,27 @@ def _digest(*parts: str) -> str:
 
 
 def cached_vector(session, namespace: str, key: str) -> np.ndarray | None:
-    row = session.execute(sa.select(VectorCache.data, VectorCache.dim)
-                          .where(VectorCache.namespace == namespace, VectorCache.key == key)).first()
+    row = session.execute(
+        sa.select(VectorCache.data, VectorCache.dim).where(
+            VectorCache.namespace == namespace, VectorCache.key == key
+        )
+    ).first()
     return None if row is None else from_blob(row.data, row.dim)
 
 
-def store_vector(db, namespace: str, key: str, vector: np.ndarray, meta: dict | None = None) -> None:
+def store_vector(
+    db, namespace: str, key: str, vector: np.ndarray, meta: dict | None = None
+) -> None:
     vec = np.asarray(vector, dtype=np.float32)
     stmt = insert_or_ignore(db.dialect, VectorCache.__table__, ["namespace", "key"]).values(
-        namespace=namespace, key=key, rows=1, dim=int(vec.shape[0]), data=to_blob(vec), meta=meta,
-        created_at=utcnow())
+        namespace=namespace,
+        key=key,
+        rows=1,
+        dim=int(vec.shape[0]),
+        data=to_blob(vec),
+        meta=meta,
+        created_at=utcnow(),
+    )
     with db.write() as session:
         session.execute(stmt)
 
@@ -115,14 +135,23 @@ class ClipSource:
         self.profile, wanted = self._resolve(app, row)
         query_set = self.profile.prompt_set(query=True)
         self.query_prompts = list(self.profile.query_prompts())
-        self.prompts_hash = _digest(self.profile.settings.get("text_clean", "ftfy"), *self.query_prompts)
+        self.prompts_hash = _digest(
+            self.profile.settings.get("text_clean", "ftfy"), *self.query_prompts
+        )
         # approximate: P' is not the set the signatures' profile names (the reference file is missing here)
-        self.query_prompts_info = {"source": query_set.name, "version": query_set.version, "count": len(self.query_prompts),
-                                   "hash": query_set.sha256, "approximate": not wanted(query_set)}
+        self.query_prompts_info = {
+            "source": query_set.name,
+            "version": query_set.version,
+            "count": len(self.query_prompts),
+            "hash": query_set.sha256,
+            "approximate": not wanted(query_set),
+        }
         self._clip = None
         self._tower = None
         self._prefixes = None
-        self.lock = threading.RLock()  # one model, many request threads: compute one query at a time
+        self.lock = (
+            threading.RLock()
+        )  # one model, many request threads: compute one query at a time
 
     @staticmethod
     def _resolve(app, row: SignerProfile):
@@ -136,10 +165,14 @@ class ClipSource:
             if recorded.get("sha256"):
                 return query_set.sha256 == recorded["sha256"]
             # imported signatures record the reference's retrieval set by name only
-            return query_set.name == "carlos-reference-query" and query_set.version == REFERENCE_COMMIT
+            return (
+                query_set.name == "carlos-reference-query" and query_set.version == REFERENCE_COMMIT
+            )
 
         loaded = []
-        for name in dict.fromkeys((row.name, "paper", "carlos-reg")):  # the paper's CLIP, P' as exact as we can
+        for name in dict.fromkeys(
+            (row.name, "paper", "carlos-reg")
+        ):  # the paper's CLIP, P' as exact as we can
             try:
                 profile = load_profile(name, app.settings)
             except CarlosError:
@@ -205,8 +238,13 @@ class QueryEncoder:
             return hit
         feats = self.source.tower().encode(self.source.query_prompts)
         mean = feats.double().mean(dim=0).float().cpu().numpy()
-        store_vector(self.app.db, "prompt-mean", key, mean, {"profile": self.row.name,
-                                                            "prompts": len(self.source.query_prompts)})
+        store_vector(
+            self.app.db,
+            "prompt-mean",
+            key,
+            mean,
+            {"profile": self.row.name, "prompts": len(self.source.query_prompts)},
+        )
         return mean
 
     def _compute_text(self, text: str) -> np.ndarray:
@@ -226,12 +264,16 @@ class QueryEncoder:
 
     def base_image_mean(self) -> np.ndarray:
         with self.app.db.read() as session:
-            row = session.execute(sa.select(BaseCache.mean_feature, BaseCache.dim)
-                                  .where(BaseCache.profile_id == self.row.id)).first()
+            row = session.execute(
+                sa.select(BaseCache.mean_feature, BaseCache.dim).where(
+                    BaseCache.profile_id == self.row.id
+                )
+            ).first()
         if row is None:
             raise QueryError(
                 f"image queries need the base branch of profile {self.row.name!r}, which has not been computed "
-                f"in this registry yet; sign at least one LoRA with it (`carlos-reg sign --profile {self.row.name} ...`)")
+                f"in this registry yet; sign at least one LoRA with it (`carlos-reg sign --profile {self.row.name} ...`)"
+            )
         return from_blob(row.mean_feature, row.dim)
 
     def image_vector(self, paths: list[str | Path]) -> np.ndarray:

@@ -4,6 +4,7 @@ A ``SearchEngine`` holds, per signer profile, the ranking index and the query en
 makes one per command; ``serve`` keeps one for its lifetime (models and matrices stay warm).
 Retrievers come from the ``register_retrievers`` hook; ``carlos`` (behavior) is built in.
 """
+
 from __future__ import annotations
 
 import threading
@@ -40,8 +41,12 @@ class SearchRequest:
     max_strength: float | None = None
     min_consistency: float | None = None
     base_model: str | None = None
-    nsfw: bool | None = None  # None: everything; False: exclude NSFW LoRAs; True: only NSFW (registry.catalog rule)
-    include_archived: bool = False  # LoRAs whose Civitai model is Archived or TakenDown are left out unless True
+    nsfw: bool | None = (
+        None  # None: everything; False: exclude NSFW LoRAs; True: only NSFW (registry.catalog rule)
+    )
+    include_archived: bool = (
+        False  # LoRAs whose Civitai model is Archived or TakenDown are left out unless True
+    )
     retriever: str = "carlos"
 
     def validate(self) -> None:
@@ -77,7 +82,9 @@ class SearchEngine:
         """The profile's ranking index, brought up to date; readers keep whatever object they were given."""
         from registry.signatures import current_seq
 
-        path = RankingIndex.cache_path(self.app.settings.home / "cache", self.app.settings.db_url, row.hash)
+        path = RankingIndex.cache_path(
+            self.app.settings.home / "cache", self.app.settings.db_url, row.hash
+        )
         with self._lock:
             index = self._indexes.get(row.id)
             if index is None:
@@ -107,20 +114,27 @@ class SearchEngine:
         filters = (row.settings or {}).get("filters") or {}
         if not filters:
             profile = self.encoder(row).source.profile
-            filters = {"max_strength": getattr(profile, "max_strength", None),
-                       "min_consistency": getattr(profile, "min_consistency", None)}
+            filters = {
+                "max_strength": getattr(profile, "max_strength", None),
+                "min_consistency": getattr(profile, "min_consistency", None),
+            }
         return filters.get("max_strength"), filters.get("min_consistency")
 
     # ------------------------------------------------------------------ metadata filters
 
     ALLOWED_TTL_S = 60.0  # a warm service re-reads base-model/NSFW metadata at most this often
 
-    def allowed_ids(self, base_model: str | None, nsfw: bool | None,
-                    include_archived: bool = True) -> np.ndarray | None:
+    def allowed_ids(
+        self, base_model: str | None, nsfw: bool | None, include_archived: bool = True
+    ) -> np.ndarray | None:
         """Version ids that pass the metadata filters (None: no filter leaves anything out)."""
         if base_model is None and nsfw is None and include_archived:
             return None
-        key = ((base_model or "").lower() if base_model is not None else None, nsfw, include_archived)
+        key = (
+            (base_model or "").lower() if base_model is not None else None,
+            nsfw,
+            include_archived,
+        )
         hit = self._allowed.get(key)
         if hit is not None and time.monotonic() - hit[0] < self.ALLOWED_TTL_S:
             return hit[1]
@@ -128,11 +142,14 @@ class SearchEngine:
         self._allowed[key] = (time.monotonic(), ids)
         return ids
 
-    def _query_allowed_ids(self, base_model: str | None, nsfw: bool | None,
-                           include_archived: bool) -> np.ndarray | None:
+    def _query_allowed_ids(
+        self, base_model: str | None, nsfw: bool | None, include_archived: bool
+    ) -> np.ndarray | None:
         stmt = sa.select(Version.id).outerjoin(Model, Model.id == Version.model_id)
         with self.app.db.read() as session:
-            if base_model is None and nsfw is None:  # only the archive filter: usually nothing is archived
+            if (
+                base_model is None and nsfw is None
+            ):  # only the archive filter: usually nothing is archived
                 hidden = session.execute(stmt.where(sa.not_(available_clause())).limit(1)).first()
                 if hidden is None:
                     return None
@@ -150,7 +167,9 @@ class SearchEngine:
         request.validate()
         retrievers = get_retrievers()
         if request.retriever not in retrievers:
-            raise UsageError(f"unknown retriever {request.retriever!r}; available: {', '.join(sorted(retrievers))}")
+            raise UsageError(
+                f"unknown retriever {request.retriever!r}; available: {', '.join(sorted(retrievers))}"
+            )
         ids, scores, info = retrievers[request.retriever].rank(self, request)
         results = self.hydrate(ids, profile_id=info.get("profile_id"))
         for rank, (vid, score) in enumerate(zip(ids, scores), start=1):
@@ -174,15 +193,22 @@ class SearchEngine:
         with self.app.db.read() as session:
             vid = resolve_ref(session, ref)
             row = default_profile(session, self.app.settings.default_profile, profile)
-            if not session.execute(sa.select(Signature.id).where(Signature.version_id == vid,
-                                                                 Signature.profile_id == row.id)).first():
+            if not session.execute(
+                sa.select(Signature.id).where(
+                    Signature.version_id == vid, Signature.profile_id == row.id
+                )
+            ).first():
                 raise NotFound(unsigned_message(session, vid, row))
         index = self.index(row)
         direction = index.direction(vid)
-        if direction is None:  # signed meanwhile by another process; the index shows it on the next call
+        if (
+            direction is None
+        ):  # signed meanwhile by another process; the index shows it on the next call
             raise NotFound(f"LoRA {vid} has no signature under profile {row.name!r} yet")
         if not np.any(direction):
-            raise CarlosError(f"LoRA {vid} has a zero Direction (no measurable effect): nothing is similar to it")
+            raise CarlosError(
+                f"LoRA {vid} has a zero Direction (no measurable effect): nothing is similar to it"
+            )
         ranked = index.rank(direction, k, Filters(include_invalid=True), exclude=vid)
         exact = set(index.exact_duplicates(vid).tolist())
         results = self.hydrate(ranked.version_ids, profile_id=row.id)
@@ -194,10 +220,15 @@ class SearchEngine:
             out.append(item)
         target = self.hydrate([vid], profile_id=row.id)[vid]
         exact |= {r["version_id"] for r in out if r["duplicate"] == "exact"}
-        return {"target": target, "profile": row.name, "profile_hash": row.hash,
-                "near_duplicate_cos": NEAR_DUPLICATE_COS, "exact_duplicate_cos": EXACT_DUPLICATE_COS,
-                "exact_duplicates": sorted(exact),
-                "results": out}
+        return {
+            "target": target,
+            "profile": row.name,
+            "profile_hash": row.hash,
+            "near_duplicate_cos": NEAR_DUPLICATE_COS,
+            "exact_duplicate_cos": EXACT_DUPLICATE_COS,
+            "exact_duplicates": sorted(exact),
+            "results": out,
+        }
 
 
 def duplicate_kind(cos: float, same_bytes: bool = False) -> str | None:
@@ -231,30 +262,50 @@ class CarlosRetriever:
             max_s = request.max_strength
         if request.min_consistency is not None:
             min_c = request.min_consistency
-        filters = Filters(max_strength=max_s if request.apply_filters else None,
-                          min_consistency=min_c if request.apply_filters else None,
-                          allowed_ids=engine.allowed_ids(request.base_model, request.nsfw,
-                                                         request.include_archived),
-                          allowed_reason="base_model_nsfw_or_archived")
+        filters = Filters(
+            max_strength=max_s if request.apply_filters else None,
+            min_consistency=min_c if request.apply_filters else None,
+            allowed_ids=engine.allowed_ids(
+                request.base_model, request.nsfw, request.include_archived
+            ),
+            allowed_reason="base_model_nsfw_or_archived",
+        )
         scores = index.scores(query)
         ranked = index.rank(query, request.k, filters, scores=scores)
         info = {
-            "query": {"text": request.text, "images": [str(p) for p in request.images],
-                      "retriever": self.name, "cached": bool(cached) and all(cached)},
-            "profile": row.name, "profile_hash": row.hash, "profile_id": row.id,
-            "filters": {"applied": request.apply_filters, "max_strength": filters.max_strength,
-                        "min_consistency": filters.min_consistency, "base_model": request.base_model,
-                        "nsfw": request.nsfw, "include_archived": request.include_archived},
-            "signed": len(index), "candidates": ranked.considered, "filtered": ranked.filtered,
+            "query": {
+                "text": request.text,
+                "images": [str(p) for p in request.images],
+                "retriever": self.name,
+                "cached": bool(cached) and all(cached),
+            },
+            "profile": row.name,
+            "profile_hash": row.hash,
+            "profile_id": row.id,
+            "filters": {
+                "applied": request.apply_filters,
+                "max_strength": filters.max_strength,
+                "min_consistency": filters.min_consistency,
+                "base_model": request.base_model,
+                "nsfw": request.nsfw,
+                "include_archived": request.include_archived,
+            },
+            "signed": len(index),
+            "candidates": ranked.considered,
+            "filtered": ranked.filtered,
         }
         if request.text and request.text.strip():
             info["query_prompts"] = dict(encoder.source.query_prompts_info)
         if request.apply_filters:
-            info["filtered_from_top"] = self._filtered_from_top(index, query, request.k, filters, ranked, scores)
+            info["filtered_from_top"] = self._filtered_from_top(
+                index, query, request.k, filters, ranked, scores
+            )
         return ranked.version_ids, ranked.scores, info
 
     @staticmethod
-    def _filtered_from_top(index: RankingIndex, query, k: int, filters: Filters, ranked, scores) -> list[dict]:
+    def _filtered_from_top(
+        index: RankingIndex, query, k: int, filters: Filters, ranked, scores
+    ) -> list[dict]:
         """LoRAs that would have made the top k without the Strength/Consistency filters, and why not."""
         unfiltered = index.rank(query, k, Filters(allowed_ids=filters.allowed_ids), scores=scores)
         kept = set(ranked.version_ids.tolist())
@@ -266,8 +317,15 @@ class CarlosRetriever:
             reasons = []
             if filters.max_strength is not None and index.strength[pos] > filters.max_strength:
                 reasons.append(f"strength {index.strength[pos]:.3f} > {filters.max_strength}")
-            if filters.min_consistency is not None and index.consistency[pos] < filters.min_consistency:
-                reasons.append(f"consistency {index.consistency[pos]:.4f} < {filters.min_consistency}")
+            if (
+                filters.min_consistency is not None
+                and index.consistency[pos] < filters.min_consistency
+            ):
+                reasons.append(
+                    f"consistency {index.consistency[pos]:.4f} < {filters.min_consistency}"
+                )
             if reasons:
-                out.append({"version_id": int(vid), "score": round(float(score), 6), "reasons": reasons})
+                out.append(
+                    {"version_id": int(vid), "score": round(float(score), 6), "reasons": reasons}
+                )
         return out

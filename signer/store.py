@@ -15,6 +15,7 @@ Contract:
   ``source='local'``, the file copied into the artifact store by SHA-256 (one version per
   distinct file content); pickle files are recorded as unsupported and never copied or opened.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,14 @@ BASE_PRIORITY = 100
 LORA_SUFFIXES = {".safetensors"} | PICKLE_SUFFIXES
 
 
-def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None) -> bool:
+def enqueue_lora(
+    session, queue: JobQueue, profile_id: int, version_id: int, *, payload: dict | None = None
+) -> bool:
     """Queue a LoRA job; False when one exists, or when a signature of the same file applies (reused)."""
-    if signed_already(session, profile_id, version_id) or reuse_signature(session, profile_id, version_id) is not None:
+    if (
+        signed_already(session, profile_id, version_id)
+        or reuse_signature(session, profile_id, version_id) is not None
+    ):
         return False
     queue.enqueue(session, profile_id=profile_id, kind="base", priority=BASE_PRIORITY)
     return queue.enqueue(session, profile_id=profile_id, version_id=version_id, payload=payload)
@@ -55,8 +61,11 @@ def enqueue_lora(session, queue: JobQueue, profile_id: int, version_id: int, *, 
 def signed_already(session, profile_id: int, version_id: int) -> bool:
     """The version has a signature under the profile for the file it would be signed from (or one that
     names no file: imported), so a job would only repeat work."""
-    sig = session.execute(sa.select(Signature.file_sha256).where(Signature.version_id == version_id,
-                                                                  Signature.profile_id == profile_id)).first()
+    sig = session.execute(
+        sa.select(Signature.file_sha256).where(
+            Signature.version_id == version_id, Signature.profile_id == profile_id
+        )
+    ).first()
     if sig is None:
         return False
     f = verified_file(session, version_id)
@@ -75,42 +84,89 @@ def reuse_signature(session, profile_id: int, version_id: int) -> Signature | No
     from registry.models import SignerProfile
     from signer.engine import trigger_suffix
 
-    if session.execute(sa.select(Signature.id).where(Signature.version_id == version_id,
-                                                     Signature.profile_id == profile_id)).first() is not None:
+    if (
+        session.execute(
+            sa.select(Signature.id).where(
+                Signature.version_id == version_id, Signature.profile_id == profile_id
+            )
+        ).first()
+        is not None
+    ):
         return None
-    f = verified_file(session, version_id) or session.execute(
-        sa.select(File).where(File.version_id == version_id, File.sha256.is_not(None))
-        .order_by(File.primary.desc(), File.id)).scalars().first()
+    f = (
+        verified_file(session, version_id)
+        or session.execute(
+            sa.select(File)
+            .where(File.version_id == version_id, File.sha256.is_not(None))
+            .order_by(File.primary.desc(), File.id)
+        )
+        .scalars()
+        .first()
+    )
     version = session.get(Version, version_id)
     profile = session.get(SignerProfile, profile_id)
     if f is None or f.sha256 is None or version is None or profile is None:
         return None
-    suffix = trigger_suffix(trigger_list(version), (profile.settings or {}).get("trigger_words", "append"))
-    for src in session.execute(sa.select(Signature).where(
-            Signature.file_sha256 == f.sha256, Signature.profile_id == profile_id, Signature.version_id != version_id,
-            Signature.source != "reused").order_by(Signature.id)).scalars():
+    suffix = trigger_suffix(
+        trigger_list(version), (profile.settings or {}).get("trigger_words", "append")
+    )
+    for src in session.execute(
+        sa.select(Signature)
+        .where(
+            Signature.file_sha256 == f.sha256,
+            Signature.profile_id == profile_id,
+            Signature.version_id != version_id,
+            Signature.source != "reused",
+        )
+        .order_by(Signature.id)
+    ).scalars():
         if (src.estimates or {}).get("trigger_suffix") != suffix:
             continue
         row = registry_save_signature(
-            session, version_id=version_id, profile_id=profile_id, direction=from_blob(src.direction, src.dim),
-            strength=src.strength, consistency=src.consistency, n_samples=src.n_samples, valid=src.valid,
-            flags=list(src.flags or []), estimates={**(src.estimates or {}), "reused_from": src.version_id},
-            file_sha256=src.file_sha256, ensemble_path=src.ensemble_path, job_id=None, source="reused",
-            existing=None)
+            session,
+            version_id=version_id,
+            profile_id=profile_id,
+            direction=from_blob(src.direction, src.dim),
+            strength=src.strength,
+            consistency=src.consistency,
+            n_samples=src.n_samples,
+            valid=src.valid,
+            flags=list(src.flags or []),
+            estimates={**(src.estimates or {}), "reused_from": src.version_id},
+            file_sha256=src.file_sha256,
+            ensemble_path=src.ensemble_path,
+            job_id=None,
+            source="reused",
+            existing=None,
+        )
         session.flush()
         return row
     return None
 
 
 def find_jobs(session, profile_id: int, version_ids: list[int]) -> dict[int, SignJob]:
-    rows = session.execute(sa.select(SignJob).where(SignJob.profile_id == profile_id, SignJob.kind == "lora",
-                                                    SignJob.version_id.in_(version_ids))).scalars().all()
+    rows = (
+        session.execute(
+            sa.select(SignJob).where(
+                SignJob.profile_id == profile_id,
+                SignJob.kind == "lora",
+                SignJob.version_id.in_(version_ids),
+            )
+        )
+        .scalars()
+        .all()
+    )
     return {j.version_id: j for j in rows}
 
 
 def base_job(session, profile_id: int) -> SignJob | None:
-    return session.execute(sa.select(SignJob).where(SignJob.profile_id == profile_id,
-                                                    SignJob.kind == "base")).scalars().first()
+    return (
+        session.execute(
+            sa.select(SignJob).where(SignJob.profile_id == profile_id, SignJob.kind == "base")
+        )
+        .scalars()
+        .first()
+    )
 
 
 # ---------------------------------------------------------------- base cache
@@ -122,13 +178,27 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def save_base(session, artifacts: ArtifactStore, profile_id: int, base: BaseBranch, job_id: int | None) -> BaseCache:
-    rel = artifacts.put_bytes("base", _npz_bytes(features=base.features.astype(np.float32),
-                                                 degenerate=base.degenerate.astype(bool),
-                                                 clip_key=np.array(base.clip_key)), ".npz")
-    row = session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id)).scalars().first()
+def save_base(
+    session, artifacts: ArtifactStore, profile_id: int, base: BaseBranch, job_id: int | None
+) -> BaseCache:
+    rel = artifacts.put_bytes(
+        "base",
+        _npz_bytes(
+            features=base.features.astype(np.float32),
+            degenerate=base.degenerate.astype(bool),
+            clip_key=np.array(base.clip_key),
+        ),
+        ".npz",
+    )
+    row = (
+        session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id))
+        .scalars()
+        .first()
+    )
     if row is None:
-        row = BaseCache(profile_id=profile_id, n_samples=0, dim=0, artifact_path="", mean_feature=b"")
+        row = BaseCache(
+            profile_id=profile_id, n_samples=0, dim=0, artifact_path="", mean_feature=b""
+        )
         session.add(row)
     row.n_samples, row.dim = int(base.features.shape[0]), int(base.features.shape[1])
     row.artifact_path, row.mean_feature = rel, to_blob(base.mean_feature)
@@ -138,22 +208,41 @@ def save_base(session, artifacts: ArtifactStore, profile_id: int, base: BaseBran
     return row
 
 
-def save_sample_images(session, artifacts: ArtifactStore, profile_id: int, version_id: int | None,
-                       images: dict) -> None:
+def save_sample_images(
+    session, artifacts: ArtifactStore, profile_id: int, version_id: int | None, images: dict
+) -> None:
     """Keep a branch's first sample images (content-addressed WebP), replacing what that branch kept before."""
-    session.execute(sa.delete(SampleImage).where(SampleImage.profile_id == profile_id,
-                                                 SampleImage.version_id.is_(None) if version_id is None
-                                                 else SampleImage.version_id == version_id))
+    session.execute(
+        sa.delete(SampleImage).where(
+            SampleImage.profile_id == profile_id,
+            SampleImage.version_id.is_(None)
+            if version_id is None
+            else SampleImage.version_id == version_id,
+        )
+    )
     for position, item in sorted(images.items()):
         rel = artifacts.put_bytes(THUMB_KIND, item["webp"], ".webp")
-        session.add(SampleImage(profile_id=profile_id, version_id=version_id, position=int(position),
-                                prompt=item["prompt"][:2000], artifact_path=rel, width=int(item["width"]),
-                                height=int(item["height"]), created_at=utcnow()))
+        session.add(
+            SampleImage(
+                profile_id=profile_id,
+                version_id=version_id,
+                position=int(position),
+                prompt=item["prompt"][:2000],
+                artifact_path=rel,
+                width=int(item["width"]),
+                height=int(item["height"]),
+                created_at=utcnow(),
+            )
+        )
     session.flush()
 
 
 def base_cache_row(session, profile_id: int) -> BaseCache | None:
-    return session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id)).scalars().first()
+    return (
+        session.execute(sa.select(BaseCache).where(BaseCache.profile_id == profile_id))
+        .scalars()
+        .first()
+    )
 
 
 def load_base(session, artifacts: ArtifactStore, profile_id: int) -> BaseBranch | None:
@@ -161,7 +250,9 @@ def load_base(session, artifacts: ArtifactStore, profile_id: int) -> BaseBranch 
     if row is None or not artifacts.exists(row.artifact_path):
         return None
     with np.load(artifacts.path(row.artifact_path), allow_pickle=False) as z:
-        return BaseBranch(z["features"].astype(np.float32), z["degenerate"].astype(bool), str(z["clip_key"]))
+        return BaseBranch(
+            z["features"].astype(np.float32), z["degenerate"].astype(bool), str(z["clip_key"])
+        )
 
 
 def base_mean_feature(session, profile_id: int) -> np.ndarray | None:
@@ -173,18 +264,36 @@ def base_mean_feature(session, profile_id: int) -> np.ndarray | None:
 # ---------------------------------------------------------------- signatures
 
 
-def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profile_id: int, outcome: SignOutcome,
-                   file_sha256: str | None, job_id: int | None) -> Signature:
+def save_signature(
+    session,
+    artifacts: ArtifactStore,
+    *,
+    version_id: int,
+    profile_id: int,
+    outcome: SignOutcome,
+    file_sha256: str | None,
+    job_id: int | None,
+) -> Signature:
     buf = io.BytesIO()
     np.save(buf, outcome.ensemble.astype(np.float16), allow_pickle=False)
     rel = artifacts.put_bytes("ensemble", buf.getvalue(), ".npy")
     s = outcome.stats
     row = registry_save_signature(
-        session, version_id=version_id, profile_id=profile_id, direction=s.direction, strength=float(s.strength),
-        consistency=float(s.consistency), n_samples=int(s.n), valid=bool(outcome.valid), flags=list(outcome.flags),
-        estimates={**dict(outcome.estimates), "code_version": __version__}, file_sha256=file_sha256,
-        ensemble_path=rel, job_id=job_id,
-        source="signed")
+        session,
+        version_id=version_id,
+        profile_id=profile_id,
+        direction=s.direction,
+        strength=float(s.strength),
+        consistency=float(s.consistency),
+        n_samples=int(s.n),
+        valid=bool(outcome.valid),
+        flags=list(outcome.flags),
+        estimates={**dict(outcome.estimates), "code_version": __version__},
+        file_sha256=file_sha256,
+        ensemble_path=rel,
+        job_id=job_id,
+        source="signed",
+    )
     session.flush()
     if outcome.images:
         save_sample_images(session, artifacts, profile_id, version_id, outcome.images)
@@ -193,9 +302,19 @@ def save_signature(session, artifacts: ArtifactStore, *, version_id: int, profil
 
 def verified_file(session, version_id: int) -> File | None:
     """The file to sign for a version: a verified one with a local copy, the primary first."""
-    return session.execute(
-        sa.select(File).where(File.version_id == version_id, File.state == FileState.VERIFIED, File.local_path.is_not(None))
-        .order_by(File.primary.desc(), File.id)).scalars().first()
+    return (
+        session.execute(
+            sa.select(File)
+            .where(
+                File.version_id == version_id,
+                File.state == FileState.VERIFIED,
+                File.local_path.is_not(None),
+            )
+            .order_by(File.primary.desc(), File.id)
+        )
+        .scalars()
+        .first()
+    )
 
 
 # ---------------------------------------------------------------- local files
@@ -209,7 +328,9 @@ class LocalEntry:
     sha256: str
     state: str  # verified | unsupported
     reason: str | None = None
-    triggers_changed: bool = False  # an existing local version got other trigger words: sign it again
+    triggers_changed: bool = (
+        False  # an existing local version got other trigger words: sign it again
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -230,24 +351,54 @@ def collect_paths(args: list[Path]) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
-def new_local_version(session, *, name: str, file_name: str, size: int, digest: str, state: str,
-                      error: str | None = None, local_path: str | None = None, fmt: str | None = None,
-                      trigger_words: list[str] | None = None) -> tuple[int, File]:
+def new_local_version(
+    session,
+    *,
+    name: str,
+    file_name: str,
+    size: int,
+    digest: str,
+    state: str,
+    error: str | None = None,
+    local_path: str | None = None,
+    fmt: str | None = None,
+    trigger_words: list[str] | None = None,
+) -> tuple[int, File]:
     """A new local LoRA version (the next negative id) with its one file; names are display text only."""
     vid = next_local_version_id(session)
     now = utcnow()
-    session.add(Version(id=vid, name=name[:200], source="local", trained_words=list(trigger_words or []),
-                        first_seen_at=now, updated_at=now))
+    session.add(
+        Version(
+            id=vid,
+            name=name[:200],
+            source="local",
+            trained_words=list(trigger_words or []),
+            first_seen_at=now,
+            updated_at=now,
+        )
+    )
     session.flush()
-    f = File(version_id=vid, name=file_name[:255], size_bytes=size, primary=True, sha256=digest, updated_at=now,
-             state=state, error=error, format=fmt, local_path=local_path,
-             verified_at=now if state == FileState.VERIFIED else None)
+    f = File(
+        version_id=vid,
+        name=file_name[:255],
+        size_bytes=size,
+        primary=True,
+        sha256=digest,
+        updated_at=now,
+        state=state,
+        error=error,
+        format=fmt,
+        local_path=local_path,
+        verified_at=now if state == FileState.VERIFIED else None,
+    )
     session.add(f)
     session.flush()
     return vid, f
 
 
-def place_file(artifacts: ArtifactStore, path: Path, digest: str, *, copy: bool = True) -> str | None:
+def place_file(
+    artifacts: ArtifactStore, path: Path, digest: str, *, copy: bool = True
+) -> str | None:
     """The file's place in the artifact store (``lora/…/<sha256>.safetensors``), made if missing: a
     hardlink when the store is on the same filesystem, else a copy when ``copy``, else None.
     The worker re-verifies the SHA-256 before signing, so a linked file edited in place is refused."""
@@ -288,43 +439,82 @@ def _container_problem(path: Path) -> str | None:
     return None
 
 
-def register_local_files(session, artifacts: ArtifactStore, paths: list[Path], *,
-                         trigger_words: list[str] | None = None) -> list[LocalEntry]:
+def register_local_files(
+    session, artifacts: ArtifactStore, paths: list[Path], *, trigger_words: list[str] | None = None
+) -> list[LocalEntry]:
     out = []
     for path in paths:
         digest = sha256_file(path)
         pickled = path.suffix.lower() in PICKLE_SUFFIXES
-        found = session.execute(
-            sa.select(File).join(Version, Version.id == File.version_id)
-            .where(File.sha256 == digest, Version.source == "local")).scalars().first()
+        found = (
+            session.execute(
+                sa.select(File)
+                .join(Version, Version.id == File.version_id)
+                .where(File.sha256 == digest, Version.source == "local")
+            )
+            .scalars()
+            .first()
+        )
         if found is not None:
             version = session.get(Version, found.version_id)
-            changed = trigger_words is not None and list(trigger_words) != list(version.trained_words or [])
+            changed = trigger_words is not None and list(trigger_words) != list(
+                version.trained_words or []
+            )
             if changed:
                 version.trained_words = list(trigger_words)
-            if found.state == FileState.VERIFIED and found.local_path is None:  # a scanned file used in place until now
+            if (
+                found.state == FileState.VERIFIED and found.local_path is None
+            ):  # a scanned file used in place until now
                 found.local_path = place_file(artifacts, path, digest)
-            out.append(LocalEntry(path, found.version_id, found.id, digest, found.state, found.error, changed))
+            out.append(
+                LocalEntry(
+                    path, found.version_id, found.id, digest, found.state, found.error, changed
+                )
+            )
             continue
         problem = None if pickled else _container_problem(path)
         if pickled:
             vid, f = new_local_version(
-                session, name=path.stem, file_name=path.name, size=path.stat().st_size, digest=digest,
-                state=FileState.UNSUPPORTED, fmt="PickleTensor", trigger_words=trigger_words,
-                error=(f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
-                       "is signed"))
+                session,
+                name=path.stem,
+                file_name=path.name,
+                size=path.stat().st_size,
+                digest=digest,
+                state=FileState.UNSUPPORTED,
+                fmt="PickleTensor",
+                trigger_words=trigger_words,
+                error=(
+                    f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
+                    "is signed"
+                ),
+            )
         elif problem:  # checked before a byte is copied: the store holds only well-formed files
-            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
-                                       digest=digest, state=FileState.UNSUPPORTED, error=problem,
-                                       trigger_words=trigger_words)
+            vid, f = new_local_version(
+                session,
+                name=path.stem,
+                file_name=path.name,
+                size=path.stat().st_size,
+                digest=digest,
+                state=FileState.UNSUPPORTED,
+                error=problem,
+                trigger_words=trigger_words,
+            )
         else:
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):
                 with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            vid, f = new_local_version(session, name=path.stem, file_name=path.name, size=path.stat().st_size,
-                                       digest=digest, state=FileState.VERIFIED, fmt="SafeTensor", local_path=rel,
-                                       trigger_words=trigger_words)
+            vid, f = new_local_version(
+                session,
+                name=path.stem,
+                file_name=path.name,
+                size=path.stat().st_size,
+                digest=digest,
+                state=FileState.VERIFIED,
+                fmt="SafeTensor",
+                local_path=rel,
+                trigger_words=trigger_words,
+            )
         out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
     return out
 

@@ -14,6 +14,7 @@ Both give the same features as open_clip's ``encode_text`` up to float rounding;
 compare them. Models whose blocks are not open_clip's standard ``ResidualAttentionBlock`` or
 that do not pool at the end token use the cut-length path only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,7 +27,9 @@ def _standard_blocks(model) -> bool:
     from open_clip.transformer import ResidualAttentionBlock
 
     blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
-    return bool(blocks) and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") for b in blocks)
+    return bool(blocks) and all(
+        type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") for b in blocks
+    )
 
 
 @dataclass
@@ -59,7 +62,9 @@ class TextTower:
         self.eot = int(getattr(tokenizer, "eot_token_id", 49407))
         pool = getattr(model, "text_pool_type", "argmax")
         self.pools_at_eot = pool in ("argmax", "eos")
-        self.supports_prefix = self.pools_at_eot and _standard_blocks(model) and hasattr(model, "attn_mask")
+        self.supports_prefix = (
+            self.pools_at_eot and _standard_blocks(model) and hasattr(model, "attn_mask")
+        )
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +84,7 @@ class TextTower:
         """Raw text features of ``texts`` (same as ``model.encode_text``), cut to the longest real length."""
         out = []
         for i in range(0, len(texts), batch_size):
-            out.append(self.encode_tokens(self.tokenize(texts[i:i + batch_size])))
+            out.append(self.encode_tokens(self.tokenize(texts[i : i + batch_size])))
         return torch.cat(out) if out else torch.empty(0, self.model.text_projection.shape[-1])
 
     @torch.no_grad()
@@ -89,7 +94,9 @@ class TextTower:
         eot_pos = tokens.argmax(dim=-1)
         length = int(eot_pos.max()) + 1
         m = self.model
-        x = m.token_embedding(tokens[:, :length]).to(self.dtype) + m.positional_embedding[:length].to(self.dtype)
+        x = m.token_embedding(tokens[:, :length]).to(self.dtype) + m.positional_embedding[
+            :length
+        ].to(self.dtype)
         x = m.transformer(x, attn_mask=m.attn_mask[:length, :length])
         x = m.ln_final(x)
         return self._project(x[torch.arange(x.shape[0], device=x.device), eot_pos])
@@ -116,7 +123,9 @@ class TextTower:
         vals = v if past_v is None else torch.cat([past_v, v], dim=2)
         n_new, n_all = q.shape[2], keys.shape[2]
         # new position i sits at n_all - n_new + i and may see every position up to itself
-        allowed = torch.ones(n_new, n_all, dtype=torch.bool, device=x.device).tril(diagonal=n_all - n_new)
+        allowed = torch.ones(n_new, n_all, dtype=torch.bool, device=x.device).tril(
+            diagonal=n_all - n_new
+        )
         a = F.scaled_dot_product_attention(q, keys, vals, attn_mask=allowed)
         a = attn.out_proj(a.transpose(1, 2).reshape(x.shape[0], n_new, -1))
         x = x + block.ls_1(a)
@@ -135,7 +144,9 @@ class TextTower:
         for length in sorted(set(lengths.tolist())):
             index = (lengths == length).nonzero().flatten()
             bucket = _Bucket(length=length, index=index, tokens=tokens[index, :length])
-            x = m.token_embedding(bucket.tokens).to(self.dtype) + m.positional_embedding[:length].to(self.dtype)
+            x = m.token_embedding(bucket.tokens).to(self.dtype) + m.positional_embedding[
+                :length
+            ].to(self.dtype)
             for block in m.transformer.resblocks:
                 x, k, v = self._block(block, x)
                 bucket.keys.append(k)
@@ -149,17 +160,19 @@ class TextTower:
         m = self.model
         n = len(cache.prompts)
         full = self.tokenize([p + " " + suffix for p in cache.prompts])
-        out = torch.empty(n, self.model.text_projection.shape[-1], dtype=self.dtype, device=self.device)
+        out = torch.empty(
+            n, self.model.text_projection.shape[-1], dtype=self.dtype, device=self.device
+        )
         fallback = torch.ones(n, dtype=torch.bool, device=self.device)
         for b in cache.buckets:
             rows = full[b.index]
             end = rows.argmax(dim=-1)
             s_len = int(end.max()) + 1 - b.length
-            same = (rows[:, :b.length] == b.tokens).all(dim=1) & (end == end[0])
+            same = (rows[:, : b.length] == b.tokens).all(dim=1) & (end == end[0])
             if s_len <= 0 or not bool(same.all()) or int(end[0]) + 1 >= self.context_length:
                 continue  # truncated by the context or tokenized across the boundary: exact path below
-            suffix_tokens = rows[:1, b.length:b.length + s_len].expand(len(b.index), -1)
-            pos = m.positional_embedding[b.length:b.length + s_len].to(self.dtype)
+            suffix_tokens = rows[:1, b.length : b.length + s_len].expand(len(b.index), -1)
+            pos = m.positional_embedding[b.length : b.length + s_len].to(self.dtype)
             x = m.token_embedding(suffix_tokens).to(self.dtype) + pos
             for block, k, v in zip(m.transformer.resblocks, b.keys, b.values):
                 x, _, _ = self._block(block, x, k, v)

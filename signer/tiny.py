@@ -11,6 +11,7 @@ Contract:
 
 Random weights make images and rankings meaningless; only the mechanics are real.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,51 +29,110 @@ TINY_SEED = 0
 # encoders whose concatenation is the 64-wide cross-attention context), with the real
 # 49,408-token CLIP vocabulary so the tokenizer is the real one.
 TINY_UNET = dict(
-    block_out_channels=[32, 64], layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-    attention_head_dim=[2, 4], use_linear_projection=True, transformer_layers_per_block=[1, 2],
-    addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+    block_out_channels=[32, 64],
+    layers_per_block=2,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    attention_head_dim=[2, 4],
+    use_linear_projection=True,
+    transformer_layers_per_block=[1, 2],
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=80,
     cross_attention_dim=64,
 )
 TINY_VAE = dict(
-    block_out_channels=[32, 64], in_channels=3, out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    latent_channels=4, sample_size=128,
+    block_out_channels=[32, 64],
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    latent_channels=4,
+    sample_size=128,
 )
 TINY_TEXT = dict(
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
-    layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408, hidden_act="gelu",
-    projection_dim=32, max_position_embeddings=77,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    hidden_size=32,
+    intermediate_size=37,
+    layer_norm_eps=1e-5,
+    num_attention_heads=4,
+    num_hidden_layers=5,
+    vocab_size=49408,
+    hidden_act="gelu",
+    projection_dim=32,
+    max_position_embeddings=77,
 )
 SCHEDULER = dict(
-    beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
-    timestep_spacing="leading", num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    beta_schedule="scaled_linear",
+    timestep_spacing="leading",
+    num_train_timesteps=1000,
 )
 
 # The SDXL base 1.0 shapes (research notes §2.3), for random-weight speed benchmarks.
 FULL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280], layers_per_block=2,
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=[320, 640, 1280],
+    layers_per_block=2,
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32, norm_eps=1e-5,
+    attention_head_dim=[5, 10, 20],
+    transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    norm_eps=1e-5,
 )
 FULL_VAE = dict(
-    block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=1024, scaling_factor=0.13025,
+    block_out_channels=[128, 256, 512, 512],
+    in_channels=3,
+    out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.13025,
     force_upcast=True,
 )
 FULL_TEXT_1 = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    hidden_act="quick_gelu", max_position_embeddings=77, vocab_size=49408, projection_dim=768,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=768,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 FULL_TEXT_2 = dict(
-    hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
-    max_position_embeddings=77, vocab_size=49408, projection_dim=1280,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
+    max_position_embeddings=77,
+    vocab_size=49408,
+    projection_dim=1280,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
 )
 
 
@@ -88,8 +148,17 @@ def quiet_libraries() -> None:
 
 
 def tiny_config_hash() -> str:
-    blob = json.dumps({"unet": TINY_UNET, "vae": TINY_VAE, "text": TINY_TEXT, "scheduler": SCHEDULER,
-                       "seed": TINY_SEED, "format": 1}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "unet": TINY_UNET,
+            "vae": TINY_VAE,
+            "text": TINY_TEXT,
+            "scheduler": SCHEDULER,
+            "seed": TINY_SEED,
+            "format": 1,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -109,13 +178,17 @@ def build_clip_tokenizer(folder: str | os.PathLike):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
-    merges = lines[1:49152 - 256 - 2 + 1]
+    merges = lines[1 : 49152 - 256 - 2 + 1]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "vocab.json").write_text(
+        json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)
+    )
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77
+    )
     tokenizer.save_pretrained(str(folder))
     return tokenizer
 
@@ -129,7 +202,12 @@ def _seeded(seed: int):
 def tiny_components(tokenizer_dir: str | os.PathLike):
     """The tiny pipeline's components, each initialised from its own fixed seed."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     _seeded(TINY_SEED)
     unet = UNet2DConditionModel(**TINY_UNET)
@@ -141,8 +219,15 @@ def tiny_components(tokenizer_dir: str | os.PathLike):
     _seeded(TINY_SEED + 3)
     text_encoder_2 = CLIPTextModelWithProjection(text_cfg)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                tokenizer=tokenizer, tokenizer_2=tokenizer, scheduler=EulerDiscreteScheduler(**SCHEDULER))
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER),
+    )
 
 
 def ensure_tiny_sdxl(models_dir: str | os.PathLike) -> Path:
@@ -157,7 +242,9 @@ def ensure_tiny_sdxl(models_dir: str | os.PathLike) -> Path:
         from diffusers import StableDiffusionXLPipeline
 
         build_clip_tokenizer(work / "_tokenizer")
-        pipe = StableDiffusionXLPipeline(**tiny_components(work / "_tokenizer"), add_watermarker=False)
+        pipe = StableDiffusionXLPipeline(
+            **tiny_components(work / "_tokenizer"), add_watermarker=False
+        )
         pipe.save_pretrained(str(work / "pipe"), safe_serialization=True)
         try:
             os.rename(work / "pipe", final)
@@ -169,7 +256,9 @@ def ensure_tiny_sdxl(models_dir: str | os.PathLike) -> Path:
     return final
 
 
-def full_size_components(device: str = "cpu", dtype=None, *, seed: int = 0, work_dir: str | None = None):
+def full_size_components(
+    device: str = "cpu", dtype=None, *, seed: int = 0, work_dir: str | None = None
+):
     """SDXL base 1.0 component shapes with random weights (no download), built on ``device``."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
@@ -185,6 +274,12 @@ def full_size_components(device: str = "cpu", dtype=None, *, seed: int = 0, work
         parts["unet"] = UNet2DConditionModel(**FULL_UNET).to(dtype)
         parts["vae"] = AutoencoderKL(**FULL_VAE).to(dtype)
         parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(**FULL_TEXT_1)).to(dtype)
-        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**FULL_TEXT_2)).to(dtype)
-    return dict(**parts, tokenizer=tokenizer, tokenizer_2=tokenizer,
-                scheduler=EulerDiscreteScheduler(**SCHEDULER))
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**FULL_TEXT_2)).to(
+            dtype
+        )
+    return dict(
+        **parts,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER),
+    )

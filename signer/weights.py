@@ -4,6 +4,7 @@
 weights (Hub repository or file) and the ways to provide them; commands call it before they load
 anything heavy, so a missing model costs a second instead of the import of torch and diffusers.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,10 +35,14 @@ def check_weights(profile: Profile) -> None:
         return
     if not profile.allow_download and not _diffusers_folder_present(profile.base_model_location):
         where = profile.base_model_location
-        hint = (f"the folder {where} is not a diffusers pipeline (no model_index.json)" if os.path.isdir(where)
-                else f"the Hugging Face Hub repository {where} is not in the local Hub cache")
+        hint = (
+            f"the folder {where} is not a diffusers pipeline (no model_index.json)"
+            if os.path.isdir(where)
+            else f"the Hugging Face Hub repository {where} is not in the local Hub cache"
+        )
         raise ModelUnavailable(
             f"profile {profile.name!r} needs the SDXL weights {profile.settings['base_model']}: {hint}. Download "
             f"that repository (diffusers layout, fp16 variant is enough) and set CARLOS_REG_SDXL=/path/to/it "
-            f"(or base_model_path in profiles.toml), or allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1")
+            f"(or base_model_path in profiles.toml), or allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1"
+        )
     find_clip_weights(profile)

@@ -24,6 +24,7 @@ Contract:
   then expires by itself. After ``$CARLOS_REG_DB_RETRY_SECONDS`` of outage the worker exits with
   one line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,16 @@ class WorkerReport:
 
 def _load_key(p: Profile) -> tuple:
     s = p.settings
-    return (p.base_model_location, s["dtype"], s.get("vae"), s["scheduler"], s["clip_model"], s["clip_pretrained"],
-            s.get("clip_dtype"), p.clip_checkpoint)
+    return (
+        p.base_model_location,
+        s["dtype"],
+        s.get("vae"),
+        s["scheduler"],
+        s["clip_model"],
+        s["clip_pretrained"],
+        s.get("clip_dtype"),
+        p.clip_checkpoint,
+    )
 
 
 def get_engine(profile: Profile, device: str):
@@ -67,7 +76,11 @@ def get_engine(profile: Profile, device: str):
     from signer.engine import Engine
 
     cur = _ENGINE.get("engine")
-    if cur is not None and str(cur.device) == str(device) and _load_key(cur.profile) == _load_key(profile):
+    if (
+        cur is not None
+        and str(cur.device) == str(device)
+        and _load_key(cur.profile) == _load_key(profile)
+    ):
         if cur.profile.hash != profile.hash:
             cur = Engine(profile, device, pipe=cur.pipe, clip=cur.clip)
             _ENGINE["engine"] = cur
@@ -101,8 +114,12 @@ class Heartbeat(threading.Thread):
         what = f"heartbeat of job {self.lease.job_id}"
         while not self._stop_event.wait(interval):
             try:
-                self.lease = retry_call(lambda: self.queue.heartbeat(self.lease, retry=False), what=what,
-                                        policy=policy, wait=self._stop_event.wait)
+                self.lease = retry_call(
+                    lambda: self.queue.heartbeat(self.lease, retry=False),
+                    what=what,
+                    policy=policy,
+                    wait=self._stop_event.wait,
+                )
             except LeaseLost:
                 self.lost = True
                 return
@@ -122,10 +139,21 @@ class Heartbeat(threading.Thread):
 
 
 class Worker:
-    def __init__(self, db, settings, *, device: str = "cpu", profiles: list[str] | None = None,
-                 job_ids: list[int] | None = None, once: bool = False, max_jobs: int | None = None,
-                 lease_seconds: float | None = None, poll_seconds: float = 2.0, progress=None,
-                 say=lambda msg: None):
+    def __init__(
+        self,
+        db,
+        settings,
+        *,
+        device: str = "cpu",
+        profiles: list[str] | None = None,
+        job_ids: list[int] | None = None,
+        once: bool = False,
+        max_jobs: int | None = None,
+        lease_seconds: float | None = None,
+        poll_seconds: float = 2.0,
+        progress=None,
+        say=lambda msg: None,
+    ):
         self.db, self.settings, self.device = db, settings, device
         self.profile_names = list(profiles) if profiles else None
         self.job_ids = list(job_ids) if job_ids is not None else None
@@ -149,24 +177,33 @@ class Worker:
                 handlers[sig] = signal.signal(sig, self._on_signal)
         try:
             while self._signal is None:
-                if self.max_jobs is not None and self.report.done + self.report.failed >= self.max_jobs:
+                if (
+                    self.max_jobs is not None
+                    and self.report.done + self.report.failed >= self.max_jobs
+                ):
                     break
                 try:
                     lease = self._retry(self._claim, "looking for a job")
                     if lease is None:
-                        if self.job_ids is not None and not self._retry(lambda: self._pending(self.job_ids),
-                                                                        "checking the requested jobs"):
+                        if self.job_ids is not None and not self._retry(
+                            lambda: self._pending(self.job_ids), "checking the requested jobs"
+                        ):
                             break
-                        if self.once and self.job_ids is None and not self._retry(self._waiting_for_base,
-                                                                                  "checking for a base job"):
+                        if (
+                            self.once
+                            and self.job_ids is None
+                            and not self._retry(self._waiting_for_base, "checking for a base job")
+                        ):
                             break
                         self._wait(self.poll_seconds)
                         continue
                     self._run_job(lease)
                 except Exception as exc:
                     if self._signal is not None and is_transient(exc):
-                        self.say(f"stopping ({self._signal}) while the registry database is unreachable: "
-                                 f"{describe(exc)}")
+                        self.say(
+                            f"stopping ({self._signal}) while the registry database is unreachable: "
+                            f"{describe(exc)}"
+                        )
                         break
                     raise
         finally:
@@ -201,7 +238,9 @@ class Worker:
     def _runnable_profiles(self) -> dict[int, Profile]:
         """Registry profiles this machine can run: same name and hash as its own definition."""
         with self.db.read() as s:
-            rows = s.execute(sa.select(SignerProfile.id, SignerProfile.name, SignerProfile.hash)).all()
+            rows = s.execute(
+                sa.select(SignerProfile.id, SignerProfile.name, SignerProfile.hash)
+            ).all()
         out = {}
         for pid, name, digest in rows:
             if self.profile_names is not None and name not in self.profile_names:
@@ -228,11 +267,24 @@ class Worker:
         if lease is not None:
             return lease
         with self.db.read() as s:
-            ready = set(s.execute(sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))).scalars())
-            ready |= set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state == JobState.DEAD, SignJob.profile_id.in_(ids))).scalars())
+            ready = set(
+                s.execute(
+                    sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))
+                ).scalars()
+            )
+            ready |= set(
+                s.execute(
+                    sa.select(SignJob.profile_id).where(
+                        SignJob.kind == "base",
+                        SignJob.state == JobState.DEAD,
+                        SignJob.profile_id.in_(ids),
+                    )
+                ).scalars()
+            )
         cur = _ENGINE.get("engine")
-        preferred = [pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash]
+        preferred = [
+            pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash
+        ]
         for group in (preferred, sorted(ready)):
             if group:
                 lease = self.queue.claim(self.owner, kinds=["lora"], profile_ids=group, **kw)
@@ -242,8 +294,16 @@ class Worker:
 
     def _pending(self, job_ids: list[int]) -> bool:
         with self.db.read() as s:
-            return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.id.in_(job_ids), SignJob.state.in_([JobState.QUEUED, JobState.RUNNING]))).scalar_one())
+            return bool(
+                s.execute(
+                    sa.select(sa.func.count())
+                    .select_from(SignJob)
+                    .where(
+                        SignJob.id.in_(job_ids),
+                        SignJob.state.in_([JobState.QUEUED, JobState.RUNNING]),
+                    )
+                ).scalar_one()
+            )
 
     def _waiting_for_base(self) -> bool:
         """A base job is running elsewhere while LoRA jobs of that profile wait for it."""
@@ -251,13 +311,28 @@ class Worker:
         if not ids:
             return False
         with self.db.read() as s:
-            running = set(s.execute(sa.select(SignJob.profile_id).where(
-                SignJob.kind == "base", SignJob.state.in_([JobState.RUNNING, JobState.QUEUED]),
-                SignJob.profile_id.in_(ids))).scalars())
+            running = set(
+                s.execute(
+                    sa.select(SignJob.profile_id).where(
+                        SignJob.kind == "base",
+                        SignJob.state.in_([JobState.RUNNING, JobState.QUEUED]),
+                        SignJob.profile_id.in_(ids),
+                    )
+                ).scalars()
+            )
             if not running:
                 return False
-            return bool(s.execute(sa.select(sa.func.count()).select_from(SignJob).where(
-                SignJob.kind == "lora", SignJob.state == JobState.QUEUED, SignJob.profile_id.in_(running))).scalar_one())
+            return bool(
+                s.execute(
+                    sa.select(sa.func.count())
+                    .select_from(SignJob)
+                    .where(
+                        SignJob.kind == "lora",
+                        SignJob.state == JobState.QUEUED,
+                        SignJob.profile_id.in_(running),
+                    )
+                ).scalar_one()
+            )
 
     # ---------------------------------------------------------------- running
 
@@ -293,7 +368,9 @@ class Worker:
             self._event(lease, "lost", str(exc))
         except SignerError as exc:  # LoraRejected and the like: the file or the setup, for good
             self._fail(lease, str(exc), retryable=False)
-        except DatabaseUnavailable:  # retries gave up: nothing can be written; the lease expires by itself
+        except (
+            DatabaseUnavailable
+        ):  # retries gave up: nothing can be written; the lease expires by itself
             raise
         except CarlosError:
             self.queue.release(lease)
@@ -317,7 +394,9 @@ class Worker:
             self._event(lease, "released", str(exc))
 
     def _unexpected(self, lease: Lease, exc: Exception) -> None:
-        if is_transient(exc):  # the database went away (and a stop cut the retry short): not the job's fault
+        if is_transient(
+            exc
+        ):  # the database went away (and a stop cut the retry short): not the job's fault
             if self._signal is not None:
                 raise exc
             self.queue.release(lease)
@@ -339,8 +418,11 @@ class Worker:
 
     def _event(self, lease: Lease, outcome: str, detail: str) -> None:
         self.report.events.append((lease.job_id, lease.kind, lease.version_id, outcome, detail))
-        what = f"base branch of profile {self._profiles[lease.profile_id].name}" if lease.kind == "base" else \
-            f"version {lease.version_id}"
+        what = (
+            f"base branch of profile {self._profiles[lease.profile_id].name}"
+            if lease.kind == "base"
+            else f"version {lease.version_id}"
+        )
         self.say(f"job {lease.job_id} ({what}): {outcome}: {detail}")
 
     def _base_job(self, engine, lease: Lease, stop) -> str:
@@ -354,57 +436,99 @@ class Worker:
             self.queue.complete_with(lease, lambda s: None)
             return "already cached"
         # one line per computation: the fleet computes a profile's base branch once (tests count these)
-        self.say(f"job {lease.job_id} (base branch of profile {engine.profile.name}): computing "
-                 f"{len(engine.samples)} samples")
+        self.say(
+            f"job {lease.job_id} (base branch of profile {engine.profile.name}): computing "
+            f"{len(engine.samples)} samples"
+        )
         if self.progress is not None:
             self.progress.start_job(f"base branch [{engine.profile.name}]", len(engine.samples))
         t0 = time.monotonic()
-        base = engine.base_branch(progress=self.progress.advance if self.progress else None, stop=stop)
+        base = engine.base_branch(
+            progress=self.progress.advance if self.progress else None, stop=stop
+        )
         n_bad = int(base.degenerate.sum())
         if n_bad:
-            raise SignerError(f"{n_bad} of {len(base.degenerate)} base images are NaN or black (an fp16 VAE "
-                              "overflow?): use a VAE that does not overflow in this dtype, or dtype float32")
+            raise SignerError(
+                f"{n_bad} of {len(base.degenerate)} base images are NaN or black (an fp16 VAE "
+                "overflow?): use a VAE that does not overflow in this dtype, or dtype float32"
+            )
         committed = self.queue.complete_with(
-            lease, lambda s: store.save_base(s, artifacts, lease.profile_id, base, lease.job_id))
+            lease, lambda s: store.save_base(s, artifacts, lease.profile_id, base, lease.job_id)
+        )
         self._bases[lease.profile_id] = base
-        return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s" + _already(committed)
+        return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s" + _already(
+            committed
+        )
 
     def _lora_job(self, engine, lease: Lease, stop) -> str:
         artifacts = self.settings.artifacts
 
         def inputs():
             with self.db.read() as s:
-                base = self._bases.get(lease.profile_id) or store.load_base(s, artifacts, lease.profile_id)
+                base = self._bases.get(lease.profile_id) or store.load_base(
+                    s, artifacts, lease.profile_id
+                )
                 if base is None:
                     job = store.base_job(s, lease.profile_id)
-                    reason = job.last_error if job is not None and job.state == JobState.DEAD else "no base cache"
-                    raise SignerError(f"the base branch of profile {engine.profile.name!r} failed: {reason}")
+                    reason = (
+                        job.last_error
+                        if job is not None and job.state == JobState.DEAD
+                        else "no base cache"
+                    )
+                    raise SignerError(
+                        f"the base branch of profile {engine.profile.name!r} failed: {reason}"
+                    )
                 version = s.get(Version, lease.version_id)
                 f = store.verified_file(s, lease.version_id)
                 if version is None or f is None:
-                    raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
+                    raise SignerError(
+                        f"version {lease.version_id} has no verified LoRA file to sign"
+                    )
                 return base, store.trigger_list(version), f.name, f.sha256, f.local_path
 
         base, words, name, sha, rel = self._retry(inputs, f"reading job {lease.job_id}")
         self._bases[lease.profile_id] = base
         if not artifacts.exists(rel):
-            raise SignerError(f"the verified file of version {lease.version_id} is missing from the artifact store")
-        if sha and store.sha256_file(artifacts.path(rel)) != sha:  # a scanned file is a hardlink: it can be edited
-            raise SignerError(f"the file of version {lease.version_id} changed since it was hashed (its SHA-256 is "
-                              "no longer the registry's): scan its folder again")
+            raise SignerError(
+                f"the verified file of version {lease.version_id} is missing from the artifact store"
+            )
+        if (
+            sha and store.sha256_file(artifacts.path(rel)) != sha
+        ):  # a scanned file is a hardlink: it can be edited
+            raise SignerError(
+                f"the file of version {lease.version_id} changed since it was hashed (its SHA-256 is "
+                "no longer the registry's): scan its folder again"
+            )
         if self.progress is not None:
             self.progress.start_job(name or f"version {lease.version_id}", len(engine.samples))
         t0 = time.monotonic()
-        outcome = engine.sign_lora(artifacts.path(rel), words, base,
-                                   progress=self.progress.advance if self.progress else None, stop=stop)
+        outcome = engine.sign_lora(
+            artifacts.path(rel),
+            words,
+            base,
+            progress=self.progress.advance if self.progress else None,
+            stop=stop,
+        )
         committed = self.queue.complete_with(
-            lease, lambda s: store.save_signature(s, artifacts, version_id=lease.version_id,
-                                                  profile_id=lease.profile_id, outcome=outcome, file_sha256=sha,
-                                                  job_id=lease.job_id))
+            lease,
+            lambda s: store.save_signature(
+                s,
+                artifacts,
+                version_id=lease.version_id,
+                profile_id=lease.profile_id,
+                outcome=outcome,
+                file_sha256=sha,
+                job_id=lease.job_id,
+            ),
+        )
         st = outcome.stats
-        return (f"strength {st.strength:.4g}, consistency {st.consistency:.4g}, {st.n} samples in "
-                f"{time.monotonic() - t0:.1f} s" + ("" if outcome.valid else ", NOT VALID")
-                + (f" [{', '.join(outcome.flags)}]" if outcome.flags else "") + _already(committed))
+        return (
+            f"strength {st.strength:.4g}, consistency {st.consistency:.4g}, {st.n} samples in "
+            f"{time.monotonic() - t0:.1f} s"
+            + ("" if outcome.valid else ", NOT VALID")
+            + (f" [{', '.join(outcome.flags)}]" if outcome.flags else "")
+            + _already(committed)
+        )
 
 
 def _already(committed: bool) -> str:

@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated data dir per test, SQLite and PostgreSQL registries, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.signer_support", "tests.planted"]  # tiny models; planted-signature registries
+pytest_plugins = [
+    "tests.signer_support",
+    "tests.planted",
+]  # tiny models; planted-signature registries
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
@@ -17,15 +21,22 @@ REFERENCE_PROMPTS = REPO.parent / "shared" / "reference" / "carlos_generative_pr
 
 # Tests counted per marker at the end; tests using these fixtures get the marker themselves.
 COUNTED_MARKERS = ("postgres", "browser", "reference", "slow")
-_FIXTURE_MARKERS = {"pg_server": "postgres", "pg_url": "postgres", "reference_registry": "reference",
-                    "reference_parquet": "reference", "reference_prompts": "reference"}
+_FIXTURE_MARKERS = {
+    "pg_server": "postgres",
+    "pg_url": "postgres",
+    "reference_registry": "reference",
+    "reference_parquet": "reference",
+    "reference_prompts": "reference",
+}
 
 
 def require_reference(path: Path) -> Path:
     """The file from ../shared/reference; a skip, or a failure under CARLOS_REG_REQUIRE_REFERENCE (CI)."""
     if not path.is_file():
         if os.environ.get("CARLOS_REG_REQUIRE_REFERENCE"):
-            pytest.fail(f"the reference data are required (CARLOS_REG_REQUIRE_REFERENCE is set) but {path} is missing")
+            pytest.fail(
+                f"the reference data are required (CARLOS_REG_REQUIRE_REFERENCE is set) but {path} is missing"
+            )
         pytest.skip(f"reference file not present at {path}")
     return path
 
@@ -53,7 +64,9 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("tests per marker")
     for marker in COUNTED_MARKERS:
         counts = _MARKER_OUTCOMES.get(marker, {})
-        detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none collected"
+        detail = (
+            ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none collected"
+        )
         terminalreporter.write_line(f"{marker:>10}: {detail}")
 
 
@@ -61,8 +74,15 @@ def pytest_terminal_summary(terminalreporter):
 def isolated_env(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("CARLOS_REG_HOME", str(home))
-    for var in ("CARLOS_REG_DB", "CIVITAI_API_KEY", "CIVITAI_BASE_URL", "CARLOS_REG_LOAD_PLUGINS",
-                "CARLOS_REG_CARLOS_PROMPTS", "CARLOS_REG_CARLOS_PROMPTS_URL", "CARLOS_REG_ALLOW_DOWNLOAD"):
+    for var in (
+        "CARLOS_REG_DB",
+        "CIVITAI_API_KEY",
+        "CIVITAI_BASE_URL",
+        "CARLOS_REG_LOAD_PLUGINS",
+        "CARLOS_REG_CARLOS_PROMPTS",
+        "CARLOS_REG_CARLOS_PROMPTS_URL",
+        "CARLOS_REG_ALLOW_DOWNLOAD",
+    ):
         monkeypatch.delenv(var, raising=False)
     return home
 
@@ -73,7 +93,9 @@ def pg_server():
 
     if find_bindir() is None:
         if os.environ.get("CARLOS_REG_REQUIRE_PG"):
-            pytest.fail("PostgreSQL binaries are required (CARLOS_REG_REQUIRE_PG is set) but were not found")
+            pytest.fail(
+                "PostgreSQL binaries are required (CARLOS_REG_REQUIRE_PG is set) but were not found"
+            )
         pytest.skip("PostgreSQL binaries not found")
     server = PgServer()
     yield server
@@ -148,14 +170,28 @@ def reference_prompts(monkeypatch):
     return REFERENCE_PROMPTS
 
 
-def run_cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    check: bool = False,
+    timeout: float = 300,
+    input: str | None = None,
+) -> subprocess.CompletedProcess:
     """Run ``carlos-reg`` in a fresh process, as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "registry", *args], capture_output=True, text=True,
-                          env=full_env, cwd=REPO, timeout=timeout, input=input)
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=timeout,
+        input=input,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"carlos-reg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        raise AssertionError(
+            f"carlos-reg {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+        )
     return proc
 
 

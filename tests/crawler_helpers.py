@@ -1,5 +1,6 @@
 """Test helpers for the crawler: a fault-injecting middleware around the real mirror server, a
 standard catalog, an in-process crawl, and a change counter on the catalog tables."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,11 +16,20 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from crawler.client import HTTP_RETRY
-from crawler.mirror import (CATALOG, BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry,
-                            write_catalog)
-from crawler.sync import CrawlOptions, Crawler
+from crawler.mirror import (
+    CATALOG,
+    BackgroundServer,
+    file_entry,
+    make_app,
+    model_entry,
+    tiny_lora,
+    version_entry,
+    write_catalog,
+)
+from crawler.sync import Crawler, CrawlOptions
 from registry.app import App
 from registry.settings import Secret, Settings
+
 
 def LISTING(r) -> bool:
     return r.path == "/api/v1/models"
@@ -73,8 +83,15 @@ class Faults:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler):
-        self.seen.append(Seen(request.method, request.path, list(request.query.items()),
-                              dict(request.headers), time.monotonic()))
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                list(request.query.items()),
+                dict(request.headers),
+                time.monotonic(),
+            )
+        )
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
@@ -87,12 +104,22 @@ class Faults:
             self.in_flight -= 1
 
 
-def respond(status: int, body: dict | str | bytes = b"", headers: dict | None = None,
-            content_type: str = "application/json"):
+def respond(
+    status: int,
+    body: dict | str | bytes = b"",
+    headers: dict | None = None,
+    content_type: str = "application/json",
+):
     async def action(request, handler):
-        data = json.dumps(body).encode() if isinstance(body, dict) else \
-            body.encode() if isinstance(body, str) else body
+        data = (
+            json.dumps(body).encode()
+            if isinstance(body, dict)
+            else body.encode()
+            if isinstance(body, str)
+            else body
+        )
         return web.Response(status=status, body=data, headers=headers, content_type=content_type)
+
     return action
 
 
@@ -104,24 +131,29 @@ malformed_json = respond(200, '{"items": [{"id": 1, "name": ', content_type="app
 def redirect(location: str):
     async def action(request, handler):
         raise web.HTTPTemporaryRedirect(location)
+
     return action
 
 
 def transform_json(fn: Callable[[dict], dict]):
     """Let the real handler answer, then rewrite its JSON."""
+
     async def action(request, handler):
         resp = await handler(request)
         doc = fn(json.loads(resp.body))
         return web.json_response(doc, status=resp.status)
+
     return action
 
 
 def unfiltered(request_rewrite=("types", "baseModels")):
     """The real listing, but with the type/base-model filters dropped (a server that ignores them)."""
+
     async def action(request, handler):
         kept = [(k, v) for k, v in request.query.items() if k not in request_rewrite]
         clone = request.clone(rel_url=request.rel_url.with_query(kept))
         return await handler(clone)
+
     return action
 
 
@@ -130,9 +162,16 @@ def file_bytes(request: web.Request) -> bytes:
     return request.app[CATALOG].file_path(file_id).read_bytes()
 
 
-def broken_body(*, cut_at: float = 0.5, mode: str = "truncate", honor_range: bool = True, stall_seconds: float = 30,
-                on_cut: Callable[[], None] | None = None):
+def broken_body(
+    *,
+    cut_at: float = 0.5,
+    mode: str = "truncate",
+    honor_range: bool = True,
+    stall_seconds: float = 30,
+    on_cut: Callable[[], None] | None = None,
+):
     """Serve a file route's bytes but break the body: truncate (FIN), reset (RST) or stall."""
+
     async def action(request, handler):
         data = file_bytes(request)
         start = 0
@@ -146,7 +185,7 @@ def broken_body(*, cut_at: float = 0.5, mode: str = "truncate", honor_range: boo
         if start:
             resp.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         await resp.prepare(request)
-        await resp.write(body[:max(1, int(len(body) * cut_at))])
+        await resp.write(body[: max(1, int(len(body) * cut_at))])
         if on_cut:
             on_cut()
         if mode == "stall":
@@ -156,13 +195,16 @@ def broken_body(*, cut_at: float = 0.5, mode: str = "truncate", honor_range: boo
         else:
             request.transport.close()
         return resp
+
     return action
 
 
 def ignore_range():
     """Serve a file route whole with 200, whatever Range asks."""
+
     async def action(request, handler):
         return web.Response(body=file_bytes(request), content_type="application/octet-stream")
+
     return action
 
 
@@ -180,31 +222,58 @@ class Catalog:
         return write_catalog(root, self.models, self.blobs)
 
 
-def lora_model(model_id: int, version_ids: list[int], *, base_model: str = "SDXL 1.0", type: str = "LORA",
-               blobs: dict[int, bytes] | None = None, tags=("style",), creator="alice", **file_kw) -> dict:
+def lora_model(
+    model_id: int,
+    version_ids: list[int],
+    *,
+    base_model: str = "SDXL 1.0",
+    type: str = "LORA",
+    blobs: dict[int, bytes] | None = None,
+    tags=("style",),
+    creator="alice",
+    **file_kw,
+) -> dict:
     versions = []
     for i, vid in enumerate(version_ids):
         fid = vid * 10
         data = tiny_lora(vid)
         if blobs is not None:
             blobs[fid] = data
-        versions.append(version_entry(vid, index=i, base_model=base_model, trained_words=[f"trig{vid}"],
-                                      files=[file_entry(fid, data, **file_kw)]))
-    return model_entry(model_id, versions=versions, type=type, tags=tags, creator=creator,
-                       name=f"LoRA {model_id}")
+        versions.append(
+            version_entry(
+                vid,
+                index=i,
+                base_model=base_model,
+                trained_words=[f"trig{vid}"],
+                files=[file_entry(fid, data, **file_kw)],
+            )
+        )
+    return model_entry(
+        model_id, versions=versions, type=type, tags=tags, creator=creator, name=f"LoRA {model_id}"
+    )
 
 
 def standard_catalog(n_models: int = 6) -> Catalog:
     """SDXL LoRAs of every family type, plus items a crawl must drop (SD 1.5, a checkpoint, Pony V7)."""
     blobs: dict[int, bytes] = {}
     models, expected = [], set()
-    families = [("LORA", "SDXL 1.0"), ("LoCon", "Pony"), ("DoRA", "Illustrious"), ("LORA", "NoobAI"),
-                ("LORA", "SDXL Lightning"), ("LoCon", "SDXL 1.0")]
+    families = [
+        ("LORA", "SDXL 1.0"),
+        ("LoCon", "Pony"),
+        ("DoRA", "Illustrious"),
+        ("LORA", "NoobAI"),
+        ("LORA", "SDXL Lightning"),
+        ("LoCon", "SDXL 1.0"),
+    ]
     for i in range(n_models):
         kind, base = families[i % len(families)]
         mid = 100 + i
         vids = [1000 + 10 * i, 1001 + 10 * i] if i % 3 == 0 else [1000 + 10 * i]
-        models.append(lora_model(mid, vids, base_model=base, type=kind, blobs=blobs, tags=("style", f"tag{i % 2}")))
+        models.append(
+            lora_model(
+                mid, vids, base_model=base, type=kind, blobs=blobs, tags=("style", f"tag{i % 2}")
+            )
+        )
         expected.update(vids)
     # a model with one SDXL and one SD 1.5 version: only the SDXL one counts
     mixed = lora_model(900, [9000], blobs=blobs)
@@ -232,7 +301,9 @@ def serve(root: Path, faults: Faults | None = None, **kw) -> BackgroundServer:
 
 
 def make_app_obj(home: Path, db_url: str, base_url: str, token: str | None = None) -> App:
-    return App(Settings(home=home, db_url=db_url, civitai_base_url=base_url, civitai_api_key=Secret(token)))
+    return App(
+        Settings(home=home, db_url=db_url, civitai_base_url=base_url, civitai_api_key=Secret(token))
+    )
 
 
 def run(app: App, *, sleeps: list | None = None, **options):
@@ -241,9 +312,11 @@ def run(app: App, *, sleeps: list | None = None, **options):
     options.setdefault("timeout", 2.0)
     kwargs = {}
     if sleeps is not None:
+
         async def fake_sleep(seconds):
             sleeps.append(seconds)
             await asyncio.sleep(0)
+
         kwargs["client_kwargs"] = {"sleep": fake_sleep}
     crawler = Crawler(app, CrawlOptions(**options), **kwargs)
     asyncio.run(crawler.run())
@@ -262,15 +335,27 @@ def install_change_counter(db) -> None:
         if db.is_sqlite:
             for t in CATALOG_TABLES:
                 for op in ("INSERT", "UPDATE", "DELETE"):
-                    s.execute(sa.text(f"CREATE TRIGGER _count_{t}_{op.lower()} AFTER {op} ON {t} "
-                                      f"BEGIN INSERT INTO _changes VALUES ('{t}', '{op}'); END"))
+                    s.execute(
+                        sa.text(
+                            f"CREATE TRIGGER _count_{t}_{op.lower()} AFTER {op} ON {t} "
+                            f"BEGIN INSERT INTO _changes VALUES ('{t}', '{op}'); END"
+                        )
+                    )
         else:
-            s.execute(sa.text("CREATE FUNCTION _count_change() RETURNS trigger AS $$ BEGIN "
-                              "INSERT INTO _changes VALUES (TG_TABLE_NAME, TG_OP); RETURN NULL; END $$ "
-                              "LANGUAGE plpgsql"))
+            s.execute(
+                sa.text(
+                    "CREATE FUNCTION _count_change() RETURNS trigger AS $$ BEGIN "
+                    "INSERT INTO _changes VALUES (TG_TABLE_NAME, TG_OP); RETURN NULL; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
             for t in CATALOG_TABLES:
-                s.execute(sa.text(f"CREATE TRIGGER _count_{t} AFTER INSERT OR UPDATE OR DELETE ON {t} "
-                                  f"FOR EACH ROW EXECUTE FUNCTION _count_change()"))
+                s.execute(
+                    sa.text(
+                        f"CREATE TRIGGER _count_{t} AFTER INSERT OR UPDATE OR DELETE ON {t} "
+                        f"FOR EACH ROW EXECUTE FUNCTION _count_change()"
+                    )
+                )
 
 
 def changes(db) -> list[tuple[str, str]]:

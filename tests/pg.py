@@ -3,6 +3,7 @@
 PostgreSQL refuses to run as root, so as root the cluster runs as the ``postgres`` user (in a
 temp dir it owns); as any other user it runs as that user. Trust auth on 127.0.0.1, a free port.
 """
+
 from __future__ import annotations
 
 import glob
@@ -36,14 +37,28 @@ class PgServer:
     def __init__(self, bindir: Path | None = None):
         self.bindir = bindir or find_bindir()
         if self.bindir is None:
-            raise RuntimeError("PostgreSQL binaries not found (install postgresql or set CARLOS_REG_PG_BINDIR)")
+            raise RuntimeError(
+                "PostgreSQL binaries not found (install postgresql or set CARLOS_REG_PG_BINDIR)"
+            )
         self.as_root = os.geteuid() == 0
         self.dir = Path(tempfile.mkdtemp(prefix="carlos-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(["initdb", "-D", str(self.data), "-U", "carlos", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        self._run(
+            [
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "carlos",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
         self.start()
 
     def _cmd(self, args: list[str]) -> list[str]:
@@ -56,9 +71,25 @@ class PgServer:
             raise RuntimeError(f"{args[0]} failed: {proc.stdout}{proc.stderr}")
 
     def start(self) -> None:
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
-        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "-o", opts, "start"])
+        opts = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        self._run(
+            [
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                opts,
+                "start",
+            ]
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run(["pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"])
@@ -75,7 +106,9 @@ class PgServer:
         import psycopg
 
         name = name or f"t_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=carlos dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=carlos dbname=postgres", autocommit=True
+        ) as c:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -83,7 +116,9 @@ class PgServer:
         import psycopg
 
         name = url.rsplit("/", 1)[1]
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=carlos dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=carlos dbname=postgres", autocommit=True
+        ) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def close(self) -> None:

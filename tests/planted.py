@@ -1,18 +1,19 @@
 """An in-process registry with planted signatures: the rules of search, reports and compare tested
 without signing anything (fast enough for mutation testing). Query vectors come from the tiny CLIP."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from signer.search import SearchEngine, SearchRequest
 from registry.app import App
 from registry.models import BaseCache, Version
 from registry.profiles import get_or_create_profile
 from registry.settings import Settings
 from registry.signatures import save_signature
 from registry.vectors import to_blob
+from signer.search import SearchEngine, SearchRequest
 from tests.signer_support import tiny_profile
 
 DIM = 32  # the tiny CLIP's width
@@ -40,15 +41,31 @@ class Registry:
             s.expunge(self.row)
         self.engine = SearchEngine(self.app)
 
-    def plant(self, vid: int, direction, strength: float = 2.0, consistency: float = 0.2, valid: bool = True,
-              n_samples: int = 100, **fields):
+    def plant(
+        self,
+        vid: int,
+        direction,
+        strength: float = 2.0,
+        consistency: float = 0.2,
+        valid: bool = True,
+        n_samples: int = 100,
+        **fields,
+    ):
         with self.app.db.write() as s:
             if s.get(Version, vid) is None:
                 s.add(Version(id=vid, name=f"lora {vid}", base_model="SDXL 1.0"))
                 s.flush()
-            save_signature(s, version_id=vid, profile_id=self.row.id, direction=np.asarray(direction, np.float32),
-                           strength=strength, consistency=consistency, valid=valid, n_samples=n_samples,
-                           **fields)
+            save_signature(
+                s,
+                version_id=vid,
+                profile_id=self.row.id,
+                direction=np.asarray(direction, np.float32),
+                strength=strength,
+                consistency=consistency,
+                valid=valid,
+                n_samples=n_samples,
+                **fields,
+            )
 
     def plant_query(self, text: str, vector) -> None:
         """The query's vector, as the encoder caches it: search then needs no CLIP model."""
@@ -64,14 +81,23 @@ class Registry:
         """The profile's cached base-branch mean image feature, which image queries subtract."""
         base = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
         with self.app.db.write() as s:
-            s.add(BaseCache(profile_id=self.row.id, n_samples=1, dim=DIM, artifact_path="none",
-                            mean_feature=to_blob(base)))
+            s.add(
+                BaseCache(
+                    profile_id=self.row.id,
+                    n_samples=1,
+                    dim=DIM,
+                    artifact_path="none",
+                    mean_feature=to_blob(base),
+                )
+            )
         return base
 
 
 def example_png(path, seed: int = 1):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.random.default_rng(seed).uniform(size=(32, 32, 3)) * 255).astype(np.uint8)).save(path)
+    Image.fromarray(
+        (np.random.default_rng(seed).uniform(size=(32, 32, 3)) * 255).astype(np.uint8)
+    ).save(path)
     return path
 
 

@@ -7,6 +7,7 @@
 transaction as ``complete`` and is then appended to LOG_FILE. ``hold`` claims one job, prints
 its id and sleeps (to be killed).
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,9 +36,17 @@ def main() -> None:
             if lease is None:
                 break
             with db.write() as session:
-                session.add(Signature(version_id=lease.version_id, profile_id=lease.profile_id, dim=2,
-                                      direction=to_blob([1.0, 0.0]), strength=1.0, consistency=1.0,
-                                      job_id=lease.job_id))
+                session.add(
+                    Signature(
+                        version_id=lease.version_id,
+                        profile_id=lease.profile_id,
+                        dim=2,
+                        direction=to_blob([1.0, 0.0]),
+                        strength=1.0,
+                        consistency=1.0,
+                        job_id=lease.job_id,
+                    )
+                )
                 queue.complete(session, lease)
             log.write(f"{lease.job_id}\n")
             log.flush()

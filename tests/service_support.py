@@ -1,4 +1,5 @@
 """Helpers to run ``carlos-reg serve`` as a real process on a free loopback port."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,20 @@ from tests.conftest import REPO
 
 class Server:
     def __init__(self, *args: str, env: dict | None = None, timeout: float = 120):
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"carlos-serve-{os.getpid()}-{time.monotonic_ns()}.log"
+        self.log = (
+            Path(os.environ.get("TMPDIR", "/tmp"))
+            / f"carlos-serve-{os.getpid()}-{time.monotonic_ns()}.log"
+        )
         self._log = self.log.open("w+")
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "registry", *args, "serve", "--port", "0",
-                                      *self._serve_args], cwd=REPO, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry", *args, "serve", "--port", "0", *self._serve_args],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = re.search(r"serving (http://[\d.]+:\d+)/", self.log.read_text())
@@ -38,7 +47,9 @@ class Server:
     _serve_args: tuple[str, ...] = ()
 
     @classmethod
-    def start(cls, *global_args: str, serve_args: tuple[str, ...] = (), env: dict | None = None) -> "Server":
+    def start(
+        cls, *global_args: str, serve_args: tuple[str, ...] = (), env: dict | None = None
+    ) -> "Server":
         obj = cls.__new__(cls)
         obj._serve_args = serve_args
         obj.__init__(*global_args, env=env)
@@ -54,7 +65,9 @@ class Server:
         return status, (json.loads(body) if "json" in ctype else body.decode())
 
     def post(self, path: str, data: bytes, content_type: str):
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": content_type}, method="POST")
+        req = urllib.request.Request(
+            self.url + path, data=data, headers={"Content-Type": content_type}, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
                 return resp.status, json.loads(resp.read())
@@ -80,9 +93,17 @@ def multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tu
     boundary = "carlosboundary7f3a"
     out = b""
     for name, value in fields.items():
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
     for name, filename, data in files:
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-                f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     out += f"--{boundary}--\r\n".encode()
     return out, f"multipart/form-data; boundary={boundary}"

@@ -4,6 +4,7 @@ folder, whatever module asks first), an engine on them, and LoRA file helpers.
 Fixtures here are imported by the signer test modules; the expensive work sits behind
 module-level caches so that two modules importing the fixture still build and load once.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,10 @@ def tiny_models(tmp_path_factory) -> Path:
         from signer.tiny import ensure_tiny_sdxl
 
         # CARLOS_REG_TEST_MODELS: a folder kept between sessions (mutation testing runs thousands)
-        folder = Path(os.environ.get("CARLOS_REG_TEST_MODELS") or tmp_path_factory.getbasetemp() / "signer-models")
+        folder = Path(
+            os.environ.get("CARLOS_REG_TEST_MODELS")
+            or tmp_path_factory.getbasetemp() / "signer-models"
+        )
         ensure_tiny_sdxl(folder)
         _CACHE["models"] = folder
     os.environ["CARLOS_REG_MODELS"] = str(_CACHE["models"])
@@ -69,8 +73,9 @@ class UnetCalls:
         self._handle.remove()
 
 
-def add_local_version(session, artifacts, version_id: int, path: Path, *, name: str | None = None,
-                      trained_words=()) -> int:
+def add_local_version(
+    session, artifacts, version_id: int, path: Path, *, name: str | None = None, trained_words=()
+) -> int:
     """A version with a verified file in the artifact store, as the crawler leaves it."""
     from registry.models import File, Version, utcnow
     from signer.store import sha256_file
@@ -79,8 +84,15 @@ def add_local_version(session, artifacts, version_id: int, path: Path, *, name: 
     rel = artifacts.put_bytes("lora", path.read_bytes(), ".safetensors")
     session.add(Version(id=version_id, name=name or path.stem, trained_words=list(trained_words)))
     session.flush()
-    f = File(version_id=version_id, name=path.name, sha256=digest, state="verified", local_path=rel, primary=True,
-             verified_at=utcnow())
+    f = File(
+        version_id=version_id,
+        name=path.name,
+        sha256=digest,
+        state="verified",
+        local_path=rel,
+        primary=True,
+        verified_at=utcnow(),
+    )
     session.add(f)
     session.flush()
     return f.id

@@ -28,10 +28,15 @@ def test_failed_write_leaves_nothing_at_the_final_path(tmp_path):
     assert list(store.path(rel).parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("kind, digest, suffix", [
-    ("../x", "0" * 64, ""), ("lora", "../" + "0" * 61, ""), ("lora", "0" * 64, "/../../x"),
-    ("lora", "Z" * 64, ""),
-])
+@pytest.mark.parametrize(
+    "kind, digest, suffix",
+    [
+        ("../x", "0" * 64, ""),
+        ("lora", "../" + "0" * 61, ""),
+        ("lora", "0" * 64, "/../../x"),
+        ("lora", "Z" * 64, ""),
+    ],
+)
 def test_names_from_outside_never_become_paths(tmp_path, kind, digest, suffix):
     with pytest.raises(ValueError):
         ArtifactStore(tmp_path).relative_path(kind, digest, suffix)

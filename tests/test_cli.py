@@ -1,4 +1,5 @@
 """The CLI contract: help without torch, --json documents, REF forms, one-line errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,17 @@ import pytest
 
 from tests.conftest import REPO, run_cli, run_json
 
-HEAVY = ("torch", "diffusers", "open_clip", "transformers", "numpy", "sqlalchemy", "sqlmodel", "aiohttp", "PIL")
+HEAVY = (
+    "torch",
+    "diffusers",
+    "open_clip",
+    "transformers",
+    "numpy",
+    "sqlalchemy",
+    "sqlmodel",
+    "aiohttp",
+    "PIL",
+)
 
 
 def _imported_by(*argv: str) -> tuple[list[str], str]:
@@ -25,7 +36,7 @@ def _imported_by(*argv: str) -> tuple[list[str], str]:
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY:")), "")
-    return eval(line[len("HEAVY:"):]) if line else ["no output"], proc.stdout + proc.stderr
+    return eval(line[len("HEAVY:") :]) if line else ["no output"], proc.stdout + proc.stderr
 
 
 def test_help_lists_commands_and_imports_no_heavy_module():
@@ -33,9 +44,18 @@ def test_help_lists_commands_and_imports_no_heavy_module():
     assert heavy == [], out
     for command in ("db", "loras", "show", "import", "plugins", "sign", "search", "crawl"):
         assert f"  {command} " in out
-    for argv in (["--version"], ["plugins", "--json"], ["show", "--help"], ["search", "--help"],
-                 ["signer", "--help"], ["report", "copyright", "--help"], ["scan", "--help"],
-                 ["export", "signatures", "--help"], ["compare", "--help"], ["crawl", "--help"]):
+    for argv in (
+        ["--version"],
+        ["plugins", "--json"],
+        ["show", "--help"],
+        ["search", "--help"],
+        ["signer", "--help"],
+        ["report", "copyright", "--help"],
+        ["scan", "--help"],
+        ["export", "signatures", "--help"],
+        ["compare", "--help"],
+        ["crawl", "--help"],
+    ):
         heavy, out = _imported_by(*argv)
         assert heavy == [], (argv, out)
 
@@ -57,7 +77,10 @@ def test_loras_json_fields_and_filters(small_registry):
     first = doc["loras"][0]
     for field in ("version_id", "model_id", "name", "base_model", "url", "strength", "consistency"):
         assert field in first
-    assert first["name"] == "Ink Style" and first["url"] == "https://civitai.com/models/5?modelVersionId=1000"
+    assert (
+        first["name"] == "Ink Style"
+        and first["url"] == "https://civitai.com/models/5?modelVersionId=1000"
+    )
     assert first["ref"] == "civitai:5@1000"
     assert run_json("--db", small_registry, "loras", "--unsigned")["total"] == 0
     assert run_json("--db", small_registry, "loras", "--signed", "--limit", "1")["count"] == 1
@@ -67,8 +90,18 @@ def test_loras_json_fields_and_filters(small_registry):
     assert proc.returncode == 1 and "no signer profile 'nope'" in proc.stderr
 
 
-@pytest.mark.parametrize("ref", ["1000", "civitai:5@1000", "urn:air:sdxl:lora:civitai:5@1000", "Ink Style",
-                                 "ink st", "civitai:5", "CIVITAI:5@1000"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "1000",
+        "civitai:5@1000",
+        "urn:air:sdxl:lora:civitai:5@1000",
+        "Ink Style",
+        "ink st",
+        "civitai:5",
+        "CIVITAI:5@1000",
+    ],
+)
 def test_show_resolves_every_ref_form(small_registry, ref):
     doc = run_json("--db", small_registry, "show", ref)
     assert doc["version_id"] == 1000 and doc["model_id"] == 5
@@ -76,18 +109,23 @@ def test_show_resolves_every_ref_form(small_registry, ref):
     assert doc["signatures"][0]["strength"] == 1.5
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("999", "no LoRA version 999"),
-    ("civitai:6@1000", "belongs to model 5, not 6"),
-    ("civitai:77", "no versions of Civitai model 77"),
-    ("local:4", "no LoRA version -4"),
-    ("no such lora", "no LoRA matches 'no such lora'"),
-    ("i", "matches several LoRAs"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("999", "no LoRA version 999"),
+        ("civitai:6@1000", "belongs to model 5, not 6"),
+        ("civitai:77", "no versions of Civitai model 77"),
+        ("local:4", "no LoRA version -4"),
+        ("no such lora", "no LoRA matches 'no such lora'"),
+        ("i", "matches several LoRAs"),
+    ],
+)
 def test_show_errors_are_one_clear_line(small_registry, ref, message):
     proc = run_cli("--db", small_registry, "show", ref)
     assert proc.returncode == 1
-    assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert (
+        message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    )
     assert proc.stdout == ""
 
 
@@ -99,24 +137,58 @@ def hashed_registry(small_registry):
 
     db = Database(small_registry)
     with db.write() as s:
-        s.add(File(version_id=1000, name="ink.safetensors", sha256="ab" * 32, autov1="0A1B2C3D", autov2="ABCDEF0123",
-                   autov3="0123456789AB", state="verified", primary=True))
-        s.add(File(version_id=1001, name="copy.safetensors", sha256="cd" * 32, autov2="FEDCBA9876", state="pending"))
-        s.add(File(version_id=1002, name="copy2.safetensors", sha256="ef" * 32, autov2="FEDCBA9876", state="pending"))
+        s.add(
+            File(
+                version_id=1000,
+                name="ink.safetensors",
+                sha256="ab" * 32,
+                autov1="0A1B2C3D",
+                autov2="ABCDEF0123",
+                autov3="0123456789AB",
+                state="verified",
+                primary=True,
+            )
+        )
+        s.add(
+            File(
+                version_id=1001,
+                name="copy.safetensors",
+                sha256="cd" * 32,
+                autov2="FEDCBA9876",
+                state="pending",
+            )
+        )
+        s.add(
+            File(
+                version_id=1002,
+                name="copy2.safetensors",
+                sha256="ef" * 32,
+                autov2="FEDCBA9876",
+                state="pending",
+            )
+        )
         s.add(Version(id=-3, name="my local lora", source="local"))
     db.dispose()
     return small_registry
 
 
-@pytest.mark.parametrize("ref, vid", [
-    ("https://civitai.com/models/5?modelVersionId=1000", 1000),  # what every table prints
-    ("https://civitai.com/models/5/ink-style?modelVersionId=1000", 1000),
-    ("civitai.com/models/5/ink-style", 1000),  # a model URL: its one version
-    ("https://civitai.com/api/download/models/1000", 1000),
-    ("https://civitai.com/api/v1/model-versions/1000", 1000),
-    ("ab" * 32, 1000), ("AB" * 32, 1000), ("abcdef0123", 1000), ("0123456789ab", 1000), ("0A1B2C3D", 1000),
-    ("-3", -3), ("local:3", -3),
-])
+@pytest.mark.parametrize(
+    "ref, vid",
+    [
+        ("https://civitai.com/models/5?modelVersionId=1000", 1000),  # what every table prints
+        ("https://civitai.com/models/5/ink-style?modelVersionId=1000", 1000),
+        ("civitai.com/models/5/ink-style", 1000),  # a model URL: its one version
+        ("https://civitai.com/api/download/models/1000", 1000),
+        ("https://civitai.com/api/v1/model-versions/1000", 1000),
+        ("ab" * 32, 1000),
+        ("AB" * 32, 1000),
+        ("abcdef0123", 1000),
+        ("0123456789ab", 1000),
+        ("0A1B2C3D", 1000),
+        ("-3", -3),
+        ("local:3", -3),
+    ],
+)
 def test_show_round_trips_urls_hashes_and_negative_ids(hashed_registry, ref, vid):
     doc = run_json("--db", hashed_registry, "show", ref)
     assert doc["version_id"] == vid
@@ -125,17 +197,26 @@ def test_show_round_trips_urls_hashes_and_negative_ids(hashed_registry, ref, vid
 def test_a_hash_shared_by_two_versions_is_ambiguous_and_urls_are_checked(hashed_registry):
     proc = run_cli("--db", hashed_registry, "show", "FEDCBA9876")
     assert proc.returncode == 1 and "1001, 1002" in proc.stderr and proc.stderr.count("\n") == 1
-    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/models/6?modelVersionId=1000")
+    proc = run_cli(
+        "--db", hashed_registry, "show", "https://civitai.com/models/6?modelVersionId=1000"
+    )
     assert proc.returncode == 1 and "belongs to model 5, not 6" in proc.stderr
-    proc = run_cli("--db", hashed_registry, "show", "https://civitai.com/api/download/models/424242")
+    proc = run_cli(
+        "--db", hashed_registry, "show", "https://civitai.com/api/download/models/424242"
+    )
     assert proc.returncode == 1 and "no LoRA version 424242" in proc.stderr
     # every URL the listing prints resolves back to its row
     rows = run_json("--db", hashed_registry, "loras")["loras"]
     assert sum(1 for r in rows if r["url"]) == 3  # local LoRAs have no Civitai URL
     for row in rows:
         if row["url"]:
-            assert run_json("--db", hashed_registry, "show", row["url"])["version_id"] == row["version_id"]
-        assert run_json("--db", hashed_registry, "show", row["ref"])["version_id"] == row["version_id"]
+            assert (
+                run_json("--db", hashed_registry, "show", row["url"])["version_id"]
+                == row["version_id"]
+            )
+        assert (
+            run_json("--db", hashed_registry, "show", row["ref"])["version_id"] == row["version_id"]
+        )
 
 
 def test_table_output_for_people(small_registry):
@@ -145,12 +226,15 @@ def test_table_output_for_people(small_registry):
     assert "[carlos-published]" in proc.stdout
 
 
-@pytest.mark.parametrize("url, message", [
-    ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot reach the registry database"),
-    ("mysql://x@y/z", "unsupported database mysql://"),
-    ("definitely not a url", "not a database URL"),
-    ("sqlite:////proc/forbidden/registry.db", "cannot create the folder"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql+psycopg://nobody@127.0.0.1:1/x", "cannot reach the registry database"),
+        ("mysql://x@y/z", "unsupported database mysql://"),
+        ("definitely not a url", "not a database URL"),
+        ("sqlite:////proc/forbidden/registry.db", "cannot create the folder"),
+    ],
+)
 def test_bad_database_urls_fail_cleanly(url, message):
     proc = run_cli("--db", url, "loras")
     assert proc.returncode == 1, proc.stderr
@@ -181,17 +265,26 @@ def test_two_processes_writing_sqlite_at_once_never_see_locked(sqlite_url):
                 n = s.execute(sa.select(sa.func.count()).select_from(VectorCache)).scalar_one()
                 s.add(VectorCache(namespace=sys.argv[2], key=f"{i}-{n}", dim=1, data=b"\\0\\0\\0\\0"))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, sqlite_url, f"p{i}"], cwd=REPO,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, sqlite_url, f"p{i}"],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     from registry.db import Database
+
     db = Database(sqlite_url)
     with db.read() as s:
         import sqlalchemy as sa
 
         from registry.models import VectorCache
+
         assert s.execute(sa.select(sa.func.count()).select_from(VectorCache)).scalar_one() == 400
     db.dispose()
 
@@ -216,13 +309,22 @@ def test_processes_opening_a_fresh_sqlite_registry_together_never_see_locked(tmp
             db.dispose()
     """)
     import time
+
     start = time.time() + 4.0  # after every interpreter has imported SQLAlchemy
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start), str(rounds)], cwd=REPO,
-                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), str(start), str(rounds)],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     import sqlite3
+
     for r in range(rounds):
         with sqlite3.connect(tmp_path / f"r{r}.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -244,16 +346,28 @@ def test_a_home_that_does_not_exist_is_refused_unless_created(tmp_path):
     assert run_json("--home", str(missing), "loras")["total"] == 0  # exists now
 
 
-@pytest.mark.parametrize("shell, marker", [("bash", "complete -o"), ("zsh", "compdef"),
-                                           ("fish", "complete --no-files --command carlos-reg")])
+@pytest.mark.parametrize(
+    "shell, marker",
+    [
+        ("bash", "complete -o"),
+        ("zsh", "compdef"),
+        ("fish", "complete --no-files --command carlos-reg"),
+    ],
+)
 def test_completion_scripts_and_the_completion_they_call(shell, marker):
     proc = run_cli("completion", shell, check=True)
     assert marker in proc.stdout and "_CARLOS_REG_COMPLETE" in proc.stdout
     # what the script asks the program at a <TAB> after "carlos-reg lo" and "carlos-reg signer "
-    env = {"_CARLOS_REG_COMPLETE": "bash_complete", "COMP_WORDS": "carlos-reg lo", "COMP_CWORD": "1"}
+    env = {
+        "_CARLOS_REG_COMPLETE": "bash_complete",
+        "COMP_WORDS": "carlos-reg lo",
+        "COMP_CWORD": "1",
+    }
     assert "plain,loras" in run_cli(env=env, check=True).stdout.splitlines()
     env.update(COMP_WORDS="carlos-reg signer ", COMP_CWORD="2")
-    assert {"plain,prompts", "plain,samples", "plain,work"} <= set(run_cli(env=env, check=True).stdout.splitlines())
+    assert {"plain,prompts", "plain,samples", "plain,work"} <= set(
+        run_cli(env=env, check=True).stdout.splitlines()
+    )
 
 
 def test_plugins_show_versions_and_verbosity_levels(small_registry):
@@ -272,6 +386,11 @@ def test_plugins_show_versions_and_verbosity_levels(small_registry):
 def test_signer_profiles_lists_profiles_with_signatures_imported_ones_included(small_registry):
     doc = run_json("--db", small_registry, "signer", "profiles")
     by_name = {p["name"]: p for p in doc["profiles"]}
-    assert by_name["carlos-published"]["signatures"] == 3 and by_name["carlos-published"]["defined_here"] is False
+    assert (
+        by_name["carlos-published"]["signatures"] == 3
+        and by_name["carlos-published"]["defined_here"] is False
+    )
     assert by_name["tiny"]["signatures"] == 0 and "hash" in by_name["tiny"]
-    assert "CARLOS_REG_CARLOS_PROMPTS" in by_name["paper"]["error"]  # not on this machine, and it says how
+    assert (
+        "CARLOS_REG_CARLOS_PROMPTS" in by_name["paper"]["error"]
+    )  # not on this machine, and it says how

@@ -1,13 +1,14 @@
 """Claims vs behavior, in process on planted signatures: the claim's vector computed here with the
 CLIP model (not taken from the encoder under test), agreement, claim rank against -k, worst first."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from registry.models import Version
 from signer.claim_check import ClaimChecker
 from signer.claim_text import claim_text
-from registry.models import Version
 from tests.conftest import run_json
 from tests.planted import at_cosine, unit
 
@@ -19,8 +20,10 @@ def _reciprocal_shift(registry, text: str) -> np.ndarray:
     source = registry.engine.encoder(registry.row).source
     clip = load_clip(source.profile)
     prompts = source.query_prompts
-    return (clip.encode_text([p + " " + text for p in prompts]).double().mean(dim=0).numpy()
-            - clip.encode_text(prompts).double().mean(dim=0).numpy())
+    return (
+        clip.encode_text([p + " " + text for p in prompts]).double().mean(dim=0).numpy()
+        - clip.encode_text(prompts).double().mean(dim=0).numpy()
+    )
 
 
 def _name(registry, vid: int, name: str) -> None:
@@ -29,16 +32,22 @@ def _name(registry, vid: int, name: str) -> None:
 
 
 def test_readme_claim_cleaning_example():
-    assert claim_text("ColoringBook.Redmond - Coloring Book Lora for SD XL", [], []) == "coloring book redmond"
-    assert claim_text("Ink v2.1 (SDXL) by someone", ["  ink wash ", "", "ink wash"], ["style"]) == "ink wash style"
+    assert (
+        claim_text("ColoringBook.Redmond - Coloring Book Lora for SD XL", [], [])
+        == "coloring book redmond"
+    )
+    assert (
+        claim_text("Ink v2.1 (SDXL) by someone", ["  ink wash ", "", "ink wash"], ["style"])
+        == "ink wash style"
+    )
 
 
 def test_agreement_rank_and_support(registry):
     claim = "watercolor painting"
     q = unit(_reciprocal_shift(registry, claim))
-    registry.plant(1, q * 3)                          # does what it says
-    registry.plant(2, -q * 3)                         # does the opposite
-    registry.plant(3, at_cosine(q, 0.5, 3) * 3)       # agrees a little, but two others agree more
+    registry.plant(1, q * 3)  # does what it says
+    registry.plant(2, -q * 3)  # does the opposite
+    registry.plant(3, at_cosine(q, 0.5, 3) * 3)  # agrees a little, but two others agree more
     registry.plant(4, at_cosine(q, 0.9, 4) * 3)
     registry.plant(5, at_cosine(q, 0.8, 5) * 3)
     for vid in (1, 2, 3):

@@ -6,11 +6,11 @@ body, a reset, a server ignoring Range, a wrong SHA256, a cross-origin redirect 
 not arrive), a redirect loop, hostile file names, a pickle file; and all of them in one crawl.
 The registry here is SQLite (the database is not the point; test_crawler_sync runs both).
 """
+
 from __future__ import annotations
 
-from dataclasses import replace
-
 import hashlib
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -19,12 +19,37 @@ import sqlalchemy as sa
 
 from crawler.client import HTTP_RETRY, RetryPolicy
 from crawler.download import DownloadLimits
-from crawler.mirror import BackgroundServer, file_entry, make_app, model_entry, tiny_lora, version_entry
+from crawler.mirror import (
+    BackgroundServer,
+    file_entry,
+    make_app,
+    model_entry,
+    tiny_lora,
+    version_entry,
+)
 from crawler.sync import CrawlFailed, CrawlOptions
 from registry.models import CrawlError, CrawlRun
-from tests.crawler_helpers import (DOWNLOADS, FILES, LISTING, MAINTENANCE, Catalog, Faults, broken_body,
-                                   files_by_version, html_page, ignore_range, make_app_obj, malformed_json,
-                                   redirect, respond, run, serve, standard_catalog, unfiltered, versions_in)
+from tests.crawler_helpers import (
+    DOWNLOADS,
+    FILES,
+    LISTING,
+    MAINTENANCE,
+    Catalog,
+    Faults,
+    broken_body,
+    files_by_version,
+    html_page,
+    ignore_range,
+    make_app_obj,
+    malformed_json,
+    redirect,
+    respond,
+    run,
+    serve,
+    standard_catalog,
+    unfiltered,
+    versions_in,
+)
 
 TOKEN = "canary-7f3e9b1c5d2a48e6"
 
@@ -48,7 +73,9 @@ def setup(tmp_path):
         faults = Faults()
         server = serve(tmp_path / "mirror", faults, **app_kw).start()
         state["server"] = server
-        app = make_app_obj(tmp_path / "home", f"sqlite:///{tmp_path / 'registry.db'}", server.url, client_token)
+        app = make_app_obj(
+            tmp_path / "home", f"sqlite:///{tmp_path / 'registry.db'}", server.url, client_token
+        )
         state["app"] = app
         return catalog, faults, server, app
 
@@ -71,19 +98,33 @@ def files_under(root) -> list[str]:
 # ---------------------------------------------------------------- the listing
 
 
-@pytest.mark.parametrize("header, low, high", [
-    ("3", 3.0, 3.0), ("HTTP-DATE", 5.0, 10.0), ("0", 0.0, 0.001), ("garbage", 0.0, 0.001), (None, 0.0, 0.001),
-])
+@pytest.mark.parametrize(
+    "header, low, high",
+    [
+        ("3", 3.0, 3.0),
+        ("HTTP-DATE", 5.0, 10.0),
+        ("0", 0.0, 0.001),
+        ("garbage", 0.0, 0.001),
+        (None, 0.0, 0.001),
+    ],
+)
 def test_429_is_retried_honouring_retry_after(setup, header, low, high):
     catalog, faults, _, app = setup()
     if header == "HTTP-DATE":
         header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
-    faults.add(LISTING, respond(429, {"error": "Rate limited"}, headers={"Retry-After": header} if header else None))
+    faults.add(
+        LISTING,
+        respond(
+            429, {"error": "Rate limited"}, headers={"Retry-After": header} if header else None
+        ),
+    )
     sleeps: list[float] = []
     stats = run(app, sleeps=sleeps, download=False)
     assert stats.status == "ok" and versions_in(app.db) == catalog.expected_versions
     assert len(faults.requests("/api/v1/models")) == 2 and stats.retries == 1
-    assert low <= sleeps[0] <= high  # backoff in FAST is at most 1 ms: any longer wait came from Retry-After
+    assert (
+        low <= sleeps[0] <= high
+    )  # backoff in FAST is at most 1 ms: any longer wait came from Retry-After
 
 
 def test_a_retry_after_longer_than_the_crawl_waits_is_not_retried(setup):
@@ -96,20 +137,30 @@ def test_a_retry_after_longer_than_the_crawl_waits_is_not_retried(setup):
 
 def test_the_page_cap_429_is_final(setup):
     _, faults, _, app = setup()
-    faults.add(LISTING, respond(429, {"error": "You've requested too many pages, please use cursors instead"}))
+    faults.add(
+        LISTING,
+        respond(429, {"error": "You've requested too many pages, please use cursors instead"}),
+    )
     with pytest.raises(CrawlFailed, match="page-number cap"):
         run(app)
     assert len(faults.requests("/api/v1/models")) == 1
     with app.db.read() as s:
         run_row = s.execute(sa.select(CrawlRun)).scalar_one()
-        assert run_row.status == "failed" and run_row.error_count == 1 and run_row.finished_at is not None
+        assert (
+            run_row.status == "failed"
+            and run_row.error_count == 1
+            and run_row.finished_at is not None
+        )
 
 
 @pytest.mark.parametrize("fault", ["500", "502", "503", "504", "html", "malformed", "not-a-page"])
 def test_server_errors_html_and_broken_json_are_retried(setup, fault):
     catalog, faults, _, app = setup()
-    action = {"html": html_page, "malformed": malformed_json,
-              "not-a-page": respond(200, {"items": "nope"})}.get(fault) or respond(int(fault), {"error": "x"})
+    action = {
+        "html": html_page,
+        "malformed": malformed_json,
+        "not-a-page": respond(200, {"items": "nope"}),
+    }.get(fault) or respond(int(fault), {"error": "x"})
     faults.add(LISTING, action, times=3)
     stats = run(app, download=False)
     assert stats.status == "ok" and stats.retries == 3 and stats.errors == 0
@@ -124,7 +175,9 @@ def test_retries_are_counted_by_reason_in_the_crawl_stats(setup):
     doc = stats.summary(CrawlOptions())
     assert stats.status == "ok" and doc["retry/count"] == doc["retries"] == 3
     assert {k: v for k, v in doc.items() if k.startswith("retry/reason/")} == {
-        "retry/reason/http": 2, "retry/reason/html": 1}
+        "retry/reason/http": 2,
+        "retry/reason/html": 1,
+    }
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 451])
@@ -138,13 +191,18 @@ def test_final_statuses_are_not_retried(setup, status):
 
 def test_a_later_page_that_keeps_failing_ends_the_listing_not_the_crawl(setup):
     catalog, faults, _, app = setup()
-    faults.add(lambda r: LISTING(r) and "cursor" in r.query, respond(503, MAINTENANCE, content_type="text/html"),
-               times=None)
+    faults.add(
+        lambda r: LISTING(r) and "cursor" in r.query,
+        respond(503, MAINTENANCE, content_type="text/html"),
+        times=None,
+    )
     stats = run(app, page_limit=3)
     assert stats.status == "partial" and stats.pages == 1 and stats.files_verified == 4
     assert len(versions_in(app.db)) == 4  # 100 (two versions), 101, 102
     (error,) = [e for e in errors_of(app, stats.run_id) if e.stage == "page"]
-    assert error.status_code == 503 and "listing stops" in error.message and "?" not in error.message
+    assert (
+        error.status_code == 503 and "listing stops" in error.message and "?" not in error.message
+    )
 
 
 # ---------------------------------------------------------------- downloads
@@ -158,7 +216,9 @@ def test_broken_bodies_resume_with_range(setup, mode):
     f = files_by_version(app.db)[1000]
     assert f.state == "verified" and f.sha256 == catalog.expected_files[1000]
     ranges = [s.headers.get("Range") for s in faults.requests(f"{FILES}10000")]
-    assert ranges[0] is None and all(r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges[1:])
+    assert ranges[0] is None and all(
+        r and r.startswith("bytes=") and r != "bytes=0-" for r in ranges[1:]
+    )
     assert len(ranges) == 3 and stats.errors == 0
     data = app.settings.artifacts.path(f.local_path).read_bytes()
     assert hashlib.sha256(data).hexdigest() == f.sha256
@@ -173,7 +233,9 @@ def test_a_server_that_ignores_range_restarts_the_file(setup):
     f = files_by_version(app.db)[1000]
     assert f.state == "verified" and stats.errors == 0
     path = app.settings.artifacts.path(f.local_path)
-    assert path.stat().st_size == len(catalog.blobs[10000])  # not the first half plus the whole file
+    assert path.stat().st_size == len(
+        catalog.blobs[10000]
+    )  # not the first half plus the whole file
     assert faults.requests(f"{FILES}10000")[1].headers.get("Range", "").startswith("bytes=")
 
 
@@ -198,9 +260,13 @@ def test_wrong_sha256_is_quarantined_and_never_reaches_a_final_path(setup):
     assert hashlib.sha256(tiny_lora(78)).hexdigest() in f.error
     assert f.local_path.startswith("quarantine/")
     store = app.settings.artifacts
-    assert not store.exists(store.relative_path("lora", hashlib.sha256(good).hexdigest(), ".safetensors"))
+    assert not store.exists(
+        store.relative_path("lora", hashlib.sha256(good).hexdigest(), ".safetensors")
+    )
     assert store.path(f.local_path).read_bytes() == tiny_lora(78)
-    assert stats.files_quarantined == 1 and any("SHA256 mismatch" in e.message for e in errors_of(app, stats.run_id))
+    assert stats.files_quarantined == 1 and any(
+        "SHA256 mismatch" in e.message for e in errors_of(app, stats.run_id)
+    )
     for _ in range(3):  # retried by later crawls, a bounded number of times
         run(app)
     assert files_by_version(app.db)[vid].attempts == 3
@@ -229,8 +295,13 @@ def test_pickle_files_are_recorded_unsupported_and_never_requested(setup):
 
 def test_hostile_file_names_never_become_paths(setup, tmp_path):
     catalog = standard_catalog()
-    names = ["../../../evil.safetensors", "/tmp/abs-evil.safetensors", "..\\..\\win-evil.safetensors",
-             "con.safetensors", "a/../../b-evil.safetensors"]
+    names = [
+        "../../../evil.safetensors",
+        "/tmp/abs-evil.safetensors",
+        "..\\..\\win-evil.safetensors",
+        "con.safetensors",
+        "a/../../b-evil.safetensors",
+    ]
     vids = [_special(catalog, 960 + i, tiny_lora(960 + i), name=n) for i, n in enumerate(names)]
     _, faults, server, app = setup(catalog)
     run(app)
@@ -240,7 +311,10 @@ def test_hostile_file_names_never_become_paths(setup, tmp_path):
     # the mirror sent them in Content-Disposition too; nothing but content-addressed paths appeared
     for rel in files_under(tmp_path / "home"):
         assert rel.startswith("artifacts/lora/"), rel
-    assert not list(tmp_path.parent.glob("*evil*")) and not (tmp_path / "abs-evil.safetensors").exists()
+    assert (
+        not list(tmp_path.parent.glob("*evil*"))
+        and not (tmp_path / "abs-evil.safetensors").exists()
+    )
     assert not __import__("pathlib").Path("/tmp/abs-evil.safetensors").exists()
     # the hostile names really were on the wire, in the API's answers (the mirror's own
     # Content-Disposition carries only a sanitised last path part: see test_hostile_mirror)
@@ -255,13 +329,21 @@ def test_the_token_never_follows_a_redirect_to_another_origin(setup, tmp_path):
     cdn_faults = Faults()
     catalog = standard_catalog()
     catalog.write(tmp_path / "mirror")
-    with BackgroundServer(make_app(tmp_path / "mirror", middlewares=[cdn_faults.middleware])) as cdn:
-        _, faults, _, app = setup(catalog, client_token=TOKEN, token=TOKEN,
-                                  files_base_url=cdn.url.replace("127.0.0.1", "localhost"))
+    with BackgroundServer(
+        make_app(tmp_path / "mirror", middlewares=[cdn_faults.middleware])
+    ) as cdn:
+        _, faults, _, app = setup(
+            catalog,
+            client_token=TOKEN,
+            token=TOKEN,
+            files_base_url=cdn.url.replace("127.0.0.1", "localhost"),
+        )
         stats = run(app)
     assert stats.files_verified == len(catalog.expected_files) and stats.errors == 0
     api_downloads = faults.requests(DOWNLOADS)
-    assert api_downloads and all(s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in api_downloads)
+    assert api_downloads and all(
+        s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in api_downloads
+    )
     assert all("token" not in dict(s.query) for s in faults.seen)
     assert len(cdn_faults.seen) == len(catalog.expected_files)
     for s in cdn_faults.seen:
@@ -279,7 +361,9 @@ def test_downloads_need_the_token_when_the_mirror_requires_one(setup):
 
 def test_a_redirect_loop_is_cut_and_recorded(setup):
     _, faults, server, app = setup()
-    faults.add(download_route(1000), redirect("/api/download/models/1000?fileId=10000&hop=2"), times=None)
+    faults.add(
+        download_route(1000), redirect("/api/download/models/1000?fileId=10000&hop=2"), times=None
+    )
     stats = run(app)
     f = files_by_version(app.db)[1000]
     assert f.state == "failed" and "redirect loop" in f.error and f.local_path is None
@@ -305,7 +389,9 @@ def test_limits_are_checked_before_any_byte(setup):
     stats = run(app, limits=DownloadLimits(min_free_bytes=1 << 62))
     assert stats.files_deferred == len(catalog.expected_files) and faults.requests(DOWNLOADS) == []
     f = files_by_version(app.db)[1000]
-    assert f.state == "failed" and f.attempts == 1 and "free space" in f.error  # deferral costs no attempt
+    assert (
+        f.state == "failed" and f.attempts == 1 and "free space" in f.error
+    )  # deferral costs no attempt
 
 
 def test_per_host_concurrency_limit(setup):
@@ -340,8 +426,12 @@ def test_the_client_keeps_to_its_per_host_limit(setup):
     faults.add("/api/v1/models/", slow, times=None)
 
     async def main():
-        async with CivitaiClient(server.url, per_host=3, policy=RetryPolicy(max_attempts=1)) as client:
-            await asyncio.gather(*(client.get_json(f"/api/v1/models/{100 + i % 6}") for i in range(12)))
+        async with CivitaiClient(
+            server.url, per_host=3, policy=RetryPolicy(max_attempts=1)
+        ) as client:
+            await asyncio.gather(
+                *(client.get_json(f"/api/v1/models/{100 + i % 6}") for i in range(12))
+            )
 
     asyncio.run(main())
     assert len(faults.requests("/api/v1/models/")) == 12 and faults.peak_in_flight == 3
@@ -361,12 +451,26 @@ def test_a_crawl_through_every_fault_ends_exactly_right(setup, tmp_path):
     looping = _special(catalog, 955, tiny_lora(955))
     cdn_faults = Faults()
     catalog.write(tmp_path / "mirror")
-    with BackgroundServer(make_app(tmp_path / "mirror", middlewares=[cdn_faults.middleware])) as cdn:
-        _, faults, _, app = setup(catalog, client_token=TOKEN, token=TOKEN,
-                                  files_base_url=cdn.url.replace("127.0.0.1", "localhost"))
-        for action in (respond(429, {"error": "slow"}, headers={"Retry-After": "soon"}), respond(502, "bad gateway"),
-                       html_page, malformed_json, respond(504, ""), respond(429, {}, headers={"Retry-After": "0"})):
-            faults.add(lambda r: LISTING(r) and "cursor" in r.query, action)  # six failures, one page after another
+    with BackgroundServer(
+        make_app(tmp_path / "mirror", middlewares=[cdn_faults.middleware])
+    ) as cdn:
+        _, faults, _, app = setup(
+            catalog,
+            client_token=TOKEN,
+            token=TOKEN,
+            files_base_url=cdn.url.replace("127.0.0.1", "localhost"),
+        )
+        for action in (
+            respond(429, {"error": "slow"}, headers={"Retry-After": "soon"}),
+            respond(502, "bad gateway"),
+            html_page,
+            malformed_json,
+            respond(504, ""),
+            respond(429, {}, headers={"Retry-After": "0"}),
+        ):
+            faults.add(
+                lambda r: LISTING(r) and "cursor" in r.query, action
+            )  # six failures, one page after another
         faults.add(LISTING, unfiltered(), times=None)  # and the server returns non-SDXL items too
         faults.add(download_route(looping), redirect(f"{DOWNLOADS}{looping}?again=1"), times=None)
         faults.add(download_route(1010), respond(429, {"error": "too many downloads"}))
@@ -382,11 +486,19 @@ def test_a_crawl_through_every_fault_ends_exactly_right(setup, tmp_path):
     assert stats.status == "ok" and stats.complete and stats.models_dropped == 3
     assert versions_in(app.db) == catalog.expected_versions
     files = files_by_version(app.db)
-    bad = {wrong: ("quarantined", "SHA256 mismatch"), pickle: ("unsupported", "pickle"),
-           corrupt: ("quarantined", "not a valid safetensors"), missing: ("failed", "not found"),
-           looping: ("failed", "redirect loop")}
+    bad = {
+        wrong: ("quarantined", "SHA256 mismatch"),
+        pickle: ("unsupported", "pickle"),
+        corrupt: ("quarantined", "not a valid safetensors"),
+        missing: ("failed", "not found"),
+        looping: ("failed", "redirect loop"),
+    }
     for vid, (state, reason) in bad.items():
-        assert files[vid].state == state and reason in files[vid].error, (vid, files[vid].state, files[vid].error)
+        assert files[vid].state == state and reason in files[vid].error, (
+            vid,
+            files[vid].state,
+            files[vid].error,
+        )
     store = app.settings.artifacts
     verified = {v for v, f in files.items() if f.state == "verified"}
     assert verified == catalog.expected_versions - set(bad)

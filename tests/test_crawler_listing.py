@@ -1,5 +1,6 @@
 """What a crawl asks Civitai for (the README's listing parameters, exactly), what it keeps when the
 server ignores its filters, and where the token goes along a redirect chain."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,17 @@ from tests.crawler_helpers import (
     versions_in,
 )
 
-SDXL_FAMILY = ["SDXL 1.0", "SDXL 0.9", "SDXL 1.0 LCM", "SDXL Turbo", "SDXL Lightning", "SDXL Hyper", "Pony",
-               "Illustrious", "NoobAI"]  # the README's list
+SDXL_FAMILY = [
+    "SDXL 1.0",
+    "SDXL 0.9",
+    "SDXL 1.0 LCM",
+    "SDXL Turbo",
+    "SDXL Lightning",
+    "SDXL Hyper",
+    "Pony",
+    "Illustrious",
+    "NoobAI",
+]  # the README's list
 
 
 @pytest.fixture
@@ -55,9 +65,18 @@ def test_listing_parameters_are_the_readmes(crawl):
     stats, faults, _ = crawl(standard_catalog(), page_limit=100)
     pages = faults.requests("/api/v1/models")
     assert stats.status == "ok" and pages
-    want = Counter([("types", "LORA"), ("types", "LoCon"), ("types", "DoRA"), ("nsfw", "true"),
-                    ("archived", "true"), ("limit", "100"), ("sort", "Oldest")]
-                   + [("baseModels", b) for b in SDXL_FAMILY])
+    want = Counter(
+        [
+            ("types", "LORA"),
+            ("types", "LoCon"),
+            ("types", "DoRA"),
+            ("nsfw", "true"),
+            ("archived", "true"),
+            ("limit", "100"),
+            ("sort", "Oldest"),
+        ]
+        + [("baseModels", b) for b in SDXL_FAMILY]
+    )
     assert all(_query(p) == want for p in pages)
 
 
@@ -67,7 +86,9 @@ def test_base_model_narrows_the_request_and_the_answer(crawl):
     pony = {v["id"] for m in catalog.models for v in m["modelVersions"] if v["baseModel"] == "Pony"}
     assert pony == {1010}
     stats, faults, app = crawl(catalog, rules=[(LISTING, unfiltered())], base_models=("Pony",))
-    assert [v for k, v in faults.requests("/api/v1/models")[0].query if k == "baseModels"] == ["Pony"]
+    assert [v for k, v in faults.requests("/api/v1/models")[0].query if k == "baseModels"] == [
+        "Pony"
+    ]
     assert versions_in(app.db) == pony and stats.status == "ok"
 
 
@@ -100,7 +121,10 @@ def test_the_token_never_returns_along_a_redirect_chain(tmp_path):
     api_app, other_app = web.Application(), web.Application()
     api_app.router.add_get("/api/{tail:.*}", api)
     other_app.router.add_get("/bounce", bounce)
-    with BackgroundServer(api_app) as api_server, BackgroundServer(other_app, host="localhost") as other:
+    with (
+        BackgroundServer(api_app) as api_server,
+        BackgroundServer(other_app, host="localhost") as other,
+    ):
 
         async def go():
             async with CivitaiClient(api_server.url, token="tok-secret-123") as client:
@@ -112,8 +136,12 @@ def test_the_token_never_returns_along_a_redirect_chain(tmp_path):
 
 def test_the_listing_follows_the_cursor_to_the_end(crawl):
     catalog = standard_catalog()
-    listed = [m for m in catalog.models if m["type"] in ("LORA", "LoCon", "DoRA")
-              and any(v["baseModel"] in SDXL_FAMILY for v in m["modelVersions"])]  # what the server answers
+    listed = [
+        m
+        for m in catalog.models
+        if m["type"] in ("LORA", "LoCon", "DoRA")
+        and any(v["baseModel"] in SDXL_FAMILY for v in m["modelVersions"])
+    ]  # what the server answers
     stats, faults, app = crawl(catalog, page_limit=3)
     pages = faults.requests("/api/v1/models")
     assert len(pages) >= 3 and "cursor" not in dict(pages[0].query)

@@ -1,5 +1,6 @@
 """Crawling into the registry, on SQLite and PostgreSQL: what lands, idempotence, disappearance,
 new versions, the verified-file hook, cursor faults, export."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,23 @@ from crawler.mirror import BackgroundServer, make_app
 from registry import hookimpl
 from registry.models import CrawlError, CrawlRun, Creator, File, Model, ModelTag, Tag, Version
 from registry.plugins import pm
-from tests.crawler_helpers import (LISTING, Faults, changes, dump, files_by_version, install_change_counter,
-                                   lora_model, make_app_obj, respond, run, serve, standard_catalog, transform_json,
-                                   unfiltered, versions_in)
+from tests.crawler_helpers import (
+    LISTING,
+    Faults,
+    changes,
+    dump,
+    files_by_version,
+    install_change_counter,
+    lora_model,
+    make_app_obj,
+    respond,
+    run,
+    serve,
+    standard_catalog,
+    transform_json,
+    unfiltered,
+    versions_in,
+)
 
 
 @pytest.fixture
@@ -43,7 +58,9 @@ def app(tmp_path, db_url, server):
 
 
 def test_crawl_lands_exactly_the_sdxl_loras_with_verified_files(app, catalog, faults):
-    faults.add(LISTING, unfiltered(), times=None)  # a server that returns non-SDXL and non-LoRA items too
+    faults.add(
+        LISTING, unfiltered(), times=None
+    )  # a server that returns non-SDXL and non-LoRA items too
     stats = run(app, concurrency=3)
     assert stats.status == "ok" and stats.complete and stats.errors == 0
     assert stats.models_dropped == 3  # SD 1.5, the checkpoint and Pony V7
@@ -58,26 +75,53 @@ def test_crawl_lands_exactly_the_sdxl_loras_with_verified_files(app, catalog, fa
     assert stats.files_verified == len(catalog.expected_files)
     with app.db.read() as s:
         model = s.get(Model, 100)
-        assert model.raw["name"] == "LoRA 100" and "modelVersions" not in model.raw and model.raw_hash
-        assert model.creator_id == s.execute(sa.select(Creator.id).where(Creator.username == "alice")).scalar_one()
-        tags = set(s.execute(sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 100)).scalars())
+        assert (
+            model.raw["name"] == "LoRA 100" and "modelVersions" not in model.raw and model.raw_hash
+        )
+        assert (
+            model.creator_id
+            == s.execute(sa.select(Creator.id).where(Creator.username == "alice")).scalar_one()
+        )
+        tags = set(
+            s.execute(sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 100)).scalars()
+        )
         assert tags == {"style", "tag0"}
         version = s.get(Version, 1000)
-        assert version.trained_words == ["trig1000"] and version.base_model == "SDXL 1.0" and version.raw["id"] == 1000
-        assert s.get(Model, 900) is not None and s.get(Version, 9001) is None  # the SD 1.5 version of a mixed model
+        assert (
+            version.trained_words == ["trig1000"]
+            and version.base_model == "SDXL 1.0"
+            and version.raw["id"] == 1000
+        )
+        assert (
+            s.get(Model, 900) is not None and s.get(Version, 9001) is None
+        )  # the SD 1.5 version of a mixed model
         run_row = s.get(CrawlRun, stats.run_id)
-        assert run_row.status == "ok" and run_row.pages == 1 and run_row.versions_new == len(catalog.expected_versions)
-        assert run_row.files_verified == len(catalog.expected_files) and run_row.finished_at is not None
+        assert (
+            run_row.status == "ok"
+            and run_row.pages == 1
+            and run_row.versions_new == len(catalog.expected_versions)
+        )
+        assert (
+            run_row.files_verified == len(catalog.expected_files)
+            and run_row.finished_at is not None
+        )
 
 
-def test_second_crawl_of_an_unchanged_catalog_writes_no_row_and_downloads_nothing(app, catalog, faults):
+def test_second_crawl_of_an_unchanged_catalog_writes_no_row_and_downloads_nothing(
+    app, catalog, faults
+):
     run(app)
     install_change_counter(app.db)
     before = dump(app.db)
     downloads_before = len(faults.requests("/api/download/"))
     stats = run(app, full=True)
     assert stats.status == "ok" and stats.errors == 0
-    assert (stats.models_new, stats.models_updated, stats.versions_new, stats.versions_updated) == (0, 0, 0, 0)
+    assert (stats.models_new, stats.models_updated, stats.versions_new, stats.versions_updated) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert stats.bytes_downloaded == 0 and stats.files_queued == 0
     assert len(faults.requests("/api/download/")) == downloads_before
     assert changes(app.db) == []
@@ -87,7 +131,9 @@ def test_second_crawl_of_an_unchanged_catalog_writes_no_row_and_downloads_nothin
 def test_changes_upstream_are_picked_up(app, catalog, tmp_path):
     run(app)
     install_change_counter(app.db)
-    catalog.models[1]["modelVersions"].append(lora_model(0, [5555], blobs=catalog.blobs)["modelVersions"][0])
+    catalog.models[1]["modelVersions"].append(
+        lora_model(0, [5555], blobs=catalog.blobs)["modelVersions"][0]
+    )
     catalog.models[2]["name"] = "Renamed"
     catalog.models[2]["tags"] = ["new-tag"]
     catalog.write(tmp_path / "mirror")
@@ -96,20 +142,30 @@ def test_changes_upstream_are_picked_up(app, catalog, tmp_path):
     assert 5555 in versions_in(app.db) and files_by_version(app.db)[5555].state == "verified"
     with app.db.read() as s:
         assert s.get(Model, 102).name == "Renamed"
-        tags = s.execute(sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 102)).scalars()
+        tags = s.execute(
+            sa.select(Tag.name).join(ModelTag).where(ModelTag.model_id == 102)
+        ).scalars()
         assert set(tags) == {"new-tag"}
     touched = {t for t, _ in changes(app.db)}
-    assert touched <= {"model", "model_tag", "tag", "version", "file", "creator"} and "version" in touched
+    assert (
+        touched <= {"model", "model_tag", "tag", "version", "file", "creator"}
+        and "version" in touched
+    )
 
 
 def test_gone_only_after_a_confirmed_complete_full_pass(app, catalog, tmp_path, faults):
     run(app)
     removed_model = catalog.models.pop(1)  # model 101 deleted upstream
-    dropped_version = catalog.models[0]["modelVersions"].pop(1)["id"]  # version 1001 deleted, model 100 stays
+    dropped_version = catalog.models[0]["modelVersions"].pop(1)[
+        "id"
+    ]  # version 1001 deleted, model 100 stays
     catalog.write(tmp_path / "mirror")
     # a listing that merely skips model 103 (it is still upstream: /models/103 answers)
-    faults.add(LISTING, transform_json(lambda d: {**d, "items": [i for i in d["items"] if i["id"] != 103]}),
-               times=None)
+    faults.add(
+        LISTING,
+        transform_json(lambda d: {**d, "items": [i for i in d["items"] if i["id"] != 103]}),
+        times=None,
+    )
 
     stats = run(app)  # not --full: nothing is marked
     assert stats.gone_check.startswith("off") and versions_in(app.db, alive=False) == set()
@@ -119,7 +175,10 @@ def test_gone_only_after_a_confirmed_complete_full_pass(app, catalog, tmp_path, 
     assert "max-models" in stats.gone_check and versions_in(app.db, alive=False) == set()
 
     stats = run(app, full=True)
-    assert stats.gone_check.startswith("done") and (stats.models_gone, stats.versions_gone) == (1, 2)
+    assert stats.gone_check.startswith("done") and (stats.models_gone, stats.versions_gone) == (
+        1,
+        2,
+    )
     gone = versions_in(app.db, alive=False)
     assert gone == {v["id"] for v in removed_model["modelVersions"]} | {dropped_version}
     assert 1030 in versions_in(app.db)  # skipped by the listing, confirmed alive
@@ -141,7 +200,9 @@ def test_a_failed_page_blocks_gone_marking(app, catalog, tmp_path, faults):
     run(app)
     catalog.models.pop(0)
     catalog.write(tmp_path / "mirror")
-    faults.add(lambda r: LISTING(r) and "cursor" in r.query, respond(503, {"error": "down"}), times=None)
+    faults.add(
+        lambda r: LISTING(r) and "cursor" in r.query, respond(503, {"error": "down"}), times=None
+    )
     stats = run(app, full=True, page_limit=2)
     assert stats.status == "partial" and not stats.complete and "did not reach" in stats.gone_check
     assert versions_in(app.db, alive=False) == set()
@@ -158,7 +219,12 @@ def test_max_models_and_base_model_filters(app, catalog, faults):
     assert stats.status == "partial" and stats.models_kept == 2
     with app.db.read() as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Model)).scalar_one() == 2
-        assert s.execute(sa.select(sa.func.count()).select_from(File).where(File.state == "verified")).scalar_one() == 0
+        assert (
+            s.execute(
+                sa.select(sa.func.count()).select_from(File).where(File.state == "verified")
+            ).scalar_one()
+            == 0
+        )
 
 
 class _Recorder:
@@ -177,7 +243,10 @@ def test_lora_file_verified_is_called_once_per_newly_verified_file(app, catalog)
     try:
         run(app)
         assert sorted(c[0] for c in recorder.calls) == sorted(catalog.expected_files)
-        assert all(state == "verified" and vid == fvid and has_app for vid, _, state, fvid, has_app in recorder.calls)
+        assert all(
+            state == "verified" and vid == fvid and has_app
+            for vid, _, state, fvid, has_app in recorder.calls
+        )
         run(app)
         assert len(recorder.calls) == len(catalog.expected_files)
     finally:
@@ -190,7 +259,9 @@ class _Failing:
         raise RuntimeError("plugin bug")
 
 
-def test_a_failing_hook_rolls_the_verification_back_and_the_next_crawl_retries(app, catalog, faults):
+def test_a_failing_hook_rolls_the_verification_back_and_the_next_crawl_retries(
+    app, catalog, faults
+):
     pm.register(_Failing(), name="test-failing")
     try:
         stats = run(app)
@@ -215,8 +286,13 @@ def test_cursor_that_repeats_and_skips_items(app, catalog, tmp_path, faults):
         pos = ids.index(int(nxt)) + back
         return {**d, "metadata": {**d["metadata"], "nextCursor": str(ids[pos])}}
 
-    faults.add(lambda r: LISTING(r) and "cursor" not in r.query, transform_json(lambda d: cursor_after(d, -1)))
-    faults.add(lambda r: LISTING(r) and "cursor" in r.query, transform_json(lambda d: cursor_after(d, +1)))
+    faults.add(
+        lambda r: LISTING(r) and "cursor" not in r.query,
+        transform_json(lambda d: cursor_after(d, -1)),
+    )
+    faults.add(
+        lambda r: LISTING(r) and "cursor" in r.query, transform_json(lambda d: cursor_after(d, +1))
+    )
     stats = run(app, page_limit=3, full=True)
     # listing order 100..105, 900. Page 1: 100-102, cursor moved back to 102; page 2: 102-104 (102 again),
     # cursor moved from 105 on to 900; page 3: 900. So 102 repeats and 105 is skipped.
@@ -229,11 +305,17 @@ def test_cursor_that_repeats_and_skips_items(app, catalog, tmp_path, faults):
 
 
 def test_a_cursor_returned_twice_ends_the_listing(app, catalog, faults):
-    faults.add(LISTING, transform_json(lambda d: {**d, "metadata": {"nextCursor": "102"}}), times=None)
+    faults.add(
+        LISTING, transform_json(lambda d: {**d, "metadata": {"nextCursor": "102"}}), times=None
+    )
     stats = run(app, page_limit=2)
     assert stats.status == "partial" and stats.pages == 2
     with app.db.read() as s:
-        errors = s.execute(sa.select(CrawlError).where(CrawlError.run_id == stats.run_id)).scalars().all()
+        errors = (
+            s.execute(sa.select(CrawlError).where(CrawlError.run_id == stats.run_id))
+            .scalars()
+            .all()
+        )
     assert any("already returned" in e.message for e in errors)
 
 
@@ -247,7 +329,9 @@ def test_export_feeds_another_registry(app, catalog, tmp_path, db_url):
         other = make_app_obj(tmp_path / "home2", f"sqlite:///{tmp_path / 'other.db'}", srv.url)
         stats = run(other)
         assert stats.errors == 0 and versions_in(other.db) == catalog.expected_versions
-        assert {v: f.sha256 for v, f in files_by_version(other.db).items()} == catalog.expected_files
+        assert {
+            v: f.sha256 for v, f in files_by_version(other.db).items()
+        } == catalog.expected_files
         other.close()
     exported = json.loads((tmp_path / "exported" / "models" / "100.json").read_text())
     assert [v["id"] for v in exported["modelVersions"]] == [1000, 1001]
@@ -268,7 +352,9 @@ def test_a_registry_failure_mid_crawl_fails_the_run_instead_of_hanging(app, monk
 
     monkeypatch.setattr(RegistryStore, "apply_models", broken_after_first_page)
     with pytest.raises(RuntimeError, match="disk full"):
-        run(app, page_limit=1, download=False)  # one-item pages: the lister is blocked on a full queue
+        run(
+            app, page_limit=1, download=False
+        )  # one-item pages: the lister is blocked on a full queue
     with app.db.read() as s:
         assert s.execute(sa.select(CrawlRun.status)).scalar_one() == "failed"
 
@@ -325,7 +411,9 @@ def test_crawl_rides_out_a_database_restart(tmp_path, pg_server, pg_url, caplog)
             text = caplog.text
             assert "registry database unavailable (crawl:" in text and "reachable again" in text
             assert stats.status == "ok" and stats.complete and stats.errors == 0
-            assert stats.models_new == 600 and versions_in(app.db) == {20_000 + i for i in range(600)}
+            assert stats.models_new == 600 and versions_in(app.db) == {
+                20_000 + i for i in range(600)
+            }
             with app.db.read() as s:
                 run_row = s.get(CrawlRun, stats.run_id)
             assert run_row.status == "ok" and run_row.models_seen == 600

@@ -1,4 +1,5 @@
 """`carlos-reg demo` (what `make demo` runs): offline, end to end, rerunnable."""
+
 from __future__ import annotations
 
 import json
@@ -27,23 +28,42 @@ def test_demo_runs_end_to_end_and_starts_fresh(tmp_path):
     assert "LoHa" in out and "quarantined" in out and "pickle" in out  # every bad file explained
     assert (target / "copyright-report.html").read_text().startswith("<!doctype html>")
     # every command the demo echoes is a valid shell line: re-run each (but the crawl, whose mirror is gone)
-    echoed = [shlex.split(line[2:]) for line in proc.stderr.splitlines() if line.startswith("$ carlos-reg ")]
-    assert len(echoed) >= 10 and ["carlos-reg", "search", "ink wash painting", "-k", "5", "--no-filter"] in echoed
-    env = {"CARLOS_REG_HOME": str(target / "home"), "CARLOS_REG_PROFILE": "tiny",
-           "CARLOS_REG_MODELS": str(target / "models"), "HF_HUB_OFFLINE": "1"}
+    echoed = [
+        shlex.split(line[2:])
+        for line in proc.stderr.splitlines()
+        if line.startswith("$ carlos-reg ")
+    ]
+    assert (
+        len(echoed) >= 10
+        and ["carlos-reg", "search", "ink wash painting", "-k", "5", "--no-filter"] in echoed
+    )
+    env = {
+        "CARLOS_REG_HOME": str(target / "home"),
+        "CARLOS_REG_PROFILE": "tiny",
+        "CARLOS_REG_MODELS": str(target / "models"),
+        "HF_HUB_OFFLINE": "1",
+    }
     for argv in echoed:
         if argv[1] != "crawl":
             again = run_cli(*argv[1:], env=env)
             assert again.returncode == 0, (argv, again.stderr[-2000:])
     # the re-upload is found as the near duplicate of the LoRA it copies, and ranked first
-    similar = json.loads(run_cli("similar", "Ink Wash Painting", "-k", "3", "--json", env=env, check=True).stdout)
+    similar = json.loads(
+        run_cli("similar", "Ink Wash Painting", "-k", "3", "--json", env=env, check=True).stdout
+    )
     top = similar["results"][0]
     assert "re-upload" in top["name"] and top["duplicate"] == "near", similar["results"]
     assert all(r["duplicate"] is None for r in similar["results"][1:])
     db = sqlite3.connect(target / "home" / "registry.db")
-    states = dict(db.execute("SELECT state, count(*) FROM sign_job WHERE kind = 'lora' GROUP BY state").fetchall())
+    states = dict(
+        db.execute(
+            "SELECT state, count(*) FROM sign_job WHERE kind = 'lora' GROUP BY state"
+        ).fetchall()
+    )
     assert states == {"done": 9, "dead": 1}
-    assert db.execute("SELECT count(*) FROM version").fetchone()[0] == 12  # the SD 1.5 LoRA was dropped
+    assert (
+        db.execute("SELECT count(*) FROM version").fetchone()[0] == 12
+    )  # the SD 1.5 LoRA was dropped
     db.close()
 
 

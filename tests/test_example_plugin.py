@@ -3,6 +3,7 @@
 CI installs it (``pip install -e docs/example-plugin`` in .ci/run) and sets
 CARLOS_REG_REQUIRE_EXAMPLE_PLUGIN=1, which turns the skip below into a failure.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,8 +46,12 @@ def test_it_is_listed_with_its_hooks():
     doc = run_json("plugins")
     plugin = next(p for p in doc["plugins"] if p["name"] == "example")
     assert plugin["builtin"] is False and plugin["distribution"] == "carlos-reg-example"
-    assert plugin["hooks"] == ["register_commands", "register_reports", "register_retrievers",
-                               "register_routes"]
+    assert plugin["hooks"] == [
+        "register_commands",
+        "register_reports",
+        "register_retrievers",
+        "register_routes",
+    ]
     assert doc["errors"] == []
 
 
@@ -67,15 +72,25 @@ def test_its_report_in_every_format(small_registry, tmp_path):
     doc = run_json("--db", small_registry, "report", "strong-by-base", "--min-strength", "3")
     assert sum(doc["counts"].values()) == 1
     out = tmp_path / "strong.html"
-    run_cli("--db", small_registry, "report", "strong-by-base", "--format", "html", "--out", str(out),
-            check=True)
+    run_cli(
+        "--db",
+        small_registry,
+        "report",
+        "strong-by-base",
+        "--format",
+        "html",
+        "--out",
+        str(out),
+        check=True,
+    )
     html = out.read_text()
     assert html.startswith("<!doctype html>") and "<th>LoRAs</th>" in html
 
 
 def test_its_retriever_ranks_by_strength(small_registry):
-    doc = run_json("--db", small_registry, "search", "anything at all", "--retriever", "strongest",
-                   "-k", "3")
+    doc = run_json(
+        "--db", small_registry, "search", "anything at all", "--retriever", "strongest", "-k", "3"
+    )
     assert [r["version_id"] for r in doc["results"]] == [1002, 1001, 1000]
     assert [r["score"] for r in doc["results"]] == [3.5, 2.5, 1.5]
 

@@ -1,4 +1,5 @@
 """Signatures leave a registry and come back: ``export signatures`` (carlos format) round trips."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,19 @@ from tests.conftest import run_cli
 
 def _signatures(db) -> dict:
     with db.read() as s:
-        return {r.version_id: (r.direction, r.strength, r.consistency, r.dim) for r in s.execute(
-            sa.select(Signature).join(SignerProfile, SignerProfile.id == Signature.profile_id)
-            .where(SignerProfile.name == "carlos-published")).scalars()}
+        return {
+            r.version_id: (r.direction, r.strength, r.consistency, r.dim)
+            for r in s.execute(
+                sa.select(Signature)
+                .join(SignerProfile, SignerProfile.id == Signature.profile_id)
+                .where(SignerProfile.name == "carlos-published")
+            ).scalars()
+        }
 
 
-def test_carlos_export_of_the_published_database_is_the_published_table(database, reference_parquet, tmp_path):
+def test_carlos_export_of_the_published_database_is_the_published_table(
+    database, reference_parquet, tmp_path
+):
     import_carlos(database, reference_parquet)
     out = tmp_path / "exported.parquet"
     doc = export_carlos(database, out, "carlos-published")
@@ -35,7 +43,9 @@ def test_carlos_export_of_the_published_database_is_the_published_table(database
     assert exported.equals(published)  # every value, None and "" alike, in the published order
     # the export re-imports bit for bit: into the same registry (nothing changes) and into an empty one
     again = import_carlos(database, out)
-    assert again["unchanged"] == 740 and again["signatures_added"] == again["signatures_updated"] == 0
+    assert (
+        again["unchanged"] == 740 and again["signatures_added"] == again["signatures_updated"] == 0
+    )
     fresh = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
     ensure_schema(fresh)
     import_carlos(fresh, out)
@@ -52,10 +62,24 @@ def test_export_of_signatures_made_here_and_refusals(database, tmp_path):
         s.add(Version(id=-1, name="my lora/../x", source="local"))
         s.flush()
         ids = dict(s.execute(sa.select(SignerProfile.name, SignerProfile.id)).all())
-        save_signature(s, version_id=-1, profile_id=ids["mine"], direction=np.full(512, 0.5, np.float32),
-                       strength=2.0, consistency=0.1, source="signed")
-        save_signature(s, version_id=-1, profile_id=ids["small"], direction=np.ones(8, np.float32),
-                       strength=2.0, consistency=0.1, source="signed")
+        save_signature(
+            s,
+            version_id=-1,
+            profile_id=ids["mine"],
+            direction=np.full(512, 0.5, np.float32),
+            strength=2.0,
+            consistency=0.1,
+            source="signed",
+        )
+        save_signature(
+            s,
+            version_id=-1,
+            profile_id=ids["small"],
+            direction=np.ones(8, np.float32),
+            strength=2.0,
+            consistency=0.1,
+            source="signed",
+        )
     out = tmp_path / "mine.parquet"
     export_carlos(database, out, "mine")
     row = pq.read_table(out).to_pylist()[0]
@@ -70,10 +94,15 @@ def test_export_of_signatures_made_here_and_refusals(database, tmp_path):
 
 def test_cli_export(reference_registry, tmp_path, reference_parquet):
     out = tmp_path / "out.parquet"
-    doc = json.loads(run_cli("--db", reference_registry, "export", "signatures", str(out), "--json",
-                             check=True).stdout)
+    doc = json.loads(
+        run_cli(
+            "--db", reference_registry, "export", "signatures", str(out), "--json", check=True
+        ).stdout
+    )
     assert doc["signatures"] == 740 and pq.read_table(out).equals(pq.read_table(reference_parquet))
-    proc = run_cli("--db", reference_registry, "export", "signatures", "--profile", "nope", str(out))
+    proc = run_cli(
+        "--db", reference_registry, "export", "signatures", "--profile", "nope", str(out)
+    )
     assert proc.returncode != 0 and "no signatures under a profile named 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -84,7 +113,13 @@ import os  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 
-from registry.exchange import BundleRefused, bundle_schema, export_bundle, import_bundle, read_bundle  # noqa: E402
+from registry.exchange import (  # noqa: E402
+    BundleRefused,
+    bundle_schema,
+    export_bundle,
+    import_bundle,
+    read_bundle,
+)
 from registry.models import File  # noqa: E402
 from registry.profile_identity import profile_hash  # noqa: E402
 
@@ -99,12 +134,32 @@ def _sign_here(db, settings, data: bytes) -> tuple[int, str]:
         pid = register(s, load_profile("tiny", settings)).id
         s.add(Version(id=-1, name="my style", source="local"))
         s.flush()
-        s.add(File(version_id=-1, name="my style.safetensors", sha256=digest, autov2=digest[:10].upper(),
-                   state="verified", local_path=f"lora/{digest}.safetensors", primary=True))
+        s.add(
+            File(
+                version_id=-1,
+                name="my style.safetensors",
+                sha256=digest,
+                autov2=digest[:10].upper(),
+                state="verified",
+                local_path=f"lora/{digest}.safetensors",
+                primary=True,
+            )
+        )
         dim = 32
-        save_signature(s, version_id=-1, profile_id=pid, direction=np.linspace(-1, 1, dim).astype(np.float32),
-                       strength=1.25, consistency=0.5, n_samples=20, valid=True, flags=["locon"],
-                       estimates={"trigger_suffix": "", "code_version": "0.1.0"}, file_sha256=digest, source="signed")
+        save_signature(
+            s,
+            version_id=-1,
+            profile_id=pid,
+            direction=np.linspace(-1, 1, dim).astype(np.float32),
+            strength=1.25,
+            consistency=0.5,
+            n_samples=20,
+            valid=True,
+            flags=["locon"],
+            estimates={"trigger_suffix": "", "code_version": "0.1.0"},
+            file_sha256=digest,
+            source="signed",
+        )
     return pid, digest
 
 
@@ -112,7 +167,11 @@ def _cli_json(db_url, *args):
     return json.loads(run_cli("--db", db_url, *args, "--json", check=True).stdout)
 
 
-CATALOG_ONLY = {"source", "nsfw", "generated_at"}  # what a registry knows of the catalog, not of behaviour
+CATALOG_ONLY = {
+    "source",
+    "nsfw",
+    "generated_at",
+}  # what a registry knows of the catalog, not of behaviour
 
 
 def _answers(doc):
@@ -130,21 +189,26 @@ def _copyright(db_url):
 
 def _cache_query(urls, home, text: str) -> None:
     """The same query vector cached in each registry (computing it needs the real CLIP weights)."""
-    from signer.query_encoder import QueryEncoder, store_vector
     from registry.app import App
     from registry.settings import Settings
+    from signer.query_encoder import QueryEncoder, store_vector
 
     vec = np.random.default_rng(3).standard_normal(512).astype(np.float32)
     for url in urls:
         app = App(Settings.load(home=home, db=url))
         with app.db.read() as s:
-            row = s.execute(sa.select(SignerProfile).where(SignerProfile.name == "carlos-published")).scalars().one()
+            row = (
+                s.execute(sa.select(SignerProfile).where(SignerProfile.name == "carlos-published"))
+                .scalars()
+                .one()
+            )
         store_vector(app.db, "query", QueryEncoder(app, row).text_key(text), vec, {"text": text})
         app.close()
 
 
-def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url, reference_parquet, tmp_path,
-                                                                          reference_prompts):
+def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(
+    db_url, reference_parquet, tmp_path, reference_prompts
+):
     from registry.settings import Settings
     from tests.conftest import run_cli as cli
 
@@ -168,16 +232,24 @@ def test_bundle_round_trip_gives_the_same_answers_and_signs_nothing_again(db_url
         assert len(there["results"]) == 10 and _answers(there) == _answers(here)
     assert _copyright(db_url) == _copyright(b_url)
     _cache_query([db_url, b_url], tmp_path / "home", "watercolor painting")
-    found = [_cli_json(u, "search", "watercolor painting", "--profile", "carlos-published", "-k", "20")
-             for u in (db_url, b_url)]
-    assert found[0]["query"]["cached"] and found[1]["query"]["cached"] and len(found[0]["results"]) == 20
+    found = [
+        _cli_json(u, "search", "watercolor painting", "--profile", "carlos-published", "-k", "20")
+        for u in (db_url, b_url)
+    ]
+    assert (
+        found[0]["query"]["cached"]
+        and found[1]["query"]["cached"]
+        and len(found[0]["results"]) == 20
+    )
     assert _answers(found[0]) == _answers(found[1])
 
     # B holds the file's signature: scanning a folder with that file signs nothing
     folder = tmp_path / "loras"
     folder.mkdir()
     (folder / "renamed by me.safetensors").write_bytes(tiny_lora(7))
-    proc = cli("--db", b_url, "scan", str(folder), "--offline", "--sign", "--profile", "tiny", "--json")
+    proc = cli(
+        "--db", b_url, "scan", str(folder), "--offline", "--sign", "--profile", "tiny", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     entry = json.loads(proc.stdout)["files"][0]
     assert entry["sha256"] == digest and entry["match"] == "local" and entry["signing"] == "signed"
@@ -221,10 +293,15 @@ def _duplicate(rows):
     rows.append(dict(rows[7]))
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (_nan, "NaN"), (_wrong_dim, "CLIP ViT-B-32-quickgelu has 512"), (_bad_hash, "does not match the profile"),
-    (_duplicate, "a second signature for the same"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (_nan, "NaN"),
+        (_wrong_dim, "CLIP ViT-B-32-quickgelu has 512"),
+        (_bad_hash, "does not match the profile"),
+        (_duplicate, "a second signature for the same"),
+    ],
+)
 def test_bad_bundles_are_refused_whole(tmp_path, reference_parquet, corrupt, message):
     _, rows = _good_rows(tmp_path, reference_parquet)
     corrupt(rows)
@@ -269,14 +346,18 @@ def test_a_different_signature_is_a_conflict_unless_replace(tmp_path, reference_
     assert (kept["conflicts"], kept["unchanged"], kept["replaced"]) == (1, 739, 0)
     with b.read() as s:
         vid = rows[0]["version_id"]
-        assert s.execute(sa.select(Signature.strength).where(Signature.version_id == vid)).scalar() == \
-            rows[0]["strength"] - 1.0
+        assert (
+            s.execute(sa.select(Signature.strength).where(Signature.version_id == vid)).scalar()
+            == rows[0]["strength"] - 1.0
+        )
     replaced = import_bundle(b, changed, replace=True)
     assert (replaced["conflicts"], replaced["replaced"]) == (0, 1)
     b.dispose()
 
 
-def test_a_bundle_whose_directions_differ_in_width_from_the_registrys_is_refused(database, tmp_path):
+def test_a_bundle_whose_directions_differ_in_width_from_the_registrys_is_refused(
+    database, tmp_path
+):
     settings = {"clip_model": "my-own-clip"}
     digest = profile_hash("own", settings)
     with database.write() as s:
@@ -284,15 +365,42 @@ def test_a_bundle_whose_directions_differ_in_width_from_the_registrys_is_refused
         s.add(Version(id=-1, name="held", source="local"))
         s.flush()
         pid = s.execute(sa.select(SignerProfile.id).where(SignerProfile.hash == digest)).scalar()
-        save_signature(s, version_id=-1, profile_id=pid, direction=np.ones(8, np.float32), strength=1.0,
-                       consistency=0.5, file_sha256="c" * 64, source="signed")
-    row = {"profile_name": "own", "profile_hash": digest, "profile_settings": json.dumps(settings),
-           "file_sha256": "d" * 64, "file_autov2": None, "civitai_model_id": None, "civitai_version_id": None,
-           "version_id": -5, "name": "x", "base_model": None, "dim": 16, "direction": [0.5] * 16, "strength": 1.0,
-           "consistency": 0.5, "n_samples": 4, "valid": True, "flags": "[]", "estimates": "{}", "source": "signed",
-           "code_version": "0.1.0"}
+        save_signature(
+            s,
+            version_id=-1,
+            profile_id=pid,
+            direction=np.ones(8, np.float32),
+            strength=1.0,
+            consistency=0.5,
+            file_sha256="c" * 64,
+            source="signed",
+        )
+    row = {
+        "profile_name": "own",
+        "profile_hash": digest,
+        "profile_settings": json.dumps(settings),
+        "file_sha256": "d" * 64,
+        "file_autov2": None,
+        "civitai_model_id": None,
+        "civitai_version_id": None,
+        "version_id": -5,
+        "name": "x",
+        "base_model": None,
+        "dim": 16,
+        "direction": [0.5] * 16,
+        "strength": 1.0,
+        "consistency": 0.5,
+        "n_samples": 4,
+        "valid": True,
+        "flags": "[]",
+        "estimates": "{}",
+        "source": "signed",
+        "code_version": "0.1.0",
+    }
     path = _write_rows(tmp_path / "wide.parquet", [row])
-    with pytest.raises(BundleRefused, match="16-value directions in the bundle but 8-value ones here"):
+    with pytest.raises(
+        BundleRefused, match="16-value directions in the bundle but 8-value ones here"
+    ):
         import_bundle(database, path)
     with database.read() as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Version)).scalar() == 1

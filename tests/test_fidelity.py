@@ -6,6 +6,7 @@ Ground truth comes from the reference's own pieces wherever this machine has the
 the noise draw, PIL + the transformers CLIP image processor for preprocessing, and a transformers
 ``CLIPModel`` for features. Random weights: the inputs and mechanics are exact, meaning is not tested.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,10 @@ def _flatten(nested: dict) -> list[tuple[str, str, str]]:
 
 def test_signer_prompts_lists_the_reference_index_and_query_sets_in_order(reference_prompts):
     ref = _reference_module()
-    for flag, expected in (((), _flatten(ref["prompts_for_indexing"]())),
-                           (("--query",), _flatten(ref["prompts_for_retrieval"]()))):
+    for flag, expected in (
+        ((), _flatten(ref["prompts_for_indexing"]())),
+        (("--query",), _flatten(ref["prompts_for_retrieval"]())),
+    ):
         doc = run_json("signer", "prompts", "paper", *flag)
         got = [(p["category"], p["subcategory"], p["prompt"]) for p in doc["prompts"]]
         assert len(got) == 280 and got == expected
@@ -62,13 +65,20 @@ def test_paper_without_the_reference_file_fails_with_one_line_and_carlos_reg_wor
 BAD_FILES = {
     "not python": ("prompts_by_category = {{{ oops", "not Python"),
     "a list, not a dict": ('prompts_by_category = ["a", "b"]', "not a dictionary"),
-    "15 prompts": ("prompts_by_category = {'A': {'a': [%s]}}" % ", ".join(f"'p{i}'" for i in range(15)),
-                   "has 15 prompts"),
-    "runs code on import": ("import os\nos.system('touch {canary}')\n"
-                            "prompts_by_category = {'A': {'a': [%s]}}" % ", ".join(f"'p{i}'" for i in range(16)),
-                            "would run code on import"),
-    "computed value": ("d = dict(a=[%s])\nprompts_by_category = {'A': d}" % ", ".join(f"'p{i}'" for i in range(16)),
-                       "not literal data"),
+    "15 prompts": (
+        "prompts_by_category = {'A': {'a': [%s]}}" % ", ".join(f"'p{i}'" for i in range(15)),
+        "has 15 prompts",
+    ),
+    "runs code on import": (
+        "import os\nos.system('touch {canary}')\n"
+        "prompts_by_category = {'A': {'a': [%s]}}" % ", ".join(f"'p{i}'" for i in range(16)),
+        "would run code on import",
+    ),
+    "computed value": (
+        "d = dict(a=[%s])\nprompts_by_category = {'A': d}"
+        % ", ".join(f"'p{i}'" for i in range(16)),
+        "not literal data",
+    ),
     "decorator": ("@print\ndef f():\n    pass\nprompts_by_category = {}", "decorator"),
 }
 
@@ -115,7 +125,9 @@ def test_download_keeps_only_the_pinned_file(reference_prompts, tmp_path, monkey
     from signer.prompts.reference import cached_download_path
 
     monkeypatch.delenv("CARLOS_REG_CARLOS_PROMPTS")
-    monkeypatch.setenv("HOME", str(tmp_path))  # no installed 'carlos' package is looked for in a user site
+    monkeypatch.setenv(
+        "HOME", str(tmp_path)
+    )  # no installed 'carlos' package is looked for in a user site
     served = tmp_path / "served"
     served.mkdir()
     files = _Files(served)
@@ -123,14 +135,20 @@ def test_download_keeps_only_the_pinned_file(reference_prompts, tmp_path, monkey
     try:
         monkeypatch.setenv("CARLOS_REG_CARLOS_PROMPTS_URL", files.url)
         # a tampered copy (one prompt changed): refused by its SHA-256, nothing kept
-        (served / "generative_prompts.py").write_text(reference_prompts.read_text().replace("warm lighting", "cold", 1))
+        (served / "generative_prompts.py").write_text(
+            reference_prompts.read_text().replace("warm lighting", "cold", 1)
+        )
         with pytest.raises(ProfileError, match="download"):
             load_profile("paper", home)  # download not allowed
         monkeypatch.setenv("CARLOS_REG_ALLOW_DOWNLOAD", "1")
         with pytest.raises(ProfileError, match="not the pinned"):
             load_profile("paper", home)
-        assert not cached_download_path(home.home).exists() and not any(cached_download_path(home.home).parent.glob("*")) \
-            if cached_download_path(home.home).parent.exists() else True
+        assert (
+            not cached_download_path(home.home).exists()
+            and not any(cached_download_path(home.home).parent.glob("*"))
+            if cached_download_path(home.home).parent.exists()
+            else True
+        )
         (served / "generative_prompts.py").write_bytes(reference_prompts.read_bytes())
         paper = load_profile("paper", home)
         assert cached_download_path(home.home).read_bytes() == reference_prompts.read_bytes()
@@ -152,10 +170,13 @@ def _reference_draws() -> dict[int, str]:
     fake = SimpleNamespace(vae_scale_factor=8, scheduler=SimpleNamespace(init_noise_sigma=1.0))
     out = {}
     for seed in (42, 46, 50, 54):  # range(initial_seed, initial_seed + 16, max_batch_size)
-        batch = StableDiffusionXLPipeline.prepare_latents(fake, 4, 4, 1024, 1024, torch.float16, torch.device("cpu"),
-                                                          torch.manual_seed(seed))
+        batch = StableDiffusionXLPipeline.prepare_latents(
+            fake, 4, 4, 1024, 1024, torch.float16, torch.device("cpu"), torch.manual_seed(seed)
+        )
         for row in range(4):
-            out[seed - 42 + row] = hashlib.sha256(batch[row].contiguous().numpy().tobytes()).hexdigest()
+            out[seed - 42 + row] = hashlib.sha256(
+                batch[row].contiguous().numpy().tobytes()
+            ).hexdigest()
     return out
 
 
@@ -164,12 +185,18 @@ def test_every_paper_sample_has_the_reference_noise(reference_prompts):
     assert len(set(expected.values())) == 16
     doc = run_json("signer", "samples", "paper", "--limit", "0")
     samples = doc["samples"]
-    assert doc["total"] == len(samples) == 4480 and doc["noise"] == {"batch": 4, "dtype": "float16",
-                                                                      "shape": [4, 128, 128]}
+    assert doc["total"] == len(samples) == 4480 and doc["noise"] == {
+        "batch": 4,
+        "dtype": "float16",
+        "shape": [4, 128, 128],
+    }
     assert [s["index"] for s in samples] == list(range(4480))
     for s in samples:
         assert s["noise_sha256"] == expected[s["image_index"]], s
-        assert (s["seed"], s["noise_row"]) == (42 + 4 * (s["image_index"] // 4), s["image_index"] % 4)
+        assert (s["seed"], s["noise_row"]) == (
+            42 + 4 * (s["image_index"] // 4),
+            s["image_index"] % 4,
+        )
     index_prompts = {p["prompt"] for p in run_json("signer", "prompts", "paper")["prompts"]}
     pairs = {(s["prompt"], s["image_index"]) for s in samples}
     assert pairs == {(p, i) for p in index_prompts for i in range(16)}
@@ -220,7 +247,9 @@ def test_worker_reads_trigger_lists_as_the_reference_does():
         stored = [w for w in (meta.get("trainedWords") or [])]
         suffix = trigger_suffix(trigger_list(version(dict(meta), stored)))
         assert "p" + suffix == _reference_lora_prompt("p", meta)
-    assert trigger_suffix(trigger_list(version(None, [], source="local"))) == ""  # a local file with no words
+    assert (
+        trigger_suffix(trigger_list(version(None, [], source="local"))) == ""
+    )  # a local file with no words
     assert trigger_suffix(["a"], "none") == ""
 
 
@@ -231,17 +260,28 @@ def test_engine_hands_each_sample_the_reference_noise(tiny_models):
 
     from signer.engine import Engine
 
-    profile = tiny_profile(noise_dtype="float32", prompt_subset=None)  # the tiny pipeline runs in float32
+    profile = tiny_profile(
+        noise_dtype="float32", prompt_subset=None
+    )  # the tiny pipeline runs in float32
     engine = Engine(profile)
-    batch = [x for x in engine.samples if x.prompt_index in (0, 5)]  # two prompts x two images, one batch
+    batch = [
+        x for x in engine.samples if x.prompt_index in (0, 5)
+    ]  # two prompts x two images, one batch
     ours, _ = engine.generate(batch)
     s = profile.settings
     for prompt_index in (0, 5):
         prompt = next(x.prompt for x in batch if x.prompt_index == prompt_index)
         with torch.inference_mode():
-            images = engine.pipe(prompt, num_inference_steps=s["steps"], guidance_scale=s["guidance_scale"],
-                                 width=s["width"], height=s["height"], generator=torch.manual_seed(42),
-                                 num_images_per_prompt=2, output_type="pt").images
+            images = engine.pipe(
+                prompt,
+                num_inference_steps=s["steps"],
+                guidance_scale=s["guidance_scale"],
+                width=s["width"],
+                height=s["height"],
+                generator=torch.manual_seed(42),
+                num_images_per_prompt=2,
+                output_type="pt",
+            ).images
         ref = engine.clip.encode_images(images).numpy()
         for x, row in zip(batch, ours):
             if x.prompt_index == prompt_index:
@@ -258,7 +298,12 @@ def _test_images(n: int = 6, size: int = 1024):
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    smooth = F.interpolate(torch.rand(n, 3, 12, 12, generator=g), size=(size, size), mode="bicubic", align_corners=False)
+    smooth = F.interpolate(
+        torch.rand(n, 3, 12, 12, generator=g),
+        size=(size, size),
+        mode="bicubic",
+        align_corners=False,
+    )
     texture = 0.06 * torch.randn(n, 3, size, size, generator=g)
     x = smooth + texture * torch.arange(n).view(n, 1, 1, 1) / n
     x[1, :, : size // 2] = 1.0  # saturated half: clamping matters
@@ -275,10 +320,14 @@ def test_device_preprocessing_matches_png_and_the_transformers_processor_at_1024
     from signer.clip import ClipEncoder
 
     torch.manual_seed(0)
-    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)  # full size, random weights
+    model = open_clip.create_model(
+        "ViT-B-32-quickgelu", pretrained=None
+    )  # full size, random weights
     x = _test_images()
-    encoders = {mode: ClipEncoder(model, None, key="random", device="cpu", preprocess=mode)
-                for mode in ("uint8-bicubic", "float-bicubic")}
+    encoders = {
+        mode: ClipEncoder(model, None, key="random", device="cpu", preprocess=mode)
+        for mode in ("uint8-bicubic", "float-bicubic")
+    }
     # the reference: decode to 8 bits, save PNG, open it, CLIPProcessor(images=...)
     pils = []
     for img in (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy():
@@ -286,20 +335,27 @@ def test_device_preprocessing_matches_png_and_the_transformers_processor_at_1024
         Image.fromarray(img).save(buf, format="PNG")
         buf.seek(0)
         pils.append(Image.open(buf).convert("RGB"))
-    pixels = torch.from_numpy(np.array(CLIPImageProcessor()(images=pils, return_tensors="np")["pixel_values"]))
+    pixels = torch.from_numpy(
+        np.array(CLIPImageProcessor()(images=pils, return_tensors="np")["pixel_values"])
+    )
     with torch.inference_mode():
         ref = model.encode_image(pixels).double()
         ours = {m: e.model.encode_image(e.preprocess(x)).double() for m, e in encoders.items()}
     mean = torch.tensor(CLIPImageProcessor().image_std).view(1, 3, 1, 1).double()
     lsb = ((encoders["uint8-bicubic"].preprocess(x).double() - pixels.double()) * mean * 255).abs()
-    assert float(lsb.max()) <= 1.0 + 1e-3 and float((lsb > 0.5).double().mean()) < 0.01  # PIL's rounding, at most
+    assert (
+        float(lsb.max()) <= 1.0 + 1e-3 and float((lsb > 0.5).double().mean()) < 0.01
+    )  # PIL's rounding, at most
     for mode, feats in ours.items():
         cos = torch.nn.functional.cosine_similarity(feats, ref, dim=1)
         rel = (feats.norm(dim=1) / ref.norm(dim=1) - 1).abs()
         if mode == "uint8-bicubic":  # the paper profile's path
             assert float(cos.min()) >= 0.9999 and float(rel.max()) <= 1e-3, (cos, rel)
-    assert float(torch.nn.functional.cosine_similarity(ours["uint8-bicubic"], ref, dim=1).min()) >= float(
-        torch.nn.functional.cosine_similarity(ours["float-bicubic"], ref, dim=1).min()) - 1e-6
+    assert (
+        float(torch.nn.functional.cosine_similarity(ours["uint8-bicubic"], ref, dim=1).min())
+        >= float(torch.nn.functional.cosine_similarity(ours["float-bicubic"], ref, dim=1).min())
+        - 1e-6
+    )
 
 
 # ---------------------------------------------------------------- CLIP in the transformers form
@@ -311,12 +367,29 @@ def _tiny_hf_clip(folder: Path, *, projection_dim: int = 16, safetensors: bool =
 
     torch.manual_seed(1)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
-                         eos_token_id=49407, bos_token_id=49406, pad_token_id=49407),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
-        projection_dim=projection_dim)
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            eos_token_id=49407,
+            bos_token_id=49406,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            hidden_act="quick_gelu",
+        ),
+        projection_dim=projection_dim,
+    )
     model = CLIPModel(config).eval()
     model.save_pretrained(str(folder), safe_serialization=safetensors)
     return model
@@ -328,8 +401,12 @@ def _open_clip_ids(texts: list[str]):
     return clip_tokenizer("ViT-B-32-quickgelu")(texts)
 
 
-@pytest.mark.parametrize("safetensors", [True, False], ids=["model.safetensors", "pytorch_model.bin"])
-def test_transformers_clip_folder_gives_the_transformers_features(tmp_path, safetensors, monkeypatch):
+@pytest.mark.parametrize(
+    "safetensors", [True, False], ids=["model.safetensors", "pytorch_model.bin"]
+)
+def test_transformers_clip_folder_gives_the_transformers_features(
+    tmp_path, safetensors, monkeypatch
+):
     import dataclasses
 
     import torch
@@ -337,7 +414,9 @@ def test_transformers_clip_folder_gives_the_transformers_features(tmp_path, safe
     from signer.clip import load_clip
 
     hf = _tiny_hf_clip(tmp_path / "clip", safetensors=safetensors)
-    profile = dataclasses.replace(tiny_profile("carlos-reg"), clip_checkpoint=str(tmp_path / "clip"))
+    profile = dataclasses.replace(
+        tiny_profile("carlos-reg"), clip_checkpoint=str(tmp_path / "clip")
+    )
     clip = load_clip(profile)
     assert clip.key == "open_clip:ViT-B-32-quickgelu:openai" and clip.dim == 16
     texts = ["a photo of a cat", "A romantic oil painting, rich textures ink wash"]
@@ -348,7 +427,9 @@ def test_transformers_clip_folder_gives_the_transformers_features(tmp_path, safe
         want_image = hf.get_image_features(pixel_values=pixels)
         want_text, want_image = (getattr(t, "pooler_output", t) for t in (want_text, want_image))
         got_image = clip.model.encode_image(pixels)
-    np.testing.assert_allclose(clip.encode_text(texts).numpy(), want_text.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        clip.encode_text(texts).numpy(), want_text.numpy(), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(got_image.numpy(), want_image.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -389,7 +470,9 @@ def _fast_tokenizer(folder: Path):
     from signer.tiny import build_clip_tokenizer
 
     build_clip_tokenizer(folder)
-    return CLIPTokenizerFast.from_pretrained(str(folder))  # converted from the slow files, as the Hub's was
+    return CLIPTokenizerFast.from_pretrained(
+        str(folder)
+    )  # converted from the slow files, as the Hub's was
 
 
 def test_text_tokens_are_the_transformers_fast_tokenizers(tmp_path):
@@ -397,42 +480,72 @@ def test_text_tokens_are_the_transformers_fast_tokenizers(tmp_path):
 
     fast = _fast_tokenizer(tmp_path / "tok")
     ours = clip_tokenizer("ViT-B-32-quickgelu", "transformers")
-    texts = ["A sleeping giant’s face", "fish &amp; chips", "  Spaces\tand\nTABS ", "Ünïcode café ✨ 日本語",
-             "e\u0301cole (NFD)", "ink wash painting", "“quoted” — dashes…"]
+    texts = [
+        "A sleeping giant’s face",
+        "fish &amp; chips",
+        "  Spaces\tand\nTABS ",
+        "Ünïcode café ✨ 日本語",
+        "e\u0301cole (NFD)",
+        "ink wash painting",
+        "“quoted” — dashes…",
+    ]
     if REFERENCE_PROMPTS.is_file() or os.environ.get("CARLOS_REG_REQUIRE_REFERENCE"):
         ref = runpy.run_path(str(require_reference(REFERENCE_PROMPTS)))
-        texts += [p for part in ("prompts_for_indexing", "prompts_for_retrieval") for _, _, p in _flatten(ref[part]())]
+        texts += [
+            p
+            for part in ("prompts_for_indexing", "prompts_for_retrieval")
+            for _, _, p in _flatten(ref[part]())
+        ]
     for text in texts:
         want = fast(text, truncation=True, max_length=77)["input_ids"]
         got = [t for t in ours([text])[0].tolist() if t]
         assert got == want, text
     ftfy = clip_tokenizer("ViT-B-32-quickgelu", "ftfy")
-    assert [t for t in ftfy([texts[0]])[0].tolist() if t] != fast(texts[0])["input_ids"]  # the difference that matters
+    assert [t for t in ftfy([texts[0]])[0].tolist() if t] != fast(texts[0])[
+        "input_ids"
+    ]  # the difference that matters
 
 
-def test_search_on_published_signatures_uses_the_reference_retrieval_prompts(reference_registry, reference_prompts,
-                                                                              tmp_path):
+def test_search_on_published_signatures_uses_the_reference_retrieval_prompts(
+    reference_registry, reference_prompts, tmp_path
+):
     import sqlalchemy as sa
 
     from registry.db import Database
     from registry.models import VectorCache
     from registry.vectors import from_blob
     from signer.query_encoder import normalize_query
+
     hf = _tiny_hf_clip(tmp_path / "clip", projection_dim=512)
-    env = {"CARLOS_REG_CLIP": str(tmp_path / "clip"), "CARLOS_REG_CARLOS_PROMPTS": str(reference_prompts)}
+    env = {
+        "CARLOS_REG_CLIP": str(tmp_path / "clip"),
+        "CARLOS_REG_CARLOS_PROMPTS": str(reference_prompts),
+    }
     query = "ink wash painting, giant’s  style"
     proc = run_cli("--db", reference_registry, "search", query, "-k", "5", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     qp = doc["query_prompts"]
-    assert qp["source"] == "carlos-reference-query" and qp["count"] == 280 and qp["approximate"] is False
+    assert (
+        qp["source"] == "carlos-reference-query"
+        and qp["count"] == 280
+        and qp["approximate"] is False
+    )
     assert "approximate" not in proc.stderr
     prompts = [p for _, _, p in _flatten(_reference_module()["prompts_for_retrieval"]())]
     want = _reference_query_vector(hf, _fast_tokenizer(tmp_path / "tok"), prompts, query)
     db = Database(reference_registry)
     with db.read() as s:
-        rows = s.execute(sa.select(VectorCache).where(VectorCache.namespace == "query")).scalars().all()
-        got = [from_blob(r.data, r.dim) for r in rows if (r.meta or {}).get("text") == normalize_query(query)]
+        rows = (
+            s.execute(sa.select(VectorCache).where(VectorCache.namespace == "query"))
+            .scalars()
+            .all()
+        )
+        got = [
+            from_blob(r.data, r.dim)
+            for r in rows
+            if (r.meta or {}).get("text") == normalize_query(query)
+        ]
     db.dispose()
     assert len(got) == 1
     np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-5)

@@ -1,5 +1,6 @@
 """A hostile API client (issue #12, item 5): image bombs are refused from their header, with a
 JSON 413 or 400 that names no server path, before any pixel is decoded."""
+
 from __future__ import annotations
 
 import struct
@@ -13,10 +14,19 @@ from tests.service_support import Server, multipart
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG that declares width x height pixels in a few dozen bytes (its pixel data never comes)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_an_image_bomb_is_refused_from_its_header(tmp_path):
@@ -27,7 +37,7 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path):
 
 
 def test_the_pixels_of_one_query_are_capped_together(tmp_path):
-    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    side = int(MAX_IMAGE_PIXELS**0.5)
     paths = []
     for i in range(5):  # each one allowed, all five together not: refused before decoding any
         paths.append(tmp_path / f"{i}.png")
@@ -41,7 +51,9 @@ def test_garbage_is_a_clear_rejection_naming_only_the_file(tmp_path):
     junk.write_bytes(b"not an image")
     with pytest.raises(ImageRejected) as info:
         load_images([junk])
-    assert str(tmp_path) not in str(info.value) and "'junk.png' is not a readable image" in str(info.value)
+    assert str(tmp_path) not in str(info.value) and "'junk.png' is not a readable image" in str(
+        info.value
+    )
 
 
 def test_bad_and_oversized_uploads_are_json_4xx_without_server_paths(small_registry):

@@ -1,6 +1,7 @@
 """A hostile upstream (issue #12, items 4, 6, 7, 8, 9): the crawler against a real loopback
 mirror whose answers are rewritten by a fault middleware, and the shared safetensors validator
 on real files."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,17 @@ from crawler import stfile
 from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, mask_token
 from crawler.mirror import BackgroundServer, make_app, tiny_lora
 from registry.models import CrawlRun
-from tests.crawler_helpers import (DOWNLOADS, FILES, LISTING, Faults, files_by_version, respond, run,
-                                   standard_catalog, transform_json)
+from tests.crawler_helpers import (
+    DOWNLOADS,
+    FILES,
+    LISTING,
+    Faults,
+    files_by_version,
+    respond,
+    run,
+    standard_catalog,
+    transform_json,
+)
 from tests.test_crawler_faults import _special, errors_of, setup  # noqa: F401  (setup is a fixture)
 
 TOKEN = "canary-5e1f0c9a7b3d42e8a6"
@@ -24,9 +34,9 @@ TOKEN = "canary-5e1f0c9a7b3d42e8a6"
 def _with_header_length(data: bytes, n: int) -> bytes:
     """The same safetensors file with its JSON header padded (spaces) to exactly ``n`` bytes."""
     (old,) = struct.unpack("<Q", data[:8])
-    raw = data[8:8 + old].rstrip(b" ")
+    raw = data[8 : 8 + old].rstrip(b" ")
     assert len(raw) <= n
-    return struct.pack("<Q", n) + raw + b" " * (n - len(raw)) + data[8 + old:]
+    return struct.pack("<Q", n) + raw + b" " * (n - len(raw)) + data[8 + old :]
 
 
 def _deep_header(depth: int = 100_000) -> bytes:
@@ -38,7 +48,9 @@ def _deep_header(depth: int = 100_000) -> bytes:
 
 
 @pytest.mark.parametrize("low_byte", [0x80, 0x50])  # 0x80: a pickle PROTO byte; 0x50 0x4b: "PK"
-def test_a_valid_file_whose_header_length_looks_like_pickle_magic_is_accepted_by_both(tmp_path, low_byte):
+def test_a_valid_file_whose_header_length_looks_like_pickle_magic_is_accepted_by_both(
+    tmp_path, low_byte
+):
     from signer.validate import read_header
 
     data = tiny_lora(5)
@@ -58,7 +70,10 @@ def test_real_pickles_and_zips_are_still_refused_by_content(tmp_path):
     from signer.errors import LoraRejected
     from signer.validate import read_header
 
-    for name, data in {"pickle": b"\x80\x04\x95" + b"\0" * 64, "zip": b"PK\x03\x04" + b"\0" * 64}.items():
+    for name, data in {
+        "pickle": b"\x80\x04\x95" + b"\0" * 64,
+        "zip": b"PK\x03\x04" + b"\0" * 64,
+    }.items():
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(data)
         with pytest.raises(stfile.InvalidSafetensors, match="pickle/zip"):
@@ -102,7 +117,9 @@ def test_a_deeply_nested_page_is_a_recorded_malformed_page(setup):
     assert stats.status == "partial" and stats.pages == 1
     messages = [e.message for e in errors_of(app, stats.run_id)]
     assert any("malformed JSON (nested" in m for m in messages), messages
-    mid = b'{"items": [' + b"[" * 100 + b"]" * 100 + b'], "metadata": {}}'  # parses, but deeper than any page
+    mid = (
+        b'{"items": [' + b"[" * 100 + b"]" * 100 + b'], "metadata": {}}'
+    )  # parses, but deeper than any page
     faults.rules.clear()
     faults.add(LISTING, respond(200, mid), times=None)
     with pytest.raises(Exception, match="nested more than"):
@@ -130,7 +147,9 @@ def test_ever_new_cursors_without_new_models_end_the_listing(setup, page):
     faults.add(LISTING, transform_json(remember))
     stats = run(app, download=False, max_stale_pages=5)
     assert stats.status == "partial" and stats.pages == 1 + 5
-    assert any("consecutive pages brought no new model" in e.message for e in errors_of(app, stats.run_id))
+    assert any(
+        "consecutive pages brought no new model" in e.message for e in errors_of(app, stats.run_id)
+    )
 
 
 # ---------------------------------------------------------------- item 6: deadlines
@@ -138,6 +157,7 @@ def test_ever_new_cursors_without_new_models_end_the_listing(setup, page):
 
 def trickle(every: float = 0.1, prefix: bytes = b""):
     """A 200 that sends one byte at a time, for ever: the idle timeout never fires."""
+
     async def action(request, handler):
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)
@@ -145,6 +165,7 @@ def trickle(every: float = 0.1, prefix: bytes = b""):
         while True:
             await resp.write(b" ")
             await asyncio.sleep(every)
+
     return action
 
 
@@ -191,7 +212,9 @@ def test_mask_first_cut_second_at_every_offset_of_the_token():
 def test_server_error_text_cut_anywhere_in_the_token_leaves_no_fragment(tmp_path):
     async def echo(request):  # a server that echoes the header with padding of the caller's choice
         pad = "p" * int(request.query["pad"])
-        return web.json_response({"error": f"{pad}{request.headers['Authorization']} tail"}, status=403)
+        return web.json_response(
+            {"error": f"{pad}{request.headers['Authorization']} tail"}, status=403
+        )
 
     app = web.Application()
     app.router.add_get("/api/x", echo)
@@ -236,7 +259,9 @@ def test_a_redirect_with_user_info_is_refused(setup, tmp_path):
     other = Faults()
     catalog = standard_catalog()
     catalog.write(tmp_path / "mirror")
-    with BackgroundServer(make_app(tmp_path / "mirror", middlewares=[other.middleware])) as elsewhere:
+    with BackgroundServer(
+        make_app(tmp_path / "mirror", middlewares=[other.middleware])
+    ) as elsewhere:
         _, faults, _, app = setup(catalog, client_token=TOKEN)
         target = elsewhere.url.replace("http://", f"http://user:{TOKEN}@") + f"{FILES}10000"
 

@@ -1,5 +1,6 @@
 """Exports and catalogs against hostile content (issue #12, item 10): a lone surrogate in a crawled
 name (valid JSON, not valid UTF-8) and an export that fails half-way."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,10 @@ def test_export_writes_a_lone_surrogate_as_an_escape_and_the_mirror_crawls(crawl
     app, catalog = crawled
     counts = export_mirror(app.db, app.settings.artifacts, tmp_path / "out")
     assert counts["models"] == 7 and counts["files"] == len(catalog.expected_files)
-    assert json.loads((tmp_path / "out" / "models" / "100.json").read_bytes())["name"] == SURROGATE_NAME
+    assert (
+        json.loads((tmp_path / "out" / "models" / "100.json").read_bytes())["name"]
+        == SURROGATE_NAME
+    )
     with BackgroundServer(make_app(tmp_path / "out")) as server:
         other = make_app_obj(tmp_path / "home2", f"sqlite:///{tmp_path / 'other.db'}", server.url)
         assert run(other).errors == 0
@@ -50,7 +54,11 @@ def test_a_failed_export_leaves_the_target_as_it_was(crawled, tmp_path):
         export_mirror(app.db, app.settings.artifacts, out)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert (out / "mirror.json").read_bytes() == manifest
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []  # no temporary left
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".out")
+    ] == []  # no temporary left
     with pytest.raises(OSError):
         export_mirror(app.db, app.settings.artifacts, tmp_path / "fresh")
-    assert not (tmp_path / "fresh").exists()  # no half directory without mirror.json to trip later exports
+    assert not (
+        tmp_path / "fresh"
+    ).exists()  # no half directory without mirror.json to trip later exports

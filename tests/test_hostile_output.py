@@ -5,6 +5,7 @@ overrides and rich markup in them must reach stdout/stderr as visible, inert tex
 table, title, message, progress line and log line. The commands run as real subprocesses over a
 real registry; stdout and stderr are pipes, so any ESC byte in them came from the data.
 """
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,9 @@ def test_clean_makes_controls_and_bidi_visible_and_keeps_text():
     assert output.clean("line\nnext\tcol") == "line\nnext\tcol"
     assert output.clean("line\nnext\tcol", one_line=True) == "line\\x0anext\\x09col"
     assert output.clean("Ünïcödé — 水墨 [bold]") == "Ünïcödé — 水墨 [bold]"
-    assert output.clean("lone \ud800 surrogate") == "lone \\ud800 surrogate"  # printing it would crash
+    assert (
+        output.clean("lone \ud800 surrogate") == "lone \\ud800 surrogate"
+    )  # printing it would crash
 
 
 def test_json_output_survives_a_lone_surrogate(capsys):
@@ -62,12 +65,24 @@ def test_json_output_survives_a_lone_surrogate(capsys):
     assert json.loads(text) == {"name": "lone \ud800 surrogate", "ok": "水墨"}
 
 
-@pytest.mark.parametrize("args", [("loras",), ("show", "1000"), ("show", "1001"), ("show", "1002"),
-                                  ("similar", "1000"), ("similar", "1001"), ("similar", "1002"),
-                                  ("report", "copyright")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("loras",),
+        ("show", "1000"),
+        ("show", "1001"),
+        ("show", "1002"),
+        ("similar", "1000"),
+        ("similar", "1001"),
+        ("similar", "1002"),
+        ("report", "copyright"),
+    ],
+)
 def test_listing_commands_show_hostile_names_as_inert_text(hostile_registry, args):
     proc = run_cli("--db", hostile_registry, *args)
-    assert proc.returncode == 0, proc.stderr  # "[/]" as a title used to be a MarkupError for every user
+    assert proc.returncode == 0, (
+        proc.stderr
+    )  # "[/]" as a title used to be a MarkupError for every user
     assert_inert(proc.stdout, proc.stderr)
     if args[0] == "show":
         shown = {"1000": "\\x1b]0;pwned", "1001": MARKUP_CLOSE, "1002": MARKUP_LINK}[args[1]]
@@ -80,10 +95,18 @@ def test_titles_with_markup_are_text_not_markup(monkeypatch):
     """What `search "ink [/]"` does: the query becomes part of a table title."""
     buffer = io.StringIO()
     monkeypatch.setattr(output, "out", Console(file=buffer, width=400, force_terminal=True))
-    output.table(["a"], [["ink [/] " + ESCAPES]], title="ink [/] " + MARKUP_LINK + ESCAPES, caption="[bold")
-    text = buffer.getvalue()  # a terminal: rich's own styling escapes are expected, hostile ones are not
-    assert "ink [/]" in text and MARKUP_LINK in text and "[bold" in text  # the title wraps to the table
-    assert "evil.example/\x1b" not in text and "\x1b]8;;https://evil" not in text  # no hidden link planted
+    output.table(
+        ["a"], [["ink [/] " + ESCAPES]], title="ink [/] " + MARKUP_LINK + ESCAPES, caption="[bold"
+    )
+    text = (
+        buffer.getvalue()
+    )  # a terminal: rich's own styling escapes are expected, hostile ones are not
+    assert (
+        "ink [/]" in text and MARKUP_LINK in text and "[bold" in text
+    )  # the title wraps to the table
+    assert (
+        "evil.example/\x1b" not in text and "\x1b]8;;https://evil" not in text
+    )  # no hidden link planted
     assert "\x1b]0;" not in text and "\x07" not in text and "\u202e" not in text
 
 
@@ -95,7 +118,9 @@ def test_messages_and_log_lines_are_cleaned(capsys):
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(output.CleanFormatter("%(message)s"))
-    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "page %s: %s", ("7", ESCAPES), None)
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "page %s: %s", ("7", ESCAPES), None
+    )
     handler.emit(record)
     assert_inert(stream.getvalue())
     assert "\\x1b]0;pwned" in stream.getvalue()
@@ -107,7 +132,9 @@ def test_crawl_progress_logs_and_crawls_show_server_text_inertly(tmp_path):
     catalog.models[0]["name"] = f"Model {ESCAPES}{MARKUP_CLOSE}"
     catalog.write(tmp_path / "mirror")
     faults = Faults()
-    faults.add(f"{DOWNLOADS}1010", respond(403, {"error": f"denied {ESCAPES} {MARKUP_CLOSE}"}), times=None)
+    faults.add(
+        f"{DOWNLOADS}1010", respond(403, {"error": f"denied {ESCAPES} {MARKUP_CLOSE}"}), times=None
+    )
     with BackgroundServer(make_app(tmp_path / "mirror", middlewares=[faults.middleware])) as api:
         env = {"CARLOS_REG_HOME": str(tmp_path / "home"), "CIVITAI_BASE_URL": api.url}
         crawl = run_cli("-vv", "crawl", "--retries", "0", "--timeout", "5", env=env)
@@ -123,6 +150,10 @@ def test_crawl_progress_logs_and_crawls_show_server_text_inertly(tmp_path):
     for proc in (runs, detail, shown, listed):
         assert proc.returncode == 0, proc.stderr
         assert_inert(proc.stdout, proc.stderr)
-    assert "\\x1b]0;pwned" in detail.stdout and MARKUP_CLOSE in detail.stdout  # cells fold: check pieces
+    assert (
+        "\\x1b]0;pwned" in detail.stdout and MARKUP_CLOSE in detail.stdout
+    )  # cells fold: check pieces
     assert "\\x1b]0;pwned" in shown.stdout and MARKUP_CLOSE in shown.stdout
-    assert json.loads(crawl_json.stdout)["errors"] >= 1  # JSON keeps the data as it came (escaped by JSON)
+    assert (
+        json.loads(crawl_json.stdout)["errors"] >= 1
+    )  # JSON keeps the data as it came (escaped by JSON)

@@ -1,4 +1,5 @@
 """`carlos-reg import carlos`: the published database, value for value, all or nothing."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ def test_import_reference_database_exactly(database, reference_parquet):
         assert sig.strength == row["strength"] and sig.consistency == row["consistency"]
         vec = from_blob(sig.direction, 512)
         assert np.array_equal(vec.astype(np.float64), np.asarray(row["direction"]))
-        expected_name = row["model_name"].strip() or stem_name(row["folder_name"], row["version_id"])
+        expected_name = row["model_name"].strip() or stem_name(
+            row["folder_name"], row["version_id"]
+        )
         assert versions[row["version_id"]].name == expected_name
         assert versions[row["version_id"]].model_id == row["model_id"]
 
@@ -46,13 +49,19 @@ def test_import_reference_database_exactly(database, reference_parquet):
 def test_reimport_changes_nothing(database, reference_parquet):
     import_carlos(database, reference_parquet)
     with database.read() as s:
-        before = s.execute(sa.select(Signature.id, Signature.strength, Signature.direction)
-                           .order_by(Signature.id)).all()
+        before = s.execute(
+            sa.select(Signature.id, Signature.strength, Signature.direction).order_by(Signature.id)
+        ).all()
     counts = import_carlos(database, reference_parquet)
-    assert counts["unchanged"] == 740 and counts["signatures_added"] == 0 and counts["versions_added"] == 0
+    assert (
+        counts["unchanged"] == 740
+        and counts["signatures_added"] == 0
+        and counts["versions_added"] == 0
+    )
     with database.read() as s:
-        after = s.execute(sa.select(Signature.id, Signature.strength, Signature.direction)
-                          .order_by(Signature.id)).all()
+        after = s.execute(
+            sa.select(Signature.id, Signature.strength, Signature.direction).order_by(Signature.id)
+        ).all()
     assert before == after
 
 
@@ -64,18 +73,31 @@ def test_reimport_rewrites_an_older_record_of_the_published_profile_in_place(dat
 
     path = _write(pa.table(_small_table()), tmp_path / "small.parquet")
     import_carlos(database, path)
-    old = {**IMPORTED_PROFILE_SETTINGS, "query_prompt_set": {"name": "carlos-reference-retrieval", "size": 280}}
+    old = {
+        **IMPORTED_PROFILE_SETTINGS,
+        "query_prompt_set": {"name": "carlos-reference-retrieval", "size": 280},
+    }
     with database.write() as s:  # the record an earlier release wrote
-        row = s.execute(sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME)).scalar_one()
+        row = s.execute(
+            sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME)
+        ).scalar_one()
         row.settings, row.hash, pid = old, profile_hash(IMPORTED_PROFILE_NAME, old), row.id
     counts = import_carlos(database, path)
     assert counts["unchanged"] == 3 and counts["signatures_added"] == 0
     with database.read() as s:
-        rows = s.execute(sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME)).scalars().all()
+        rows = (
+            s.execute(sa.select(SignerProfile).where(SignerProfile.name == IMPORTED_PROFILE_NAME))
+            .scalars()
+            .all()
+        )
         assert [r.id for r in rows] == [pid] and rows[0].settings == IMPORTED_PROFILE_SETTINGS
         assert rows[0].settings["query_prompt_set"]["name"] == "carlos-reference-query"
-        assert s.execute(sa.select(sa.func.count()).select_from(Signature)
-                         .where(Signature.profile_id == pid)).scalar_one() == 3
+        assert (
+            s.execute(
+                sa.select(sa.func.count()).select_from(Signature).where(Signature.profile_id == pid)
+            ).scalar_one()
+            == 3
+        )
 
 
 def _small_table(n=3, dim=512) -> dict:
@@ -94,14 +116,20 @@ def _small_table(n=3, dim=512) -> dict:
     }
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda d: d.pop("strength"), "missing column"),
-    (lambda d: d["direction"].__setitem__(1, d["direction"][1][:511]), "511 values, expected 512"),
-    (lambda d: d["direction"][2].__setitem__(7, float("nan")), "NaN"),
-    (lambda d: d["consistency"].__setitem__(0, float("inf")), "not a finite number"),
-    (lambda d: d["version_id"].__setitem__(2, 2000), "appears twice"),
-    (lambda d: d["direction"].__setitem__(0, None), "no values"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d: d.pop("strength"), "missing column"),
+        (
+            lambda d: d["direction"].__setitem__(1, d["direction"][1][:511]),
+            "511 values, expected 512",
+        ),
+        (lambda d: d["direction"][2].__setitem__(7, float("nan")), "NaN"),
+        (lambda d: d["consistency"].__setitem__(0, float("inf")), "not a finite number"),
+        (lambda d: d["version_id"].__setitem__(2, 2000), "appears twice"),
+        (lambda d: d["direction"].__setitem__(0, None), "no values"),
+    ],
+)
 def test_corrupted_files_are_refused_whole(database, tmp_path, corrupt, message):
     good = _write(pa.table(_small_table()), tmp_path / "good.parquet")
     import_carlos(database, good)
@@ -112,7 +140,11 @@ def test_corrupted_files_are_refused_whole(database, tmp_path, corrupt, message)
     bad = _write(pa.table(data), tmp_path / "bad.parquet")
     with pytest.raises(ImportRefused, match=message):
         import_carlos(database, bad)
-    assert (_count(database, Signature), _count(database, Version), _count(database, Model)) == before
+    assert (
+        _count(database, Signature),
+        _count(database, Version),
+        _count(database, Model),
+    ) == before
 
 
 def test_not_a_parquet_file_is_refused(database, tmp_path):
@@ -147,5 +179,7 @@ def test_signature_seq_orders_writes_and_reimport_of_a_change_bumps_it(database,
     data["strength"] = [1.5, 9.0, 3.5]
     import_carlos(database, _write(pa.table(data), tmp_path / "b.parquet"))
     with database.read() as s:
-        changed = s.execute(sa.select(Signature.version_id).where(Signature.seq > 3)).scalars().all()
+        changed = (
+            s.execute(sa.select(Signature.version_id).where(Signature.seq > 3)).scalars().all()
+        )
     assert changed == [1001]

@@ -1,5 +1,6 @@
 """The multi-worker launcher's supervision, without models or a database (the fleet tests in
 test_scale_out run it with real workers on PostgreSQL)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,15 @@ from tests.conftest import REPO, run_cli
 
 def test_a_worker_that_keeps_failing_at_start_is_restarted_with_backoff_then_given_up():
     said = []
-    launcher = Launcher(["cpu", "cpu"], [], python="/bin/false", say=said.append, restart_initial=0.1,
-                        restart_cap=0.2, max_quick_failures=4)
+    launcher = Launcher(
+        ["cpu", "cpu"],
+        [],
+        python="/bin/false",
+        say=said.append,
+        restart_initial=0.1,
+        restart_cap=0.2,
+        max_quick_failures=4,
+    )
     t0 = time.monotonic()
     assert launcher.run(poll=0.02) == 1
     assert time.monotonic() - t0 >= 0.1 + 0.2 + 0.2  # the backoff doubled up to its cap
@@ -26,13 +34,17 @@ def test_a_worker_that_keeps_failing_at_start_is_restarted_with_backoff_then_giv
         restarts = [m for m in mine if "restarting it in" in m]
         assert [m.rsplit(" in ", 1)[1] for m in restarts] == ["0.1 s", "0.2 s", "0.2 s"]
         assert sum("started worker" in m for m in mine) == 4
-        assert mine[-1].endswith("failed 4 times in a row, each soon after starting: not restarting it")
+        assert mine[-1].endswith(
+            "failed 4 times in a row, each soon after starting: not restarting it"
+        )
 
 
 def test_workers_that_finish_cleanly_are_not_restarted():
     said = []
     assert Launcher(["cpu"] * 3, [], python="/bin/true", say=said.append).run(poll=0.02) == 0
-    assert sum("started worker" in m for m in said) == 3 and not any("restarting" in m for m in said)
+    assert sum("started worker" in m for m in said) == 3 and not any(
+        "restarting" in m for m in said
+    )
 
 
 def test_cpu_workers_share_the_cores_unless_told_otherwise(monkeypatch):
@@ -59,21 +71,32 @@ def test_device_all_without_cuda_says_so_in_one_line():
     proc = run_cli("signer", "work", "--device", "all")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no CUDA device" in lines[0] and "--device cpu" in lines[0], proc.stderr
+    assert len(lines) == 1 and "no CUDA device" in lines[0] and "--device cpu" in lines[0], (
+        proc.stderr
+    )
 
 
 def test_a_worker_gets_sigterm_when_its_launcher_is_killed(tmp_path):
     """die_with_launcher (called by `signer work` under the launcher): no orphaned workers."""
     marker = tmp_path / "got-sigterm"
-    worker = (f"import os, signal, sys, time; from signer.launcher import die_with_launcher; "
-              f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0))); "
-              f"die_with_launcher(); print('ready', flush=True); time.sleep(60)")
-    launcher = (f"import os, subprocess, sys, time; "
-                f"env = {{**os.environ, 'CARLOS_REG_LAUNCHER_PID': str(os.getpid())}}; "
-                f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], env=env, stdout=subprocess.PIPE, text=True); "
-                f"print(p.stdout.readline().strip(), p.pid, flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    worker = (
+        f"import os, signal, sys, time; from signer.launcher import die_with_launcher; "
+        f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0))); "
+        f"die_with_launcher(); print('ready', flush=True); time.sleep(60)"
+    )
+    launcher = (
+        f"import os, subprocess, sys, time; "
+        f"env = {{**os.environ, 'CARLOS_REG_LAUNCHER_PID': str(os.getpid())}}; "
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}], env=env, stdout=subprocess.PIPE, text=True); "
+        f"print(p.stdout.readline().strip(), p.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     ready, _child = proc.stdout.readline().split()
     assert ready == "ready"
     os.kill(proc.pid, signal.SIGKILL)

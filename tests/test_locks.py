@@ -1,5 +1,6 @@
 """Named leases (the nightly run's lock) on both backends: one holder at a time, renewal, release,
 and a lease that frees itself when its holder stops renewing (a killed process)."""
+
 from __future__ import annotations
 
 import os
@@ -27,11 +28,17 @@ def _wait_until(predicate, seconds: float, what: str):
 def _expire_now(db, name: str) -> None:
     """What the passing of ``ttl`` does, without waiting for it."""
     with db.write() as s:
-        s.execute(sa.text("UPDATE service_lock SET expires_at = expires_at - 100000 WHERE name = :n"), {"n": name})
+        s.execute(
+            sa.text("UPDATE service_lock SET expires_at = expires_at - 100000 WHERE name = :n"),
+            {"n": name},
+        )
 
 
 def test_one_holder_at_a_time_until_release(database):
-    a, b = DbLock(database, "nightly", "host-a", ttl=600), DbLock(database, "nightly", "host-b", ttl=600)
+    a, b = (
+        DbLock(database, "nightly", "host-a", ttl=600),
+        DbLock(database, "nightly", "host-b", ttl=600),
+    )
     assert a.acquire() and a.token
     assert not b.acquire() and b.token is None
     held = b.holder()
@@ -44,12 +51,17 @@ def test_one_holder_at_a_time_until_release(database):
 
 
 def test_an_expired_lease_is_taken_over_and_its_old_holder_knows(database):
-    a, b = DbLock(database, "nightly", "host-a", ttl=600), DbLock(database, "nightly", "host-b", ttl=600)
+    a, b = (
+        DbLock(database, "nightly", "host-a", ttl=600),
+        DbLock(database, "nightly", "host-b", ttl=600),
+    )
     assert a.acquire()
     _expire_now(database, "nightly")
     assert a.holder() is None  # expired: nobody holds it
     assert b.acquire()
-    assert not a.heartbeat() and a.token is None  # the old holder's renewal fails: its token is gone
+    assert (
+        not a.heartbeat() and a.token is None
+    )  # the old holder's renewal fails: its token is gone
     a.release()  # and its release does not free b's lease
     assert b.holder()["owner"] == "host-b"
 
@@ -58,18 +70,26 @@ def test_heartbeat_renews_for_ttl(database):
     a = DbLock(database, "nightly", "host-a", ttl=600)
     assert a.acquire()
     with database.write() as s:
-        s.execute(sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'"))
+        s.execute(
+            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
+        )
     assert a.holder()["expires_in"] <= 10
     assert a.heartbeat() and a.holder()["expires_in"] > 590
 
 
 def test_the_lease_frees_itself_when_its_process_dies(database, db_url):
     """A process takes the nightly lock (an 8 s lease, renewed), is SIGKILLed; the lock then frees itself."""
-    code = ("import sys, time\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
-            "lock = DbLock(Database(sys.argv[1]), 'nightly', 'doomed', ttl=8.0)\n"
-            "assert lock.acquire()\nlock.keep_alive(every=0.4)\nprint('held', flush=True)\ntime.sleep(3600)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, db_url], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys, time\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
+        "lock = DbLock(Database(sys.argv[1]), 'nightly', 'doomed', ttl=8.0)\n"
+        "assert lock.acquire()\nlock.keep_alive(every=0.4)\nprint('held', flush=True)\ntime.sleep(3600)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, db_url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout.readline().strip() == "held"
         other = DbLock(database, "nightly", "survivor", ttl=600)
@@ -85,7 +105,9 @@ def test_keep_alive_renews_in_the_background_until_release(database):
     a = DbLock(database, "nightly", "host-a", ttl=600)
     assert a.acquire()
     with database.write() as s:
-        s.execute(sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'"))
+        s.execute(
+            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
+        )
     a.keep_alive(every=0.05)
     _wait_until(lambda: a.holder()["expires_in"] > 590, 60, "a background renewal")
     a.release()
@@ -93,7 +115,10 @@ def test_keep_alive_renews_in_the_background_until_release(database):
 
 
 def test_keep_alive_stops_once_the_lease_is_lost(database):
-    a, b = DbLock(database, "nightly", "host-a", ttl=600), DbLock(database, "nightly", "host-b", ttl=600)
+    a, b = (
+        DbLock(database, "nightly", "host-a", ttl=600),
+        DbLock(database, "nightly", "host-b", ttl=600),
+    )
     assert a.acquire()
     _expire_now(database, "nightly")
     assert b.acquire()

@@ -1,4 +1,5 @@
 """Migrations on SQLite and PostgreSQL: round trips, agreement with the models, refusal of newer schemas."""
+
 from __future__ import annotations
 
 import subprocess
@@ -69,10 +70,14 @@ def test_db_commands(sqlite_url):
     assert "empty" in run_cli("--db", sqlite_url, "db", "current").stdout
     proc = run_cli("--db", sqlite_url, "db", "upgrade", check=True)
     assert head_revision() in proc.stderr
-    doc = __import__("json").loads(run_cli("--db", sqlite_url, "db", "current", "--json", check=True).stdout)
+    doc = __import__("json").loads(
+        run_cli("--db", sqlite_url, "db", "current", "--json", check=True).stdout
+    )
     assert doc["current"] == [head_revision()] and doc["up_to_date"] is True
     run_cli("--db", sqlite_url, "db", "downgrade", "base", check=True)
-    doc = __import__("json").loads(run_cli("--db", sqlite_url, "db", "current", "--json", check=True).stdout)
+    doc = __import__("json").loads(
+        run_cli("--db", sqlite_url, "db", "current", "--json", check=True).stdout
+    )
     assert doc["current"] == []
     proc = run_cli("--db", sqlite_url, "db", "downgrade", "nosuchrev")
     assert proc.returncode != 0 and "unknown revision" in proc.stderr
@@ -88,10 +93,20 @@ def test_other_commands_upgrade_an_empty_database(sqlite_url):
 @pytest.mark.postgres
 def test_concurrent_upgrades_on_postgres_wait_for_each_other(pg_url):
     """Two processes upgrade one empty database at once: one migrates, the other finds it done."""
-    code = ("import sys; from registry.db import Database; from registry.migrate import upgrade, current_revisions;"
-            "db = Database(sys.argv[1]); upgrade(db); print(current_revisions(db)[0])")
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from registry.db import Database; from registry.migrate import upgrade, current_revisions;"
+        "db = Database(sys.argv[1]); upgrade(db); print(current_revisions(db)[0])"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err

@@ -1,11 +1,14 @@
 """Signing progress where there is no terminal (logs, pipes, CI): plain lines, cleaned."""
+
 from __future__ import annotations
 
 
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
     import signer.progress as progress
 
-    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # every advance may print: no clock in the test
+    monkeypatch.setattr(
+        progress, "PLAIN_EVERY_S", 0.0
+    )  # every advance may print: no clock in the test
     bars = progress.Bars(total_jobs=1)
     assert not bars.enabled  # pytest's captured stderr is not a terminal
     with bars:
@@ -14,8 +17,15 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch)
             bars.advance(4)
         bars.job_finished()
     lines = capsys.readouterr().err.splitlines()
-    assert [ln.rsplit(": ", 1)[1] for ln in lines] == ["4/20 samples", "8/20 samples", "12/20 samples", "16/20 samples"]
-    assert all("\x1b" not in ln and "\\x1b]8" in ln for ln in lines)  # the name cannot drive the terminal
+    assert [ln.rsplit(": ", 1)[1] for ln in lines] == [
+        "4/20 samples",
+        "8/20 samples",
+        "12/20 samples",
+        "16/20 samples",
+    ]
+    assert all(
+        "\x1b" not in ln and "\\x1b]8" in ln for ln in lines
+    )  # the name cannot drive the terminal
 
 
 def test_plain_progress_is_rate_limited(capsys, monkeypatch):

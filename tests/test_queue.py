@@ -1,4 +1,5 @@
 """The job queue on SQLite and PostgreSQL, with real worker processes."""
+
 from __future__ import annotations
 
 import collections
@@ -31,8 +32,13 @@ def _setup(db, n: int, **enqueue_kw) -> int:
 
 
 def _worker(db_url, log, mode, lease="30"):
-    return subprocess.Popen([sys.executable, "-m", "tests.queue_worker", db_url, str(log), mode, lease],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.queue_worker", db_url, str(log), mode, lease],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _signatures(db) -> int:
@@ -67,7 +73,9 @@ def test_four_processes_drain_1000_jobs_each_completed_once(database, db_url, tm
         assert s.execute(sa.select(sa.func.max(SignJob.attempts))).scalar_one() == 1
 
 
-def test_sigkilled_worker_job_is_reclaimed_after_expiry_and_completed_once(database, db_url, tmp_path):
+def test_sigkilled_worker_job_is_reclaimed_after_expiry_and_completed_once(
+    database, db_url, tmp_path
+):
     _setup(database, 1)
     holder = _worker(db_url, tmp_path / "unused.log", "hold", lease="1.5")
     job_id = int(holder.stdout.readline())
@@ -82,8 +90,16 @@ def test_sigkilled_worker_job_is_reclaimed_after_expiry_and_completed_once(datab
         lease = q.claim("rescuer")
     assert lease is not None and lease.job_id == job_id and lease.attempts == 2
     with database.write() as s:
-        s.add(Signature(version_id=lease.version_id, profile_id=lease.profile_id, dim=1,
-                        direction=to_blob([1.0]), strength=0.0, consistency=0.0))
+        s.add(
+            Signature(
+                version_id=lease.version_id,
+                profile_id=lease.profile_id,
+                dim=1,
+                direction=to_blob([1.0]),
+                strength=0.0,
+                consistency=0.0,
+            )
+        )
         q.complete(s, lease)
     assert _signatures(database) == 1
     with database.read() as s:
@@ -102,8 +118,16 @@ def test_taken_over_lease_cannot_heartbeat_or_complete(database):
         q.heartbeat(zombie)
     with pytest.raises(LeaseLost):
         with database.write() as s:
-            s.add(Signature(version_id=zombie.version_id, profile_id=zombie.profile_id, dim=1,
-                            direction=to_blob([1.0]), strength=9.0, consistency=9.0))
+            s.add(
+                Signature(
+                    version_id=zombie.version_id,
+                    profile_id=zombie.profile_id,
+                    dim=1,
+                    direction=to_blob([1.0]),
+                    strength=9.0,
+                    consistency=9.0,
+                )
+            )
             q.complete(s, zombie)
     assert _signatures(database) == 0  # the zombie's result was rolled back with its completion
     with pytest.raises(LeaseLost):
@@ -111,8 +135,16 @@ def test_taken_over_lease_cannot_heartbeat_or_complete(database):
     assert q.release(zombie) is False
     live = q.heartbeat(live)
     with database.write() as s:
-        s.add(Signature(version_id=live.version_id, profile_id=live.profile_id, dim=1,
-                        direction=to_blob([1.0]), strength=1.0, consistency=1.0))
+        s.add(
+            Signature(
+                version_id=live.version_id,
+                profile_id=live.profile_id,
+                dim=1,
+                direction=to_blob([1.0]),
+                strength=1.0,
+                consistency=1.0,
+            )
+        )
         q.complete(s, live)
     assert _signatures(database) == 1
 

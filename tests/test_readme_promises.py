@@ -1,6 +1,7 @@
 """README promises that had no test: the named LoRA formats the signer refuses, the key formats it
 signs (the same LoRA as kohya and as PEFT keys gives the same signature), and a third-party
 retriever plugin answering `search --retriever`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,13 +26,17 @@ def _refusal(tmp_path, tensors: dict, metadata: dict | None = None) -> str:
 
 def test_named_formats_are_refused_with_their_name(tmp_path):
     tucker = _kohya()
-    first = next(k for k in tucker if k.endswith(".lora_down.weight")).removesuffix(".lora_down.weight")
+    first = next(k for k in tucker if k.endswith(".lora_down.weight")).removesuffix(
+        ".lora_down.weight"
+    )
     tucker[f"{first}.lora_mid.weight"] = torch.zeros(4, 4, 3, 3)
     assert "Tucker" in _refusal(tmp_path, tucker)
     diff = _kohya()
     diff[f"{first}.diff"] = torch.zeros(8, 8)
     assert "full weight differences" in _refusal(tmp_path, diff)
-    assert "textual-inversion" in _refusal(tmp_path, {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)})
+    assert "textual-inversion" in _refusal(
+        tmp_path, {"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}
+    )
     # an SD 2.x LoRA: cross-attention fed 1024-wide text features
     sd2 = {}
     gen = torch.Generator().manual_seed(0)
@@ -78,14 +83,14 @@ class _Reversed:
 
     def rank(self, engine, request):
         index = engine.index(engine.profile(request.profile))
-        ids = np.sort(index.ids)[::-1][:request.k]
+        ids = np.sort(index.ids)[::-1][: request.k]
         return ids, np.zeros(len(ids)), {"from": "plugin"}
 
 
 def test_a_third_party_retriever_answers_search(registry):
-    from signer.search import get_retrievers
     from registry import hookimpl
     from registry.plugins import pm
+    from signer.search import get_retrievers
 
     class Plugin:
         @hookimpl

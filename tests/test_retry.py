@@ -1,5 +1,6 @@
 """Riding out database outages: error classification, backoff, and the queue's fenced retries,
 provoked with real PostgreSQL failures (terminated backends, a stopped server, a closed port)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,10 +36,17 @@ FAST = RetryPolicy(initial=0.05, cap=0.2, deadline=20.0)
 
 def _terminate(pg_server, pid: int) -> None:
     """pg_terminate_backend from another connection, and wait until the backend is gone."""
-    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=carlos dbname=postgres", autocommit=True) as c:
+    with psycopg.connect(
+        f"host=127.0.0.1 port={pg_server.port} user=carlos dbname=postgres", autocommit=True
+    ) as c:
         c.execute("SELECT pg_terminate_backend(%s)", (pid,))
         for _ in range(100):
-            if c.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0] == 0:
+            if (
+                c.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()[0]
+                == 0
+            ):
                 return
             time.sleep(0.02)
 
@@ -95,11 +103,15 @@ def test_sql_errors_missing_database_and_decisions_are_not_transient(pg_server, 
 
     missing = Database(pg_server.url("no_such_database"))
     try:
-        errors = [_error_of(syntax), _error_of(duplicate),
-                  _error_of(lambda: _select_one(missing))]
+        errors = [_error_of(syntax), _error_of(duplicate), _error_of(lambda: _select_one(missing))]
     finally:
         missing.dispose()
-    errors += [LeaseLost("job 1: lease lost"), NotFound("x"), DatabaseUnavailable("gave up"), ValueError("x")]
+    errors += [
+        LeaseLost("job 1: lease lost"),
+        NotFound("x"),
+        DatabaseUnavailable("gave up"),
+        ValueError("x"),
+    ]
     for exc in errors:
         assert not is_transient(exc), repr(exc)
 
@@ -160,8 +172,12 @@ def test_gives_up_after_the_deadline_with_one_line_and_caps_each_wait():
     t0 = time.monotonic()
     try:
         with pytest.raises(DatabaseUnavailable) as info:
-            retry_call(read, what="reading", policy=RetryPolicy(initial=0.05, cap=0.2, jitter=0.0, deadline=1.0),
-                       wait=wait)
+            retry_call(
+                read,
+                what="reading",
+                policy=RetryPolicy(initial=0.05, cap=0.2, jitter=0.0, deadline=1.0),
+                wait=wait,
+            )
     finally:
         db.dispose()
     assert 1.0 <= time.monotonic() - t0 < 5.0
@@ -246,8 +262,16 @@ def test_claim_whose_commit_answer_was_lost_returns_the_lease_it_took(pg_server,
 
 def _write_signature(lease):
     def write(session):
-        save_signature(session, version_id=lease.version_id, profile_id=lease.profile_id, direction=[1.0, 0.0],
-                       strength=1.0, consistency=1.0, job_id=lease.job_id)
+        save_signature(
+            session,
+            version_id=lease.version_id,
+            profile_id=lease.profile_id,
+            direction=[1.0, 0.0],
+            strength=1.0,
+            consistency=1.0,
+            job_id=lease.job_id,
+        )
+
     return write
 
 
@@ -268,11 +292,16 @@ def test_completion_lost_in_a_restart_is_retried_and_written_once(pg_server, dat
         assert s.execute(sa.select(sa.func.count()).select_from(Signature)).scalar_one() == 1
         assert s.get(SignJob, lease.job_id).state == "done" and current_seq(s) == 1
 
-    second = q.claim("w")  # the answer of a successful COMMIT is lost: the retry must not write again
+    second = q.claim(
+        "w"
+    )  # the answer of a successful COMMIT is lost: the retry must not write again
     runs.clear()
     with LoseCommitAnswer(pg_server, database) as lost:
         lost.armed = True
-        assert q.complete_with(second, lambda s: (runs.append(1), _write_signature(second)(s))) is False
+        assert (
+            q.complete_with(second, lambda s: (runs.append(1), _write_signature(second)(s)))
+            is False
+        )
     assert lost.fired == 1 and len(runs) == 1
     with database.read() as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Signature)).scalar_one() == 2
@@ -281,7 +310,9 @@ def test_completion_lost_in_a_restart_is_retried_and_written_once(pg_server, dat
         q.complete_with(dataclasses.replace(second, token="stale"), _write_signature(second))
 
 
-def test_heartbeat_survives_a_restart_longer_than_the_lease_and_still_sees_a_takeover(pg_server, database, caplog):
+def test_heartbeat_survives_a_restart_longer_than_the_lease_and_still_sees_a_takeover(
+    pg_server, database, caplog
+):
     from signer.worker import Heartbeat
 
     q, _ = _queue_with_jobs(database, 1)
@@ -295,15 +326,29 @@ def test_heartbeat_survives_a_restart_longer_than_the_lease_and_still_sees_a_tak
         assert beat.is_alive() and not beat.lost and beat.error is None
         with database.read() as s:
             job = s.get(SignJob, lease.job_id)
-            expires = s.execute(sa.text("SELECT lease_expires_at - extract(epoch from clock_timestamp()) "
-                                        "FROM sign_job WHERE id = :id"), {"id": lease.job_id}).scalar_one()
-        assert job.state == "running" and job.lease_token == lease.token and expires > 0  # renewed since
+            expires = s.execute(
+                sa.text(
+                    "SELECT lease_expires_at - extract(epoch from clock_timestamp()) "
+                    "FROM sign_job WHERE id = :id"
+                ),
+                {"id": lease.job_id},
+            ).scalar_one()
+        assert (
+            job.state == "running" and job.lease_token == lease.token and expires > 0
+        )  # renewed since
         with database.write() as s:  # another worker takes the job over
-            s.execute(sa.update(SignJob).where(SignJob.id == lease.job_id).values(lease_token="someone-else"))
+            s.execute(
+                sa.update(SignJob)
+                .where(SignJob.id == lease.job_id)
+                .values(lease_token="someone-else")
+            )
         beat.join(timeout=5)
     assert beat.lost and not beat.is_alive()
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith(f"registry database unavailable (heartbeat of job {lease.job_id})") for m in messages)
+    assert any(
+        m.startswith(f"registry database unavailable (heartbeat of job {lease.job_id})")
+        for m in messages
+    )
     assert any(m.startswith("registry database reachable again") for m in messages)
 
 
@@ -322,7 +367,9 @@ def test_pool_size_comes_from_the_environment(pg_url, monkeypatch):
     app.close()
     monkeypatch.delenv("CARLOS_REG_DB_POOL")
     app = App(Settings.load(db=pg_url))
-    assert app.raw_db.engine.pool.size() == 5  # a command that asks for nothing gets the documented 5
+    assert (
+        app.raw_db.engine.pool.size() == 5
+    )  # a command that asks for nothing gets the documented 5
     app.close()
     # what each long-running command asks for (registry/db.py): a worker 3, the service its threads + 4
     from registry.api import API_THREADS
@@ -355,7 +402,9 @@ def test_a_pool_of_two_serves_a_worker_loop_and_its_heartbeat(database):
     beat.start()
     try:
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 1.0:  # the main loop keeps a transaction open most of the time
+        while (
+            time.monotonic() - t0 < 1.0
+        ):  # the main loop keeps a transaction open most of the time
             with db.write() as s:
                 s.execute(sa.text("SELECT pg_sleep(0.05)"))
         assert not beat.lost and beat.error is None

@@ -1,5 +1,6 @@
 """Scale-out on one PostgreSQL registry: a fleet of real ``signer work`` processes (tiny models)
 that loses a worker to SIGKILL, rides out a database restart, and runs under the launcher."""
+
 from __future__ import annotations
 
 import collections
@@ -30,23 +31,31 @@ from tests.signer_support import add_local_version
 # fleets of CPU workers: bounds sized for a loaded 2-core machine; every wait is for a state, not a time
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-PROFILE = "tiny-40"  # tiny with 40 samples: a job lasts a few seconds, long enough to be hit mid-way
+PROFILE = (
+    "tiny-40"  # tiny with 40 samples: a job lasts a few seconds, long enough to be hit mid-way
+)
 KILL_SEED = 8
 DONE_LINE = re.compile(r"job (\d+) \((?:version -?\d+|base branch of profile [^)]*)\): done:")
-BASE_COMPUTED = re.compile(r"\(base branch of profile " + re.escape(PROFILE) + r"\): computing \d+ samples")
+BASE_COMPUTED = re.compile(
+    r"\(base branch of profile " + re.escape(PROFILE) + r"\): computing \d+ samples"
+)
 
 
 @pytest.fixture
 def fleet(pg_url, tmp_path, tiny_models):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    (home / "profiles.toml").write_text(f'[profiles.{PROFILE}]\nextends = "tiny"\nprompt_subset = 20\n')
+    (home / "profiles.toml").write_text(
+        f'[profiles.{PROFILE}]\nextends = "tiny"\nprompt_subset = 20\n'
+    )
     db = Database(pg_url)
     ensure_schema(db)
     settings = Settings.load(home=home, db=pg_url)
     with db.write() as s:
         pid = register(s, load_profile(PROFILE, settings)).id
-    ns = SimpleNamespace(db=db, settings=settings, pid=pid, url=pg_url, home=home, tmp=tmp_path, logs=[])
+    ns = SimpleNamespace(
+        db=db, settings=settings, pid=pid, url=pg_url, home=home, tmp=tmp_path, logs=[]
+    )
     yield ns
     db.dispose()
 
@@ -62,12 +71,33 @@ def _enqueue(fleet, version_ids) -> None:
 def _start(fleet, *args: str, env: dict | None = None) -> subprocess.Popen:
     log = fleet.tmp / f"worker{len(fleet.logs)}.log"
     fleet.logs.append(log)
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "CARLOS_REG_HOME": str(fleet.home), "OMP_NUM_THREADS": "1",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "CARLOS_REG_HOME": str(fleet.home),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
     with log.open("w") as err:
-        return subprocess.Popen([sys.executable, "-m", "registry", "--db", fleet.url, "signer", "work", "--profile",
-                                 PROFILE, *args], cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "registry",
+                "--db",
+                fleet.url,
+                "signer",
+                "work",
+                "--profile",
+                PROFILE,
+                *args,
+            ],
+            cwd=REPO,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def _kill_leftovers(procs) -> None:
@@ -112,19 +142,28 @@ def _logs(fleet) -> str:
     return "".join(p.read_text() for p in fleet.logs)
 
 
-def _assert_each_job_done_once(fleet, versions, *, max_attempts_seen: int | None = None) -> list[SignJob]:
+def _assert_each_job_done_once(
+    fleet, versions, *, max_attempts_seen: int | None = None
+) -> list[SignJob]:
     jobs = _jobs(fleet.db)
     loras = [j for j in jobs if j.kind == "lora"]
     assert sorted(j.version_id for j in loras) == sorted(versions)
     assert all(j.state == "done" for j in jobs), [(j.id, j.state, j.last_error) for j in jobs]
     with fleet.db.read() as s:
-        sigs = s.execute(sa.select(Signature.version_id, Signature.job_id).where(
-            Signature.profile_id == fleet.pid)).all()
+        sigs = s.execute(
+            sa.select(Signature.version_id, Signature.job_id).where(
+                Signature.profile_id == fleet.pid
+            )
+        ).all()
         caches = s.execute(sa.select(sa.func.count()).select_from(BaseCache)).scalar_one()
-    assert sorted(sigs) == sorted((j.version_id, j.id) for j in loras)  # one signature per version, by its job
+    assert sorted(sigs) == sorted(
+        (j.version_id, j.id) for j in loras
+    )  # one signature per version, by its job
     assert caches == 1
     done_lines = collections.Counter(int(m) for m in DONE_LINE.findall(_logs(fleet)))
-    assert done_lines == {j.id: 1 for j in jobs}, done_lines  # every job reported done by exactly one worker
+    assert done_lines == {j.id: 1 for j in jobs}, (
+        done_lines
+    )  # every job reported done by exactly one worker
     assert len(BASE_COMPUTED.findall(_logs(fleet))) == 1  # the fleet computed the base branch once
     if max_attempts_seen is not None:
         assert max(j.attempts for j in jobs) <= max_attempts_seen
@@ -140,7 +179,9 @@ def test_four_workers_drain_the_queue_while_one_is_sigkilled(fleet):
     try:
         _wait_for(lambda: _running_loras(fleet.db), 600, "a LoRA job to start", procs)
         time.sleep(rng.uniform(0.0, 2.0))
-        running = sorted((j for j in _running_loras(fleet.db) if _owner_pid(j) in by_pid), key=lambda j: j.id)
+        running = sorted(
+            (j for j in _running_loras(fleet.db) if _owner_pid(j) in by_pid), key=lambda j: j.id
+        )
         if running:
             job = rng.choice(running)
             victim, killed_job = by_pid[_owner_pid(job)], job.id
@@ -159,7 +200,9 @@ def test_four_workers_drain_the_queue_while_one_is_sigkilled(fleet):
     assert base.attempts == 1
     for j in jobs:
         if j.id == killed_job:
-            assert j.attempts == 2 and j.last_error is None  # reclaimed after its lease ran out, done once
+            assert (
+                j.attempts == 2 and j.last_error is None
+            )  # reclaimed after its lease ran out, done once
         else:
             assert j.attempts >= 1
     assert "Traceback" not in _logs(fleet)
@@ -170,13 +213,24 @@ def test_workers_ride_out_a_database_restart(fleet, pg_server):
     _enqueue(fleet, versions)
     procs = [_start(fleet, "--once", "--lease-seconds", "30") for _ in range(2)]
     try:
-        _wait_for(lambda: any(j.kind == "lora" and j.state == "done" for j in _jobs(fleet.db))
-                  and _running_loras(fleet.db), 600, "the first LoRA job done and another running", procs)
+        _wait_for(
+            lambda: (
+                any(j.kind == "lora" and j.state == "done" for j in _jobs(fleet.db))
+                and _running_loras(fleet.db)
+            ),
+            600,
+            "the first LoRA job done and another running",
+            procs,
+        )
         # down until a worker has met the outage for sure (its heartbeat comes every 10 s), then back
         pg_server.stop("fast")
         try:
-            _wait_for(lambda: "registry database unavailable" in _logs(fleet), 120, "a worker to meet the outage",
-                      procs)
+            _wait_for(
+                lambda: "registry database unavailable" in _logs(fleet),
+                120,
+                "a worker to meet the outage",
+                procs,
+            )
         finally:
             pg_server.start()
         for p in procs:
@@ -197,24 +251,53 @@ def test_launcher_runs_two_cpu_workers_restarts_a_crash_and_stops_on_sigterm(fle
     env = {**os.environ, "PYTHONPATH": str(REPO), "CARLOS_REG_HOME": str(fleet.home)}
     env.pop("OMP_NUM_THREADS", None)
     with log.open("w") as err:
-        launcher = subprocess.Popen([sys.executable, "-m", "registry", "--db", fleet.url, "signer", "work",
-                                     "--device", "cpu", "--workers", "2", "--profile", PROFILE,
-                                     "--lease-seconds", "2"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err)
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "registry",
+                "--db",
+                fleet.url,
+                "signer",
+                "work",
+                "--device",
+                "cpu",
+                "--workers",
+                "2",
+                "--profile",
+                PROFILE,
+                "--lease-seconds",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         # a crash: SIGKILL the child running a LoRA job; the launcher restarts it, the job is redone
         job = _wait_for(lambda: _running_loras(fleet.db), 600, "a LoRA job to start", [launcher])[0]
         child = _owner_pid(job)
-        assert Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(launcher.pid)
+        assert Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(
+            launcher.pid
+        )
         os.kill(child, signal.SIGKILL)
-        _wait_for(lambda: all(j.state == "done" for j in _jobs(fleet.db)), 600, "the queue to drain", [launcher])
+        _wait_for(
+            lambda: all(j.state == "done" for j in _jobs(fleet.db)),
+            600,
+            "the queue to drain",
+            [launcher],
+        )
         assert [j.attempts for j in _jobs(fleet.db) if j.id == job.id] == [2]
         text = log.read_text()
         assert "was killed by SIGKILL; restarting it in 1 s" in text
         assert len(re.findall(r"launcher: started worker w[12] cpu", text)) == 3
         # SIGTERM with both workers busy: each releases its job and exits; then the launcher exits 0
         _enqueue(fleet, range(7, 11))
-        busy = _wait_for(lambda: _busy_workers(fleet.db, 2), 120, "both workers running a job", [launcher])
+        busy = _wait_for(
+            lambda: _busy_workers(fleet.db, 2), 120, "both workers running a job", [launcher]
+        )
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=60) == 0, log.read_text()
     finally:
@@ -223,7 +306,9 @@ def test_launcher_runs_two_cpu_workers_restarts_a_crash_and_stops_on_sigterm(fle
     jobs = _jobs(fleet.db)
     assert not [j for j in jobs if j.state == "running"]
     for j in jobs:
-        if j.id in {b.id for b in busy}:  # released untried (or finished in the moment before the signal)
+        if j.id in {
+            b.id for b in busy
+        }:  # released untried (or finished in the moment before the signal)
             assert (j.state, j.attempts, j.lease_token) == ("queued", 0, None) or j.state == "done"
     assert all(j.attempts == 0 for j in jobs if j.state == "queued")
     for label in ("w1 cpu", "w2 cpu"):

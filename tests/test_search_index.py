@@ -1,4 +1,5 @@
 """The ranking index: equal to brute force, exact filters, incremental refresh, persistence."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,15 @@ def _fill(db, vectors, strength, consistency, valid=None, profile="test", start=
         s.add_all([Version(id=i, name=f"lora {i}") for i in ids if s.get(Version, i) is None])
         s.flush()
         for i, vid in enumerate(ids):
-            save_signature(s, version_id=vid, profile_id=pid, direction=vectors[i], strength=float(strength[i]),
-                           consistency=float(consistency[i]), valid=True if valid is None else bool(valid[i]))
+            save_signature(
+                s,
+                version_id=vid,
+                profile_id=pid,
+                direction=vectors[i],
+                strength=float(strength[i]),
+                consistency=float(consistency[i]),
+                valid=True if valid is None else bool(valid[i]),
+            )
     return pid, np.array(ids)
 
 
@@ -26,7 +34,9 @@ def _fill(db, vectors, strength, consistency, valid=None, profile="test", start=
 def synthetic(database):
     rng = np.random.default_rng(7)
     n, d = 600, 64
-    vecs = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(0.5, 12, size=(n, 1)).astype(np.float32)
+    vecs = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(0.5, 12, size=(n, 1)).astype(
+        np.float32
+    )
     strength = rng.uniform(0.5, 11, size=n)
     consistency = rng.uniform(0.0, 0.5, size=n)
     valid = rng.uniform(size=n) > 0.05
@@ -44,7 +54,9 @@ def test_ranking_equals_brute_force(synthetic):
     for _ in range(5):
         q = rng.normal(size=vecs.shape[1])
         scores = units @ (q / np.linalg.norm(q))
-        order = sorted((i for i in range(len(ids)) if valid[i]), key=lambda i: (-scores[i], ids[i]))[:25]
+        order = sorted(
+            (i for i in range(len(ids)) if valid[i]), key=lambda i: (-scores[i], ids[i])
+        )[:25]
         got = index.rank(q, 25)
         assert got.version_ids.tolist() == ids[order].tolist()
         assert np.allclose(got.scores, scores[order], atol=1e-5)
@@ -54,16 +66,26 @@ def test_filters_exclude_exactly_the_loras_over_and_under_thresholds(synthetic):
     db, index, ids, vecs, strength, consistency, valid = synthetic
     q = np.ones(vecs.shape[1])
     got = index.rank(q, len(ids), Filters(max_strength=9.8, min_consistency=0.041))
-    expected = {int(v) for v, s, c, ok in zip(ids, strength, consistency, valid) if ok and s <= 9.8 and c >= 0.041}
+    expected = {
+        int(v)
+        for v, s, c, ok in zip(ids, strength, consistency, valid)
+        if ok and s <= 9.8 and c >= 0.041
+    }
     assert set(got.version_ids.tolist()) == expected
     n_invalid = int((~valid).sum())
     over = int((valid & (strength > 9.8)).sum())
     under = int((valid & (strength <= 9.8) & (consistency < 0.041)).sum())
-    assert got.filtered == {"invalid": n_invalid, "no_effect": 0, "strength_above_max": over,
-                            "consistency_below_min": under}
+    assert got.filtered == {
+        "invalid": n_invalid,
+        "no_effect": 0,
+        "strength_above_max": over,
+        "consistency_below_min": under,
+    }
     allowed = ids[::3]
     got = index.rank(q, len(ids), Filters(allowed_ids=allowed, allowed_reason="base_model"))
-    assert set(got.version_ids.tolist()) == {int(v) for v, ok in zip(ids, valid) if ok and v in set(allowed)}
+    assert set(got.version_ids.tolist()) == {
+        int(v) for v, ok in zip(ids, valid) if ok and v in set(allowed)
+    }
 
 
 def test_planted_direction_ranks_first(synthetic):
@@ -106,7 +128,9 @@ def test_saved_index_loads_and_catches_up(synthetic, tmp_path):
         fresh.refresh(s)
     assert loaded.rank(q, 50).version_ids.tolist() == fresh.rank(q, 50).version_ids.tolist()
     path.write_bytes(b"garbage")
-    assert len(RankingIndex.load(path, index.profile_id)) == 0  # damaged cache: rebuilt, not trusted
+    assert (
+        len(RankingIndex.load(path, index.profile_id)) == 0
+    )  # damaged cache: rebuilt, not trusted
 
 
 def test_zero_direction_is_never_ranked_and_exact_duplicates_are_found(database):

@@ -1,11 +1,10 @@
 """`similar` on the published CARLoS database (skipped when the file is absent)."""
+
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import run_cli, run_json
-
-
 
 # Style LoRAs published in several versions: each version's nearest neighbours include the others.
 FAMILIES = {

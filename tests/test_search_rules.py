@@ -1,13 +1,14 @@
 """The rules search promises, in process on planted signatures (fast enough for mutation testing):
 filter boundaries, the profile's default filters, the near-duplicate threshold, the text query's
 formula and sign, and text plus example images weighing equally."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from signer.search import NEAR_DUPLICATE_COS
 from registry.ranking import Filters, RankingIndex
+from signer.search import NEAR_DUPLICATE_COS
 from tests.planted import DIM, Registry, at_cosine, example_png, unit
 from tests.signer_support import tiny_profile
 
@@ -15,31 +16,53 @@ from tests.signer_support import tiny_profile
 def test_filter_boundaries_are_inclusive(registry):
     """`--max-strength X` keeps Strength == X; `--min-consistency Y` keeps Consistency == Y."""
     rng = np.random.default_rng(0)
-    for vid, s, c in [(1, 9.8, 0.5), (2, 9.81, 0.5), (3, 5.0, 0.041), (4, 5.0, 0.0409), (5, 9.8, 0.041)]:
+    for vid, s, c in [
+        (1, 9.8, 0.5),
+        (2, 9.81, 0.5),
+        (3, 5.0, 0.041),
+        (4, 5.0, 0.0409),
+        (5, 9.8, 0.041),
+    ]:
         registry.plant(vid, rng.normal(size=DIM), strength=s, consistency=c)
     index = RankingIndex(registry.row.id)
     with registry.app.db.read() as s:
         index.refresh(s)
     got = index.rank(np.ones(DIM), 10, Filters(max_strength=9.8, min_consistency=0.041))
     assert sorted(got.version_ids.tolist()) == [1, 3, 5]
-    assert got.filtered == {"invalid": 0, "no_effect": 0, "strength_above_max": 1, "consistency_below_min": 1}
-    nothing = index.rank(np.ones(DIM), 10, Filters(max_strength=1.0))  # all filtered out: still says why
+    assert got.filtered == {
+        "invalid": 0,
+        "no_effect": 0,
+        "strength_above_max": 1,
+        "consistency_below_min": 1,
+    }
+    nothing = index.rank(
+        np.ones(DIM), 10, Filters(max_strength=1.0)
+    )  # all filtered out: still says why
     assert nothing.version_ids.tolist() == [] and nothing.considered == 0
     assert nothing.filtered == {"invalid": 0, "no_effect": 0, "strength_above_max": 5}
 
 
-def test_profile_default_filters_apply_unless_overridden_or_disabled(tmp_path, tiny_models, tiny_settings):
-    reg = Registry(tmp_path / "home", {**tiny_settings, "filters": {"max_strength": 5.0, "min_consistency": 0.1}})
+def test_profile_default_filters_apply_unless_overridden_or_disabled(
+    tmp_path, tiny_models, tiny_settings
+):
+    reg = Registry(
+        tmp_path / "home",
+        {**tiny_settings, "filters": {"max_strength": 5.0, "min_consistency": 0.1}},
+    )
     q = unit(np.arange(DIM) - DIM / 2)
     reg.plant_query("glow", q)
-    reg.plant(1, q * 3, strength=6.0, consistency=0.3)                    # best match, too strong
+    reg.plant(1, q * 3, strength=6.0, consistency=0.3)  # best match, too strong
     reg.plant(2, at_cosine(q, 0.8, 1), strength=4.0, consistency=0.05)  # too inconsistent
     reg.plant(3, at_cosine(q, 0.5, 2), strength=4.0, consistency=0.3)
     doc = reg.search("glow")
     assert [r["version_id"] for r in doc["results"]] == [3]
     assert doc["filters"]["max_strength"] == 5.0 and doc["filters"]["min_consistency"] == 0.1
     assert {f["version_id"] for f in doc["filtered_from_top"]} == {1, 2}
-    assert [r["version_id"] for r in reg.search("glow", apply_filters=False)["results"]] == [1, 2, 3]
+    assert [r["version_id"] for r in reg.search("glow", apply_filters=False)["results"]] == [
+        1,
+        2,
+        3,
+    ]
     assert [r["version_id"] for r in reg.search("glow", max_strength=7.0)["results"]] == [1, 3]
     assert [r["version_id"] for r in reg.search("glow", min_consistency=0.0)["results"]] == [2, 3]
     reg.app.close()
@@ -52,23 +75,26 @@ def test_builtin_profile_filters_are_the_papers():
 
     paper = {"max_strength": 9.8, "min_consistency": 0.041}
     assert PAPER_SETTINGS["filters"] == paper
-    assert {name: BUILTINS[name]["filters"] for name in ("paper", "paper-adaptive", "carlos-reg")} == dict.fromkeys(
-        ("paper", "paper-adaptive", "carlos-reg"), paper)
+    assert {
+        name: BUILTINS[name]["filters"] for name in ("paper", "paper-adaptive", "carlos-reg")
+    } == dict.fromkeys(("paper", "paper-adaptive", "carlos-reg"), paper)
     assert (tiny_profile("tiny").max_strength, tiny_profile("tiny").min_consistency) == (None, None)
 
 
 def test_similar_marks_near_duplicates_above_0_99_and_exact_ones(registry):
     a = unit(np.random.default_rng(5).normal(size=DIM))
     registry.plant(1, a * 4)
-    registry.plant(2, a * 4)                          # the same Direction: an exact duplicate
-    registry.plant(3, at_cosine(a, 0.995, 1) * 4)    # a re-upload with tiny differences
-    registry.plant(4, at_cosine(a, 0.985, 2) * 4)    # a retrained version: similar, not a duplicate
+    registry.plant(2, a * 4)  # the same Direction: an exact duplicate
+    registry.plant(3, at_cosine(a, 0.995, 1) * 4)  # a re-upload with tiny differences
+    registry.plant(4, at_cosine(a, 0.985, 2) * 4)  # a retrained version: similar, not a duplicate
     registry.plant(5, -a)
     doc = registry.engine.similar("1", k=4)
     marks = {r["version_id"]: r["duplicate"] for r in doc["results"]}
     assert marks == {2: "exact", 3: "near", 4: None, 5: None}
     assert doc["near_duplicate_cos"] == NEAR_DUPLICATE_COS == 0.99
-    assert [r["version_id"] for r in doc["results"]] == [2, 3, 4, 5] and doc["exact_duplicates"] == [2]
+    assert [r["version_id"] for r in doc["results"]] == [2, 3, 4, 5] and doc[
+        "exact_duplicates"
+    ] == [2]
 
 
 def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
@@ -81,7 +107,9 @@ def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
     assert not cached
     clip = load_clip(encoder.source.profile)
     prompts = encoder.source.query_prompts
-    with_q = clip.encode_text([p + " ink wash painting" for p in prompts]).double().mean(dim=0).numpy()
+    with_q = (
+        clip.encode_text([p + " ink wash painting" for p in prompts]).double().mean(dim=0).numpy()
+    )
     without = clip.encode_text(prompts).double().mean(dim=0).numpy()
     assert np.allclose(vec, with_q - without, atol=1e-5)
     rng = np.random.default_rng(9)
@@ -90,9 +118,15 @@ def test_text_query_is_the_reciprocal_shift_and_ranks_along_it(registry):
     registry.plant(3, vec * 2)
     registry.plant(4, rng.normal(size=DIM) * 0.1 + vec)
     doc = registry.search("ink wash painting", k=4, apply_filters=False)
-    assert doc["results"][0]["version_id"] == 3 and doc["results"][0]["score"] == pytest.approx(1, abs=1e-5)
-    assert doc["results"][-1]["version_id"] == 1 and doc["results"][-1]["score"] == pytest.approx(-1, abs=1e-5)
-    assert [r["score"] for r in doc["results"]] == sorted((r["score"] for r in doc["results"]), reverse=True)
+    assert doc["results"][0]["version_id"] == 3 and doc["results"][0]["score"] == pytest.approx(
+        1, abs=1e-5
+    )
+    assert doc["results"][-1]["version_id"] == 1 and doc["results"][-1]["score"] == pytest.approx(
+        -1, abs=1e-5
+    )
+    assert [r["score"] for r in doc["results"]] == sorted(
+        (r["score"] for r in doc["results"]), reverse=True
+    )
 
 
 def test_text_and_images_weigh_equally(registry, tmp_path):
@@ -102,12 +136,16 @@ def test_text_and_images_weigh_equally(registry, tmp_path):
     png = example_png(tmp_path / "example.png")
     t = unit(encoder.text_vector("neon city")[0])
     i = unit(encoder.image_vector([png]))
-    assert abs(float(t @ i)) < 0.95  # two different directions, or the test could not tell them apart
+    assert (
+        abs(float(t @ i)) < 0.95
+    )  # two different directions, or the test could not tell them apart
     registry.plant(1, t * 3)
     registry.plant(2, i * 3)
     registry.plant(3, unit(t + i) * 3)
     both = registry.search("neon city", images=[str(png)], apply_filters=False)
-    assert both["results"][0]["version_id"] == 3 and both["results"][0]["score"] == pytest.approx(1, abs=1e-5)
+    assert both["results"][0]["version_id"] == 3 and both["results"][0]["score"] == pytest.approx(
+        1, abs=1e-5
+    )
     assert registry.search("neon city", apply_filters=False)["results"][0]["version_id"] == 1
     assert registry.search(images=[str(png)], apply_filters=False)["results"][0]["version_id"] == 2
 
@@ -122,8 +160,8 @@ def test_nsfw_and_base_model_filters(registry):
     for vid, cos in ((1, 0.9), (2, 0.8), (3, 0.7)):
         registry.plant(vid, at_cosine(q, cos, vid))
     with registry.app.db.write() as s:
-        s.get(Version, 1).nsfw_level = 4   # R
-        s.get(Version, 2).nsfw_level = 1   # PG
+        s.get(Version, 1).nsfw_level = 4  # R
+        s.get(Version, 2).nsfw_level = 1  # PG
         s.get(Version, 3).base_model = "Pony"
 
     def ids(**kw):
@@ -131,5 +169,7 @@ def test_nsfw_and_base_model_filters(registry):
 
     assert ids() == [1, 2, 3]
     assert ids(nsfw=True) == [1] and ids(nsfw=False) == [2, 3]
-    assert registry.search("glow", nsfw=True)["filtered"]["base_model_nsfw_or_archived"] == 2  # said, and why
+    assert (
+        registry.search("glow", nsfw=True)["filtered"]["base_model_nsfw_or_archived"] == 2
+    )  # said, and why
     assert ids(base_model="pony") == [3] and ids(base_model="Pony", nsfw=True) == []

@@ -1,4 +1,5 @@
 """The fast text encodings equal open_clip's own ``encode_text``."""
+
 from __future__ import annotations
 
 import random
@@ -10,8 +11,10 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from signer.text_tower import TextTower
 
-WORDS = ("a photo of the cat dog red blue watercolor cyberpunk portrait landscape night neon, pencil sketch "
-         "golden hour, 35mm film grain: vibrant colors; oil painting! anime-style über café 2024 ☕").split()
+WORDS = (
+    "a photo of the cat dog red blue watercolor cyberpunk portrait landscape night neon, pencil sketch "
+    "golden hour, 35mm film grain: vibrant colors; oil painting! anime-style über café 2024 ☕"
+).split()
 
 
 def _prompts(n: int, seed: int = 0, max_words: int = 30) -> list[str]:
@@ -22,9 +25,12 @@ def _prompts(n: int, seed: int = 0, max_words: int = 30) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    model = CLIP(embed_dim=48, quick_gelu=True,
-                 vision_cfg=CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
-                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=4, layers=3)).eval()
+    model = CLIP(
+        embed_dim=48,
+        quick_gelu=True,
+        vision_cfg=CLIPVisionCfg(layers=1, width=64, head_width=32, patch_size=16, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=4, layers=3),
+    ).eval()
     return model, open_clip.get_tokenizer("ViT-B-32")
 
 
@@ -57,7 +63,13 @@ def test_prefix_reuse_equals_encode_text(request, which):
     assert tower.supports_prefix
     prompts = _prompts(30, seed=2) + [_long(60), _long(74), "one"]
     cache = tower.prepare_prefixes(prompts)
-    for suffix in ["vibrant colors", "pencil sketch of a very old castle in the misty mountains", "é", "&amp;", ""]:
+    for suffix in [
+        "vibrant colors",
+        "pencil sketch of a very old castle in the misty mountains",
+        "é",
+        "&amp;",
+        "",
+    ]:
         with torch.no_grad():
             reference = model.encode_text(tok([p + " " + suffix for p in prompts]))
         fast = tower.encode_with_suffix(cache, suffix)

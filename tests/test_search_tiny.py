@@ -1,5 +1,6 @@
 """Search, image queries, compare and the copyright report on LoRAs really signed with the tiny
 profile (random weights: the mechanics are real, the rankings meaningless)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,11 @@ from signer import lorafiles as lf
 from tests.conftest import run_cli
 from tests.signer_support import tiny_profile
 
-LORAS = {"ink": dict(seed=11, strength=1.0), "neon": dict(seed=22, strength=1.0), "mild": dict(seed=33, strength=0.3)}
+LORAS = {
+    "ink": dict(seed=11, strength=1.0),
+    "neon": dict(seed=22, strength=1.0),
+    "mild": dict(seed=33, strength=0.3),
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +28,14 @@ def signed(tmp_path_factory, tiny_models):
     folder = root / "loras"
     for name, kw in LORAS.items():
         lf.write_kohya_lora(folder / f"{name}.safetensors", **kw)
-    env = {"CARLOS_REG_HOME": str(root / "home"), "CARLOS_REG_PROFILE": "tiny", "CARLOS_REG_MODELS": str(tiny_models)}
-    doc = json.loads(run_cli("sign", "--profile", "tiny", str(folder), "--json", env=env, check=True).stdout)
+    env = {
+        "CARLOS_REG_HOME": str(root / "home"),
+        "CARLOS_REG_PROFILE": "tiny",
+        "CARLOS_REG_MODELS": str(tiny_models),
+    }
+    doc = json.loads(
+        run_cli("sign", "--profile", "tiny", str(folder), "--json", env=env, check=True).stdout
+    )
     ids = {r["input"].rsplit("/", 1)[-1].split(".")[0]: r["version_id"] for r in doc["results"]}
     return env, ids, folder
 
@@ -51,10 +62,19 @@ def lora_images(signed, tmp_path_factory):
     engine = Engine(tiny_profile())
     engine.load_lora(folder / "ink.safetensors")
     s = engine.profile.settings
-    latents = torch.stack([engine.profile.sample_noise(x) for x in engine.samples]).to(engine.pipe.unet.dtype)
-    images = engine.pipe(prompt=[x.prompt for x in engine.samples], latents=latents, num_inference_steps=s["steps"],
-                         guidance_scale=s["guidance_scale"], width=s["width"], height=s["height"],
-                         cross_attention_kwargs={"scale": float(s["lora_scale"])}, output_type="pil").images
+    latents = torch.stack([engine.profile.sample_noise(x) for x in engine.samples]).to(
+        engine.pipe.unet.dtype
+    )
+    images = engine.pipe(
+        prompt=[x.prompt for x in engine.samples],
+        latents=latents,
+        num_inference_steps=s["steps"],
+        guidance_scale=s["guidance_scale"],
+        width=s["width"],
+        height=s["height"],
+        cross_attention_kwargs={"scale": float(s["lora_scale"])},
+        output_type="pil",
+    ).images
     engine.unload_lora()
     for i, img in enumerate(images):
         img.save(out / f"ink-{i}.png")
@@ -67,13 +87,27 @@ def test_text_search_output_and_the_query_cache(signed):
     assert doc["profile"] == "tiny" and doc["signed"] == 3 and len(doc["results"]) == 3
     assert doc["query"]["cached"] is False
     first = doc["results"][0]
-    for field in ("rank", "score", "strength", "consistency", "name", "version_id", "base_model", "url", "trained_words"):
+    for field in (
+        "rank",
+        "score",
+        "strength",
+        "consistency",
+        "name",
+        "version_id",
+        "base_model",
+        "url",
+        "trained_words",
+    ):
         assert field in first
     assert [r["rank"] for r in doc["results"]] == [1, 2, 3]
     assert sorted(r["score"] for r in doc["results"]) == [r["score"] for r in doc["results"]][::-1]
-    again = _json("search", "Ink   WASH painting", "-k", "3", env=env)  # same tokens: same cached vector
+    again = _json(
+        "search", "Ink   WASH painting", "-k", "3", env=env
+    )  # same tokens: same cached vector
     assert again["query"]["cached"] is True
-    assert [(r["version_id"], r["score"]) for r in again["results"]] == [(r["version_id"], r["score"]) for r in doc["results"]]
+    assert [(r["version_id"], r["score"]) for r in again["results"]] == [
+        (r["version_id"], r["score"]) for r in doc["results"]
+    ]
     # In process: a cache hit returns the identical vector without loading the CLIP model.
     from registry.app import App
     from registry.settings import Settings
@@ -106,15 +140,28 @@ def test_image_query_ranks_the_lora_that_drew_the_images_first(signed, lora_imag
     images = sorted(str(p) for p in lora_images.iterdir())
     args = [a for p in images for a in ("--image", p)]
     doc = _json("search", *args, "-k", "3", "--no-filter", env=env)
-    assert doc["results"][0]["version_id"] == ids["ink"], [(r["name"], r["score"]) for r in doc["results"]]
-    assert doc["results"][0]["score"] > 0.99  # the signature's own Direction, up to 8-bit PNG rounding
+    assert doc["results"][0]["version_id"] == ids["ink"], [
+        (r["name"], r["score"]) for r in doc["results"]
+    ]
+    assert (
+        doc["results"][0]["score"] > 0.99
+    )  # the signature's own Direction, up to 8-bit PNG rounding
     assert doc["query"]["images"] == images
 
 
 def test_copyright_reference_ranks_the_lora_that_drew_the_images_first(signed, lora_images):
     env, ids, _ = signed
-    doc = _json("report", "copyright", "--reference", str(lora_images), "--reference-top", "1", "--min-samples", "1",
-                env=env)
+    doc = _json(
+        "report",
+        "copyright",
+        "--reference",
+        str(lora_images),
+        "--reference-top",
+        "1",
+        "--min-samples",
+        "1",
+        env=env,
+    )
     by_rank = sorted(doc["loras"], key=lambda e: e["reference_rank"])
     assert by_rank[0]["version_id"] == ids["ink"] and by_rank[0]["reference_match"] is True
     assert doc["thresholds"]["reference"]["images"] == len(list(lora_images.iterdir()))
@@ -149,26 +196,56 @@ def test_compare_planted_claim_scores_high_and_unrelated_is_flagged(signed, tmp_
     from signer.query_encoder import QueryEncoder
 
     with db.read() as s:
-        profile = s.execute(sa.select(SignerProfile).where(SignerProfile.name == "tiny")).scalar_one()
+        profile = s.execute(
+            sa.select(SignerProfile).where(SignerProfile.name == "tiny")
+        ).scalar_one()
     vec, cached = QueryEncoder(App(settings), profile).text_vector(text)
     assert cached
     with db.write() as s:
         s.add(Version(id=900, name="Watercolor Painting v2 SDXL"))
         s.add(Version(id=901, name="Watercolor Painting v2 SDXL copy"))
         s.flush()
-        save_signature(s, version_id=900, profile_id=profile.id, direction=vec * 3, strength=2.0, consistency=0.2,
-                       n_samples=20)
-        save_signature(s, version_id=901, profile_id=profile.id, direction=-vec, strength=2.0, consistency=0.2,
-                       n_samples=20)
+        save_signature(
+            s,
+            version_id=900,
+            profile_id=profile.id,
+            direction=vec * 3,
+            strength=2.0,
+            consistency=0.2,
+            n_samples=20,
+        )
+        save_signature(
+            s,
+            version_id=901,
+            profile_id=profile.id,
+            direction=-vec,
+            strength=2.0,
+            consistency=0.2,
+            n_samples=20,
+        )
     doc = _json("compare", "900", "901", env=env)
     rows = {r["version_id"]: r for r in doc["results"]}
-    assert rows[900]["claim"] == claim and rows[900]["claim_rank"] == 1 and rows[900]["supported"] is True
+    assert (
+        rows[900]["claim"] == claim
+        and rows[900]["claim_rank"] == 1
+        and rows[900]["supported"] is True
+    )
     assert rows[900]["agreement"] == pytest.approx(1.0, abs=1e-4)
     assert rows[901]["supported"] is False and "claim_not_supported" in rows[901]["flags"]
     assert doc["results"][0]["version_id"] == 901  # worst first
-    assert rows[900]["strongest_effect"]["term"] and rows[900]["undeclared_effect"]["term"] != "watercolor painting"
+    assert (
+        rows[900]["strongest_effect"]["term"]
+        and rows[900]["undeclared_effect"]["term"] != "watercolor painting"
+    )
     with db.read() as s:
-        assert from_blob(s.execute(sa.select(Signature.direction).where(Signature.version_id == 900)).scalar_one()).shape == vec.shape
+        assert (
+            from_blob(
+                s.execute(
+                    sa.select(Signature.direction).where(Signature.version_id == 900)
+                ).scalar_one()
+            ).shape
+            == vec.shape
+        )
     db.dispose()
 
 
@@ -192,7 +269,9 @@ def test_search_page_in_headless_chromium(signed):
     server = Server.start(serve_args=("--schedule", "off"), env=env)
     try:
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=[f for f in FLAGS if f != "--headless"])
+            browser = p.chromium.launch(
+                executable_path=chromium(), args=[f for f in FLAGS if f != "--headless"]
+            )
             page = browser.new_page()
             page.goto(server.url + "/")
             page.fill("#q", "neon city at night")
@@ -205,7 +284,9 @@ def test_search_page_in_headless_chromium(signed):
             names = [rows.nth(i).locator("td").nth(1).inner_text() for i in range(2)]
             status, api = server.get("/api/search?q=neon+city+at+night&k=2&no_filter=true")
             assert status == 200 and names == [r["name"] for r in api["results"]]
-            assert f"2 results from {api['signed']} signed LoRAs (profile tiny)" in page.inner_text("#status")
+            assert f"2 results from {api['signed']} signed LoRAs (profile tiny)" in page.inner_text(
+                "#status"
+            )
             page.fill("#q", "")
             page.click("#go")
             assert "Type what the LoRA should do" in page.inner_text("#status")
@@ -219,7 +300,9 @@ LONG_NAME = "An extremely long LoRA name [/x] with \x1b[31m escapes and far more
 
 def _fits(proc, width: int = 80) -> list[str]:
     lines = proc.stdout.splitlines()
-    assert lines and all(len(line) <= width for line in lines), "\n".join(ln for ln in lines if len(ln) > width)
+    assert lines and all(len(line) <= width for line in lines), "\n".join(
+        ln for ln in lines if len(ln) > width
+    )
     assert "\x1b" not in proc.stdout
     return lines
 
@@ -235,12 +318,19 @@ def test_tables_fit_80_columns_names_cut_not_wrapped(signed, tmp_path):
     db.execute("UPDATE version SET name = ? WHERE id = ?", (LONG_NAME, ids["ink"]))
     db.commit()
     db.close()
-    for args in (["loras"], ["search", "ink wash painting", "--no-filter"], ["similar", str(ids["neon"])],
-                 ["compare"], ["report", "copyright", "--min-samples", "1"]):
+    for args in (
+        ["loras"],
+        ["search", "ink wash painting", "--no-filter"],
+        ["similar", str(ids["neon"])],
+        ["compare"],
+        ["report", "copyright", "--min-samples", "1"],
+    ):
         lines = _fits(run_cli(*args, env=env, check=True))
         named = [ln for ln in lines if "│ An e" in ln]
         assert len(named) == 1 and "…" in named[0], (args, lines)  # one row, cut with an ellipsis
-        assert "holds" not in "\n".join(lines)  # the rest of the name is not wrapped onto other lines
+        assert "holds" not in "\n".join(
+            lines
+        )  # the rest of the name is not wrapped onto other lines
     wide = run_cli("loras", env={**env, "COLUMNS": "300"}, check=True).stdout
     assert "a terminal row holds" in wide  # with room, the whole name
 
@@ -250,8 +340,16 @@ def test_listings_speak_csv_and_tsv(signed):
     import io
 
     env, ids, _ = signed
-    rows = list(csv.reader(io.StringIO(run_cli("loras", "--format", "csv", env=env, check=True).stdout)))
-    assert rows[0][:2] == ["ref", "name"] and {r[0] for r in rows[1:]} == {f"local:{-v}" for v in ids.values()}
-    tsv = run_cli("search", "ink", "--no-filter", "--format", "tsv", env=env, check=True).stdout.splitlines()
+    rows = list(
+        csv.reader(io.StringIO(run_cli("loras", "--format", "csv", env=env, check=True).stdout))
+    )
+    assert rows[0][:2] == ["ref", "name"] and {r[0] for r in rows[1:]} == {
+        f"local:{-v}" for v in ids.values()
+    }
+    tsv = run_cli(
+        "search", "ink", "--no-filter", "--format", "tsv", env=env, check=True
+    ).stdout.splitlines()
     assert tsv[0].split("\t")[:3] == ["rank", "score", "strength"] and len(tsv) == 1 + len(ids)
-    assert json.loads(run_cli("similar", str(ids["ink"]), "--format", "json", env=env, check=True).stdout)["results"]
+    assert json.loads(
+        run_cli("similar", str(ids["ink"]), "--format", "json", env=env, check=True).stdout
+    )["results"]

@@ -1,4 +1,5 @@
 """`carlos-reg serve`: API contract, the scheduled run, its database lock, shutdown."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ STEP = """
 @pytest.fixture
 def step_env(tmp_path):
     env = _install_fake_plugin(tmp_path, "nightlytest", STEP)
-    env.update({"STEP_LOG": str(tmp_path / "steps.log"), "CARLOS_REG_LOAD_PLUGINS": "nightlytest,serve"})
+    env.update(
+        {"STEP_LOG": str(tmp_path / "steps.log"), "CARLOS_REG_LOAD_PLUGINS": "nightlytest,serve"}
+    )
     return env
 
 
@@ -50,16 +53,34 @@ def test_api_contract_core_routes(tmp_path, sqlite_url, reference_registry):
     server = Server.start("--db", reference_registry, serve_args=("--schedule", "off"))
     try:
         status, doc = server.get("/api/health")
-        assert status == 200 and doc["status"] == "ok" and doc["schema"]["current"] == [doc["schema"]["head"]]
+        assert (
+            status == 200
+            and doc["status"] == "ok"
+            and doc["schema"]["current"] == [doc["schema"]["head"]]
+        )
         assert doc["schedule"] is None and doc["next_run"] is None
         status, doc = server.get("/api/loras?limit=2&signed=true")
         assert status == 200 and doc["total"] == 740 and doc["count"] == 2
-        assert {"version_id", "model_id", "name", "base_model", "url", "strength", "consistency"} <= set(doc["loras"][0])
+        assert {
+            "version_id",
+            "model_id",
+            "name",
+            "base_model",
+            "url",
+            "strength",
+            "consistency",
+        } <= set(doc["loras"][0])
         status, doc = server.get("/api/loras/civitai:850406@951444")
-        assert status == 200 and doc["version_id"] == 951444 and doc["signatures"][0]["profile"] == "carlos-published"
+        assert (
+            status == 200
+            and doc["version_id"] == 951444
+            and doc["signatures"][0]["profile"] == "carlos-published"
+        )
         status, doc = server.get("/api/similar/212213?k=3")
         assert status == 200 and doc["exact_duplicates"] == [159294, 234730]
-        status, doc = server.get("/api/report/copyright?strength_threshold=9.5&consistency_threshold=0.4")
+        status, doc = server.get(
+            "/api/report/copyright?strength_threshold=9.5&consistency_threshold=0.4"
+        )
         assert status == 200 and doc["thresholds"]["substantiality"]["mode"] == "fixed"
         status, text = server.get("/api/report/copyright?format=html")
         assert status == 200 and text.startswith("<!doctype html>") and "scatter" in text
@@ -81,21 +102,30 @@ def test_api_contract_core_routes(tmp_path, sqlite_url, reference_registry):
             assert (status, message in doc.get("error", "")) == (code, True), (path, status, doc)
         status, doc = server.post("/api/search", b"q=x", "application/x-www-form-urlencoded")
         assert status == 400 and "multipart/form-data" in doc["error"]
-        status, doc = server.post("/api/search", b"x" * (40 * 1024 * 1024), "multipart/form-data; boundary=x")
+        status, doc = server.post(
+            "/api/search", b"x" * (40 * 1024 * 1024), "multipart/form-data; boundary=x"
+        )
         assert status == 413 and "Too Large" in doc["error"]
     finally:
         assert server.stop() == 0
     assert "shutting down" in server.output()
 
 
-def test_schedule_fires_and_a_failing_run_is_recorded_while_the_next_still_fires(step_env, sqlite_url, tmp_path):
+def test_schedule_fires_and_a_failing_run_is_recorded_while_the_next_still_fires(
+    step_env, sqlite_url, tmp_path
+):
     (tmp_path / "steps.log.fail").touch()
-    server = Server.start("--db", sqlite_url, serve_args=("--schedule", "*/2 * * * * *"), env=step_env)
+    server = Server.start(
+        "--db", sqlite_url, serve_args=("--schedule", "*/2 * * * * *"), env=step_env
+    )
     try:
         import time
 
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len([r for r in _runs(server) if r["status"] in ("ok", "failed")]) < 3:
+        while (
+            time.monotonic() < deadline
+            and len([r for r in _runs(server) if r["status"] in ("ok", "failed")]) < 3
+        ):
             time.sleep(0.5)
         runs = sorted(_runs(server), key=lambda r: r["id"])
         status, health = server.get("/api/health")
@@ -110,11 +140,16 @@ def test_schedule_fires_and_a_failing_run_is_recorded_while_the_next_still_fires
 
 
 @pytest.mark.postgres
-def test_two_services_on_one_postgres_registry_never_run_the_job_at_once(step_env, pg_url, tmp_path):
+def test_two_services_on_one_postgres_registry_never_run_the_job_at_once(
+    step_env, pg_url, tmp_path
+):
     import time
 
     env = {**step_env, "STEP_SECONDS": "2.5"}
-    servers = [Server.start("--db", pg_url, serve_args=("--schedule", "* * * * * *"), env=env) for _ in range(2)]
+    servers = [
+        Server.start("--db", pg_url, serve_args=("--schedule", "* * * * * *"), env=env)
+        for _ in range(2)
+    ]
     try:
         time.sleep(12)
     finally:
@@ -140,7 +175,9 @@ def test_two_services_on_one_postgres_registry_never_run_the_job_at_once(step_en
 
 
 @pytest.mark.postgres
-def test_api_answers_503_with_retry_after_while_the_database_is_down_then_recovers(pg_server, pg_url):
+def test_api_answers_503_with_retry_after_while_the_database_is_down_then_recovers(
+    pg_server, pg_url
+):
     import urllib.error
     import urllib.request
 
@@ -163,7 +200,10 @@ def test_api_answers_503_with_retry_after_while_the_database_is_down_then_recove
         assert status == 200 and doc["total"] == 0
         status, doc = server.get("/api/loras/civitai:1@2")
         assert status == 404
-        assert "registry database unavailable" in server.output() and "Traceback" not in server.output()
+        assert (
+            "registry database unavailable" in server.output()
+            and "Traceback" not in server.output()
+        )
     finally:
         server.stop()
 
@@ -173,9 +213,11 @@ def test_malformed_uploads_are_rejected(reference_registry):
 
     server = Server.start("--db", reference_registry, serve_args=("--schedule", "off"))
     try:
-        status, doc = server.post("/api/search", b"x" * (2 * 1024 * 1024), "multipart/form-data; boundary=x")
+        status, doc = server.post(
+            "/api/search", b"x" * (2 * 1024 * 1024), "multipart/form-data; boundary=x"
+        )
         assert status == 400 and "malformed multipart body" in doc["error"]
-        body, ctype = multipart({"k": "3"}, [("image", "../../etc/passwd", b"not an image")] )
+        body, ctype = multipart({"k": "3"}, [("image", "../../etc/passwd", b"not an image")])
         status, doc = server.post("/api/search", body, ctype)
         # decoded (and refused) before the base branch is needed; named by its number, never the client's name
         assert status == 400 and "not a readable image" in doc["error"], (status, doc)
@@ -187,8 +229,12 @@ def test_malformed_uploads_are_rejected(reference_registry):
         server.stop()
 
 
-@pytest.mark.timeout(1800)  # three signing runs on a CPU: sized for a loaded 2-core machine, not for luck
-def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_finishes(tmp_path, tiny_models):
+@pytest.mark.timeout(
+    1800
+)  # three signing runs on a CPU: sized for a loaded 2-core machine, not for luck
+def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_finishes(
+    tmp_path, tiny_models
+):
     """serve --sign-local drains the queue in its nightly run; SIGTERM mid-job gives the job back."""
     import time
 
@@ -201,25 +247,43 @@ def test_sigterm_during_scheduled_signing_releases_the_lease_and_another_worker_
     from signer import lorafiles as lf
     from tests.conftest import run_cli
     from tests.signer_support import add_local_version
+
     home = tmp_path / "home"
     home.mkdir()
     # a slower tiny profile (60 samples a LoRA), so that the signal lands while a LoRA job holds its lease
-    (home / "profiles.toml").write_text('[profiles.slow]\nextends = "tiny"\nseeds = { count = 6 }\n')
-    env = {"CARLOS_REG_HOME": str(home), "CARLOS_REG_PROFILE": "slow", "CARLOS_REG_MODELS": str(tiny_models),
-           "CARLOS_REG_LOAD_PLUGINS": "serve,sign"}  # no crawl step: nothing leaves this machine
+    (home / "profiles.toml").write_text(
+        '[profiles.slow]\nextends = "tiny"\nseeds = { count = 6 }\n'
+    )
+    env = {
+        "CARLOS_REG_HOME": str(home),
+        "CARLOS_REG_PROFILE": "slow",
+        "CARLOS_REG_MODELS": str(tiny_models),
+        "CARLOS_REG_LOAD_PLUGINS": "serve,sign",
+    }  # no crawl step: nothing leaves this machine
     settings = Settings.load(home=home)
     db = Database(settings.db_url)
     ensure_schema(db)
     with db.write() as s:
         for vid in (1, 2):
-            add_local_version(s, settings.artifacts, vid, lf.write_kohya_lora(tmp_path / f"{vid}.safetensors", seed=vid))
-    server = Server.start(serve_args=("--schedule", "off", "--sign-local", "--device", "cpu", "--run-now"), env=env)
+            add_local_version(
+                s,
+                settings.artifacts,
+                vid,
+                lf.write_kohya_lora(tmp_path / f"{vid}.safetensors", seed=vid),
+            )
+    server = Server.start(
+        serve_args=("--schedule", "off", "--sign-local", "--device", "cpu", "--run-now"), env=env
+    )
     try:
-        deadline = time.monotonic() + 1200  # the base branch comes first; wait for the state, not a guess
+        deadline = (
+            time.monotonic() + 1200
+        )  # the base branch comes first; wait for the state, not a guess
         held = None
         while time.monotonic() < deadline and held is None and server.proc.poll() is None:
             with db.read() as s:
-                held = s.execute(sa.select(SignJob.id).where(SignJob.kind == "lora", SignJob.state == "running")).scalar()
+                held = s.execute(
+                    sa.select(SignJob.id).where(SignJob.kind == "lora", SignJob.state == "running")
+                ).scalar()
             time.sleep(0.2)
         assert held is not None, server.output()
     finally:

@@ -1,4 +1,5 @@
 """Signature maths, adaptive sampling, prompt sets and profiles (no models)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,13 @@ def _close(a, b):
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 40), d=st.integers(1, 16), zeros=st.integers(0, 5), seed=st.integers(0, 2**31 - 1),
-       offset=st.floats(-3, 3))
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(1, 16),
+    zeros=st.integers(0, 5),
+    seed=st.integers(0, 2**31 - 1),
+    offset=st.floats(-3, 3),
+)
 def test_streamed_signature_equals_naive_pairwise_reference(n, d, zeros, seed, offset):
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(n, d)) + offset
@@ -41,7 +47,12 @@ def test_degenerate_ensembles_are_defined_not_nan():
     one = signature(np.ones((1, 4)))
     assert one.consistency == 0.0 and one.strength == pytest.approx(2.0)
     zero = signature(np.zeros((5, 4)))
-    assert zero.strength == 0.0 and zero.consistency == 0.0 and not zero.direction.any() and zero.n_zero == 5
+    assert (
+        zero.strength == 0.0
+        and zero.consistency == 0.0
+        and not zero.direction.any()
+        and zero.n_zero == 5
+    )
     same = signature(np.tile([3.0, 4.0], (6, 1)))
     assert same.consistency == pytest.approx(1.0) and same.strength == pytest.approx(5.0)
 
@@ -61,7 +72,9 @@ def test_adaptive_sampling_reaches_target_with_fewer_samples_when_consistent(see
     rng = np.random.default_rng(seed)
     n_total, d = 4480, 512
     true, v = _ensemble(rng, n_total, d, signal=3.0, noise=6.0)  # paper-like: Cons ~ 0.2
-    rule = AdaptiveRule(target_cosine=0.99, strength_rel_tol=0.02, consistency_tol=0.01, min_samples=256)
+    rule = AdaptiveRule(
+        target_cosine=0.99, strength_rel_tol=0.02, consistency_tol=0.01, min_samples=256
+    )
     used, est = adaptive_run(v, rule, batch_size=8)
     full = v.mean(axis=0)
     assert used < n_total / 2, used
@@ -131,11 +144,18 @@ def test_profile_identity_imports_only_the_standard_library():
     import subprocess
     import sys
 
-    code = ("import sys; before = set(sys.modules); import registry.profile_identity; "
-            "new = {n.split('.')[0] for n in set(sys.modules) - before}; "
-            "print(' '.join(sorted(new - set(sys.stdlib_module_names))))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}).stdout.split()
+    code = (
+        "import sys; before = set(sys.modules); import registry.profile_identity; "
+        "new = {n.split('.')[0] for n in set(sys.modules) - before}; "
+        "print(' '.join(sorted(new - set(sys.stdlib_module_names))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    ).stdout.split()
     assert out == ["registry"]
 
 
@@ -153,10 +173,19 @@ def test_paper_profile_follows_the_reference_layout(reference_prompts):
     from signer.profiles import registry_settings
 
     p = load_profile("paper", SimpleNamespace(home=Path("/nowhere")))
-    assert p.hash == profile_hash("paper", registry_settings(p)) and p.settings["steps"] == PAPER["steps"] == 25
+    assert (
+        p.hash == profile_hash("paper", registry_settings(p))
+        and p.settings["steps"] == PAPER["steps"] == 25
+    )
     samples = p.samples()
-    assert len(samples) == 280 * 16 and (samples[280].image, samples[280].seed, samples[280].row) == (1, 42, 1)
-    assert [(x.seed, x.row) for x in samples[::280]] == [(42 + 4 * (i // 4), i % 4) for i in range(16)]
+    assert len(samples) == 280 * 16 and (
+        samples[280].image,
+        samples[280].seed,
+        samples[280].row,
+    ) == (1, 42, 1)
+    assert [(x.seed, x.row) for x in samples[::280]] == [
+        (42 + 4 * (i // 4), i % 4) for i in range(16)
+    ]
     assert len(p.query_prompts()) == 280
 
 
@@ -182,16 +211,25 @@ extends = "loop"
 """)
     home = SimpleNamespace(home=tmp_path)
     fast = load_profile("fast", home)
-    assert fast.steps == 20 and fast.sampling["target_cosine"] == 0.98 and fast.sampling["min_samples"] == 256
+    assert (
+        fast.steps == 20
+        and fast.sampling["target_cosine"] == 0.98
+        and fast.sampling["min_samples"] == 256
+    )
     assert fast.base_model_location == "/models/sdxl" and "base_model_path" not in fast.settings
     paper = load_profile("paper", home)
     assert fast.hash != paper.hash
     # a location is not identity: the same hash wherever the weights lie
-    (tmp_path / "profiles.toml").write_text((tmp_path / "profiles.toml").read_text().replace("/models/sdxl", "/x"))
+    (tmp_path / "profiles.toml").write_text(
+        (tmp_path / "profiles.toml").read_text().replace("/models/sdxl", "/x")
+    )
     moved = load_profile("fast", home)
     assert moved.hash == fast.hash and moved.base_model_location == "/x"
     mine = load_profile("mine", home)
-    assert [p.text for p in mine.index_prompts()] == ["a red cube", "a blue sphere"] and mine.images_per_prompt == 3
+    assert [p.text for p in mine.index_prompts()] == [
+        "a red cube",
+        "a blue sphere",
+    ] and mine.images_per_prompt == 3
     assert len(mine.samples()) == 6 and mine.noise_batch == 3
     assert [(x.seed, x.row) for x in mine.samples()[::2]] == [(42, 0), (42, 1), (42, 2)]
     from signer.errors import ProfileError
@@ -205,19 +243,22 @@ extends = "loop"
         load_profile("bad", home)
 
 
-@pytest.mark.parametrize("setting, reason", [
-    ("seeds = { count = 1000000000000 }", "seeds.count must be an integer from 1 to 1024"),
-    ("width = 1000000", "width must be an integer from 8 to 4096"),
-    ('steps = "25"', "steps must be an integer"),
-    ("steps = true", "steps must be an integer"),
-    ("guidance_scale = nan", "guidance_scale must be a number"),
-    ('lora_scale = "1.0"', "lora_scale must be a number"),
-    ("batch_size = 0", "batch_size must be an integer from 1 to 1024"),
-    ('prompt_set = "/dev/zero"', "not a regular file"),
-    ('image_preprocess = "magic"', "image_preprocess must be one of"),
-    ('noise_dtype = "int8"', "noise_dtype must be one of"),
-    ("filters = { max_strength = inf }", "filters.max_strength must be a number"),
-])
+@pytest.mark.parametrize(
+    "setting, reason",
+    [
+        ("seeds = { count = 1000000000000 }", "seeds.count must be an integer from 1 to 1024"),
+        ("width = 1000000", "width must be an integer from 8 to 4096"),
+        ('steps = "25"', "steps must be an integer"),
+        ("steps = true", "steps must be an integer"),
+        ("guidance_scale = nan", "guidance_scale must be a number"),
+        ('lora_scale = "1.0"', "lora_scale must be a number"),
+        ("batch_size = 0", "batch_size must be an integer from 1 to 1024"),
+        ('prompt_set = "/dev/zero"', "not a regular file"),
+        ('image_preprocess = "magic"', "image_preprocess must be one of"),
+        ('noise_dtype = "int8"', "noise_dtype must be one of"),
+        ("filters = { max_strength = inf }", "filters.max_strength must be a number"),
+    ],
+)
 def test_absurd_profile_values_are_refused_when_the_profile_loads(tmp_path, setting, reason):
     from signer.errors import ProfileError
 
@@ -250,7 +291,7 @@ def test_tracker_estimates_equal_the_prefix_formula():
     v[[5, 40]] = 0.0  # no change: no direction
     tracker = AdaptiveTracker(16)
     for end in range(8, 96, 8):
-        tracker.add(v[end - 8:end])
+        tracker.add(v[end - 8 : end])
         want = adaptive_estimates(v[:end], 120, safety=2.0)
         got = tracker.estimates(120, safety=2.0)
         assert got["n"] == want["n"] == min(end, 90)
@@ -267,7 +308,7 @@ def test_lazy_decisions_equal_decisions_on_the_whole_prefix():
         rule = AdaptiveRule(min_samples=64)
         tracker = AdaptiveTracker(24)
         for end in range(8, 1208, 8):
-            tracker.add(v[end - 8:end])
+            tracker.add(v[end - 8 : end])
             lazy, _ = rule.decide_on(tracker, 1200)
             full, _ = rule.check(v[:end], 1200)
             assert lazy == full, (scale, end)

@@ -1,4 +1,5 @@
 """The signer worker against a real registry (SQLite and PostgreSQL), tiny models, real files."""
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,10 @@ def _enqueue(db, settings, pid, files: dict[int, Path], trained_words=()):
 
 def _signatures(db, pid) -> dict[int, Signature]:
     with db.read() as s:
-        return {r.version_id: r for r in s.execute(sa.select(Signature).where(Signature.profile_id == pid)).scalars()}
+        return {
+            r.version_id: r
+            for r in s.execute(sa.select(Signature).where(Signature.profile_id == pid)).scalars()
+        }
 
 
 def test_mixed_queue_signs_every_good_lora_and_explains_every_bad_one(reg, tmp_path):
@@ -75,11 +79,21 @@ def test_mixed_queue_signs_every_good_lora_and_explains_every_bad_one(reg, tmp_p
         status = queue_status(s)
     reasons = {d["version_id"]: d["reason"] for d in status["dead"]}
     assert set(reasons) == {2, 4, 5, 6, 7, 9}
-    for vid, text in {2: "LoHa", 4: "SD 1.x", 5: "text-encoder-only", 6: "NaN", 7: "truncated",
-                      9: "pickle/zip archive"}.items():
+    for vid, text in {
+        2: "LoHa",
+        4: "SD 1.x",
+        5: "text-encoder-only",
+        6: "NaN",
+        7: "truncated",
+        9: "pickle/zip archive",
+    }.items():
         assert text in reasons[vid], reasons[vid]
     (p,) = status["profiles"]
-    assert p["base_cache"]["state"] == "ready" and p["jobs"]["lora"]["done"] == 3 and p["jobs"]["lora"]["dead"] == 6
+    assert (
+        p["base_cache"]["state"] == "ready"
+        and p["jobs"]["lora"]["done"] == 3
+        and p["jobs"]["lora"]["dead"] == 6
+    )
 
 
 def test_same_file_under_two_versions_gives_identical_signatures(reg, tmp_path):
@@ -93,24 +107,36 @@ def test_same_file_under_two_versions_gives_identical_signatures(reg, tmp_path):
     Worker(db, settings, profiles=["tiny"], once=True, poll_seconds=0.1).run()
     sigs = _signatures(db, pid)
     a, b = sigs[10], sigs[11]
-    assert a.direction == b.direction and a.strength == b.strength and a.consistency == b.consistency
-    assert a.file_sha256 == b.file_sha256 and a.ensemble_path == b.ensemble_path  # byte-identical ensembles
+    assert (
+        a.direction == b.direction and a.strength == b.strength and a.consistency == b.consistency
+    )
+    assert (
+        a.file_sha256 == b.file_sha256 and a.ensemble_path == b.ensemble_path
+    )  # byte-identical ensembles
 
 
 def test_base_branch_is_one_job_and_never_regenerated(reg, tmp_path):
     db, settings, profile, pid = reg
-    files = {21: lf.write_kohya_lora(tmp_path / "a.safetensors", seed=21),
-             22: lf.write_kohya_lora(tmp_path / "b.safetensors", seed=22)}
+    files = {
+        21: lf.write_kohya_lora(tmp_path / "a.safetensors", seed=21),
+        22: lf.write_kohya_lora(tmp_path / "b.safetensors", seed=22),
+    }
     _enqueue(db, settings, pid, files)
     with db.read() as s:
         kinds = sorted(s.execute(sa.select(SignJob.kind)).scalars())
     assert kinds == ["base", "lora", "lora"]
     engine = get_engine(profile, "cpu")
-    per_branch = -(-len(engine.samples) // engine.batch_size) * profile.steps  # UNet calls for one branch
+    per_branch = (
+        -(-len(engine.samples) // engine.batch_size) * profile.steps
+    )  # UNet calls for one branch
     with UnetCalls(engine.pipe) as calls:
-        Worker(db, settings, profiles=["tiny"], max_jobs=2, poll_seconds=0.1).run()  # base + first LoRA
+        Worker(
+            db, settings, profiles=["tiny"], max_jobs=2, poll_seconds=0.1
+        ).run()  # base + first LoRA
         assert calls.n == 2 * per_branch
-        Worker(db, settings, profiles=["tiny"], once=True, poll_seconds=0.1).run()  # second LoRA: no base
+        Worker(
+            db, settings, profiles=["tiny"], once=True, poll_seconds=0.1
+        ).run()  # second LoRA: no base
         assert calls.n == 3 * per_branch
     with db.read() as s:
         cache = s.execute(sa.select(BaseCache)).scalar_one()
@@ -130,7 +156,9 @@ def test_verified_file_hook_queues_the_default_profile(reg, monkeypatch):
     app = App(settings)
     app.__dict__["db"] = db
     with db.write() as s:
-        fid = add_local_version(s, settings.artifacts, 31, Path(lf.write_kohya_lora(settings.home / "h.safetensors")))
+        fid = add_local_version(
+            s, settings.artifacts, 31, Path(lf.write_kohya_lora(settings.home / "h.safetensors"))
+        )
         lora_file_verified(app=app, session=s, version_id=31, file_id=fid)
         lora_file_verified(app=app, session=s, version_id=31, file_id=fid)  # idempotent
     with db.read() as s:
@@ -140,16 +168,34 @@ def test_verified_file_hook_queues_the_default_profile(reg, monkeypatch):
 
 def _worker_proc(db_url, home, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CARLOS_REG_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "registry", "--db", db_url, "signer", "work", "--profile",
-                             "tiny-40", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "registry",
+            "--db",
+            db_url,
+            "signer",
+            "work",
+            "--profile",
+            "tiny-40",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_running_lora(db, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with db.read() as s:
-            job = s.execute(sa.select(SignJob).where(SignJob.kind == "lora", SignJob.state == "running")).scalar()
+            job = s.execute(
+                sa.select(SignJob).where(SignJob.kind == "lora", SignJob.state == "running")
+            ).scalar()
         if job is not None:
             return job
         time.sleep(0.1)
@@ -162,15 +208,21 @@ def slow_reg(database, tmp_path, tiny_models):
     job first thing and holds its lease while it loads the models and generates."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "profiles.toml").write_text('[profiles.tiny-40]\nextends = "tiny"\nprompt_subset = 20\n')
+    (home / "profiles.toml").write_text(
+        '[profiles.tiny-40]\nextends = "tiny"\nprompt_subset = 20\n'
+    )
     settings = Settings.load(home=home, db=database.url)
     from signer.profiles import load_profile
 
     profile = load_profile("tiny-40", settings)
     with database.write() as s:
         pid = register(s, profile).id
-    _enqueue(database, settings, pid, {41: lf.write_kohya_lora(tmp_path / "k.safetensors", seed=41)})
-    assert Worker(database, settings, profiles=["tiny-40"], max_jobs=1).run().done == 1  # the base job
+    _enqueue(
+        database, settings, pid, {41: lf.write_kohya_lora(tmp_path / "k.safetensors", seed=41)}
+    )
+    assert (
+        Worker(database, settings, profiles=["tiny-40"], max_jobs=1).run().done == 1
+    )  # the base job
     return database, settings, pid
 
 
@@ -195,7 +247,9 @@ def test_sigkilled_worker_job_is_completed_by_another_worker_once(slow_reg, db_u
     assert from_blob(_signatures(db, pid)[41].direction).shape == (32,)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # lease logic is backend-neutral (test_queue)
+@pytest.mark.parametrize(
+    "db_url", ["sqlite"], indirect=True
+)  # lease logic is backend-neutral (test_queue)
 def test_sigterm_releases_the_lease_and_the_job_is_done_later(slow_reg, db_url):
     db, settings, pid = slow_reg
     worker = _worker_proc(db_url, settings.home)

@@ -1,6 +1,7 @@
 """What the web pages rely on from the catalog and the signer: Civitai preview images (parsed,
 migrated from raw payloads, shown as the operator allows), a model's origin, and the thumbnails
 setting that is not part of a profile's identity."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -15,14 +16,34 @@ from registry.migrate import upgrade
 from tests.service_support import Server
 
 IMAGES = [
-    {"url": "https://image.civitai.com/x/1.jpeg", "width": 832, "height": 1216, "nsfwLevel": 1, "type": "image"},
+    {
+        "url": "https://image.civitai.com/x/1.jpeg",
+        "width": 832,
+        "height": 1216,
+        "nsfwLevel": 1,
+        "type": "image",
+    },
     {"url": "javascript:alert(1)", "width": 1, "height": 1},
     {"url": "data:image/png;base64,AAAA"},
     "not an object",
     {"url": "http://example.org/2.mp4", "width": "wide", "nsfwLevel": 8, "type": "video"},
 ]
-KEPT = [{"url": "https://image.civitai.com/x/1.jpeg", "width": 832, "height": 1216, "nsfw_level": 1, "type": "image"},
-        {"url": "http://example.org/2.mp4", "width": None, "height": None, "nsfw_level": 8, "type": "video"}]
+KEPT = [
+    {
+        "url": "https://image.civitai.com/x/1.jpeg",
+        "width": 832,
+        "height": 1216,
+        "nsfw_level": 1,
+        "type": "image",
+    },
+    {
+        "url": "http://example.org/2.mp4",
+        "width": None,
+        "height": None,
+        "nsfw_level": 8,
+        "type": "video",
+    },
+]
 
 
 def test_previews_keep_only_http_urls_with_their_size_and_nsfw_level():
@@ -32,8 +53,14 @@ def test_previews_keep_only_http_urls_with_their_size_and_nsfw_level():
 
 
 def test_origin_says_whether_a_model_has_a_civitai_page():
-    assert api_origin("https://civitai.com") == "civitai.com" and on_civitai("civitai.com") and on_civitai("civitai.red")
-    assert api_origin("http://127.0.0.1:8123/") == "127.0.0.1:8123" and not on_civitai("127.0.0.1:8123")
+    assert (
+        api_origin("https://civitai.com") == "civitai.com"
+        and on_civitai("civitai.com")
+        and on_civitai("civitai.red")
+    )
+    assert api_origin("http://127.0.0.1:8123/") == "127.0.0.1:8123" and not on_civitai(
+        "127.0.0.1:8123"
+    )
     assert on_civitai(None)  # imported, or crawled before origins were kept
 
 
@@ -41,15 +68,28 @@ def test_migration_0006_fills_previews_from_the_raw_payloads(db_url):
     db = Database(db_url)
     upgrade(db, "0005_local_files")
     with db.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO model (id, name, nsfw, poi, minor, source) VALUES (1, 'm', false, false, false, 'civitai')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO model (id, name, nsfw, poi, minor, source) VALUES (1, 'm', false, false, false, 'civitai')"
+            )
+        )
         for vid, raw in ((10, {"images": IMAGES}), (11, {"id": 11})):
-            conn.execute(sa.text("INSERT INTO version (id, model_id, name, trained_words, source, raw) "
-                                 "VALUES (:id, 1, 'v', '[]', 'civitai', :raw)").bindparams(
-                sa.bindparam("raw", type_=sa.JSON())), {"id": vid, "raw": raw})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO version (id, model_id, name, trained_words, source, raw) "
+                    "VALUES (:id, 1, 'v', '[]', 'civitai', :raw)"
+                ).bindparams(sa.bindparam("raw", type_=sa.JSON())),
+                {"id": vid, "raw": raw},
+            )
     upgrade(db)
     with db.engine.connect() as conn:
-        rows = dict(conn.execute(sa.select(sa.column("id"), sa.column("previews", sa.JSON()))
-                                 .select_from(sa.table("version")).order_by(sa.column("id"))).all())
+        rows = dict(
+            conn.execute(
+                sa.select(sa.column("id"), sa.column("previews", sa.JSON()))
+                .select_from(sa.table("version"))
+                .order_by(sa.column("id"))
+            ).all()
+        )
         origin = conn.execute(sa.text("SELECT origin FROM model")).scalar()
     assert rows == {10: KEPT, 11: None} and origin is None
     db.dispose()
@@ -61,7 +101,9 @@ def test_previews_reach_the_lora_page_only_as_the_operator_allows(small_registry
 
     with sqlite3.connect(small_registry.removeprefix("sqlite:///")) as db:
         db.execute("UPDATE version SET previews = ? WHERE id = 1000", (json.dumps(KEPT),))
-    server = Server.start("--db", small_registry, serve_args=("--schedule", "off"), env={"CARLOS_REG_PREVIEWS": mode})
+    server = Server.start(
+        "--db", small_registry, serve_args=("--schedule", "off"), env={"CARLOS_REG_PREVIEWS": mode}
+    )
     try:
         status, doc = server.get("/api/lora/1000")
     finally:
@@ -93,7 +135,9 @@ def test_thumbnails_setting_is_not_part_of_the_profile_hash(tmp_path, monkeypatc
         load_profile("mine", Settings.load(home=bad))
 
 
-def test_signing_keeps_the_first_samples_as_small_webp_pairs_and_none_when_off(tiny_engine, tmp_path):
+def test_signing_keeps_the_first_samples_as_small_webp_pairs_and_none_when_off(
+    tiny_engine, tmp_path
+):
     import dataclasses
     import io
 
@@ -107,9 +151,15 @@ def test_signing_keeps_the_first_samples_as_small_webp_pairs_and_none_when_off(t
     out = engine.sign_lora(path, ["inkwash"], base)
     assert sorted(out.images) == [0, 1, 2, 3]
     first = out.images[0]
-    assert first["prompt"] == engine.samples[0].prompt + ", inkwash" and base.images[0]["prompt"] == engine.samples[0].prompt
+    assert (
+        first["prompt"] == engine.samples[0].prompt + ", inkwash"
+        and base.images[0]["prompt"] == engine.samples[0].prompt
+    )
     picture = Image.open(io.BytesIO(first["webp"]))
-    assert picture.format == "WEBP" and picture.size == (first["width"], first["height"]) == (32, 32)
+    assert picture.format == "WEBP" and picture.size == (first["width"], first["height"]) == (
+        32,
+        32,
+    )
     assert first["webp"] != base.images[0]["webp"]  # the LoRA changed the picture
     kept = engine.profile
     try:

@@ -10,6 +10,7 @@ and a summary per group on stdout and in ``<scratch>/summary.json``.
     python tools/mutate.py search reports        # some groups
     MUTATE_SCRATCH=/tmp/m MUTATE_TIMEOUT=1800 python tools/mutate.py crawler
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -28,22 +29,56 @@ REPO = Path(__file__).resolve().parent.parent
 # meaning: mutmut name globs; the rest of a module, mostly messages and plumbing, is left out)
 GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     "locks": (["registry/locks.py"], ["tests/test_locks.py"], ["registry.locks.*"]),
-    "index": (["registry/ranking.py"], ["tests/test_search_index.py", "tests/test_search_rules.py"],
-              ["*RankingIndexǁrank__*", "*RankingIndexǁscores__*", "*RankingIndexǁexact_duplicates__*",
-               "*RankingIndexǁ_apply__*"]),
-    "search": (["signer/search.py", "signer/query_encoder.py"], ["tests/test_search_rules.py"],
-               ["*SearchEngineǁdefault_filters__*", "*CarlosRetrieverǁrank__*", "*QueryEncoderǁ_compute_text__*",
-                "*QueryEncoderǁimage_vector__*", "*SearchEngineǁsimilar__*"]),
-    "reports": (["plugins/reports/copyright.py", "plugins/reports/__init__.py"], ["tests/test_report_rules.py"],
-                ["*CopyrightReportǁbuild__*", "*_options_from_query__*", "*reference_images__*"]),
-    "compare": (["signer/claim_check.py"], ["tests/test_compare_rules.py"], ["*ClaimCheckerǁcheck__*"]),
-    "crawler": (["crawler/client.py", "crawler/sync.py"], ["tests/test_crawler_listing.py", "tests/test_crawler_sync.py"],
-                ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"]),
+    "index": (
+        ["registry/ranking.py"],
+        ["tests/test_search_index.py", "tests/test_search_rules.py"],
+        [
+            "*RankingIndexǁrank__*",
+            "*RankingIndexǁscores__*",
+            "*RankingIndexǁexact_duplicates__*",
+            "*RankingIndexǁ_apply__*",
+        ],
+    ),
+    "search": (
+        ["signer/search.py", "signer/query_encoder.py"],
+        ["tests/test_search_rules.py"],
+        [
+            "*SearchEngineǁdefault_filters__*",
+            "*CarlosRetrieverǁrank__*",
+            "*QueryEncoderǁ_compute_text__*",
+            "*QueryEncoderǁimage_vector__*",
+            "*SearchEngineǁsimilar__*",
+        ],
+    ),
+    "reports": (
+        ["plugins/reports/copyright.py", "plugins/reports/__init__.py"],
+        ["tests/test_report_rules.py"],
+        ["*CopyrightReportǁbuild__*", "*_options_from_query__*", "*reference_images__*"],
+    ),
+    "compare": (
+        ["signer/claim_check.py"],
+        ["tests/test_compare_rules.py"],
+        ["*ClaimCheckerǁcheck__*"],
+    ),
+    "crawler": (
+        ["crawler/client.py", "crawler/sync.py"],
+        ["tests/test_crawler_listing.py", "tests/test_crawler_sync.py"],
+        ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"],
+    ),
     "queue": (["registry/queue.py"], ["tests/test_queue.py"], ["registry.queue.*"]),
     "signer": (["signer/maths.py"], ["tests/test_signer_maths.py"], ["signer.maths.*"]),
 }
 COPIED = ["registry", "crawler", "signer", "plugins", "migrations", "tests", "pyproject.toml"]
-STATUSES = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault", "not checked")
+STATUSES = (
+    "killed",
+    "survived",
+    "no tests",
+    "timeout",
+    "suspicious",
+    "skipped",
+    "segfault",
+    "not checked",
+)
 
 
 def _config(modules: list[str], tests: list[str]) -> str:
@@ -51,18 +86,20 @@ def _config(modules: list[str], tests: list[str]) -> str:
         return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
     # SQLite only: the PostgreSQL variants test the same lines, at twice the cost
-    return ("\n[tool.mutmut]\n"
-            f"source_paths = {toml_list(['registry', 'crawler', 'signer', 'plugins'])}\n"
-            f"only_mutate = {toml_list(modules)}\n"
-            f"also_copy = {toml_list(['migrations'])}\n"
-            f"pytest_add_cli_args_test_selection = {toml_list([*tests, '-k', 'not postgres'])}\n"
-            f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '-p', 'no:timeout', '-q'])}\n"
-            'process_isolation = "forkserver"\n'
-            # each test's fixtures (a registry, the tiny CLIP) are set up again per mutant; a mutant that
-            # hangs (a redirect loop, a lost wake-up) is cut after about 3x the tests' own time
-            "timeout_constant = 30.0\n"
-            "timeout_multiplier = 3.0\n"
-            "use_git_change_detection = false\n")
+    return (
+        "\n[tool.mutmut]\n"
+        f"source_paths = {toml_list(['registry', 'crawler', 'signer', 'plugins'])}\n"
+        f"only_mutate = {toml_list(modules)}\n"
+        f"also_copy = {toml_list(['migrations'])}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list([*tests, '-k', 'not postgres'])}\n"
+        f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '-p', 'no:timeout', '-q'])}\n"
+        'process_isolation = "forkserver"\n'
+        # each test's fixtures (a registry, the tiny CLIP) are set up again per mutant; a mutant that
+        # hangs (a redirect loop, a lost wake-up) is cut after about 3x the tests' own time
+        "timeout_constant = 30.0\n"
+        "timeout_multiplier = 3.0\n"
+        "use_git_change_detection = false\n"
+    )
 
 
 def _prepare(scratch: Path, modules: list[str], tests: list[str]) -> None:
@@ -84,8 +121,13 @@ def _prepare(scratch: Path, modules: list[str], tests: list[str]) -> None:
 
 
 def _counts(scratch: Path, functions: list[str]) -> dict[str, int]:
-    proc = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=scratch,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     counts = dict.fromkeys(STATUSES, 0)
     for line in proc.stdout.splitlines():
         name, _, status = line.strip().rpartition(": ")
@@ -98,7 +140,9 @@ def main(argv: list[str]) -> int:
     wanted = argv or list(GROUPS)
     unknown = [g for g in wanted if g not in GROUPS]
     if unknown:
-        print(f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(GROUPS)}", file=sys.stderr)
+        print(
+            f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(GROUPS)}", file=sys.stderr
+        )
         return 2
     root = Path(os.environ.get("MUTATE_SCRATCH", REPO / ".mutate"))
     limit = float(os.environ.get("MUTATE_TIMEOUT", "3600"))
@@ -112,16 +156,31 @@ def main(argv: list[str]) -> int:
         print(f"== {group}: {', '.join(modules)} (tests: {', '.join(tests)})", flush=True)
         started = time.monotonic()
         # the tiny models are built once for every group and mutant, not once per forked test run
-        env = {**os.environ, "PYTHONPATH": str(scratch / "mutants"), "CARLOS_REG_TEST_MODELS": str(root / "models")}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(scratch / "mutants"),
+            "CARLOS_REG_TEST_MODELS": str(root / "models"),
+        }
         try:
-            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", children, *functions], cwd=scratch,
-                           env=env, timeout=limit, check=False)
+            subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", "--max-children", children, *functions],
+                cwd=scratch,
+                env=env,
+                timeout=limit,
+                check=False,
+            )
             finished = True
         except subprocess.TimeoutExpired:
             finished = False
         counts = _counts(scratch, functions)
-        summary[group] = {"modules": modules, "tests": tests, "functions": functions, "finished": finished,
-                          "seconds": round(time.monotonic() - started), **counts}
+        summary[group] = {
+            "modules": modules,
+            "tests": tests,
+            "functions": functions,
+            "finished": finished,
+            "seconds": round(time.monotonic() - started),
+            **counts,
+        }
         print(f"== {group}: {json.dumps(summary[group])}", flush=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -27,6 +27,7 @@ loopback from a thread, ``serve`` is the blocking ``mirror serve``), ``export`` 
 and ``fixtures`` (``model_entry``, ``version_entry``, ``file_entry``, ``tiny_lora``: catalogs
 built in code for tests, the demo and benchmarks).
 """
+
 from crawler.mirror.catalog import MirrorCatalog, MirrorError, write_catalog
 from crawler.mirror.export import export_mirror
 from crawler.mirror.fixtures import file_entry, model_entry, tiny_lora, version_entry
@@ -34,7 +35,18 @@ from crawler.mirror.running import BackgroundServer, serve
 from crawler.mirror.server import CATALOG, _file_url_key, make_app, sign_file_url
 
 __all__ = [
-    "CATALOG", "BackgroundServer", "MirrorCatalog", "MirrorError", "_file_url_key", "export_mirror",
-    "file_entry", "make_app", "model_entry", "serve", "sign_file_url", "tiny_lora", "version_entry",
+    "CATALOG",
+    "BackgroundServer",
+    "MirrorCatalog",
+    "MirrorError",
+    "_file_url_key",
+    "export_mirror",
+    "file_entry",
+    "make_app",
+    "model_entry",
+    "serve",
+    "sign_file_url",
+    "tiny_lora",
+    "version_entry",
     "write_catalog",
 ]

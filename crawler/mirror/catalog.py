@@ -1,9 +1,10 @@
 """The mirror directory format (docs/mirror.md): writing a catalog, and reading one back.
 
-    DIR/mirror.json         {"format": "carlos-reg-mirror", "version": 1, ...}  (required)
-    DIR/models/<id>.json    one model exactly as /api/v1/models/{id} returns it (modelVersions, files)
-    DIR/files/<fileId>      the bytes of file <fileId> (optional; absent files answer 404)
+DIR/mirror.json         {"format": "carlos-reg-mirror", "version": 1, ...}  (required)
+DIR/models/<id>.json    one model exactly as /api/v1/models/{id} returns it (modelVersions, files)
+DIR/files/<fileId>      the bytes of file <fileId> (optional; absent files answer 404)
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,22 @@ def _json_bytes(doc: Any) -> bytes:
         return json.dumps(doc, ensure_ascii=True).encode("ascii")
 
 
-def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[int, bytes | os.PathLike] | None = None,
-                  *, replace: bool = True) -> Path:
+def write_catalog(
+    root: str | os.PathLike,
+    models: Iterable[dict],
+    blobs: dict[int, bytes | os.PathLike] | None = None,
+    *,
+    replace: bool = True,
+) -> Path:
     """Write models (and file bytes by file id) in the mirror format.
 
     ``replace`` removes model files not in ``models`` (a model deleted upstream). ``mirror.json``
     is written last, so a running server reloads once everything is in place.
     """
     root = Path(root)
-    encoded = {int(model["id"]): _json_bytes(model) for model in models}  # all of it, before the first write
+    encoded = {
+        int(model["id"]): _json_bytes(model) for model in models
+    }  # all of it, before the first write
     (root / "models").mkdir(parents=True, exist_ok=True)
     (root / "files").mkdir(parents=True, exist_ok=True)
     written = set()
@@ -69,8 +77,13 @@ def write_catalog(root: str | os.PathLike, models: Iterable[dict], blobs: dict[i
 
 
 def _write_manifest(root: Path, count: int | None, **extra: Any) -> None:
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "generated_at": datetime.now(timezone.utc).isoformat(),
-           "nonce": secrets.token_hex(4), **extra}
+    doc = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "nonce": secrets.token_hex(4),
+        **extra,
+    }
     if count is not None:
         doc["models"] = count
     write_file(root / "mirror.json", json.dumps(doc, indent=2).encode())
@@ -92,7 +105,9 @@ class MirrorCatalog:
         try:
             st = (self.root / "mirror.json").stat()
         except FileNotFoundError:
-            raise MirrorError(f"{self.root} is not a mirror directory (no mirror.json; see docs/mirror.md)") from None
+            raise MirrorError(
+                f"{self.root} is not a mirror directory (no mirror.json; see docs/mirror.md)"
+            ) from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def reload(self) -> None:
@@ -100,7 +115,9 @@ class MirrorCatalog:
         try:
             manifest = json.loads((self.root / "mirror.json").read_text())
         except (ValueError, OSError) as exc:
-            raise MirrorError(f"{self.root / 'mirror.json'} is not readable JSON ({type(exc).__name__})") from None
+            raise MirrorError(
+                f"{self.root / 'mirror.json'} is not readable JSON ({type(exc).__name__})"
+            ) from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise MirrorError(f"{self.root / 'mirror.json'} does not declare format {FORMAT!r}")
         models: dict[int, dict] = {}

@@ -1,4 +1,5 @@
 """Registry → mirror: the crawled models, versions and verified files written as a mirror directory."""
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,9 @@ def export_mirror(db, store, out_dir: str | os.PathLike, *, batch: int = 500) ->
     if out.exists() and not out.is_dir():
         raise MirrorError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "mirror.json").is_file():
-        raise MirrorError(f"{out} is not empty and not a mirror (no mirror.json); nothing was written")
+        raise MirrorError(
+            f"{out} is not empty and not a mirror (no mirror.json); nothing was written"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     final, out = out, Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -57,28 +60,56 @@ def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
 
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "files").mkdir(parents=True, exist_ok=True)
-    counts = {"models": 0, "versions": 0, "files": 0, "files_linked": 0, "files_copied": 0, "models_removed": 0}
+    counts = {
+        "models": 0,
+        "versions": 0,
+        "files": 0,
+        "files_linked": 0,
+        "files_copied": 0,
+        "models_removed": 0,
+    }
     written: set[str] = set()
     with db.read() as s:
-        ids = list(s.execute(sa.select(Model.id).where(Model.source == "civitai", Model.gone_at.is_(None),
-                                                       Model.raw.is_not(None)).order_by(Model.id)).scalars())
+        ids = list(
+            s.execute(
+                sa.select(Model.id)
+                .where(Model.source == "civitai", Model.gone_at.is_(None), Model.raw.is_not(None))
+                .order_by(Model.id)
+            ).scalars()
+        )
         for i in range(0, len(ids), batch):
-            chunk = ids[i:i + batch]
-            models = {r.id: r.raw for r in s.execute(sa.select(Model.id, Model.raw).where(Model.id.in_(chunk)))}
+            chunk = ids[i : i + batch]
+            models = {
+                r.id: r.raw
+                for r in s.execute(sa.select(Model.id, Model.raw).where(Model.id.in_(chunk)))
+            }
             versions: dict[int, list] = {}
-            for r in s.execute(sa.select(Version.id, Version.model_id, Version.raw)
-                               .where(Version.model_id.in_(chunk), Version.gone_at.is_(None),
-                                      Version.raw.is_not(None)).order_by(Version.id)):
+            for r in s.execute(
+                sa.select(Version.id, Version.model_id, Version.raw)
+                .where(
+                    Version.model_id.in_(chunk), Version.gone_at.is_(None), Version.raw.is_not(None)
+                )
+                .order_by(Version.id)
+            ):
                 versions.setdefault(r.model_id, []).append(r.raw)
-            verified = {r.civitai_file_id: r.local_path for r in s.execute(
-                sa.select(File.civitai_file_id, File.local_path).join(Version, Version.id == File.version_id)
-                .where(Version.model_id.in_(chunk), File.state == FileState.VERIFIED, File.local_path.is_not(None),
-                       File.civitai_file_id.is_not(None)))}
+            verified = {
+                r.civitai_file_id: r.local_path
+                for r in s.execute(
+                    sa.select(File.civitai_file_id, File.local_path)
+                    .join(Version, Version.id == File.version_id)
+                    .where(
+                        Version.model_id.in_(chunk),
+                        File.state == FileState.VERIFIED,
+                        File.local_path.is_not(None),
+                        File.civitai_file_id.is_not(None),
+                    )
+                )
+            }
             for model_id in chunk:
                 raws = versions.get(model_id, [])
                 if not raws:
                     continue
-                raws.sort(key=lambda v: (v.get("index") if type(v.get("index")) is int else 1 << 30))
+                raws.sort(key=lambda v: v.get("index") if type(v.get("index")) is int else 1 << 30)
                 item = {**models[model_id], "modelVersions": raws}
                 write_file(out / "models" / f"{model_id}.json", _json_bytes(item))
                 written.add(f"{model_id}.json")
@@ -89,7 +120,9 @@ def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
                         fid = f.get("id") if isinstance(f, dict) else None
                         if fid in verified:
                             counts["files"] += 1
-                            how = _place_file(store.path(verified[fid]), out / "files" / str(int(fid)))
+                            how = _place_file(
+                                store.path(verified[fid]), out / "files" / str(int(fid))
+                            )
                             if how:
                                 counts[f"files_{how}"] += 1
     _write_manifest(out, counts["models"], source="carlos-reg mirror export")

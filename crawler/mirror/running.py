@@ -1,5 +1,6 @@
 """Running a mirror app: on loopback from a background thread (tests, the demo) or in the
 foreground until a signal (``carlos-reg mirror serve``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,9 @@ class _PathOnlyAccessLogger(AbstractAccessLogger):
     """Access log without query strings (a client may put a token there)."""
 
     def log(self, request, response, time):
-        self.logger.info("%s %s %s %s %.3fs", request.remote, request.method, request.path, response.status, time)
+        self.logger.info(
+            "%s %s %s %s %.3fs", request.remote, request.method, request.path, response.status, time
+        )
 
 
 class BackgroundServer:
@@ -40,7 +43,9 @@ class BackgroundServer:
 
     def _main(self) -> None:
         loop = self.loop = asyncio.new_event_loop()
-        runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+        runner = web.AppRunner(
+            self.app, handle_signals=False, access_log=None, shutdown_timeout=0.5
+        )
         try:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
@@ -82,9 +87,15 @@ class BackgroundServer:
         self.stop()
 
 
-def serve(root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          public_url: str | None = None,
-          announce: Callable[[str, "MirrorCatalog"], None] | None = None) -> None:
+def serve(
+    root: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    public_url: str | None = None,
+    announce: Callable[[str, "MirrorCatalog"], None] | None = None,
+) -> None:
     """Serve a mirror until SIGINT/SIGTERM (blocking)."""
     import signal
 
@@ -93,15 +104,19 @@ def serve(root: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
     async def main() -> None:
         from registry.api import json_parse_errors
 
-        runner = web.AppRunner(app, handle_signals=False, access_log=log, access_log_class=_PathOnlyAccessLogger)
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=log, access_log_class=_PathOnlyAccessLogger
+        )
         await runner.setup()
         json_parse_errors(runner)
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         if announce:
-            announce(f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}",
-                     app[CATALOG])
+            announce(
+                f"http://{bound_host if ':' not in bound_host else f'[{bound_host}]'}:{bound_port}",
+                app[CATALOG],
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,6 +3,7 @@
 Each handler finds the mirror it serves in ``request.app[MIRROR]`` (``MirrorConfig``: the catalog,
 the token and the URL settings), so one process can serve several mirrors.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -104,8 +105,9 @@ def _origin_of(request: web.Request) -> str:
 def _has_token(request: web.Request) -> bool:
     token = _mirror(request).token or ""
     bearer = request.headers.get("Authorization", "")
-    return (secrets.compare_digest(bearer.encode(), f"Bearer {token}".encode())
-            or secrets.compare_digest(request.query.get("token", "").encode(), token.encode()))
+    return secrets.compare_digest(
+        bearer.encode(), f"Bearer {token}".encode()
+    ) or secrets.compare_digest(request.query.get("token", "").encode(), token.encode())
 
 
 def _int_arg(request: web.Request, name: str) -> int | None:
@@ -141,7 +143,9 @@ def _listing_query(q) -> _Listing | web.Response:
     query = q.get("query", "").casefold()
     if "page" in q:
         if query:
-            return _json_error(400, "Cannot use page param with query search. Use cursor-based pagination.")
+            return _json_error(
+                400, "Cannot use page param with query search. Use cursor-based pagination."
+            )
         try:
             if int(q["page"]) * limit > 1000:
                 return _json_error(429, PAGE_CAP_MESSAGE)
@@ -151,8 +155,15 @@ def _listing_query(q) -> _Listing | web.Response:
         start = int(q["cursor"]) if q.get("cursor") else 0
     except ValueError:
         return _json_error(400, "Invalid cursor")
-    return _Listing(limit, query, start, frozenset(q.getall("types", [])), frozenset(q.getall("baseModels", [])),
-                    _truthy(q.get("nsfw")), _truthy(q.get("archived")))
+    return _Listing(
+        limit,
+        query,
+        start,
+        frozenset(q.getall("types", [])),
+        frozenset(q.getall("baseModels", [])),
+        _truthy(q.get("nsfw")),
+        _truthy(q.get("archived")),
+    )
 
 
 def _listed_versions(model: dict, listing: _Listing) -> list[dict] | None:
@@ -180,18 +191,22 @@ async def list_models(request: web.Request) -> web.Response:
     if isinstance(listing, web.Response):
         return listing
     items, next_id = [], None
-    for model_id in catalog.ids[bisect.bisect_left(catalog.ids, listing.start):]:
+    for model_id in catalog.ids[bisect.bisect_left(catalog.ids, listing.start) :]:
         versions = _listed_versions(catalog.models[model_id], listing)
         if versions is None:
             continue
         if len(items) == listing.limit:
             next_id = model_id
             break
-        items.append({**catalog.models[model_id], "modelVersions": [_with_urls(v, origin) for v in versions]})
+        items.append(
+            {**catalog.models[model_id], "modelVersions": [_with_urls(v, origin) for v in versions]}
+        )
     metadata = {}
     if next_id is not None:
-        metadata = {"nextCursor": str(next_id),
-                    "nextPage": origin + str(request.rel_url.update_query(cursor=str(next_id)))}
+        metadata = {
+            "nextCursor": str(next_id),
+            "nextPage": origin + str(request.rel_url.update_query(cursor=str(next_id))),
+        }
     return web.json_response({"items": items, "metadata": metadata})
 
 
@@ -203,7 +218,9 @@ async def get_model(request: web.Request) -> web.Response:
     model = catalog.models.get(model_id)
     if model is None:
         return _json_error(404, f"No model with id {model_id}")
-    versions = [_with_urls(v, origin) for v in _as_list(model.get("modelVersions")) if isinstance(v, dict)]
+    versions = [
+        _with_urls(v, origin) for v in _as_list(model.get("modelVersions")) if isinstance(v, dict)
+    ]
     return web.json_response({**model, "modelVersions": versions})
 
 
@@ -216,7 +233,11 @@ def _version_doc(catalog: MirrorCatalog, version_id: int, origin: str) -> dict |
     summary = {k: model.get(k) for k in ("name", "type", "nsfw", "poi")}
     if model.get("mode"):
         summary["mode"] = model["mode"]
-    return {**_with_urls(version, origin, explicit_primary=True), "modelId": model_id, "model": summary}
+    return {
+        **_with_urls(version, origin, explicit_primary=True),
+        "modelId": model_id,
+        "model": summary,
+    }
 
 
 async def get_version(request: web.Request) -> web.Response:
@@ -242,16 +263,23 @@ def _download_refusal(model: dict, version: dict) -> web.Response | None:
     if model.get("mode") == "TakenDown":
         return _json_error(404, "File not found")
     if version.get("availability") == "EarlyAccess":  # as Civitai answers a key without access
-        return _json_error(403, "Early Access", deadline=version.get("earlyAccessEndsAt"),
-                           message="This asset is in Early Access. You can use Buzz access it now!")
+        return _json_error(
+            403,
+            "Early Access",
+            deadline=version.get("earlyAccessEndsAt"),
+            message="This asset is in Early Access. You can use Buzz access it now!",
+        )
     return None
 
 
 async def download(request: web.Request) -> web.Response:
     origin, mirror = _origin_of(request), _mirror(request)
     if mirror.token is not None and not _has_token(request):
-        return _json_error(401, "Unauthorized",
-                           message="The creator of this asset requires you to be logged in to download it")
+        return _json_error(
+            401,
+            "Unauthorized",
+            message="The creator of this asset requires you to be logged in to download it",
+        )
     version_id = _int_arg(request, "id")
     found = mirror.catalog.versions.get(version_id) if version_id is not None else None
     if found is None:
@@ -265,14 +293,23 @@ async def download(request: web.Request) -> web.Response:
         chosen = [f for f in files if str(f.get("id")) == request.query["fileId"]]
     else:
         chosen = [f for f in files if f.get("primary")] or files[:1]
-    path = mirror.catalog.file_path(chosen[0]["id"]) if chosen and type(chosen[0].get("id")) is int else None
+    path = (
+        mirror.catalog.file_path(chosen[0]["id"])
+        if chosen and type(chosen[0].get("id")) is int
+        else None
+    )
     if path is None:
         return _json_error(404, "File not found")
     expires = int(time.time()) + FILE_URL_SECONDS
-    signature = (sign_file_url(mirror.key, chosen[0]["id"], expires) if mirror.key is not None
-                 else secrets.token_hex(32))
-    location = (f"{(mirror.files_base_url or origin).rstrip('/')}/mirror-files/{chosen[0]['id']}"
-                f"?X-Amz-Expires={expires}&X-Amz-Signature={signature}")
+    signature = (
+        sign_file_url(mirror.key, chosen[0]["id"], expires)
+        if mirror.key is not None
+        else secrets.token_hex(32)
+    )
+    location = (
+        f"{(mirror.files_base_url or origin).rstrip('/')}/mirror-files/{chosen[0]['id']}"
+        f"?X-Amz-Expires={expires}&X-Amz-Signature={signature}"
+    )
     raise web.HTTPTemporaryRedirect(location, headers={"Cache-Control": "no-store, max-age=0"})
 
 
@@ -294,23 +331,41 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     except ValueError:
         raise web.HTTPNotFound() from None
     if mirror.key is not None and not (_has_token(request) or _signed(request, file_id)):
-        return _json_error(401, "Unauthorized", message="This file URL is not signed, or it has expired")
+        return _json_error(
+            401, "Unauthorized", message="This file URL is not signed, or it has expired"
+        )
     path = mirror.catalog.file_path(file_id)
     if path is None:
         raise web.HTTPNotFound()
     name = str((mirror.catalog.files.get(file_id) or (0, {}))[1].get("name") or file_id)
     shown = _safe_filename(name, str(file_id))  # a header, not a path
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
-                                           "Content-Disposition": f'attachment; filename="{shown}"'})
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{shown}"',
+        },
+    )
 
 
-def make_app(root: str | os.PathLike, *, token: str | None = None, files_base_url: str | None = None,
-             public_url: str | None = None, middlewares: Iterable[Callable] = ()) -> web.Application:
+def make_app(
+    root: str | os.PathLike,
+    *,
+    token: str | None = None,
+    files_base_url: str | None = None,
+    public_url: str | None = None,
+    middlewares: Iterable[Callable] = (),
+) -> web.Application:
     catalog = MirrorCatalog(root)
     app = web.Application(middlewares=list(middlewares))
     app[CATALOG] = catalog
-    app[MIRROR] = MirrorConfig(catalog, token, _file_url_key(token) if token is not None else None,
-                               files_base_url, public_url)
+    app[MIRROR] = MirrorConfig(
+        catalog,
+        token,
+        _file_url_key(token) if token is not None else None,
+        files_base_url,
+        public_url,
+    )
     app.router.add_get("/api/v1/models", list_models)
     app.router.add_get("/api/v1/models/{id}", get_model)
     app.router.add_get("/api/v1/model-versions/by-hash/{hash}", by_hash)

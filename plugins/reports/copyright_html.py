@@ -4,6 +4,7 @@ signed LoRA (id ``p-<version>``), a sortable, filterable table of the flagged on
 
 Every piece of catalog text is escaped here and set as text by the page's script; the file loads
 nothing from anywhere (no CDN, no fonts, no images)."""
+
 from __future__ import annotations
 
 import html
@@ -16,16 +17,16 @@ COLORS = {"high": "#b00020", "elevated": "#e08a00", "unreliable": "#555555", "lo
 
 LEGEND = {
     "substantiality": "Strength at or above the substantiality threshold: the LoRA changes what the base model "
-                      "would draw more than most LoRAs in this registry.",
+    "would draw more than most LoRAs in this registry.",
     "volition": "Consistency at or above the volition threshold: it pushes every prompt and seed the same way, "
-                "a predictable, imposed effect.",
+    "a predictable, imposed effect.",
     "reference": "Its Direction points toward the reference images (among the top LoRAs by cosine).",
     "degenerate": "Measured on degenerate images (NaN or black output): its numbers are not evidence about the LoRA.",
     "duplicate_upload": "The same file is registered as other versions.",
     "identical_signature": "Signature identical to LoRAs made from different or unknown files: a symptom of "
-                           "degenerate generations; re-sign before relying on it.",
+    "degenerate generations; re-sign before relying on it.",
     "near_duplicate": "Near duplicate of other LoRAs (Direction cosine at or above the near-duplicate threshold): "
-                      "likely the same LoRA or a close derivative.",
+    "likely the same LoRA or a close derivative.",
     "few_samples": "Measured on fewer samples than the minimum: the numbers are uncertain.",
     "no_effect": "No measurable effect (zero Direction).",
 }
@@ -107,17 +108,28 @@ class _Scale:
         return [self.lo + step * (i + 0.5) for i in range(n)]
 
 
-def _place_labels(points: list[tuple[int, float, float]]) -> tuple[list[tuple[int, float, float]], list[int]]:
+def _place_labels(
+    points: list[tuple[int, float, float]],
+) -> tuple[list[tuple[int, float, float]], list[int]]:
     """Numbers next to flagged points, in table order, only where they overlap no number already placed."""
     placed, boxes, left_out = [], [], []
     for number, x, y in points:
         w = LABEL_W_PER_CHAR * len(str(number))
-        for dx, dy in ((R_FLAGGED, -R_FLAGGED), (R_FLAGGED, R_FLAGGED + LABEL_H), (-R_FLAGGED - w, -R_FLAGGED),
-                       (-R_FLAGGED - w, R_FLAGGED + LABEL_H)):
+        for dx, dy in (
+            (R_FLAGGED, -R_FLAGGED),
+            (R_FLAGGED, R_FLAGGED + LABEL_H),
+            (-R_FLAGGED - w, -R_FLAGGED),
+            (-R_FLAGGED - w, R_FLAGGED + LABEL_H),
+        ):
             bx, by = x + dx, y + dy - LABEL_H
-            if not (LEFT <= bx and bx + w <= W - RIGHT and TOP <= by and by + LABEL_H <= H - BOTTOM):
+            if not (
+                LEFT <= bx and bx + w <= W - RIGHT and TOP <= by and by + LABEL_H <= H - BOTTOM
+            ):
                 continue
-            if all(bx + w <= ox or ox + ow <= bx or by + LABEL_H <= oy or oy + oh <= by for ox, oy, ow, oh in boxes):
+            if all(
+                bx + w <= ox or ox + ow <= bx or by + LABEL_H <= oy or oy + oh <= by
+                for ox, oy, ow, oh in boxes
+            ):
                 boxes.append((bx, by, w, LABEL_H))
                 placed.append((number, bx, by + LABEL_H - 2))
                 break
@@ -131,39 +143,57 @@ def scatter_svg(doc: dict, render: dict, numbers: dict[int, int]) -> tuple[str, 
     xs, ys = render["all_strength"], render["all_consistency"]
     sx, sy = _Scale(xs, LEFT, W - RIGHT), _Scale(ys, H - BOTTOM, TOP)
     t = doc["thresholds"]
-    parts = [f"<svg class=scatter id=scatter viewBox='0 0 {W} {H}' role=img aria-labelledby=scatter-title>"
-             f"<title id=scatter-title>Strength and Consistency of {len(xs)} signed LoRAs</title>"]
+    parts = [
+        f"<svg class=scatter id=scatter viewBox='0 0 {W} {H}' role=img aria-labelledby=scatter-title>"
+        f"<title id=scatter-title>Strength and Consistency of {len(xs)} signed LoRAs</title>"
+    ]
     for v in sx.ticks():
-        parts.append(f"<line class=grid x1={sx(v):.1f} x2={sx(v):.1f} y1={TOP} y2={H - BOTTOM} />"
-                     f"<text x={sx(v):.1f} y={H - BOTTOM + 16} text-anchor=middle>{v:.3g}</text>")
+        parts.append(
+            f"<line class=grid x1={sx(v):.1f} x2={sx(v):.1f} y1={TOP} y2={H - BOTTOM} />"
+            f"<text x={sx(v):.1f} y={H - BOTTOM + 16} text-anchor=middle>{v:.3g}</text>"
+        )
     for v in sy.ticks():
-        parts.append(f"<line class=grid x1={LEFT} x2={W - RIGHT} y1={sy(v):.1f} y2={sy(v):.1f} />"
-                     f"<text x={LEFT - 6} y={sy(v) + 4:.1f} text-anchor=end>{v:.3g}</text>")
-    parts.append(f"<line class=axis x1={LEFT} x2={W - RIGHT} y1={H - BOTTOM} y2={H - BOTTOM} />"
-                 f"<line class=axis x1={LEFT} x2={LEFT} y1={TOP} y2={H - BOTTOM} />"
-                 f"<text x={(LEFT + W - RIGHT) / 2} y={H - 10} text-anchor=middle>Strength (substantiality)</text>"
-                 f"<text transform='translate(14 {(TOP + H - BOTTOM) / 2}) rotate(-90)' text-anchor=middle>"
-                 "Consistency (volition)</text>")
+        parts.append(
+            f"<line class=grid x1={LEFT} x2={W - RIGHT} y1={sy(v):.1f} y2={sy(v):.1f} />"
+            f"<text x={LEFT - 6} y={sy(v) + 4:.1f} text-anchor=end>{v:.3g}</text>"
+        )
+    parts.append(
+        f"<line class=axis x1={LEFT} x2={W - RIGHT} y1={H - BOTTOM} y2={H - BOTTOM} />"
+        f"<line class=axis x1={LEFT} x2={LEFT} y1={TOP} y2={H - BOTTOM} />"
+        f"<text x={(LEFT + W - RIGHT) / 2} y={H - 10} text-anchor=middle>Strength (substantiality)</text>"
+        f"<text transform='translate(14 {(TOP + H - BOTTOM) / 2}) rotate(-90)' text-anchor=middle>"
+        "Consistency (volition)</text>"
+    )
     s_thr, c_thr = t["substantiality"]["strength"], t["volition"]["consistency"]
     if sx.lo <= s_thr <= sx.hi:
-        parts.append(f"<line class=thr-s x1={sx(s_thr):.1f} x2={sx(s_thr):.1f} y1={TOP} y2={H - BOTTOM}>"
-                     f"<title>substantiality threshold: Strength ≥ {s_thr:.3f}</title></line>")
+        parts.append(
+            f"<line class=thr-s x1={sx(s_thr):.1f} x2={sx(s_thr):.1f} y1={TOP} y2={H - BOTTOM}>"
+            f"<title>substantiality threshold: Strength ≥ {s_thr:.3f}</title></line>"
+        )
     if sy.lo <= c_thr <= sy.hi:
-        parts.append(f"<line class=thr-c x1={LEFT} x2={W - RIGHT} y1={sy(c_thr):.1f} y2={sy(c_thr):.1f}>"
-                     f"<title>volition threshold: Consistency ≥ {c_thr:.4f}</title></line>")
+        parts.append(
+            f"<line class=thr-c x1={LEFT} x2={W - RIGHT} y1={sy(c_thr):.1f} y2={sy(c_thr):.1f}>"
+            f"<title>volition threshold: Consistency ≥ {c_thr:.4f}</title></line>"
+        )
     names = render.get("all_names") or {}
     flagged_points = []
     # low points first, so flagged ones are drawn on top of them
-    order = sorted(range(len(xs)), key=lambda i: entries.get(render["all_ids"][i], {}).get("tier", "low") != "low")
+    order = sorted(
+        range(len(xs)),
+        key=lambda i: entries.get(render["all_ids"][i], {}).get("tier", "low") != "low",
+    )
     for i in order:
         vid = render["all_ids"][i]
         e = entries.get(vid)
         tier = e["tier"] if e else "low"
         x, y = sx(xs[i]), sy(ys[i])
         label = f"{names.get(vid) or vid} — Strength {xs[i]:.3f}, Consistency {ys[i]:.4f}" + (
-            f" ({tier}, #{numbers[vid]})" if vid in numbers else "")
-        circle = (f"<circle id='p-{vid}' class='pt {tier}' cx={x:.1f} cy={y:.1f} "
-                  f"r={R_FLAGGED if vid in numbers else R_ALL}><title>{_e(label)}</title></circle>")
+            f" ({tier}, #{numbers[vid]})" if vid in numbers else ""
+        )
+        circle = (
+            f"<circle id='p-{vid}' class='pt {tier}' cx={x:.1f} cy={y:.1f} "
+            f"r={R_FLAGGED if vid in numbers else R_ALL}><title>{_e(label)}</title></circle>"
+        )
         parts.append(f"<a href='#row-{vid}'>{circle}</a>" if vid in numbers else circle)
         if vid in numbers:
             flagged_points.append((numbers[vid], x, y))
@@ -177,17 +207,31 @@ def _specifics(e: dict, doc: dict) -> list[tuple[str, str]]:
     """(legend key, what is specific to this row) for each reason the row has."""
     out = []
     if e["substantiality"]:
-        out.append(("substantiality", f"Strength {e['strength']:.3f}, {_pct(e['strength_percentile'])} percentile"))
+        out.append(
+            (
+                "substantiality",
+                f"Strength {e['strength']:.3f}, {_pct(e['strength_percentile'])} percentile",
+            )
+        )
     if e["volition"]:
-        out.append(("volition", f"Consistency {e['consistency']:.4f}, {_pct(e['consistency_percentile'])} percentile"))
+        out.append(
+            (
+                "volition",
+                f"Consistency {e['consistency']:.4f}, {_pct(e['consistency_percentile'])} percentile",
+            )
+        )
     if e.get("reference_match"):
         out.append(("reference", f"cosine {e['reference_score']:.3f}, rank {e['reference_rank']}"))
     for flag in e["quality_flags"]:
         detail = ""
         if flag in ("duplicate_upload", "identical_signature"):
-            detail = ", ".join(map(str, e["exact_duplicates"][:5])) + (" …" if len(e["exact_duplicates"]) > 5 else "")
+            detail = ", ".join(map(str, e["exact_duplicates"][:5])) + (
+                " …" if len(e["exact_duplicates"]) > 5 else ""
+            )
         elif flag == "near_duplicate":
-            detail = ", ".join(map(str, e["near_duplicates"][:5])) + (" …" if len(e["near_duplicates"]) > 5 else "")
+            detail = ", ".join(map(str, e["near_duplicates"][:5])) + (
+                " …" if len(e["near_duplicates"]) > 5 else ""
+            )
         elif flag == "few_samples":
             detail = f"{e['n_samples']} samples (minimum {doc['thresholds']['min_samples']})"
         out.append((flag, detail))
@@ -223,27 +267,40 @@ def report_body(doc: dict, render: dict, head: str) -> str:
     svg, left_out = scatter_svg(doc, render, numbers)
     ref = doc["thresholds"]["reference"] is not None
     counts = " · ".join(f"<span class=tier-{k}>{v} {k}</span>" for k, v in doc["counts"].items())
-    unnumbered = (f"<p class=muted id=unnumbered>Not numbered on the plot (no room beside their points; hover or use "
-                  f"the table's ● links): {', '.join('#' + str(n) for n in left_out)}.</p>" if left_out else "")
+    unnumbered = (
+        f"<p class=muted id=unnumbered>Not numbered on the plot (no room beside their points; hover or use "
+        f"the table's ● links): {', '.join('#' + str(n) for n in left_out)}.</p>"
+        if left_out
+        else ""
+    )
     used = {key for e in flagged for key, _ in _specifics(e, doc)}
     legend = "".join(f"<dt>{_e(k)}</dt><dd>{_e(LEGEND[k])}</dd>" for k in LEGEND if k in used)
     bases = sorted({e["base_model"] for e in flagged if e.get("base_model")}, key=str.lower)
-    filters = ("<div class=filters><label>tier<select id=f-tier><option value=''>all</option>"
-               + "".join(f"<option>{t}</option>" for t in ("high", "elevated", "unreliable")) + "</select></label>"
-               "<label>base model<select id=f-base><option value=''>all</option>"
-               + "".join(f"<option value='{_e(b)}'>{_e(b)}</option>" for b in bases) + "</select></label>"
-               "<label>text<input id=f-text type=search placeholder='name, version, reason'></label>"
-               "<span id=f-count class=muted></span></div>")
-    head_row = ("<tr><th data-key=n data-type=num>#</th><th data-key=tier>tier</th><th data-key=version data-type=num>"
-                "version</th><th data-key=name>name</th><th data-key=base>base model</th><th data-key=strength "
-                "data-type=num>Strength</th><th data-key=spct data-type=num>pct</th><th data-key=consistency "
-                "data-type=num>Consistency</th><th data-key=cpct data-type=num>pct</th>"
-                + ("<th data-key=ref data-type=num>reference</th>" if ref else "") + "<th>why</th></tr>")
+    filters = (
+        "<div class=filters><label>tier<select id=f-tier><option value=''>all</option>"
+        + "".join(f"<option>{t}</option>" for t in ("high", "elevated", "unreliable"))
+        + "</select></label>"
+        "<label>base model<select id=f-base><option value=''>all</option>"
+        + "".join(f"<option value='{_e(b)}'>{_e(b)}</option>" for b in bases)
+        + "</select></label>"
+        "<label>text<input id=f-text type=search placeholder='name, version, reason'></label>"
+        "<span id=f-count class=muted></span></div>"
+    )
+    head_row = (
+        "<tr><th data-key=n data-type=num>#</th><th data-key=tier>tier</th><th data-key=version data-type=num>"
+        "version</th><th data-key=name>name</th><th data-key=base>base model</th><th data-key=strength "
+        "data-type=num>Strength</th><th data-key=spct data-type=num>pct</th><th data-key=consistency "
+        "data-type=num>Consistency</th><th data-key=cpct data-type=num>pct</th>"
+        + ("<th data-key=ref data-type=num>reference</th>" if ref else "")
+        + "<th>why</th></tr>"
+    )
     rows = []
     for e in flagged:
         vid, specifics = e["version_id"], _specifics(e, doc)
         why = "<br>".join(f"<b>{_e(k)}</b>{': ' + _e(d) if d else ''}" for k, d in specifics)
-        search_text = " ".join([str(e["name"] or ""), str(vid), e["tier"], *(f"{k} {d}" for k, d in specifics)]).lower()
+        search_text = " ".join(
+            [str(e["name"] or ""), str(vid), e["tier"], *(f"{k} {d}" for k, d in specifics)]
+        ).lower()
         rows.append(
             f"<tr class=lora id='row-{vid}' data-version='{vid}' data-n='{numbers[vid]}' data-tier='{e['tier']}' "
             f"data-base='{_e(e.get('base_model') or '')}' data-name='{_e((e['name'] or '').lower())}' "
@@ -256,23 +313,43 @@ def report_body(doc: dict, render: dict, head: str) -> str:
             f"<td>{_e(e.get('base_model') or '')}</td>"
             f"<td class=num>{e['strength']:.3f}</td><td class=num>{_pct(e['strength_percentile'])}</td>"
             f"<td class=num>{e['consistency']:.4f}</td><td class=num>{_pct(e['consistency_percentile'])}</td>"
-            + (f"<td class=num>{'' if e.get('reference_score') is None else format(e['reference_score'], '.3f')}</td>"
-               if ref else "")
-            + f"<td class=why>{why}</td></tr>")
+            + (
+                f"<td class=num>{'' if e.get('reference_score') is None else format(e['reference_score'], '.3f')}</td>"
+                if ref
+                else ""
+            )
+            + f"<td class=why>{why}</td></tr>"
+        )
     low = len(doc["loras"]) - len(flagged)
-    table = (filters + f"<div class=table-wrap><table id=flagged><thead>{head_row}</thead><tbody>{''.join(rows)}"
-             "</tbody></table></div>") if flagged else "<p>None.</p>"
-    return (head + f"<h2>Strength and Consistency of every LoRA</h2><p>{counts} · grey: the other signed LoRAs; "
-            "click a coloured point for its row</p>" + svg + unnumbered
-            + (f"<h2>Reasons</h2><dl class=legend>{legend}</dl>" if legend else "")
-            + f"<h2>Flagged LoRAs ({len(flagged)})</h2>" + table
-            + (f"<p class=muted>{low} low-risk LoRAs are not listed here (grey on the plot); the JSON format lists "
-               "every row.</p>" if low else "")
-            + f"<script>{SCRIPT}</script>")
+    table = (
+        (
+            filters
+            + f"<div class=table-wrap><table id=flagged><thead>{head_row}</thead><tbody>{''.join(rows)}"
+            "</tbody></table></div>"
+        )
+        if flagged
+        else "<p>None.</p>"
+    )
+    return (
+        head
+        + f"<h2>Strength and Consistency of every LoRA</h2><p>{counts} · grey: the other signed LoRAs; "
+        "click a coloured point for its row</p>"
+        + svg
+        + unnumbered
+        + (f"<h2>Reasons</h2><dl class=legend>{legend}</dl>" if legend else "")
+        + f"<h2>Flagged LoRAs ({len(flagged)})</h2>"
+        + table
+        + (
+            f"<p class=muted>{low} low-risk LoRAs are not listed here (grey on the plot); the JSON format lists "
+            "every row.</p>"
+            if low
+            else ""
+        )
+        + f"<script>{SCRIPT}</script>"
+    )
 
 
 def render_data(index, meta: dict) -> dict:
     """What the HTML needs beyond the document: every signed LoRA's id and name, in index order."""
     ids = [int(v) for v in index.ids]
     return {"all_ids": ids, "all_names": {v: (meta.get(v) or {}).get("name") for v in ids}}
-

@@ -2,6 +2,7 @@
 ``/api/retrievers`` and the search page at ``/``. One warm ``SearchEngine`` per server: models and
 matrices stay loaded. Results scoring 0 or less point away from the query: they carry ``weak: true``
 and the page folds them away instead of listing them as matches."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,9 +12,18 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from registry.api import (MAX_UPLOAD_BYTES, SEARCH_ENGINE, BadRequest, blocking, check_params, json_error, param_bool,
-                          param_float, param_int, respond)
-
+from registry.api import (
+    MAX_UPLOAD_BYTES,
+    SEARCH_ENGINE,
+    BadRequest,
+    blocking,
+    check_params,
+    json_error,
+    param_bool,
+    param_float,
+    param_int,
+    respond,
+)
 from signer.query_encoder import ImageTooLarge
 from signer.search import SearchEngine, SearchRequest
 
@@ -23,19 +33,36 @@ MAX_IMAGES = 8
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 
 
-SEARCH_PARAMS = ("q", "k", "profile", "no_filter", "max_strength", "min_consistency", "base_model", "nsfw",
-                 "include_archived", "retriever")
+SEARCH_PARAMS = (
+    "q",
+    "k",
+    "profile",
+    "no_filter",
+    "max_strength",
+    "min_consistency",
+    "base_model",
+    "nsfw",
+    "include_archived",
+    "retriever",
+)
 
 
 def _request_from(q, images: list[str]) -> SearchRequest:
     check_params(q, SEARCH_PARAMS)
     k = param_int(q, "k", 10, 1, 1000)
-    return SearchRequest(text=q.get("q") or None, images=images, k=k, profile=q.get("profile") or None,
-                         apply_filters=not bool(param_bool(q, "no_filter")),
-                         max_strength=param_float(q, "max_strength"), min_consistency=param_float(q, "min_consistency"),
-                         base_model=q.get("base_model") or None, nsfw=param_bool(q, "nsfw"),
-                         include_archived=bool(param_bool(q, "include_archived")),
-                         retriever=q.get("retriever") or "carlos")
+    return SearchRequest(
+        text=q.get("q") or None,
+        images=images,
+        k=k,
+        profile=q.get("profile") or None,
+        apply_filters=not bool(param_bool(q, "no_filter")),
+        max_strength=param_float(q, "max_strength"),
+        min_consistency=param_float(q, "min_consistency"),
+        base_model=q.get("base_model") or None,
+        nsfw=param_bool(q, "nsfw"),
+        include_archived=bool(param_bool(q, "include_archived")),
+        retriever=q.get("retriever") or "carlos",
+    )
 
 
 def _search(engine: SearchEngine, req: SearchRequest) -> dict:
@@ -61,9 +88,13 @@ async def search_get(request: web.Request) -> web.Response:
 async def search_post(request: web.Request) -> web.Response:
     """multipart/form-data: the same fields as the GET parameters, plus one or more ``image`` files."""
     if not request.content_type.startswith("multipart/"):
-        raise BadRequest("POST /api/search takes multipart/form-data with 'image' files (or use GET for text)")
+        raise BadRequest(
+            "POST /api/search takes multipart/form-data with 'image' files (or use GET for text)"
+        )
     if request.content_length is not None and request.content_length > MAX_UPLOAD_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=request.content_length)
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_UPLOAD_BYTES, actual_size=request.content_length
+        )
     fields: dict[str, str] = dict(request.query)
     tmp = Path(tempfile.mkdtemp(prefix="carlos-upload-"))
     try:
@@ -96,7 +127,9 @@ async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
             while chunk := await part.read_chunk(1 << 16):
                 size += len(chunk)
                 if size > MAX_IMAGE_BYTES:
-                    raise BadRequest(f"image too large (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MiB)")
+                    raise BadRequest(
+                        f"image too large (limit {MAX_IMAGE_BYTES // (1024 * 1024)} MiB)"
+                    )
                 fh.write(chunk)
         images.append(str(path))
     return images
@@ -105,8 +138,13 @@ async def _save_parts(reader, tmp: Path, fields: dict) -> list[str]:
 async def similar(request: web.Request) -> web.Response:
     check_params(request.query, ("k", "profile"))
     k = param_int(request.query, "k", 10, 1, 1000)
-    doc = await blocking(request, request.app[ENGINE].similar, request.match_info["ref"], k,
-                         request.query.get("profile") or None)
+    doc = await blocking(
+        request,
+        request.app[ENGINE].similar,
+        request.match_info["ref"],
+        k,
+        request.query.get("profile") or None,
+    )
     return respond(doc)
 
 
@@ -114,8 +152,14 @@ async def retrievers(request: web.Request) -> web.Response:
     from signer.search import get_retrievers
 
     check_params(request.query, ())
-    return respond({"retrievers": [{"name": r.name, "description": getattr(r, "description", "")}
-                                   for r in get_retrievers().values()]})
+    return respond(
+        {
+            "retrievers": [
+                {"name": r.name, "description": getattr(r, "description", "")}
+                for r in get_retrievers().values()
+            ]
+        }
+    )
 
 
 async def page(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ allows), the nearest neighbours by Direction and the claim-vs-behavior line.
 
 Parts that need a model (the claim check) or a signature (neighbours) say why they are missing
 instead of failing the page."""
+
 from __future__ import annotations
 
 import logging
@@ -24,26 +25,45 @@ NEIGHBOURS = 8
 def percentile(session, profile_id: int, column, value: float) -> float:
     """Share (in %) of this profile's signatures at or below ``value``, as the copyright report counts."""
     at_or_below, total = session.execute(
-        sa.select(sa.func.sum(sa.case((column <= value, 1), else_=0)), sa.func.count())
-        .where(Signature.profile_id == profile_id)).one()
+        sa.select(sa.func.sum(sa.case((column <= value, 1), else_=0)), sa.func.count()).where(
+            Signature.profile_id == profile_id
+        )
+    ).one()
     return round(100.0 * (at_or_below or 0) / total, 1) if total else 0.0
 
 
 def _signature(session, version_id: int) -> dict | None:
-    row = session.execute(sa.select(Signature, SignerProfile.name).join(SignerProfile, SignerProfile.id == Signature.profile_id)
-                          .where(Signature.version_id == version_id).order_by(Signature.id.desc())).first()
+    row = session.execute(
+        sa.select(Signature, SignerProfile.name)
+        .join(SignerProfile, SignerProfile.id == Signature.profile_id)
+        .where(Signature.version_id == version_id)
+        .order_by(Signature.id.desc())
+    ).first()
     if row is None:
         return None
     sig, profile = row
     images_of = sig.version_id
     if sig.source == "reused" and isinstance((sig.estimates or {}).get("reused_from"), int):
-        images_of = sig.estimates["reused_from"]  # the same file's images were kept when it was signed
-    return {"profile": profile, "profile_id": sig.profile_id, "strength": sig.strength,
-            "consistency": sig.consistency, "n_samples": sig.n_samples, "valid": sig.valid,
-            "flags": list(sig.flags or []), "source": sig.source,
-            "strength_percentile": percentile(session, sig.profile_id, Signature.strength, sig.strength),
-            "consistency_percentile": percentile(session, sig.profile_id, Signature.consistency, sig.consistency),
-            "pairs": sample_pairs(session, sig.profile_id, images_of)}
+        images_of = sig.estimates[
+            "reused_from"
+        ]  # the same file's images were kept when it was signed
+    return {
+        "profile": profile,
+        "profile_id": sig.profile_id,
+        "strength": sig.strength,
+        "consistency": sig.consistency,
+        "n_samples": sig.n_samples,
+        "valid": sig.valid,
+        "flags": list(sig.flags or []),
+        "source": sig.source,
+        "strength_percentile": percentile(
+            session, sig.profile_id, Signature.strength, sig.strength
+        ),
+        "consistency_percentile": percentile(
+            session, sig.profile_id, Signature.consistency, sig.consistency
+        ),
+        "pairs": sample_pairs(session, sig.profile_id, images_of),
+    }
 
 
 def lora_page(app, ref: str, engine, checkers: dict) -> dict:
@@ -52,11 +72,15 @@ def lora_page(app, ref: str, engine, checkers: dict) -> dict:
         doc = lora_detail(session, vid)
         doc["signature"] = _signature(session, vid)
         previews = session.execute(sa.select(Version.previews).where(Version.id == vid)).scalar()
-    doc["description_text"] = html_to_text(doc.get("description") or (doc.get("model") or {}).get("description"))
+    doc["description_text"] = html_to_text(
+        doc.get("description") or (doc.get("model") or {}).get("description")
+    )
     doc["previews"] = previews_for_page(previews, preview_mode(app.settings))
     doc["lora_page"] = f"/lora/{doc['ref']}"
     sig = doc["signature"]
-    doc["neighbours"] = _neighbours(app, engine, vid, sig) if sig else {"error": "not signed yet", "results": []}
+    doc["neighbours"] = (
+        _neighbours(app, engine, vid, sig) if sig else {"error": "not signed yet", "results": []}
+    )
     doc["claim"] = _claim(app, checkers, vid, sig) if sig else None
     return doc
 
@@ -67,7 +91,9 @@ def _neighbours(app, engine, vid: int, sig: dict) -> dict:
     except CarlosError as exc:  # e.g. a zero Direction: nothing is similar to it
         return {"error": str(exc), "results": []}
     with app.db.read() as session:
-        thumbs = first_thumbnails(session, [r["version_id"] for r in found["results"]], sig["profile_id"])
+        thumbs = first_thumbnails(
+            session, [r["version_id"] for r in found["results"]], sig["profile_id"]
+        )
     for r in found["results"]:
         r["thumbnail"] = thumbs.get(r["version_id"])
     return {"near_duplicate_cos": found["near_duplicate_cos"], "results": found["results"]}

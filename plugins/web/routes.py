@@ -1,4 +1,5 @@
 """HTTP routes of the web plugin: the LoRA page, its API and the kept sample images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,9 @@ def _ref(request: web.Request) -> str:
     ref = request.match_info["ref"]
     if request.query_string:
         if not ref.lower().startswith(("http://", "https://", "civitai.com/")):
-            raise BadRequest(f"unknown parameter {next(iter(request.query))}; this route takes none")
+            raise BadRequest(
+                f"unknown parameter {next(iter(request.query))}; this route takes none"
+            )
         ref += "?" + request.query_string
     return ref
 
@@ -35,7 +38,11 @@ async def lora_api(request: web.Request) -> web.Response:
     from plugins.web.lora import lora_page
 
     app = request.app[APP]
-    return respond(await blocking(request, lora_page, app, _ref(request), _engine(request), request.app[CHECKERS]))
+    return respond(
+        await blocking(
+            request, lora_page, app, _ref(request), _engine(request), request.app[CHECKERS]
+        )
+    )
 
 
 async def lora_html(request: web.Request) -> web.Response:
@@ -49,8 +56,14 @@ async def image(request: web.Request) -> web.StreamResponse:
     path = request.app[APP].settings.artifacts.path(thumb_relative_path(digest))
     if not path.is_file():
         raise web.HTTPNotFound(reason="no such image")
-    return web.FileResponse(path, headers={"Content-Type": "image/webp", "Cache-Control": IMMUTABLE,
-                                           "X-Content-Type-Options": "nosniff"})
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "image/webp",
+            "Cache-Control": IMMUTABLE,
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 def add_routes(web_app: web.Application, app) -> None:

@@ -1,4 +1,5 @@
 """``carlos-reg db upgrade|downgrade|current``: schema migrations."""
+
 from __future__ import annotations
 
 import click
@@ -18,12 +19,17 @@ def db_group():
 @pass_app
 def upgrade(app: App, revision: str):
     """Upgrade the registry schema to REVISION (default: head)."""
-    from registry.migrate import current_revisions, upgrade as do_upgrade
+    from registry.migrate import current_revisions
+    from registry.migrate import upgrade as do_upgrade
 
     before = current_revisions(app.raw_db)
     do_upgrade(app.raw_db, revision)
     after = current_revisions(app.raw_db)
-    info(f"schema: {_fmt(before)} → {_fmt(after)}" if before != after else f"schema already at {_fmt(after)}")
+    info(
+        f"schema: {_fmt(before)} → {_fmt(after)}"
+        if before != after
+        else f"schema already at {_fmt(after)}"
+    )
 
 
 @db_group.command()
@@ -31,7 +37,8 @@ def upgrade(app: App, revision: str):
 @pass_app
 def downgrade(app: App, revision: str):
     """Downgrade the registry schema to REVISION ('base' drops every table)."""
-    from registry.migrate import current_revisions, downgrade as do_downgrade
+    from registry.migrate import current_revisions
+    from registry.migrate import downgrade as do_downgrade
 
     before = current_revisions(app.raw_db)
     do_downgrade(app.raw_db, revision)
@@ -48,12 +55,18 @@ def current(app: App, as_json: bool):
 
     revs = current_revisions(app.raw_db)
     head = head_revision()
-    doc = {"database": redact_url(app.settings.db_url), "current": list(revs), "head": head,
-           "up_to_date": revs == (head,)}
+    doc = {
+        "database": redact_url(app.settings.db_url),
+        "current": list(revs),
+        "head": head,
+        "up_to_date": revs == (head,),
+    }
     if as_json:
         emit_json(doc)
     else:
-        click.echo(f"{doc['database']}: {_fmt(revs)} (code head {head}{', up to date' if doc['up_to_date'] else ''})")
+        click.echo(
+            f"{doc['database']}: {_fmt(revs)} (code head {head}{', up to date' if doc['up_to_date'] else ''})"
+        )
 
 
 def _fmt(revs) -> str:

@@ -1,4 +1,5 @@
 """``carlos-reg export signatures``: signatures leave the registry (the published CARLoS format)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,12 +18,21 @@ def export_group():
 
 @export_group.command(name="signatures")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--profile", default=None,
-              help="The profile whose signatures to export [default: the imported published one for carlos, "
-                   "every profile for bundle].")
-@click.option("--format", "fmt", type=click.Choice(["carlos", "bundle"]), default="carlos", show_default=True,
-              help="carlos: the published metrics_database.parquet format (512-value directions); bundle: every "
-                   "signature with its profile record, file hashes and Civitai ids, for `import signatures`.")
+@click.option(
+    "--profile",
+    default=None,
+    help="The profile whose signatures to export [default: the imported published one for carlos, "
+    "every profile for bundle].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["carlos", "bundle"]),
+    default="carlos",
+    show_default=True,
+    help="carlos: the published metrics_database.parquet format (512-value directions); bundle: every "
+    "signature with its profile record, file hashes and Civitai ids, for `import signatures`.",
+)
 @output_options
 @pass_app
 def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_json: bool):
@@ -36,7 +46,9 @@ def export_signatures(app: App, out: Path, profile: str | None, fmt: str, as_jso
     if as_json:
         emit_json(doc)
     else:
-        info(f"wrote {doc['signatures']} signatures of profile {doc['profile']!r} to {out} ({fmt} format)")
+        info(
+            f"wrote {doc['signatures']} signatures of profile {doc['profile']!r} to {out} ({fmt} format)"
+        )
 
 
 @hookimpl

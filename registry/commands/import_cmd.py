@@ -1,4 +1,5 @@
 """``carlos-reg import carlos PARQUET``: the published CARLoS signature database."""
+
 from __future__ import annotations
 
 import click
@@ -16,9 +17,12 @@ def import_group():
 
 @import_group.command(name="carlos")
 @click.argument("parquet", type=click.Path(dir_okay=False))
-@click.option("--hydrate", is_flag=True,
-              help="Then fetch what the file lacks (base model, trigger words, tags, descriptions, files and "
-                   "hashes) from Civitai by model id: `carlos-reg crawl --imported --no-download`.")
+@click.option(
+    "--hydrate",
+    is_flag=True,
+    help="Then fetch what the file lacks (base model, trigger words, tags, descriptions, files and "
+    "hashes) from Civitai by model id: `carlos-reg crawl --imported --no-download`.",
+)
 @output_options
 @pass_app
 @click.pass_context
@@ -37,20 +41,28 @@ def import_carlos_command(ctx: click.Context, app: App, parquet: str, hydrate: b
     if as_json and not hydrate:
         emit_json(counts)
     else:
-        info(f"imported {counts['rows']} rows under profile {counts['profile']!r}: "
-             f"{counts['signatures_added']} new, {counts['signatures_updated']} updated, "
-             f"{counts['unchanged']} unchanged signatures; {counts['versions_added']} new versions")
+        info(
+            f"imported {counts['rows']} rows under profile {counts['profile']!r}: "
+            f"{counts['signatures_added']} new, {counts['signatures_updated']} updated, "
+            f"{counts['unchanged']} unchanged signatures; {counts['versions_added']} new versions"
+        )
     if hydrate:
         # the crawler plugs its command into the CLI; the core reaches it by name, never by import
         crawl = ctx.find_root().command.get_command(ctx, "crawl")
         if crawl is None:
-            raise UsageError("--hydrate needs the crawler's `crawl` command, which is not installed")
+            raise UsageError(
+                "--hydrate needs the crawler's `crawl` command, which is not installed"
+            )
         ctx.invoke(crawl, imported=True, download=False, as_json=as_json)
 
 
 @import_group.command(name="signatures")
 @click.argument("bundle", type=click.Path(dir_okay=False))
-@click.option("--replace", is_flag=True, help="Overwrite a different signature already held for a file and profile.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Overwrite a different signature already held for a file and profile.",
+)
 @output_options
 @pass_app
 def import_signatures_command(app: App, bundle: str, replace: bool, as_json: bool):
@@ -61,12 +73,16 @@ def import_signatures_command(app: App, bundle: str, replace: bool, as_json: boo
     if as_json:
         emit_json(counts)
         return
-    info(f"{counts['rows']} signatures in the bundle: {counts['added']} added, {counts['replaced']} replaced, "
-         f"{counts['unchanged']} unchanged, {counts['conflicts']} conflicts kept as they were"
-         + (" (--replace overwrites them)" if counts["conflicts"] else "")
-         + f"; {counts['versions_added']} new versions")
+    info(
+        f"{counts['rows']} signatures in the bundle: {counts['added']} added, {counts['replaced']} replaced, "
+        f"{counts['unchanged']} unchanged, {counts['conflicts']} conflicts kept as they were"
+        + (" (--replace overwrites them)" if counts["conflicts"] else "")
+        + f"; {counts['versions_added']} new versions"
+    )
     for c in counts["conflict_list"][:20]:
-        info(f"conflict: version {c['version_id']} under profile {c['profile']!r} already has a different signature")
+        info(
+            f"conflict: version {c['version_id']} under profile {c['profile']!r} already has a different signature"
+        )
 
 
 @hookimpl

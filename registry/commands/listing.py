@@ -1,4 +1,5 @@
 """``carlos-reg loras`` and ``carlos-reg show REF``."""
+
 from __future__ import annotations
 
 import click
@@ -9,22 +10,50 @@ from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
 from registry.settings import PROFILE_HELP
 
-SORT_CHOICES = ("version", "name", "strength", "consistency", "downloads", "newest")  # registry.queries.SORTS
+SORT_CHOICES = (
+    "version",
+    "name",
+    "strength",
+    "consistency",
+    "downloads",
+    "newest",
+)  # registry.queries.SORTS
 
 
 @click.command()
 @click.option("--signed/--unsigned", default=None, help="Only signed (or only unsigned) LoRAs.")
 @click.option("--base-model", metavar="NAME", help="Only this base model, e.g. 'SDXL 1.0', 'Pony'.")
 @click.option("--profile", metavar="NAME", help=PROFILE_HELP)
-@click.option("--query", "-q", metavar="TEXT", help="Only LoRAs whose name contains TEXT (any case).")
-@click.option("--sort", type=click.Choice(SORT_CHOICES), default="version", show_default=True,
-              help="Row order: strength/consistency/downloads/newest go highest first, unsigned rows last.")
-@click.option("--nsfw/--no-nsfw", default=None,
-              help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).")
-@click.option("--mode", type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
-              help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).")
-@click.option("--limit", type=click.IntRange(min=0, max=2**62), default=100, show_default=True, help="At most N rows (0: all).")
-@click.option("--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows.")
+@click.option(
+    "--query", "-q", metavar="TEXT", help="Only LoRAs whose name contains TEXT (any case)."
+)
+@click.option(
+    "--sort",
+    type=click.Choice(SORT_CHOICES),
+    default="version",
+    show_default=True,
+    help="Row order: strength/consistency/downloads/newest go highest first, unsigned rows last.",
+)
+@click.option(
+    "--nsfw/--no-nsfw",
+    default=None,
+    help="Only NSFW / no NSFW LoRAs (version nsfwLevel, else model nsfwLevel, else the model's flag).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
+    help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0, max=2**62),
+    default=100,
+    show_default=True,
+    help="At most N rows (0: all).",
+)
+@click.option(
+    "--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows."
+)
 @output_options
 @pass_app
 def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit, offset, as_json):
@@ -45,22 +74,54 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
             if profile:
                 raise
             row = None  # nothing signed yet: list everything as unsigned
-        total, rows = lora_rows(session, signed=signed, base_model=base_model, profile_id=row and row.id,
-                                limit=limit or None, offset=offset, nsfw=nsfw, mode=mode, query=query, sort=sort)
+        total, rows = lora_rows(
+            session,
+            signed=signed,
+            base_model=base_model,
+            profile_id=row and row.id,
+            limit=limit or None,
+            offset=offset,
+            nsfw=nsfw,
+            mode=mode,
+            query=query,
+            sort=sort,
+        )
     if as_json:
-        emit_json({"total": total, "offset": offset, "count": len(rows), "profile": row and row.name,
-                   "loras": rows})
+        emit_json(
+            {
+                "total": total,
+                "offset": offset,
+                "count": len(rows),
+                "profile": row and row.name,
+                "loras": rows,
+            }
+        )
         return
-    table(["ref", "name", "base model", "strength", "consistency", "flags", "notes"],
-          [(r["ref"], r["name"], r["base_model"], r.get("strength"), r.get("consistency"),
-            r.get("flags"), notes(r)) for r in rows],
-          title=f"LoRAs — signatures of profile {row.name}" if row else None)
+    table(
+        ["ref", "name", "base model", "strength", "consistency", "flags", "notes"],
+        [
+            (
+                r["ref"],
+                r["name"],
+                r["base_model"],
+                r.get("strength"),
+                r.get("consistency"),
+                r.get("flags"),
+                notes(r),
+            )
+            for r in rows
+        ],
+        title=f"LoRAs — signatures of profile {row.name}" if row else None,
+    )
     if total > offset + len(rows):
         info(f"{len(rows)} of {total} shown; use --limit 0 for all, or --offset")
     elif not rows:
-        info("no LoRAs match" if total == 0 and (signed is not None or base_model or query or nsfw is not None
-                                                 or mode) else
-             "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`")
+        info(
+            "no LoRAs match"
+            if total == 0
+            and (signed is not None or base_model or query or nsfw is not None or mode)
+            else "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`"
+        )
 
 
 @click.command(help=f"Show one LoRA in detail. REF is {REF_HELP}.", context_settings=REF_COMMAND)
@@ -85,36 +146,71 @@ def detail_rows(detail: dict) -> list[tuple[str, object]]:
 
     model = detail.get("model") or {}
     status = detail.get("sign_status")
-    rows = [("ref", detail["ref"]), ("version", detail["version_id"]), ("model", detail["model_id"]),
-            ("name", detail["name"]), ("version name", detail["version_name"]),
-            ("creator", model.get("creator") or ""), ("base model", detail["base_model"]), ("url", detail["url"]),
-            ("trigger words", "\n".join(detail["trained_words"]) or "(none)"), ("source", detail["source"]),
-            ("downloads", model.get("download_count")), ("tags", ", ".join(model.get("tags") or [])),
-            ("nsfw", "yes" if detail["nsfw"] else "no"), ("civitai mode", detail["mode"] or "live"),
-            ("early access", ("until " + detail["early_access_ends_at"] if detail["early_access_ends_at"] else "yes")
-             if detail["early_access"] else "no"),
-            ("published", detail["published_at"]), ("status", detail["status"]), ("gone", detail["gone_at"] or "no")]
+    rows = [
+        ("ref", detail["ref"]),
+        ("version", detail["version_id"]),
+        ("model", detail["model_id"]),
+        ("name", detail["name"]),
+        ("version name", detail["version_name"]),
+        ("creator", model.get("creator") or ""),
+        ("base model", detail["base_model"]),
+        ("url", detail["url"]),
+        ("trigger words", "\n".join(detail["trained_words"]) or "(none)"),
+        ("source", detail["source"]),
+        ("downloads", model.get("download_count")),
+        ("tags", ", ".join(model.get("tags") or [])),
+        ("nsfw", "yes" if detail["nsfw"] else "no"),
+        ("civitai mode", detail["mode"] or "live"),
+        (
+            "early access",
+            ("until " + detail["early_access_ends_at"] if detail["early_access_ends_at"] else "yes")
+            if detail["early_access"]
+            else "no",
+        ),
+        ("published", detail["published_at"]),
+        ("status", detail["status"]),
+        ("gone", detail["gone_at"] or "no"),
+    ]
     if status:
-        rows.append(("signing", status["state"] + (f": {status['reason']}" if status["reason"] else "")))
-    for label, text in (("description", detail.get("description")), ("model description", model.get("description"))):
+        rows.append(
+            ("signing", status["state"] + (f": {status['reason']}" if status["reason"] else ""))
+        )
+    for label, text in (
+        ("description", detail.get("description")),
+        ("model description", model.get("description")),
+    ):
         if text and text.strip():
             rows.append((label, html_to_text(text)))
     for s in detail["signatures"]:
-        rows.append((f"signature [{s['profile']}]",
-                     f"strength {s['strength']:.4g}, consistency {s['consistency']:.4g}, {s['n_samples']} samples"
-                     + ("" if s["valid"] else ", NOT VALID") + (f", flags: {', '.join(s['flags'])}" if s["flags"] else "")))
+        rows.append(
+            (
+                f"signature [{s['profile']}]",
+                f"strength {s['strength']:.4g}, consistency {s['consistency']:.4g}, {s['n_samples']} samples"
+                + ("" if s["valid"] else ", NOT VALID")
+                + (f", flags: {', '.join(s['flags'])}" if s["flags"] else ""),
+            )
+        )
     for f in detail["files"]:
         size = f" {_size(f['size_bytes'])}" if f.get("size_bytes") else ""
-        rows.append((f"file {f['id']}", f"{f['name']}{size} [{f['state']}]" + (f" {f['error']}" if f["error"] else "")))
+        rows.append(
+            (
+                f"file {f['id']}",
+                f"{f['name']}{size} [{f['state']}]" + (f" {f['error']}" if f["error"] else ""),
+            )
+        )
         if f["hashes"]:
             rows.append(("  hashes", "\n".join(f"{k} {v}" for k, v in f["hashes"].items())))
     for lf in detail.get("local_files", []):
         rows.append(("local file", f"{lf['path']} [{lf['status']}]"))
     for j in detail["jobs"]:
-        rows.append((f"job {j['id']} [{j['profile']}]",
-                     f"{j['state']} after {j['attempts']} attempt(s)" + (f": {j['last_error']}" if j["last_error"] else "")))
+        rows.append(
+            (
+                f"job {j['id']} [{j['profile']}]",
+                f"{j['state']} after {j['attempts']} attempt(s)"
+                + (f": {j['last_error']}" if j["last_error"] else ""),
+            )
+        )
     return rows
-
 
 
 def notes(r: dict) -> str:
@@ -126,7 +222,10 @@ def notes(r: dict) -> str:
     if r.get("mode"):
         out.append(r["mode"])
     if r.get("early_access"):
-        out.append("early access" + (f" until {r['early_access_ends_at'][:10]}" if r.get("early_access_ends_at") else ""))
+        out.append(
+            "early access"
+            + (f" until {r['early_access_ends_at'][:10]}" if r.get("early_access_ends_at") else "")
+        )
     if r.get("nsfw"):
         out.append("nsfw")
     if r.get("gone"):

@@ -1,4 +1,5 @@
 """``carlos-reg plugins``: what is loaded and which hooks each plugin implements."""
+
 from __future__ import annotations
 
 import click
@@ -17,8 +18,19 @@ def plugins_command(as_json: bool):
     if as_json:
         emit_json({"plugins": plugins, "errors": load_errors()})
         return
-    table(["name", "module", "version", "built-in", "hooks"],
-          [(p["name"], p["module"], p.get("version", ""), "yes" if p["builtin"] else "no", p["hooks"]) for p in plugins])
+    table(
+        ["name", "module", "version", "built-in", "hooks"],
+        [
+            (
+                p["name"],
+                p["module"],
+                p.get("version", ""),
+                "yes" if p["builtin"] else "no",
+                p["hooks"],
+            )
+            for p in plugins
+        ],
+    )
 
 
 @click.command(name="completion")

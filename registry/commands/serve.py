@@ -1,4 +1,5 @@
 """``carlos-reg serve``: the HTTP API and the scheduled crawl-and-index run."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,22 +29,32 @@ def cron_trigger(schedule: str):
             return CronTrigger.from_crontab(schedule, timezone="UTC")
         if len(fields) == 6:
             second, minute, hour, day, month, dow = fields
-            return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
-                               timezone="UTC")
+            return CronTrigger(
+                second=second,
+                minute=minute,
+                hour=hour,
+                day=day,
+                month=month,
+                day_of_week=dow,
+                timezone="UTC",
+            )
     except ValueError as exc:
         raise UsageError(f"--schedule {schedule!r}: {exc}") from None
-    raise UsageError(f"--schedule {schedule!r}: give 5 crontab fields (or 6 with seconds first), or 'off'")
+    raise UsageError(
+        f"--schedule {schedule!r}: give 5 crontab fields (or 6 with seconds first), or 'off'"
+    )
 
 
-async def _serve(app: App, host: str, port: int, schedule: str | None, options: dict, run_now: bool) -> None:
+async def _serve(
+    app: App, host: str, port: int, schedule: str | None, options: dict, run_now: bool
+) -> None:
+    import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
     from aiohttp import web
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from threadpoolctl import threadpool_limits
 
     from registry.api import create_web_app, json_parse_errors
     from registry.service import run_nightly
-
-    import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
-    from threadpoolctl import threadpool_limits
 
     # Requests run in parallel threads; a multi-threaded BLAS inside each would oversubscribe the
     # cores (measured: 15 vs 82 ranking requests/s on 2 cores for 100k LoRAs).
@@ -61,7 +72,10 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
         running.add(fut)
         try:
             run = await fut
-            info(f"nightly run {run['id']}: {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+            info(
+                f"nightly run {run['id']}: {run['status']}"
+                + (f" ({run['error']})" if run["error"] else "")
+            )
         except Exception as exc:  # the run is recorded; the schedule goes on
             log.error("nightly run failed: %s", exc)
         finally:
@@ -70,13 +84,21 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
     scheduler = None
     if schedule:
         scheduler = AsyncIOScheduler(timezone="UTC", event_loop=loop)
-        scheduler.add_job(trigger, cron_trigger(schedule), id="nightly", max_instances=1, coalesce=True,
-                          misfire_grace_time=3600)
+        scheduler.add_job(
+            trigger,
+            cron_trigger(schedule),
+            id="nightly",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+        )
         options["scheduler"] = scheduler
     web_app = create_web_app(app, options)
     # aiohttp's keep-alive timer also runs while a request's headers are still arriving: it is what
     # closes a connection that trickles (or never finishes) its headers.
-    runner = web.AppRunner(web_app, handle_signals=False, keepalive_timeout=options.get("header_timeout", 15.0))
+    runner = web.AppRunner(
+        web_app, handle_signals=False, keepalive_timeout=options.get("header_timeout", 15.0)
+    )
     await runner.setup()
     json_parse_errors(runner)
     site = web.TCPSite(runner, host, port)
@@ -84,7 +106,9 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
     if scheduler is not None:
         scheduler.start()
     bound = runner.addresses[0] if runner.addresses else (host, port)
-    info(f"serving http://{bound[0]}:{bound[1]}/ (API under /api/); schedule: {schedule or 'off'} (UTC)")
+    info(
+        f"serving http://{bound[0]}:{bound[1]}/ (API under /api/); schedule: {schedule or 'off'} (UTC)"
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
     if run_now:
@@ -104,15 +128,35 @@ async def _serve(app: App, host: str, port: int, schedule: str | None, options: 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port.")
-@click.option("--schedule", default=DEFAULT_SCHEDULE, show_default=True,
-              help="When the crawl-and-index run starts: crontab fields in UTC (6 fields: seconds first), or 'off'.")
-@click.option("--sign-local/--no-sign-local", default=False, show_default=True,
-              help="After crawling, drain the signing queue with a worker in this process.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--schedule",
+    default=DEFAULT_SCHEDULE,
+    show_default=True,
+    help="When the crawl-and-index run starts: crontab fields in UTC (6 fields: seconds first), or 'off'.",
+)
+@click.option(
+    "--sign-local/--no-sign-local",
+    default=False,
+    show_default=True,
+    help="After crawling, drain the signing queue with a worker in this process.",
+)
 @click.option("--device", default=None, help="Device of the local signer worker (cuda, mps, cpu).")
 @click.option("--run-now", is_flag=True, help="Also start one run right away.")
-@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=15.0, show_default=True, metavar="SECONDS",
-              help="Close a connection whose request headers are not complete, or that is idle, after this long.")
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=15.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a connection whose request headers are not complete, or that is idle, after this long.",
+)
 @pass_app
 def serve(app: App, host, port, schedule, sign_local, device, run_now, header_timeout):
     """Serve the HTTP API and the search page; run the crawl-and-index job on a schedule."""
@@ -125,8 +169,13 @@ def serve(app: App, host, port, schedule, sign_local, device, run_now, header_ti
     # writer thread and a local signer's heartbeat ($CARLOS_REG_DB_POOL overrides)
     app.default_pool_size = API_THREADS + 4
     _ = app.db  # migrate before listening
-    options = {"sign_local": sign_local, "device": device, "schedule": schedule, "stop": threading.Event(),
-               "header_timeout": header_timeout}
+    options = {
+        "sign_local": sign_local,
+        "device": device,
+        "schedule": schedule,
+        "stop": threading.Event(),
+        "header_timeout": header_timeout,
+    }
     asyncio.run(_serve(app, host, port, schedule, options, run_now))
 
 

@@ -16,6 +16,7 @@ so a signer profile records exactly which prompts produced a signature.
 subcategories in proportion to their size: adaptive sampling and the small subsets of the tiny
 profile rely on that.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,28 +50,43 @@ class PromptSet:
 
     def describe(self, subset: int | None = None) -> dict:
         """What a profile's settings record about this set (hashed with the profile)."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "size": len(self.prompts),
-                "subset": subset}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size": len(self.prompts),
+            "subset": subset,
+        }
 
     def stratified(self, subset: int | None = None) -> list[Prompt]:
         """Prompts in stratified order; the first ``subset`` of them when given."""
         groups: dict[str, dict[str, list[Prompt]]] = {}
         for p in self.prompts:
             groups.setdefault(p.category, {}).setdefault(p.subcategory, []).append(p)
-        order = stratified_order([stratified_order(list(subs.values())) for subs in groups.values()])
+        order = stratified_order(
+            [stratified_order(list(subs.values())) for subs in groups.values()]
+        )
         return order[:subset] if subset else order
 
 
 def stratified_order(groups: Sequence[Sequence[T]]) -> list[T]:
     """Interleave groups proportionally: item i of a group of n sits at position (i + ½)/n."""
-    keyed = [((i + 0.5) / len(g), gi, i, item) for gi, g in enumerate(groups) for i, item in enumerate(g)]
+    keyed = [
+        ((i + 0.5) / len(g), gi, i, item) for gi, g in enumerate(groups) for i, item in enumerate(g)
+    ]
     keyed.sort(key=lambda k: (k[0], k[1], k[2]))
     return [k[3] for k in keyed]
 
 
 def _digest(name: str, version: str, prompts: Sequence[Prompt]) -> str:
-    doc = {"name": name, "version": version, "prompts": [[p.category, p.subcategory, p.text] for p in prompts]}
-    return hashlib.sha256(json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+    doc = {
+        "name": name,
+        "version": version,
+        "prompts": [[p.category, p.subcategory, p.text] for p in prompts],
+    }
+    return hashlib.sha256(
+        json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def parse_prompt_file(path: Path) -> PromptSet:
@@ -101,12 +117,19 @@ def parse_prompt_file(path: Path) -> PromptSet:
             try:
                 for cat in doc["categories"]:
                     for sub in cat["subcategories"]:
-                        prompts += [Prompt(str(t).strip(), str(cat["name"]), str(sub["name"])) for t in sub["prompts"]]
+                        prompts += [
+                            Prompt(str(t).strip(), str(cat["name"]), str(sub["name"]))
+                            for t in sub["prompts"]
+                        ]
             except (KeyError, TypeError):
-                raise ProfileError(f"prompt file {path}: every category needs 'name' and 'subcategories', every "
-                                   "subcategory 'name' and 'prompts'") from None
+                raise ProfileError(
+                    f"prompt file {path}: every category needs 'name' and 'subcategories', every "
+                    "subcategory 'name' and 'prompts'"
+                ) from None
         else:
-            raise ProfileError(f"prompt file {path}: expected a list of prompts or an object with 'categories'")
+            raise ProfileError(
+                f"prompt file {path}: expected a list of prompts or an object with 'categories'"
+            )
     if not prompts or any(not p.text for p in prompts):
         raise ProfileError(f"prompt file {path} has no prompts, or an empty one")
     if len(prompts) > MAX_PROMPTS:
@@ -138,7 +161,9 @@ def is_reference_source(source: str | Path) -> bool:
     return str(source) == SOURCE_NAME or str(source).lower().endswith(".py")
 
 
-def resolve_source(source: str | Path, *, home: Path | None = None, allow_download: bool = False) -> str:
+def resolve_source(
+    source: str | Path, *, home: Path | None = None, allow_download: bool = False
+) -> str:
     """A built-in set name as it is, ``carlos-reference`` as the path of the user's reference file,
     anything else as an absolute path."""
     from signer.prompts.reference import SOURCE_NAME, locate_reference_file
@@ -150,8 +175,13 @@ def resolve_source(source: str | Path, *, home: Path | None = None, allow_downlo
     return str(Path(source).expanduser().resolve())
 
 
-def load_prompt_set(name_or_path: str | Path, part: str = "index", *, home: Path | None = None,
-                    allow_download: bool = False) -> PromptSet:
+def load_prompt_set(
+    name_or_path: str | Path,
+    part: str = "index",
+    *,
+    home: Path | None = None,
+    allow_download: bool = False,
+) -> PromptSet:
     """A built-in set by name (``carlos-reg-index``, ``carlos-reg-query``), the reference's prompts
     (``carlos-reference`` or a ``.py`` path; ``part`` picks index or query), or a .json/.txt file."""
     from signer.errors import ProfileError
@@ -163,7 +193,13 @@ def load_prompt_set(name_or_path: str | Path, part: str = "index", *, home: Path
     try:
         st = path.stat()
     except OSError:
-        raise ProfileError(f"no prompt set {str(name_or_path)!r}: give a built-in name "
-                           f"({', '.join(BUILTIN)}, carlos-reference) or a .json/.txt/.py prompt file") from None
-    reference = path.suffix.lower() == ".py"  # carlos-reference resolves to a .py path (see locate_reference_file)
-    return _load_cached(str(path.resolve()), st.st_mtime_ns, part if reference else "index", reference)
+        raise ProfileError(
+            f"no prompt set {str(name_or_path)!r}: give a built-in name "
+            f"({', '.join(BUILTIN)}, carlos-reference) or a .json/.txt/.py prompt file"
+        ) from None
+    reference = (
+        path.suffix.lower() == ".py"
+    )  # carlos-reference resolves to a .py path (see locate_reference_file)
+    return _load_cached(
+        str(path.resolve()), st.st_mtime_ns, part if reference else "index", reference
+    )

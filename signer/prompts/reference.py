@@ -19,6 +19,7 @@ Index set P = the first 8 prompts of every subcategory, query set P' = the last 
 file's order: category, then subcategory, then prompt (``prompts_for_indexing()`` and
 ``prompts_for_retrieval()`` of the reference).
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,18 +33,24 @@ from signer.errors import ProfileError
 
 SOURCE_NAME = "carlos-reference"
 ENV_PATH = "CARLOS_REG_CARLOS_PROMPTS"
-ENV_URL = "CARLOS_REG_CARLOS_PROMPTS_URL"  # a mirror of the pinned file (tests serve one on loopback)
+ENV_URL = (
+    "CARLOS_REG_CARLOS_PROMPTS_URL"  # a mirror of the pinned file (tests serve one on loopback)
+)
 REFERENCE_COMMIT = "c284094"
-REFERENCE_URL = ("https://raw.githubusercontent.com/shahar-sarfaty/CARLoS/"
-                 f"{REFERENCE_COMMIT}/src/carlos/generative_prompts.py")
+REFERENCE_URL = (
+    "https://raw.githubusercontent.com/shahar-sarfaty/CARLoS/"
+    f"{REFERENCE_COMMIT}/src/carlos/generative_prompts.py"
+)
 REFERENCE_SHA256 = "5bc1b9fe90ae18f51dc2060cb4f2020b3b1a89bcd82cc20ec7928d9fa4349307"
 PROMPTS_PER_SUBCATEGORY = 16
 SPLIT = 8  # first 8: index set; last 8: query set
 MAX_FILE_BYTES = 4 * 1024 * 1024
-HOW_TO_PROVIDE = (f"set {ENV_PATH}=/path/to/generative_prompts.py (the file of the reference implementation, "
-                  f"shahar-sarfaty/CARLoS @{REFERENCE_COMMIT}, src/carlos/generative_prompts.py), install the "
-                  "reference's 'carlos' package, or allow a one-time SHA-256-checked download with "
-                  "CARLOS_REG_ALLOW_DOWNLOAD=1; without the reference file use the 'carlos-reg' profile")
+HOW_TO_PROVIDE = (
+    f"set {ENV_PATH}=/path/to/generative_prompts.py (the file of the reference implementation, "
+    f"shahar-sarfaty/CARLoS @{REFERENCE_COMMIT}, src/carlos/generative_prompts.py), install the "
+    "reference's 'carlos' package, or allow a one-time SHA-256-checked download with "
+    "CARLOS_REG_ALLOW_DOWNLOAD=1; without the reference file use the 'carlos-reg' profile"
+)
 
 
 @dataclass(frozen=True)
@@ -72,21 +79,33 @@ def _literal(node: ast.AST, what: str):
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise _Refused(f"{what} (line {getattr(node, 'lineno', '?')}) is not literal data") from None
+        raise _Refused(
+            f"{what} (line {getattr(node, 'lineno', '?')}) is not literal data"
+        ) from None
 
 
 def _check_function(node: ast.FunctionDef) -> None:
     if node.decorator_list:
-        raise _Refused(f"function {node.name!r} (line {node.lineno}) has a decorator, which runs on import")
+        raise _Refused(
+            f"function {node.name!r} (line {node.lineno}) has a decorator, which runs on import"
+        )
     args = node.args
     for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
         if not isinstance(default, ast.Constant):
-            raise _Refused(f"function {node.name!r} (line {node.lineno}) has a computed default, which runs on import")
+            raise _Refused(
+                f"function {node.name!r} (line {node.lineno}) has a computed default, which runs on import"
+            )
     for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-        if a is not None and a.annotation is not None and not isinstance(a.annotation, (ast.Name, ast.Constant)):
+        if (
+            a is not None
+            and a.annotation is not None
+            and not isinstance(a.annotation, (ast.Name, ast.Constant))
+        ):
             raise _Refused(f"function {node.name!r} (line {node.lineno}) has computed annotations")
     if node.returns is not None and not isinstance(node.returns, (ast.Name, ast.Constant)):
-        raise _Refused(f"function {node.name!r} (line {node.lineno}) has a computed return annotation")
+        raise _Refused(
+            f"function {node.name!r} (line {node.lineno}) has a computed return annotation"
+        )
 
 
 def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -103,7 +122,11 @@ def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
         if isinstance(node, ast.FunctionDef):
             _check_function(node)
             continue
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
             name = node.targets[0].id
             if name == "prompts_by_category":
                 if not isinstance(node.value, ast.Dict):
@@ -112,8 +135,10 @@ def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
                 continue
             names[name] = _literal(node.value, name)
             continue
-        raise _Refused(f"line {getattr(node, 'lineno', '?')}: a {type(node).__name__} statement would run code "
-                       "on import (only literal assignments and plain functions are read)")
+        raise _Refused(
+            f"line {getattr(node, 'lineno', '?')}: a {type(node).__name__} statement would run code "
+            "on import (only literal assignments and plain functions are read)"
+        )
     if top is None:
         raise _Refused("no top-level 'prompts_by_category = {...}'")
     out: list[tuple[str, str, tuple[str, ...]]] = []
@@ -123,20 +148,30 @@ def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
         category = _literal(key_node, "a category name")
         if isinstance(value_node, ast.Name):
             if value_node.id not in names:
-                raise _Refused(f"category {category!r} names {value_node.id!r}, which is not assigned above it")
+                raise _Refused(
+                    f"category {category!r} names {value_node.id!r}, which is not assigned above it"
+                )
             subs = names[value_node.id]
         else:
             subs = _literal(value_node, f"category {category!r}")
         if not isinstance(category, str) or not isinstance(subs, dict) or not subs:
-            raise _Refused(f"category {category!r} is not a name mapped to a dictionary of subcategories")
+            raise _Refused(
+                f"category {category!r} is not a name mapped to a dictionary of subcategories"
+            )
         for sub, prompts in subs.items():
             if not isinstance(sub, str) or not isinstance(prompts, list):
-                raise _Refused(f"subcategory {sub!r} of {category!r} is not a name mapped to a list of prompts")
+                raise _Refused(
+                    f"subcategory {sub!r} of {category!r} is not a name mapped to a list of prompts"
+                )
             if len(prompts) != PROMPTS_PER_SUBCATEGORY:
-                raise _Refused(f"subcategory {sub!r} of {category!r} has {len(prompts)} prompts, not "
-                               f"{PROMPTS_PER_SUBCATEGORY} (8 for indexing, 8 for retrieval)")
+                raise _Refused(
+                    f"subcategory {sub!r} of {category!r} has {len(prompts)} prompts, not "
+                    f"{PROMPTS_PER_SUBCATEGORY} (8 for indexing, 8 for retrieval)"
+                )
             if not all(isinstance(p, str) and p.strip() for p in prompts):
-                raise _Refused(f"subcategory {sub!r} of {category!r} holds a prompt that is not a non-empty string")
+                raise _Refused(
+                    f"subcategory {sub!r} of {category!r} holds a prompt that is not a non-empty string"
+                )
             out.append((category, sub, tuple(prompts)))
     if not out:
         raise _Refused("prompts_by_category is empty")
@@ -147,10 +182,14 @@ def read_reference_file(path: Path) -> ReferencePrompts:
     """Parse a user's ``generative_prompts.py``; ``ProfileError`` with a one-line reason when refused."""
     try:
         if not path.is_file():
-            raise ProfileError(f"reference prompt file {path} does not exist or is not a regular file; {HOW_TO_PROVIDE}")
+            raise ProfileError(
+                f"reference prompt file {path} does not exist or is not a regular file; {HOW_TO_PROVIDE}"
+            )
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise ProfileError(f"reference prompt file {path} is larger than {MAX_FILE_BYTES // 1024**2} MiB: "
-                               "not the reference's generative_prompts.py")
+            raise ProfileError(
+                f"reference prompt file {path} is larger than {MAX_FILE_BYTES // 1024**2} MiB: "
+                "not the reference's generative_prompts.py"
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise ProfileError(f"cannot read reference prompt file {path}: {exc.strerror}") from None
@@ -197,12 +236,15 @@ def _download(home: Path) -> Path:
         with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - a fixed https URL or the user's mirror
             data = resp.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ProfileError(f"could not download the reference prompt file ({type(exc).__name__}); "
-                           f"{HOW_TO_PROVIDE}") from None
+        raise ProfileError(
+            f"could not download the reference prompt file ({type(exc).__name__}); {HOW_TO_PROVIDE}"
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != REFERENCE_SHA256:
-        raise ProfileError(f"the downloaded reference prompt file has SHA-256 {digest[:16]}…, not the pinned "
-                           f"{REFERENCE_SHA256[:16]}… of commit {REFERENCE_COMMIT}: not kept")
+        raise ProfileError(
+            f"the downloaded reference prompt file has SHA-256 {digest[:16]}…, not the pinned "
+            f"{REFERENCE_SHA256[:16]}… of commit {REFERENCE_COMMIT}: not kept"
+        )
     _parse_bytes(data, target)  # the pinned file parses; checked anyway before it is kept
     write_file(target, data)
     return target
@@ -214,7 +256,9 @@ def locate_reference_file(home: Path | None = None, *, allow_download: bool = Fa
     if env:
         # a .py path: that suffix is how a stored profile's prompt source is known to be this format
         if not env.lower().endswith(".py"):
-            raise ProfileError(f"{ENV_PATH} must name the reference's generative_prompts.py (a .py file), not {env}")
+            raise ProfileError(
+                f"{ENV_PATH} must name the reference's generative_prompts.py (a .py file), not {env}"
+            )
         return Path(env).expanduser()
     found = _installed_package_file()
     if found is not None:
@@ -223,4 +267,6 @@ def locate_reference_file(home: Path | None = None, *, allow_download: bool = Fa
         return cached_download_path(home)
     if allow_download and home is not None:
         return _download(home)
-    raise ProfileError(f"the reference prompts (prompt set {SOURCE_NAME!r}) are not on this machine: {HOW_TO_PROVIDE}")
+    raise ProfileError(
+        f"the reference prompts (prompt set {SOURCE_NAME!r}) are not on this machine: {HOW_TO_PROVIDE}"
+    )

@@ -9,6 +9,7 @@
 Everything comes from ``registry.plugin_api``. SQLAlchemy and numpy are imported inside the
 functions that use them, so loading the plugin keeps ``carlos-reg --help`` light.
 """
+
 from __future__ import annotations
 
 import html
@@ -35,11 +36,19 @@ def _strongest(app: App, k: int) -> list[dict]:
 
     from registry.models import Signature, SignerProfile, Version
 
-    query = (sa.select(Signature.version_id, Version.name, SignerProfile.name, Signature.strength,
-                       Signature.consistency)
-             .join(Version, Version.id == Signature.version_id)
-             .join(SignerProfile, SignerProfile.id == Signature.profile_id)
-             .order_by(Signature.strength.desc(), Signature.version_id).limit(k))
+    query = (
+        sa.select(
+            Signature.version_id,
+            Version.name,
+            SignerProfile.name,
+            Signature.strength,
+            Signature.consistency,
+        )
+        .join(Version, Version.id == Signature.version_id)
+        .join(SignerProfile, SignerProfile.id == Signature.profile_id)
+        .order_by(Signature.strength.desc(), Signature.version_id)
+        .limit(k)
+    )
     with app.db.read() as session:
         rows = session.execute(query).all()
     keys = ("version_id", "name", "profile", "strength", "consistency")
@@ -47,8 +56,9 @@ def _strongest(app: App, k: int) -> list[dict]:
 
 
 @click.command()
-@click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True,
-              help="How many LoRAs.")
+@click.option(
+    "-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many LoRAs."
+)
 @output_options
 @pass_app
 def strongest(app: App, k: int, as_json: bool) -> None:
@@ -57,8 +67,10 @@ def strongest(app: App, k: int, as_json: bool) -> None:
     if as_json:
         emit_json({"loras": rows})
         return
-    table(["version", "name", "profile", "strength", "consistency"],
-          [[r["version_id"], r["name"], r["profile"], r["strength"], r["consistency"]] for r in rows])
+    table(
+        ["version", "name", "profile", "strength", "consistency"],
+        [[r["version_id"], r["name"], r["profile"], r["strength"], r["consistency"]] for r in rows],
+    )
 
 
 class StrongByBaseModel(Report):
@@ -68,33 +80,54 @@ class StrongByBaseModel(Report):
     description = "Signed LoRAs per base model with Strength at or above --min-strength."
 
     def options(self) -> list[click.Parameter]:
-        return [click.Option(["--min-strength"], type=float, default=2.0, show_default=True,
-                             help="The Strength a LoRA needs to count.")]
+        return [
+            click.Option(
+                ["--min-strength"],
+                type=float,
+                default=2.0,
+                show_default=True,
+                help="The Strength a LoRA needs to count.",
+            )
+        ]
 
-    def build(self, app: App, *, refs: list[str], profile: str | None, min_strength: float = 2.0) -> dict:
+    def build(
+        self, app: App, *, refs: list[str], profile: str | None, min_strength: float = 2.0
+    ) -> dict:
         import sqlalchemy as sa
 
         from registry.models import Signature, Version
 
-        query = (sa.select(Version.base_model, sa.func.count())
-                 .join(Signature, Signature.version_id == Version.id)
-                 .where(Signature.strength >= min_strength)
-                 .group_by(Version.base_model).order_by(Version.base_model))
+        query = (
+            sa.select(Version.base_model, sa.func.count())
+            .join(Signature, Signature.version_id == Version.id)
+            .where(Signature.strength >= min_strength)
+            .group_by(Version.base_model)
+            .order_by(Version.base_model)
+        )
         with app.db.read() as session:
             rows = session.execute(query).all()
-        return {"min_strength": min_strength,
-                "counts": {str(base or "unknown"): count for base, count in rows}}
+        return {
+            "min_strength": min_strength,
+            "counts": {str(base or "unknown"): count for base, count in rows},
+        }
 
     def render_table(self, doc: dict) -> None:
-        table(["base model", "LoRAs"], list(doc["counts"].items()),
-              title=f"Strength >= {doc['min_strength']}")
+        table(
+            ["base model", "LoRAs"],
+            list(doc["counts"].items()),
+            title=f"Strength >= {doc['min_strength']}",
+        )
 
     def render_html(self, doc: dict) -> str:
         # names come from Civitai: untrusted text, escaped before it becomes markup
-        rows = "".join(f"<tr><td>{html.escape(base)}</td><td class=num>{count}</td></tr>"
-                       for base, count in doc["counts"].items())
-        body = (f"<h1>Strength &ge; {doc['min_strength']}</h1>"
-                f"<table><tr><th>base model</th><th>LoRAs</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(base)}</td><td class=num>{count}</td></tr>"
+            for base, count in doc["counts"].items()
+        )
+        body = (
+            f"<h1>Strength &ge; {doc['min_strength']}</h1>"
+            f"<table><tr><th>base model</th><th>LoRAs</th></tr>{rows}</table>"
+        )
         return page("strong LoRAs by base model", body)
 
 
@@ -119,7 +152,7 @@ class StrongestRetriever:
 
         row = engine.profile(request.profile)
         index = engine.index(row)
-        order = np.argsort(-index.strength, kind="stable")[:request.k]
+        order = np.argsort(-index.strength, kind="stable")[: request.k]
         info = {"profile": row.name, "profile_hash": row.hash, "profile_id": row.id}
         return index.ids[order], index.strength[order], info
 
