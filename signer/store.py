@@ -473,48 +473,30 @@ def register_local_files(
             )
             continue
         problem = None if pickled else _container_problem(path)
+        kind: dict = {"state": FileState.UNSUPPORTED, "error": problem}
         if pickled:
-            vid, f = new_local_version(
-                session,
-                name=path.stem,
-                file_name=path.name,
-                size=path.stat().st_size,
-                digest=digest,
-                state=FileState.UNSUPPORTED,
+            kind.update(
                 fmt="PickleTensor",
-                trigger_words=trigger_words,
                 error=(
                     f"pickle format ({path.suffix.lower()}): never unpickled (it can run code); only .safetensors "
                     "is signed"
                 ),
             )
-        elif problem:  # checked before a byte is copied: the store holds only well-formed files
-            vid, f = new_local_version(
-                session,
-                name=path.stem,
-                file_name=path.name,
-                size=path.stat().st_size,
-                digest=digest,
-                state=FileState.UNSUPPORTED,
-                error=problem,
-                trigger_words=trigger_words,
-            )
-        else:
+        elif not problem:  # checked before a byte is copied: the store holds only well-formed files
             rel = artifacts.relative_path("lora", digest, ".safetensors")
             if not artifacts.exists(rel):
                 with path.open("rb") as src, artifacts.atomic_writer(rel) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-            vid, f = new_local_version(
-                session,
-                name=path.stem,
-                file_name=path.name,
-                size=path.stat().st_size,
-                digest=digest,
-                state=FileState.VERIFIED,
-                fmt="SafeTensor",
-                local_path=rel,
-                trigger_words=trigger_words,
-            )
+            kind = {"state": FileState.VERIFIED, "fmt": "SafeTensor", "local_path": rel}
+        vid, f = new_local_version(
+            session,
+            name=path.stem,
+            file_name=path.name,
+            size=path.stat().st_size,
+            digest=digest,
+            trigger_words=trigger_words,
+            **kind,
+        )
         out.append(LocalEntry(path, vid, f.id, digest, f.state, f.error))
     return out
 

@@ -460,9 +460,10 @@ def test_trigger_words_are_stored_verbatim_and_cleaned_only_for_display(crawled)
         "ünïcode words",
         "inkwash style",
     ]
-    assert "(hands on own chest, deep skin:1.2) | masterpiece, best quality" in _cli(
-        crawled, "show", "6301"
-    )
+    shown = _cli(crawled, "show", "6301")
+    cells = [line.split("│")[2].strip() for line in shown.splitlines() if line.count("│") == 3]
+    at = cells.index("(hands on own chest, deep skin:1.2)")  # one entry per line, commas kept
+    assert cells[at + 1 : at + 4] == ["masterpiece, best quality", "ünïcode words", "inkwash style"]
 
 
 def test_display_words():

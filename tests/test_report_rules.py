@@ -91,8 +91,8 @@ def test_quality_flags(report):
     flags = {vid: set(e["quality_flags"]) for vid, e in rows.items()}
     assert "degenerate" in flags[7]
     assert flags[8] == {"few_samples"} and flags[9] == {"no_effect"}
-    assert flags[10] == {"duplicate_upload"} and rows[10]["identical_to"] == [11]
-    assert flags[12] == {"identical_signature"} and rows[12]["identical_to"] == [13]
+    assert flags[10] == {"duplicate_upload"} and rows[10]["exact_duplicates"] == [11]
+    assert flags[12] == {"identical_signature"} and rows[12]["exact_duplicates"] == [13]
     assert flags[14] == {"near_duplicate"} and rows[14]["near_duplicates"] == [15]
     assert all(not flags[v] for v in (1, 2, 3, 4, 5, 6))
     assert (

@@ -70,11 +70,11 @@ def test_profile_default_filters_apply_unless_overridden_or_disabled(
 
 def test_builtin_profile_filters_are_the_papers():
     """The README: `paper` (and the imported published signatures) drop Strength > 9.8 and Consistency < 0.041."""
-    from registry.profiles import PAPER_SETTINGS
+    from registry.profile_identity import PUBLISHED_SETTINGS
     from signer.profiles import BUILTINS
 
     paper = {"max_strength": 9.8, "min_consistency": 0.041}
-    assert PAPER_SETTINGS["filters"] == paper
+    assert PUBLISHED_SETTINGS["filters"] == paper
     assert {
         name: BUILTINS[name]["filters"] for name in ("paper", "paper-adaptive", "carlos-reg")
     } == dict.fromkeys(("paper", "paper-adaptive", "carlos-reg"), paper)

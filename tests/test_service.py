@@ -77,7 +77,11 @@ def test_api_contract_core_routes(tmp_path, sqlite_url, reference_registry):
             and doc["signatures"][0]["profile"] == "carlos-published"
         )
         status, doc = server.get("/api/similar/212213?k=3")
-        assert status == 200 and doc["exact_duplicates"] == [159294, 234730]
+        assert status == 200 and doc["exact_duplicates"] == [
+            159294,
+            234730,
+            510981,
+        ]  # cos >= 0.99999 too
         status, doc = server.get(
             "/api/report/copyright?strength_threshold=9.5&consistency_threshold=0.4"
         )

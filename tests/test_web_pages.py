@@ -72,6 +72,10 @@ def test_a_search_by_url_renders_and_back_returns_to_the_previous_query(server, 
     assert status == 200 and _names(page) == matches
     assert page.input_value("#q") == "ink wash painting" and page.is_checked("#no_filter")
     assert all(r["thumbnail"] for r in api["results"])  # the tiny signing kept images
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results td.name img')].every(e => e.complete)",
+        timeout=120_000,
+    )
     assert page.eval_on_selector_all(
         "#results td.name img", "els => els.every(e => e.naturalWidth > 0)"
     )
@@ -132,6 +136,12 @@ def test_lora_page_shows_before_after_pairs_neighbours_and_no_civitai_link_for_t
     page.goto(server.url + "/lora/" + urllib.parse.quote("Ink Wash Painting (re-upload)"))
     page.wait_for_selector("figure.pair")
     assert page.locator("figure.pair").count() == 4
+    # wait until all 8 images have loaded (a loaded machine serves them slowly), then each decoded
+    page.wait_for_function(
+        "() => { const els = [...document.querySelectorAll('figure.pair img')];"
+        " return els.length === 8 && els.every(e => e.complete); }",
+        timeout=120_000,
+    )
     assert page.eval_on_selector_all(
         "figure.pair img", "els => els.length === 8 && els.every(e => e.naturalWidth > 0)"
     )
