@@ -27,6 +27,8 @@ _FIXTURE_MARKERS = {
     "reference_registry": "reference",
     "reference_parquet": "reference",
     "reference_prompts": "reference",
+    "browser": "browser",  # tests/browser.py's shared Chromium and its pages
+    "page": "browser",
 }
 
 
