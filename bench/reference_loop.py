@@ -68,8 +68,8 @@ def reference_sign(
         crop_size={"height": size, "width": size},
         resample=3,
         do_center_crop=True,
-        image_mean=list(clip._mean.flatten().tolist()),
-        image_std=list(clip._std.flatten().tolist()),
+        image_mean=list(clip.image_mean),
+        image_std=list(clip.image_std),
     )
     pipe.load_lora_weights(str(lora_path), adapter_name="reference", use_safetensors=True)
     base = np.load(base_file)

@@ -57,6 +57,8 @@ class ClipEncoder:
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         mean, std = pp.get("mean", OPENAI_DATASET_MEAN), pp.get("std", OPENAI_DATASET_STD)
+        self.image_mean = tuple(float(v) for v in mean)  # per channel, as the model was trained
+        self.image_std = tuple(float(v) for v in std)
         self._mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, 3, 1, 1)
         self.dim = int(model.visual.output_dim)
