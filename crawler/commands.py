@@ -308,8 +308,8 @@ def _print_summary(s: dict) -> None:
         ("run", s["run_id"]),
         ("pages / requests / retries", f"{s['pages']} / {s['requests']} / {s['retries']}"),
         (
-            "models listed / kept / dropped / duplicates",
-            f"{s['models_listed']} / {s['models_kept']} / {s['models_dropped']} / {s['duplicates']}",
+            "models seen / kept / dropped / duplicates",
+            f"{s['models_seen']} / {s['models_kept']} / {s['models_dropped']} / {s['duplicates']}",
         ),
         (
             "models new / updated / gone",
@@ -615,7 +615,7 @@ def nightly_crawl(app: App, options: dict) -> dict:
     keep = (
         "run_id",
         "status",
-        "models_listed",
+        "models_seen",
         "models_new",
         "models_updated",
         "models_gone",

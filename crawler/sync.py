@@ -134,7 +134,7 @@ class CrawlStats:
     requests: int = 0
     retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)  # by the kind of error retried
-    models_listed: int = 0
+    models_seen: int = 0
     models_kept: int = 0
     models_dropped: int = 0
     duplicates: int = 0
@@ -164,7 +164,7 @@ class CrawlStats:
         )
         doc["options"] = options.describe()
         doc["models_per_second"] = (
-            round(self.models_listed / self.seconds, 1) if self.seconds > 0 else None
+            round(self.models_seen / self.seconds, 1) if self.seconds > 0 else None
         )
         return doc
 
@@ -198,7 +198,7 @@ class Crawler:
         self.client_kwargs = client_kwargs or {}
         check_base_url(app.settings.civitai_base_url)
         self.stats = CrawlStats(base_url=safe_url(app.settings.civitai_base_url))
-        self.store = RegistryStore(app.db, app)
+        self.writer = RegistryStore(app.db, app)
         self._db_retry = RetryPolicy.from_env()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-reg-writer")
         self._listed: set[int] = set()  # every model id the listing returned
@@ -247,7 +247,7 @@ class Crawler:
     async def _flush_errors(self) -> None:
         if self._errors:
             errors, self._errors = self._errors, []
-            await self._write(self.store.add_errors, self.stats.run_id, errors)
+            await self._write(self.writer.add_errors, self.stats.run_id, errors)
 
     def _run_values(self) -> dict:
         s = self.stats
@@ -256,7 +256,7 @@ class Crawler:
             cursor=s.cursor,
             pages=s.pages,
             requests=s.requests,
-            models_seen=s.models_listed,
+            models_seen=s.models_seen,
             models_written=s.models_new + s.models_updated,
             versions_new=s.versions_new,
             versions_gone=s.versions_gone,
@@ -271,7 +271,7 @@ class Crawler:
     async def run(self) -> CrawlStats:
         started = time.monotonic()
         params = {**self.options.describe(), "base_url": self.stats.base_url}
-        self.stats.run_id = await self._write(self.store.start_run, params)
+        self.stats.run_id = await self._write(self.writer.start_run, params)
         failure: BaseException | None = None
         try:
             async with CivitaiClient(
@@ -316,7 +316,7 @@ class Crawler:
         try:
             await self._flush_errors()
             await self._write(
-                self.store.update_run,
+                self.writer.update_run,
                 self.stats.run_id,
                 {**self._run_values(), "finished_at": utcnow()},
             )
@@ -516,7 +516,7 @@ class Crawler:
         batch = []
         allowed = frozenset(self.options.base_models)
         for item in items:
-            self.stats.models_listed += 1
+            self.stats.models_seen += 1
             try:
                 model = parse_model(item)
             except ApiSchemaError as exc:
@@ -559,7 +559,7 @@ class Crawler:
         When every item fails the cause is the registry, not the data: the error propagates.
         """
         try:
-            return [await self._write(self.store.apply_models, batch, utcnow())]
+            return [await self._write(self.writer.apply_models, batch, utcnow())]
         except DatabaseError:
             raise
         except Exception as page_error:
@@ -577,7 +577,7 @@ class Crawler:
             results, failed = [], []
             for item in batch:
                 try:
-                    results.append(await self._write(self.store.apply_models, [item], utcnow()))
+                    results.append(await self._write(self.writer.apply_models, [item], utcnow()))
                 except DatabaseError:
                     raise
                 except Exception as exc:
@@ -604,10 +604,10 @@ class Crawler:
                 s.versions_updated += result.versions_updated
             if any(r.wrote for r in results) or self._errors:
                 await self._flush_errors()
-                await self._write(self.store.update_run, s.run_id, self._run_values())
+                await self._write(self.writer.update_run, s.run_id, self._run_values())
             if self.options.download:
                 for task in await self._write(
-                    self.store.download_tasks, [v.id for _, vs in batch for v in vs]
+                    self.writer.download_tasks, [v.id for _, vs in batch for v in vs]
                 ):
                     if task.file_id not in self._queued_files:
                         self._queued_files.add(task.file_id)
@@ -622,12 +622,12 @@ class Crawler:
         self.reporter.refresh(self.stats)
 
     async def _download_worker(self, downloads: asyncio.Queue) -> None:
-        store = self.app.settings.artifacts
+        artifacts = self.app.settings.artifacts
         while True:
             task = await downloads.get()
             try:
                 outcome = await download(
-                    self.client, store, task, self.options.limits, self._on_bytes
+                    self.client, artifacts, task, self.options.limits, self._on_bytes
                 )
             except asyncio.CancelledError:
                 raise
@@ -652,7 +652,7 @@ class Crawler:
     async def _record(self, task: DownloadTask, outcome: Outcome) -> None:
         if outcome.state == "busy":
             return
-        newly = await self._write(self.store.record_download, task, outcome)
+        newly = await self._write(self.writer.record_download, task, outcome)
         s = self.stats
         if outcome.state == FileState.VERIFIED:
             s.files_verified += int(newly)
@@ -688,7 +688,7 @@ class Crawler:
         if blocker is not None:
             self.stats.gone_check = blocker
             return
-        alive_models, alive_versions = await self._write(self.store.alive_ids)
+        alive_models, alive_versions = await self._write(self.writer.alive_ids)
         missing_versions = {
             vid: mid for vid, mid in alive_versions.items() if vid not in self._seen_versions
         }
@@ -740,7 +740,7 @@ class Crawler:
 
         await asyncio.gather(*(confirm(m) for m in candidates))
         n_models, n_versions = await self._write(
-            self.store.mark_gone, gone_models, gone_versions, utcnow()
+            self.writer.mark_gone, gone_models, gone_versions, utcnow()
         )
         self.stats.models_gone += n_models
         self.stats.versions_gone += n_versions
