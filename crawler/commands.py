@@ -217,9 +217,10 @@ def crawl(
     from dataclasses import replace
 
     from crawler.client import HTTP_RETRY
+    from crawler.crawl_types import CrawlFailed, CrawlOptions
     from crawler.download import DownloadLimits
     from crawler.parse import SDXL_BASE_MODELS, canonical_base_model
-    from crawler.sync import Crawler, CrawlFailed, CrawlOptions
+    from crawler.sync import Crawler
 
     chosen = []
     for name in base_models:
@@ -586,7 +587,8 @@ def nightly_crawl(app: App, options: dict) -> dict:
     """
     import asyncio
 
-    from crawler.sync import Crawler, CrawlOptions
+    from crawler.crawl_types import CrawlOptions
+    from crawler.sync import Crawler
 
     # A deadline: a server that trickles bytes or never ends its cursor must not hold the nightly
     # lease forever (every later run would be skipped).
