@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from crawler.catalog_upsert import PageResult
 from crawler.crawl_types import CrawlFailed, disk_full
 from crawler.download import DownloadTask, Outcome, download
-from crawler.registry_writer import PageResult
 from registry.errors import DatabaseError, first_line
 from registry.models import utcnow
 from registry.states import FileState
