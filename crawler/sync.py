@@ -151,16 +151,14 @@ class Crawler(RunRecord, IngestSteps, ModelLookups):
                 await asyncio.gather(*workers, return_exceptions=True)
                 self._sync_counters()
             return
-        pages: asyncio.Queue = asyncio.Queue(
-            maxsize=2
-        )  # the lister runs at most two pages ahead of the writer
+        # the lister runs at most two pages ahead of the writer
+        pages: asyncio.Queue = asyncio.Queue(maxsize=2)
         consumer = asyncio.create_task(self._consume(pages, downloads))
         lister = asyncio.create_task(self._list(client, pages))
         try:
             await asyncio.wait({lister, consumer}, return_when=asyncio.FIRST_COMPLETED)
-            if (
-                consumer.done()
-            ):  # before the end of the listing it can only have failed (e.g. the database)
+            # before the end of the listing the consumer can only have failed (e.g. the database)
+            if consumer.done():
                 lister.cancel()
                 await asyncio.gather(lister, return_exceptions=True)
                 consumer.result()
