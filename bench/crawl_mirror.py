@@ -204,8 +204,8 @@ def main() -> None:
             rows.append(
                 (
                     f"listing, {label}",
-                    f"{doc['models_listed'] / doc['seconds']:,.0f} models/s",
-                    f"{doc['requests'] / doc['models_listed']:.4f} req/model",
+                    f"{doc['models_seen'] / doc['seconds']:,.0f} models/s",
+                    f"{doc['requests'] / doc['models_seen']:.4f} req/model",
                     f"{doc['seconds']:.1f} s crawl ({wall:.1f} s with process start)",
                 )
             )

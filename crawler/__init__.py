@@ -4,7 +4,8 @@ Builds on ``registry`` (never the reverse) and never imports ``signer`` or ``plu
 a newly verified file is handed over through the ``lora_file_verified`` hook.
 
 Modules: ``client`` (HTTP with retries, redirects and token hygiene), ``parse`` (tolerant payload
-parsing), ``registry_writer`` (registry writes), ``sync`` (the crawl), ``download`` (files), ``stfile``
-(safetensors header checks), ``mirror`` (a Civitai-compatible server and its directory format),
-``commands`` (the CLI plugin).
+parsing), ``registry_writer`` (registry writes; a page's upsert in ``catalog_upsert``, its rows in
+``catalog_rows``), ``sync`` (the crawl; with ``crawl_types``, ``run_record``, ``ingest`` and
+``model_lookups``), ``download`` (files), ``stfile`` (safetensors header checks), ``mirror`` (a
+Civitai-compatible server and its directory format), ``commands`` (the CLI plugin).
 """

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from crawler.client import HTTP_RETRY
+from crawler.crawl_types import CrawlOptions
 from crawler.mirror import (
     CATALOG,
     BackgroundServer,
@@ -26,7 +27,7 @@ from crawler.mirror import (
     version_entry,
     write_catalog,
 )
-from crawler.sync import Crawler, CrawlOptions
+from crawler.sync import Crawler
 from registry.app import App
 from registry.settings import Secret, Settings
 

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from crawler.client import HTTP_RETRY, RetryPolicy
+from crawler.crawl_types import CrawlFailed, CrawlOptions
 from crawler.download import DownloadLimits
 from crawler.mirror import (
     BackgroundServer,
@@ -27,7 +28,6 @@ from crawler.mirror import (
     tiny_lora,
     version_entry,
 )
-from crawler.sync import CrawlFailed, CrawlOptions
 from registry.models import CrawlError, CrawlRun
 from tests.crawler_helpers import (
     DOWNLOADS,

@@ -146,5 +146,5 @@ def test_the_listing_follows_the_cursor_to_the_end(crawl):
     pages = faults.requests("/api/v1/models")
     assert len(pages) >= 3 and "cursor" not in dict(pages[0].query)
     assert all(dict(p.query).get("cursor") for p in pages[1:])
-    assert stats.complete and stats.models_listed == len(listed)
+    assert stats.complete and stats.models_seen == len(listed)
     assert versions_in(app.db) == catalog.expected_versions
