@@ -31,7 +31,7 @@ def prepare(url: str, home: Path, loras: int, seeds: int) -> dict:
     from registry.settings import Settings
     from signer import lorafiles as lf
     from signer.profiles import load_profile, register
-    from signer.store import enqueue_lora
+    from signer.queueing import enqueue_lora
     from tests.signer_support import add_local_version
 
     (home / "profiles.toml").write_text(

@@ -101,41 +101,8 @@ class ClaimChecker:
                 "consistency": float(index.consistency[pos]),
                 "flags": [],
             }
-            unit = index.units[pos]
-            term_scores = vocab_units @ unit
-            order = np.argsort(-term_scores)
-            top_term, top_cat = vocab[order[0]]
-            entry["strongest_effect"] = {
-                "term": top_term,
-                "category": top_cat,
-                "score": round(float(term_scores[order[0]]), 6),
-            }
-            undeclared = next((i for i in order if not _declared(vocab[i][0], c["claim"])), None)
-            entry["undeclared_effect"] = (
-                None
-                if undeclared is None
-                else {
-                    "term": vocab[undeclared][0],
-                    "category": vocab[undeclared][1],
-                    "score": round(float(term_scores[undeclared]), 6),
-                }
-            )
-            if not usable[pos]:
-                entry.update(agreement=None, claim_rank=None, supported=None)
-                entry["flags"].append("no_usable_signature")
-            elif not c["claim"]:
-                entry.update(agreement=None, claim_rank=None, supported=None)
-                entry["flags"].append("no_claim")
-            else:
-                q, _ = self.encoder.text_vector(c["claim"])
-                q = q / max(float(np.linalg.norm(q)), 1e-12)
-                scores = index.units @ q
-                own = float(scores[pos])
-                rank = 1 + int(np.sum(scores[usable] > own))
-                supported = own > 0 and rank <= self.k
-                entry.update(agreement=round(own, 6), claim_rank=rank, supported=supported)
-                if not supported:
-                    entry["flags"].append("claim_not_supported")
+            top_term = _add_effects(entry, vocab, vocab_units @ index.units[pos], c["claim"])
+            self._add_agreement(entry, pos, usable, c["claim"])
             if not _declared(top_term, c["claim"]):
                 entry["flags"].append("strongest_effect_undeclared")
             results.append(entry)
@@ -147,3 +114,47 @@ class ClaimChecker:
             )
         )
         return results
+
+    def _add_agreement(self, entry: dict, pos: int, usable: np.ndarray, claim: str) -> None:
+        """How well the claim's text vector matches this signature, and its rank among all usable
+        signatures for that query; supported when positive and within the top ``k``."""
+        if not usable[pos]:
+            entry.update(agreement=None, claim_rank=None, supported=None)
+            entry["flags"].append("no_usable_signature")
+            return
+        if not claim:
+            entry.update(agreement=None, claim_rank=None, supported=None)
+            entry["flags"].append("no_claim")
+            return
+        q, _ = self.encoder.text_vector(claim)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        scores = self.index.units @ q
+        own = float(scores[pos])
+        rank = 1 + int(np.sum(scores[usable] > own))
+        supported = own > 0 and rank <= self.k
+        entry.update(agreement=round(own, 6), claim_rank=rank, supported=supported)
+        if not supported:
+            entry["flags"].append("claim_not_supported")
+
+
+def _add_effects(entry: dict, vocab: list, term_scores: np.ndarray, claim: str) -> str:
+    """The vocabulary term the signature scores highest (``strongest_effect``) and the highest one
+    the claim does not declare (``undeclared_effect``); returns the strongest term."""
+    order = np.argsort(-term_scores)
+    top_term, top_cat = vocab[order[0]]
+    entry["strongest_effect"] = {
+        "term": top_term,
+        "category": top_cat,
+        "score": round(float(term_scores[order[0]]), 6),
+    }
+    undeclared = next((i for i in order if not _declared(vocab[i][0], claim)), None)
+    entry["undeclared_effect"] = (
+        None
+        if undeclared is None
+        else {
+            "term": vocab[undeclared][0],
+            "category": vocab[undeclared][1],
+            "score": round(float(term_scores[undeclared]), 6),
+        }
+    )
+    return top_term

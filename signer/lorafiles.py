@@ -95,12 +95,17 @@ def kohya_tensors(
 
     dtype = dtype or torch.float32
     gen = torch.Generator().manual_seed(seed)
-    tensors: dict = {}
+    targets = []  # (key prefix, modules), in the order the generator draws their weights
     if unet:
-        for module, n_in, n_out in unet_targets(unet_config, feedforward=feedforward):
+        targets.append(("lora_unet", unet_targets(unet_config, feedforward=feedforward)))
+    if te:
+        targets += [(prefix, te_targets()) for prefix in ("lora_te1", "lora_te2")]
+    tensors: dict = {}
+    for prefix, modules in targets:
+        for module, n_in, n_out in modules:
             _pair(
                 tensors,
-                kohya_name("lora_unet", module),
+                kohya_name(prefix, module),
                 n_in,
                 n_out,
                 rank,
@@ -110,21 +115,6 @@ def kohya_tensors(
                 alpha=alpha,
                 dtype=dtype,
             )
-    if te:
-        for prefix in ("lora_te1", "lora_te2"):
-            for module, n_in, n_out in te_targets():
-                _pair(
-                    tensors,
-                    kohya_name(prefix, module),
-                    n_in,
-                    n_out,
-                    rank,
-                    strength,
-                    gen,
-                    zero_up=zero_up,
-                    alpha=alpha,
-                    dtype=dtype,
-                )
     return tensors
 
 

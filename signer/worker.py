@@ -1,8 +1,8 @@
 """The signer worker: claims leased jobs from the registry queue and runs them on one engine.
 
 Contract:
-- Jobs are claimed with a lease; a heartbeat thread extends it. ``base`` jobs (one per profile)
-  come first; a ``lora`` job is claimed only once its profile's base cache exists, so a worker
+- Jobs are claimed with a lease (``signer.claiming``); a heartbeat thread (``signer.heartbeat``)
+  extends it. ``base`` jobs (one per profile) come first; a ``lora`` job is claimed only once its profile's base cache exists, so a worker
   never regenerates the base branch and waits (or takes other work) while another worker
   computes it. If a profile's base job is dead, its LoRA jobs fail with that reason.
 - A profile is run only if its registry row matches this machine's definition (same name and
@@ -31,18 +31,19 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
-
-import sqlalchemy as sa
+from dataclasses import dataclass, field
 
 from registry.errors import CarlosError, LeaseLost, first_line
-from registry.models import BaseCache, SignerProfile, SignJob, Version
+from registry.models import Version
 from registry.queue import JobQueue, Lease, worker_name
-from registry.retry import DatabaseUnavailable, describe, is_transient, retry_call
+from registry.retry import DatabaseUnavailable, describe, is_transient
 from registry.states import JobState
-from signer import store
-from signer.errors import Interrupted, ProfileError, SignerError
-from signer.profiles import Profile, load_profile
+from signer import queueing, results
+from signer.claiming import JobClaimer
+from signer.errors import Interrupted, SignerError
+from signer.heartbeat import Heartbeat
+from signer.local_loras import check_stored_file
+from signer.profiles import Profile
 
 log = logging.getLogger(__name__)
 _ENGINE: dict = {}  # the one loaded engine of this process: {"engine": Engine}
@@ -91,51 +92,9 @@ def get_engine(profile: Profile, device: str):
     return cur
 
 
-class Heartbeat(threading.Thread):
-    """Renews a lease every third of its length until stopped.
-
-    ``lost``: the token no longer holds (another worker has the job). An unreachable database is
-    not a lost lease: the beat is retried with backoff capped at the beat interval, for as long
-    as the job runs. ``error``: a non-transient failure (the job should stop).
-    """
-
-    def __init__(self, queue: JobQueue, lease: Lease):
-        super().__init__(daemon=True, name=f"heartbeat-{lease.job_id}")
-        self.queue, self.lease = queue, lease
-        self.lost = False
-        self.error: str | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        interval = max(self.queue.lease_seconds / 3.0, 0.05)
-        policy = self.queue.retry_policy.with_cap(interval)
-        if policy.deadline != 0:
-            policy = replace(policy, deadline=None)
-        what = f"heartbeat of job {self.lease.job_id}"
-        while not self._stop_event.wait(interval):
-            try:
-                self.lease = retry_call(
-                    lambda: self.queue.heartbeat(self.lease, retry=False),
-                    what=what,
-                    policy=policy,
-                    wait=self._stop_event.wait,
-                )
-            except LeaseLost:
-                self.lost = True
-                return
-            except Exception as exc:
-                if self._stop_event.is_set():
-                    return
-                if is_transient(exc):  # retries are off: try again at the next beat
-                    log.warning("%s failed: %s", what, describe(exc))
-                    continue
-                self.error = describe(exc)
-                log.error("%s failed: %s; stopping the job", what, self.error)
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=10)
+def _loaded_profile_hash() -> str | None:
+    cur = _ENGINE.get("engine")
+    return None if cur is None else cur.profile.hash
 
 
 class Worker:
@@ -166,7 +125,14 @@ class Worker:
         self.report = WorkerReport()
         self._signal: str | None = None
         self._bases: dict[int, object] = {}
-        self._profiles: dict[int, Profile | None] = {}
+        self.claimer = JobClaimer(
+            db,
+            settings,
+            self.queue,
+            self.owner,
+            profile_names=self.profile_names,
+            job_ids=self.job_ids,
+        )
 
     # ---------------------------------------------------------------- loop
 
@@ -183,16 +149,20 @@ class Worker:
                 ):
                     break
                 try:
-                    lease = self._retry(self._claim, "looking for a job")
+                    lease = self._retry(
+                        lambda: self.claimer.claim(_loaded_profile_hash()), "looking for a job"
+                    )
                     if lease is None:
                         if self.job_ids is not None and not self._retry(
-                            lambda: self._pending(self.job_ids), "checking the requested jobs"
+                            self.claimer.requested_pending, "checking the requested jobs"
                         ):
                             break
                         if (
                             self.once
                             and self.job_ids is None
-                            and not self._retry(self._waiting_for_base, "checking for a base job")
+                            and not self._retry(
+                                self.claimer.waiting_for_base, "checking for a base job"
+                            )
                         ):
                             break
                         self._wait(self.poll_seconds)
@@ -233,111 +203,10 @@ class Worker:
         """Run one database step, riding out a database outage (a stop request ends the wait)."""
         return self.queue.retried(fn, what)  # the queue waits with self._wait
 
-    # ---------------------------------------------------------------- claiming
-
-    def _runnable_profiles(self) -> dict[int, Profile]:
-        """Registry profiles this machine can run: same name and hash as its own definition."""
-        with self.db.read() as s:
-            rows = s.execute(
-                sa.select(SignerProfile.id, SignerProfile.name, SignerProfile.hash)
-            ).all()
-        out = {}
-        for pid, name, digest in rows:
-            if self.profile_names is not None and name not in self.profile_names:
-                continue
-            if pid not in self._profiles:
-                try:
-                    p = load_profile(name, self.settings)
-                    self._profiles[pid] = p if p.hash == digest else None
-                except ProfileError:
-                    self._profiles[pid] = None
-            if self._profiles[pid] is not None:
-                out[pid] = self._profiles[pid]
-        return out
-
-    def _claim(self) -> Lease | None:
-        runnable = self._runnable_profiles()
-        if not runnable:
-            return None
-        ids = list(runnable)
-        kw = {"job_ids": self.job_ids} if self.job_ids is not None else {}
-        if self.job_ids == []:
-            return None
-        lease = self.queue.claim(self.owner, kinds=["base"], profile_ids=ids, **kw)
-        if lease is not None:
-            return lease
-        with self.db.read() as s:
-            ready = set(
-                s.execute(
-                    sa.select(BaseCache.profile_id).where(BaseCache.profile_id.in_(ids))
-                ).scalars()
-            )
-            ready |= set(
-                s.execute(
-                    sa.select(SignJob.profile_id).where(
-                        SignJob.kind == "base",
-                        SignJob.state == JobState.DEAD,
-                        SignJob.profile_id.in_(ids),
-                    )
-                ).scalars()
-            )
-        cur = _ENGINE.get("engine")
-        preferred = [
-            pid for pid in ready if cur is not None and runnable[pid].hash == cur.profile.hash
-        ]
-        for group in (preferred, sorted(ready)):
-            if group:
-                lease = self.queue.claim(self.owner, kinds=["lora"], profile_ids=group, **kw)
-                if lease is not None:
-                    return lease
-        return None
-
-    def _pending(self, job_ids: list[int]) -> bool:
-        with self.db.read() as s:
-            return bool(
-                s.execute(
-                    sa.select(sa.func.count())
-                    .select_from(SignJob)
-                    .where(
-                        SignJob.id.in_(job_ids),
-                        SignJob.state.in_([JobState.QUEUED, JobState.RUNNING]),
-                    )
-                ).scalar_one()
-            )
-
-    def _waiting_for_base(self) -> bool:
-        """A base job is running elsewhere while LoRA jobs of that profile wait for it."""
-        ids = list(self._runnable_profiles())
-        if not ids:
-            return False
-        with self.db.read() as s:
-            running = set(
-                s.execute(
-                    sa.select(SignJob.profile_id).where(
-                        SignJob.kind == "base",
-                        SignJob.state.in_([JobState.RUNNING, JobState.QUEUED]),
-                        SignJob.profile_id.in_(ids),
-                    )
-                ).scalars()
-            )
-            if not running:
-                return False
-            return bool(
-                s.execute(
-                    sa.select(sa.func.count())
-                    .select_from(SignJob)
-                    .where(
-                        SignJob.kind == "lora",
-                        SignJob.state == JobState.QUEUED,
-                        SignJob.profile_id.in_(running),
-                    )
-                ).scalar_one()
-            )
-
     # ---------------------------------------------------------------- running
 
     def _run_job(self, lease: Lease) -> None:
-        profile = self._profiles[lease.profile_id]
+        profile = self.claimer.profiles[lease.profile_id]
         beat = Heartbeat(self.queue, lease)
         beat.start()  # before loading the models: a load longer than the lease must not lose the job
         try:
@@ -419,7 +288,7 @@ class Worker:
     def _event(self, lease: Lease, outcome: str, detail: str) -> None:
         self.report.events.append((lease.job_id, lease.kind, lease.version_id, outcome, detail))
         what = (
-            f"base branch of profile {self._profiles[lease.profile_id].name}"
+            f"base branch of profile {self.claimer.profiles[lease.profile_id].name}"
             if lease.kind == "base"
             else f"version {lease.version_id}"
         )
@@ -430,7 +299,7 @@ class Worker:
 
         def cached() -> bool:
             with self.db.read() as s:
-                return store.base_cache_row(s, lease.profile_id) is not None
+                return results.base_cache_row(s, lease.profile_id) is not None
 
         if self._retry(cached, f"reading job {lease.job_id}"):
             self.queue.complete_with(lease, lambda s: None)
@@ -453,7 +322,7 @@ class Worker:
                 "overflow?): use a VAE that does not overflow in this dtype, or dtype float32"
             )
         committed = self.queue.complete_with(
-            lease, lambda s: store.save_base(s, artifacts, lease.profile_id, base, lease.job_id)
+            lease, lambda s: results.save_base(s, artifacts, lease.profile_id, base, lease.job_id)
         )
         self._bases[lease.profile_id] = base
         return f"{len(base.features)} samples in {time.monotonic() - t0:.1f} s" + _already(
@@ -462,43 +331,11 @@ class Worker:
 
     def _lora_job(self, engine, lease: Lease, stop) -> str:
         artifacts = self.settings.artifacts
-
-        def inputs():
-            with self.db.read() as s:
-                base = self._bases.get(lease.profile_id) or store.load_base(
-                    s, artifacts, lease.profile_id
-                )
-                if base is None:
-                    job = store.base_job(s, lease.profile_id)
-                    reason = (
-                        job.last_error
-                        if job is not None and job.state == JobState.DEAD
-                        else "no base cache"
-                    )
-                    raise SignerError(
-                        f"the base branch of profile {engine.profile.name!r} failed: {reason}"
-                    )
-                version = s.get(Version, lease.version_id)
-                f = store.verified_file(s, lease.version_id)
-                if version is None or f is None:
-                    raise SignerError(
-                        f"version {lease.version_id} has no verified LoRA file to sign"
-                    )
-                return base, store.trigger_list(version), f.name, f.sha256, f.local_path
-
-        base, words, name, sha, rel = self._retry(inputs, f"reading job {lease.job_id}")
+        base, words, name, sha, rel = self._retry(
+            lambda: self._lora_inputs(lease, engine.profile.name), f"reading job {lease.job_id}"
+        )
         self._bases[lease.profile_id] = base
-        if not artifacts.exists(rel):
-            raise SignerError(
-                f"the verified file of version {lease.version_id} is missing from the artifact store"
-            )
-        if (
-            sha and store.sha256_file(artifacts.path(rel)) != sha
-        ):  # a scanned file is a hardlink: it can be edited
-            raise SignerError(
-                f"the file of version {lease.version_id} changed since it was hashed (its SHA-256 is "
-                "no longer the registry's): scan its folder again"
-            )
+        check_stored_file(artifacts, rel, sha, lease.version_id)
         if self.progress is not None:
             self.progress.start_job(name or f"version {lease.version_id}", len(engine.samples))
         t0 = time.monotonic()
@@ -511,7 +348,7 @@ class Worker:
         )
         committed = self.queue.complete_with(
             lease,
-            lambda s: store.save_signature(
+            lambda s: results.save_signature(
                 s,
                 artifacts,
                 version_id=lease.version_id,
@@ -529,6 +366,27 @@ class Worker:
             + (f" [{', '.join(outcome.flags)}]" if outcome.flags else "")
             + _already(committed)
         )
+
+    def _lora_inputs(self, lease: Lease, profile_name: str) -> tuple:
+        """(base branch, trigger words, file name, SHA-256, artifact path) of a LoRA job; a
+        ``SignerError`` when the profile's base branch failed or the version has no file to sign."""
+        with self.db.read() as s:
+            base = self._bases.get(lease.profile_id) or results.load_base(
+                s, self.settings.artifacts, lease.profile_id
+            )
+            if base is None:
+                job = queueing.base_job(s, lease.profile_id)
+                reason = (
+                    job.last_error
+                    if job is not None and job.state == JobState.DEAD
+                    else "no base cache"
+                )
+                raise SignerError(f"the base branch of profile {profile_name!r} failed: {reason}")
+            version = s.get(Version, lease.version_id)
+            f = queueing.verified_file(s, lease.version_id)
+            if version is None or f is None:
+                raise SignerError(f"version {lease.version_id} has no verified LoRA file to sign")
+            return base, queueing.trigger_list(version), f.name, f.sha256, f.local_path
 
 
 def _already(committed: bool) -> str:

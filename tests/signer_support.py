@@ -78,7 +78,7 @@ def add_local_version(
 ) -> int:
     """A version with a verified file in the artifact store, as the crawler leaves it."""
     from registry.models import File, Version, utcnow
-    from signer.store import sha256_file
+    from signer.local_loras import sha256_file
 
     digest = sha256_file(path)
     rel = artifacts.put_bytes("lora", path.read_bytes(), ".safetensors")

@@ -238,7 +238,7 @@ def test_lora_prompt_is_the_reference_string(reference_prompts, case):
 def test_worker_reads_trigger_lists_as_the_reference_does():
     from registry.models import Version
     from signer.engine import trigger_suffix
-    from signer.store import trigger_list
+    from signer.queueing import trigger_list
 
     def version(raw, stored, source="civitai"):
         return Version(id=1, name="v", source=source, raw=raw, trained_words=stored)

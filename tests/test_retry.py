@@ -313,7 +313,7 @@ def test_completion_lost_in_a_restart_is_retried_and_written_once(pg_server, dat
 def test_heartbeat_survives_a_restart_longer_than_the_lease_and_still_sees_a_takeover(
     pg_server, database, caplog
 ):
-    from signer.worker import Heartbeat
+    from signer.heartbeat import Heartbeat
 
     q, _ = _queue_with_jobs(database, 1)
     q.lease_seconds = 0.6
@@ -395,7 +395,7 @@ def test_a_pool_of_two_serves_a_worker_loop_and_its_heartbeat(database):
         s.add(Version(id=1))
         s.flush()
         q.enqueue(s, profile_id=pid, version_id=1)
-    from signer.worker import Heartbeat
+    from signer.heartbeat import Heartbeat
 
     lease = q.claim("w")
     beat = Heartbeat(q, lease)

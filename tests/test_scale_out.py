@@ -23,7 +23,7 @@ from registry.models import BaseCache, Signature, SignJob
 from registry.queue import JobQueue
 from registry.settings import Settings
 from signer import lorafiles as lf
-from signer import store
+from signer import queueing
 from signer.profiles import load_profile, register
 from tests.conftest import REPO
 from tests.signer_support import add_local_version
@@ -65,7 +65,7 @@ def _enqueue(fleet, version_ids) -> None:
         for vid in version_ids:
             path = lf.write_kohya_lora(fleet.tmp / f"lora{vid}.safetensors", strength=0.4, seed=vid)
             add_local_version(s, fleet.settings.artifacts, vid, path)
-            store.enqueue_lora(s, JobQueue(fleet.db), fleet.pid, vid)
+            queueing.enqueue_lora(s, JobQueue(fleet.db), fleet.pid, vid)
 
 
 def _start(fleet, *args: str, env: dict | None = None) -> subprocess.Popen:

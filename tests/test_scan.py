@@ -299,7 +299,7 @@ def test_a_signature_applies_to_every_version_of_the_same_file(database):
     from registry.queries import lora_detail
     from registry.queue import JobQueue
     from registry.signatures import save_signature
-    from signer import store
+    from signer import queueing
 
     digest = "ab" * 32
     with database.write() as s:
@@ -344,9 +344,9 @@ def test_a_signature_applies_to_every_version_of_the_same_file(database):
         )
     with database.write() as s:
         queue = JobQueue(database)
-        assert store.enqueue_lora(s, queue, pid, 2) is False  # same file, same suffix: reused
+        assert queueing.enqueue_lora(s, queue, pid, 2) is False  # same file, same suffix: reused
         assert (
-            store.enqueue_lora(s, queue, pid, 3) is True
+            queueing.enqueue_lora(s, queue, pid, 3) is True
         )  # other trigger words: other prompts, signed anew
     with database.read() as s:
         import sqlalchemy as sa

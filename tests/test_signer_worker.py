@@ -18,7 +18,7 @@ from registry.queue import JobQueue
 from registry.settings import Settings
 from registry.vectors import from_blob
 from signer import lorafiles as lf
-from signer import store
+from signer import queueing, results
 from signer.profiles import register
 from signer.worker import Worker, get_engine
 from tests.conftest import REPO
@@ -38,7 +38,7 @@ def _enqueue(db, settings, pid, files: dict[int, Path], trained_words=()):
     with db.write() as s:
         for vid, path in files.items():
             add_local_version(s, settings.artifacts, vid, path, trained_words=trained_words)
-            store.enqueue_lora(s, JobQueue(db), pid, vid)
+            queueing.enqueue_lora(s, JobQueue(db), pid, vid)
 
 
 def _signatures(db, pid) -> dict[int, Signature]:
@@ -66,7 +66,7 @@ def test_mixed_queue_signs_every_good_lora_and_explains_every_bad_one(reg, tmp_p
     with db.write() as s:  # a pickle file that reached a verified state must still be refused
         pt = lf.write_pickle_lora(d / "pickle.pt")
         add_local_version(s, settings.artifacts, 9, pt)
-        store.enqueue_lora(s, JobQueue(db), pid, 9)
+        queueing.enqueue_lora(s, JobQueue(db), pid, 9)
     report = Worker(db, settings, profiles=["tiny"], once=True, poll_seconds=0.1).run()
     assert report.done == 4 and report.failed == 6  # base + 3 good; 6 bad
     sigs = _signatures(db, pid)
@@ -103,7 +103,7 @@ def test_same_file_under_two_versions_gives_identical_signatures(reg, tmp_path):
         add_local_version(s, settings.artifacts, 10, path)
     _enqueue(db, settings, pid, {11: path})
     with db.write() as s:
-        store.enqueue_lora(s, JobQueue(db), pid, 10)
+        queueing.enqueue_lora(s, JobQueue(db), pid, 10)
     Worker(db, settings, profiles=["tiny"], once=True, poll_seconds=0.1).run()
     sigs = _signatures(db, pid)
     a, b = sigs[10], sigs[11]
@@ -141,8 +141,8 @@ def test_base_branch_is_one_job_and_never_regenerated(reg, tmp_path):
     with db.read() as s:
         cache = s.execute(sa.select(BaseCache)).scalar_one()
         assert cache.n_samples == len(engine.samples) and cache.dim == engine.dim
-        mean = store.base_mean_feature(s, pid)
-        base = store.load_base(s, settings.artifacts, pid)
+        mean = results.base_mean_feature(s, pid)
+        base = results.load_base(s, settings.artifacts, pid)
     np.testing.assert_allclose(mean, base.features.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert set(_signatures(db, pid)) == {21, 22}
 
@@ -292,7 +292,7 @@ def test_a_file_edited_since_it_was_hashed_is_not_signed(reg, tmp_path):
     path = lf.write_kohya_lora(tmp_path / "mine.safetensors", strength=0.5, seed=4)
     _enqueue(db, settings, pid, {11: path})
     with db.read() as s:
-        stored = settings.artifacts.path(store.verified_file(s, 11).local_path)
+        stored = settings.artifacts.path(queueing.verified_file(s, 11).local_path)
     data = bytearray(stored.read_bytes())
     data[-1] ^= 0x01  # one bit of tensor data, as an in-place edit would change it
     stored.write_bytes(bytes(data))

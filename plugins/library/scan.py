@@ -376,7 +376,7 @@ class Scanner:
                 self._use_in_place(s, row)
 
     def _register_local(self, s, row: LocalFile) -> None:
-        from signer.store import new_local_version
+        from signer.local_loras import new_local_version
 
         hit = _registry_version(
             s, row.sha256
@@ -409,7 +409,7 @@ class Scanner:
         row.version_id, row.match = vid, "local"
 
     def _use_in_place(self, s, row: LocalFile) -> None:
-        from signer.store import place_file
+        from signer.local_loras import place_file
 
         f = (
             s.execute(
@@ -595,7 +595,7 @@ class Scanner:
 
     def _queue(self, s, r: LocalFile, profile_id: int) -> str:
         from registry.queue import JobQueue
-        from signer.store import enqueue_lora, reuse_signature, verified_file
+        from signer.queueing import enqueue_lora, reuse_signature, verified_file
 
         own = s.execute(
             sa.select(Signature.source).where(

@@ -114,6 +114,21 @@ def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise _Refused(f"not Python source ({type(exc).__name__})") from None
+    names, top = _read_module_body(tree)
+    out: list[tuple[str, str, tuple[str, ...]]] = []
+    for key_node, value_node in zip(top.keys, top.values):
+        if key_node is None:
+            raise _Refused("prompts_by_category uses ** unpacking")
+        category = _literal(key_node, "a category name")
+        out += _category_subcategories(category, value_node, names)
+    if not out:
+        raise _Refused("prompts_by_category is empty")
+    return out
+
+
+def _read_module_body(tree: ast.Module) -> tuple[dict[str, object], ast.Dict]:
+    """The literal top-level assignments by name and the ``prompts_by_category`` dict node; any
+    statement that would run code on import is refused."""
     names: dict[str, object] = {}
     top = None
     for node in tree.body:
@@ -141,40 +156,41 @@ def parse_reference_source(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
         )
     if top is None:
         raise _Refused("no top-level 'prompts_by_category = {...}'")
-    out: list[tuple[str, str, tuple[str, ...]]] = []
-    for key_node, value_node in zip(top.keys, top.values):
-        if key_node is None:
-            raise _Refused("prompts_by_category uses ** unpacking")
-        category = _literal(key_node, "a category name")
-        if isinstance(value_node, ast.Name):
-            if value_node.id not in names:
-                raise _Refused(
-                    f"category {category!r} names {value_node.id!r}, which is not assigned above it"
-                )
-            subs = names[value_node.id]
-        else:
-            subs = _literal(value_node, f"category {category!r}")
-        if not isinstance(category, str) or not isinstance(subs, dict) or not subs:
+    return names, top
+
+
+def _category_subcategories(
+    category, value_node: ast.expr, names: dict[str, object]
+) -> list[tuple[str, str, tuple[str, ...]]]:
+    """One category's subcategories, each with exactly ``PROMPTS_PER_SUBCATEGORY`` prompts."""
+    if isinstance(value_node, ast.Name):
+        if value_node.id not in names:
             raise _Refused(
-                f"category {category!r} is not a name mapped to a dictionary of subcategories"
+                f"category {category!r} names {value_node.id!r}, which is not assigned above it"
             )
-        for sub, prompts in subs.items():
-            if not isinstance(sub, str) or not isinstance(prompts, list):
-                raise _Refused(
-                    f"subcategory {sub!r} of {category!r} is not a name mapped to a list of prompts"
-                )
-            if len(prompts) != PROMPTS_PER_SUBCATEGORY:
-                raise _Refused(
-                    f"subcategory {sub!r} of {category!r} has {len(prompts)} prompts, not "
-                    f"{PROMPTS_PER_SUBCATEGORY} (8 for indexing, 8 for retrieval)"
-                )
-            if not all(isinstance(p, str) and p.strip() for p in prompts):
-                raise _Refused(
-                    f"subcategory {sub!r} of {category!r} holds a prompt that is not a non-empty string"
-                )
-            out.append((category, sub, tuple(prompts)))
-    if not out:
-        raise _Refused("prompts_by_category is empty")
+        subs = names[value_node.id]
+    else:
+        subs = _literal(value_node, f"category {category!r}")
+    if not isinstance(category, str) or not isinstance(subs, dict) or not subs:
+        raise _Refused(
+            f"category {category!r} is not a name mapped to a dictionary of subcategories"
+        )
+    out = []
+    for sub, prompts in subs.items():
+        if not isinstance(sub, str) or not isinstance(prompts, list):
+            raise _Refused(
+                f"subcategory {sub!r} of {category!r} is not a name mapped to a list of prompts"
+            )
+        if len(prompts) != PROMPTS_PER_SUBCATEGORY:
+            raise _Refused(
+                f"subcategory {sub!r} of {category!r} has {len(prompts)} prompts, not "
+                f"{PROMPTS_PER_SUBCATEGORY} (8 for indexing, 8 for retrieval)"
+            )
+        if not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise _Refused(
+                f"subcategory {sub!r} of {category!r} holds a prompt that is not a non-empty string"
+            )
+        out.append((category, sub, tuple(prompts)))
     return out
 
 
