@@ -39,7 +39,8 @@ from typing import Callable
 import aiohttp
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, wrap_exception
+from crawler.client import CivitaiClient
+from crawler.http_errors import CivitaiError, wrap_exception
 from registry.artifacts import ArtifactStore
 from registry.states import FileState
 

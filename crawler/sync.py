@@ -39,8 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from crawler.client import HTTP_RETRY, CivitaiClient, CivitaiError, check_base_url, safe_url
+from crawler.client import HTTP_RETRY, CivitaiClient, check_base_url
 from crawler.download import DownloadLimits, DownloadTask, Outcome, download
+from crawler.http_errors import CivitaiError, safe_url
 from crawler.parse import (
     LORA_TYPES,
     SDXL_BASE_MODELS,

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy
+from crawler.client import CivitaiClient, RetryPolicy
+from crawler.http_errors import CivitaiError
 from crawler.mirror import (
     BackgroundServer,
     file_entry,

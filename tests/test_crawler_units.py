@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawler import stfile
-from crawler.client import (
-    HTTP_RETRY,
+from crawler.client import HTTP_RETRY
+from crawler.http_errors import (
     CivitaiError,
     classify_status,
     decode_json,

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, mask_token
+from crawler.client import CivitaiClient, RetryPolicy
+from crawler.http_errors import CivitaiError, mask_token
 from crawler.mirror import BackgroundServer, make_app, tiny_lora
 from registry.models import CrawlRun
 from tests.crawler_helpers import (
