@@ -1,6 +1,6 @@
 """An async Civitai HTTP client (aiohttp) with a retry policy and token hygiene.
 
-Contract:
+Contract (what an answer means, and how error text is kept clean, is ``crawler.http_errors``):
 
 - Retry policy (``registry.retry.RetryPolicy``, the project's one backoff rule; ``HTTP_RETRY`` by
   default): 429, 408, 5xx, timeouts, connection resets,
@@ -15,13 +15,11 @@ Contract:
 - Deadlines: connect, then the response headers within ``connect_timeout + timeout``; a body with
   no data for ``timeout`` is stalled, and after its first ``timeout`` seconds it must average
   ``min_rate`` bytes/s (a trickle of single bytes never trips the idle timeout).
-- JSON nested beyond ``MAX_JSON_DEPTH`` (or past the parser's recursion limit) is malformed.
 - The API token travels only as ``Authorization: Bearer`` and only to the origin of
   ``base_url``; once a redirect chain leaves that origin no later hop carries it. It is never
-  put in a URL, and it is masked out of any server text that reaches an error message: masked
-  first, cut second, and a token prefix left at the cut is masked too (``mask_token``).
-- Errors are ``CivitaiError``: its ``str``/``repr`` hold a URL without query string (signed
-  storage URLs carry credentials there) and never a header.
+  put in a URL, and it is masked out of any server text that reaches an error message
+  (``redact``, ``redacted``).
+- Errors are ``CivitaiError`` (``crawler.http_errors``).
 - Per-host concurrency: at most ``per_host`` open connections to one host (aiohttp connector).
 """
 
@@ -30,18 +28,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import email.utils
-import json
 import logging
 import random
-import re
 import time
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
 from yarl import URL
 
+from crawler.http_errors import (
+    MAX_ERROR_BODY,
+    CivitaiError,
+    body_message,
+    classify_status,
+    decode_json,
+    mask_token,
+    parse_retry_after,
+    safe_url,
+    wrap_exception,
+)
 from registry import __version__
 from registry.errors import CarlosError
 from registry.retry import RetryPolicy
@@ -51,63 +56,10 @@ log = logging.getLogger("crawler.client")
 
 USER_AGENT = f"carlos-reg/{__version__} (SDXL LoRA registry crawler; python-aiohttp)"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
-MAX_ERROR_BODY = 64 * 1024
-MAX_ERROR_TEXT = 200  # characters of a server's error text kept in a message
-MAX_JSON_DEPTH = 64  # Civitai documents nest about 6 deep; deeper is hostile or broken
-MIN_FRAGMENT = 4  # a token prefix this long at a cut is masked too
-_PAGE_CAP = re.compile(rb"too many pages|use cursors", re.IGNORECASE)
-
-
-class CivitaiError(CarlosError):
-    """A failed request. ``retryable`` tells whether trying again may help."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: URL | str | None = None,
-        status: int | None = None,
-        kind: str = "http",
-        retryable: bool = False,
-        retry_after: float | None = None,
-    ):
-        self.message = message
-        self.url = safe_url(url) if url is not None else None
-        self.status = status
-        self.kind = kind
-        self.retryable = retryable
-        self.retry_after = retry_after
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f" ({self.url})" if self.url else ""
-        code = f"{self.status} " if self.status else ""
-        return f"{code}{self.message}{where}"
-
-    def __repr__(self) -> str:
-        return (
-            f"CivitaiError(kind={self.kind!r}, status={self.status!r}, retryable={self.retryable!r}, "
-            f"url={self.url!r}, message={self.message!r})"
-        )
-
-
-def safe_url(url: URL | str) -> str:
-    """Scheme, host, port and path only: no query string, fragment or user info."""
-    try:
-        u = URL(str(url))
-        if not u.is_absolute():
-            return u.path
-        return str(u.with_query(None).with_fragment(None).with_user(None).with_password(None))
-    except (ValueError, TypeError):
-        return "<unparsable URL>"
 
 
 def origin(url: URL) -> tuple[str, str, int | None]:
     return (url.scheme.lower(), (url.host or "").lower(), url.port)
-
-
-# ---------------------------------------------------------------- the policy (pure)
 
 
 # Tries per request, the first included; "equal jitter" (between half and all of the capped
@@ -115,161 +67,6 @@ def origin(url: URL) -> tuple[str, str, int | None]:
 HTTP_RETRY = RetryPolicy(
     initial=1.0, cap=30.0, jitter=0.5, deadline=None, max_attempts=6, retry_after_max=600.0
 )
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP-date; garbage is None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if re.fullmatch(r"-?\d+(\.\d+)?", text):
-        return max(0.0, float(text))
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
-
-
-def classify_status(status: int, body: bytes = b"") -> tuple[bool, str]:
-    """``(retryable, reason)`` for a non-success HTTP status."""
-    if status == 429 and _PAGE_CAP.search(body[:4096]):
-        return False, "page-number cap reached (the API wants cursors)"
-    reasons = {
-        400: "bad request",
-        401: "unauthorized (login or API key required, or downloads disabled)",
-        403: "forbidden (early access, paid or blocked)",
-        404: "not found",
-        410: "gone (archived)",
-        429: "rate limited",
-        451: "unavailable for legal reasons (region blocked)",
-        408: "request timeout",
-        500: "server error",
-        502: "bad gateway",
-        503: "service unavailable",
-        504: "gateway timeout",
-        524: "origin timeout",
-    }
-    reason = reasons.get(status) or ("server error" if status >= 500 else "client error")
-    return status in RETRY_STATUSES, reason
-
-
-def _body_message(body: bytes, redact: Callable[..., str] | None = None) -> str:
-    """The API's own error text, when the body is a small JSON error object; masked, then cut."""
-    try:
-        doc = json.loads(body[:MAX_ERROR_BODY])
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return ""
-    if not isinstance(doc, dict):
-        return ""
-    parts = [doc.get(k) for k in ("error", "message")]
-    text = ": ".join(p for p in parts if isinstance(p, str) and p.strip())
-    text = " ".join(text.split())
-    return redact(text, limit=MAX_ERROR_TEXT) if redact else mask_token(text, None, MAX_ERROR_TEXT)
-
-
-def mask_token(text: str, token: str | None, limit: int | None = None) -> str:
-    """``text`` with every copy of ``token`` masked, then cut to ``limit`` characters.
-
-    Masking comes first: a cut taken before it could split the token and leave its prefix. A cut
-    may still end in the first characters of a masked copy or of the token itself (a server that
-    echoes headers chooses where), so a tail of at least ``MIN_FRAGMENT`` characters that starts the
-    token is masked as well.
-    """
-    if not text:
-        return text
-    if token:
-        text = text.replace(token, "***")
-    if limit is not None and len(text) > limit:
-        text = text[:limit]
-        if token:
-            for k in range(min(len(token) - 1, len(text)), min(MIN_FRAGMENT, len(token)) - 1, -1):
-                if text.endswith(token[:k]):
-                    text = text[:-k] + "***"
-                    break
-    return text
-
-
-def json_depth_ok(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``doc`` nests at most ``limit`` containers deep (checked without recursion)."""
-    stack = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth > limit:
-                return False
-            stack.extend(
-                (v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)
-            )
-    return True
-
-
-def decode_json(body: bytes, content_type: str, url: URL | str | None = None) -> Any:
-    """The JSON document of a 2xx body; HTML or malformed JSON raises a retryable error."""
-    if body[:512].lstrip().startswith(b"<"):  # JSON never starts with "<"
-        raise CivitaiError(
-            "an HTML page instead of JSON (maintenance or challenge page)",
-            url=url,
-            kind="html",
-            retryable=True,
-        )
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        what = "an HTML page" if "html" in content_type.lower() else "malformed JSON"
-        detail = "nested too deeply" if isinstance(exc, RecursionError) else type(exc).__name__
-        raise CivitaiError(f"{what} ({detail})", url=url, kind="json", retryable=True) from None
-    if not json_depth_ok(doc):
-        raise CivitaiError(
-            f"malformed JSON (nested more than {MAX_JSON_DEPTH} deep)",
-            url=url,
-            kind="json",
-            retryable=True,
-        )
-    return doc
-
-
-def wrap_exception(
-    exc: BaseException, url: URL | str, *, idle_timeout: float | None = None
-) -> CivitaiError:
-    """A transport failure as a retryable ``CivitaiError`` whose text holds no query or header."""
-    if isinstance(exc, CivitaiError):
-        return exc
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        detail = f" (no data for {idle_timeout:g} s)" if idle_timeout else ""
-        return CivitaiError(f"timed out{detail}", url=url, kind="timeout", retryable=True)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return CivitaiError(
-            "truncated body: the connection ended before the declared length",
-            url=url,
-            kind="truncated",
-            retryable=True,
-        )
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return CivitaiError("server disconnected", url=url, kind="reset", retryable=True)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return CivitaiError(
-            f"cannot connect ({exc.strerror or type(exc.os_error).__name__})",
-            url=url,
-            kind="connect",
-            retryable=True,
-        )
-    if isinstance(exc, (aiohttp.ClientOSError, ConnectionError)):
-        return CivitaiError("connection reset", url=url, kind="reset", retryable=True)
-    if isinstance(exc, aiohttp.ClientError):
-        return CivitaiError(
-            f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True
-        )
-    return CivitaiError(
-        f"transport error ({type(exc).__name__})", url=url, kind="transport", retryable=True
-    )
-
-
-# ---------------------------------------------------------------- the client
 
 
 def check_base_url(base_url: str) -> URL:
@@ -281,6 +78,58 @@ def check_base_url(base_url: str) -> URL:
     if base.scheme not in ("http", "https") or not base.host:
         raise CarlosError(f"CIVITAI_BASE_URL must be an http(s) URL, not {safe_url(base)!r}")
     return base
+
+
+class RedirectChain:
+    """Where one request's redirects have led: the URL to ask next, the URLs visited, and whether
+    the chain has left the API's origin (from then on no hop carries the token)."""
+
+    def __init__(self, start: URL, api_origin: tuple[str, str, int | None], max_redirects: int):
+        self.url = start
+        self.api_origin = api_origin
+        self.max_redirects = max_redirects
+        self.visited = {str(start)}
+        self.hops = 0
+        self.left_api_origin = False
+
+    def enter_hop(self) -> bool:
+        """Refuse a URL that is not http(s); return whether this hop may carry the token."""
+        if self.url.scheme != "http" and self.url.scheme != "https":
+            raise CivitaiError(
+                f"refusing a non-HTTP URL scheme {self.url.scheme!r}", kind="redirect"
+            )
+        if origin(self.url) != self.api_origin:
+            self.left_api_origin = True
+        return not self.left_api_origin
+
+    def follow(self, status: int, location: str | None) -> None:
+        """Move on to a redirect's ``Location``, or raise ``CivitaiError`` when it is refused."""
+        url = self.url
+        if not location:
+            raise CivitaiError(
+                "redirect without a Location", url=url, status=status, kind="redirect"
+            )
+        try:
+            nxt = url.join(URL(location))
+        except (ValueError, TypeError):
+            raise CivitaiError(
+                "unparsable redirect Location", url=url, status=status, kind="redirect"
+            ) from None
+        if nxt.user is not None or nxt.password is not None:
+            # aiohttp would send them as Basic auth to whatever host the server names
+            raise CivitaiError(
+                "refusing a redirect to a URL with credentials in it",
+                url=url,
+                status=status,
+                kind="redirect",
+            )
+        self.hops += 1
+        if str(nxt) in self.visited or self.hops > self.max_redirects:
+            raise CivitaiError(
+                f"redirect loop ({self.hops} hops)", url=url, status=status, kind="redirect"
+            )
+        self.visited.add(str(nxt))
+        self.url = nxt
 
 
 class CivitaiClient:
@@ -407,79 +256,58 @@ class CivitaiClient:
         url = URL(url) if not isinstance(url, URL) else url
         if params:
             url = url.with_query(list(params))
-        api = origin(self.base)
-        left_api_origin = False
-        visited = {str(url)}
-        hops = 0
+        chain = RedirectChain(url, origin(self.base), self.max_redirects)
         while True:
-            send = {"User-Agent": self.user_agent, **(headers or {})}
-            if url.scheme != "http" and url.scheme != "https":
-                raise CivitaiError(
-                    f"refusing a non-HTTP URL scheme {url.scheme!r}", kind="redirect"
-                )
-            if origin(url) != api:
-                left_api_origin = True
-            if self._token and not left_api_origin:
-                send["Authorization"] = f"Bearer {self._token}"
-            try:
-                # the idle timeout does not bound headers that trickle in; this does
-                async with asyncio.timeout(self.connect_timeout + self.timeout):
-                    resp = await self._session.get(url, headers=send, allow_redirects=False)
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise wrap_exception(exc, url, idle_timeout=self.timeout) from None
-            self.requests += 1
-            log.debug("GET %s -> %s", self.redact(safe_url(url)), resp.status)
+            may_carry_token = chain.enter_hop()
+            resp = await self._get(chain.url, headers, authorize=may_carry_token)
             if resp.status in REDIRECT_STATUSES:
                 location = resp.headers.get("Location")
                 resp.release()
-                if not location:
-                    raise CivitaiError(
-                        "redirect without a Location", url=url, status=resp.status, kind="redirect"
-                    )
-                try:
-                    nxt = url.join(URL(location))
-                except (ValueError, TypeError):
-                    raise CivitaiError(
-                        "unparsable redirect Location", url=url, status=resp.status, kind="redirect"
-                    ) from None
-                if nxt.user is not None or nxt.password is not None:
-                    # aiohttp would send them as Basic auth to whatever host the server names
-                    raise CivitaiError(
-                        "refusing a redirect to a URL with credentials in it",
-                        url=url,
-                        status=resp.status,
-                        kind="redirect",
-                    )
-                hops += 1
-                if str(nxt) in visited or hops > self.max_redirects:
-                    raise CivitaiError(
-                        f"redirect loop ({hops} hops)", url=url, status=resp.status, kind="redirect"
-                    )
-                visited.add(str(nxt))
-                url = nxt
+                chain.follow(resp.status, location)
                 continue
             if resp.status not in ok:
-                body = b""
-                with contextlib.suppress(Exception):
-                    body = await resp.content.read(MAX_ERROR_BODY)
-                resp.release()
-                retryable, reason = classify_status(resp.status, body)
-                detail = _body_message(body, self.redact)
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                raise CivitaiError(
-                    reason + (f": {detail}" if detail else ""),
-                    url=url,
-                    status=resp.status,
-                    retryable=retryable,
-                    retry_after=retry_after,
-                )
+                raise await self._status_error(resp, chain.url)
             try:
                 yield resp
             finally:
                 resp.release()
             return
+
+    async def _get(
+        self, url: URL, headers: dict[str, str] | None, *, authorize: bool
+    ) -> aiohttp.ClientResponse:
+        """One GET, redirects not followed; the token goes along only when ``authorize``."""
+        send = {"User-Agent": self.user_agent, **(headers or {})}
+        if self._token and authorize:
+            send["Authorization"] = f"Bearer {self._token}"
+        try:
+            # the idle timeout does not bound headers that trickle in; this does
+            async with asyncio.timeout(self.connect_timeout + self.timeout):
+                resp = await self._session.get(url, headers=send, allow_redirects=False)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise wrap_exception(exc, url, idle_timeout=self.timeout) from None
+        self.requests += 1
+        log.debug("GET %s -> %s", self.redact(safe_url(url)), resp.status)
+        return resp
+
+    async def _status_error(self, resp: aiohttp.ClientResponse, url: URL) -> CivitaiError:
+        """The error for a status the caller did not accept, with the API's own (masked) text."""
+        body = b""
+        with contextlib.suppress(Exception):
+            body = await resp.content.read(MAX_ERROR_BODY)
+        resp.release()
+        retryable, reason = classify_status(resp.status, body)
+        detail = body_message(body, self.redact)
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        return CivitaiError(
+            reason + (f": {detail}" if detail else ""),
+            url=url,
+            status=resp.status,
+            retryable=retryable,
+            retry_after=retry_after,
+        )
 
     async def read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         """The whole body, at most ``limit`` bytes; transport failures as ``CivitaiError``."""

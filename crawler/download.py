@@ -39,7 +39,8 @@ from typing import Callable
 import aiohttp
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, wrap_exception
+from crawler.client import CivitaiClient
+from crawler.http_errors import CivitaiError, wrap_exception
 from registry.artifacts import ArtifactStore
 from registry.states import FileState
 
@@ -96,6 +97,28 @@ def _hash_file(fh, hasher) -> int:
         hasher.update(block)
         size += len(block)
     return size
+
+
+class _PartialFile:
+    """The partial file and the SHA256 of the bytes in it: the resume state, kept in one place so
+    that every step of a download sees (and moves) the same offset."""
+
+    def __init__(self, fh):
+        self.fh = fh  # unbuffered
+        self.hasher = hashlib.sha256()
+        self.size = _hash_file(fh, self.hasher)  # where the next byte goes; a resume asks from here
+
+    def restart(self) -> None:
+        """Drop every byte received so far: the next one is byte 0."""
+        self.fh.truncate(0)
+        self.size, self.hasher = 0, hashlib.sha256()
+
+    def append(self, chunk: bytes) -> None:
+        written = self.fh.write(chunk)
+        if written != len(chunk):  # unbuffered: a short write means the disk is full
+            raise OSError(errno.ENOSPC, "short write (disk full?)")
+        self.hasher.update(chunk)
+        self.size += len(chunk)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -169,12 +192,11 @@ async def _fetch_verify_store(
         if on_bytes:
             on_bytes(n)
 
-    hasher = hashlib.sha256()
-    size = _hash_file(fh, hasher)
-    resumed = size > 0
+    partial = _PartialFile(fh)
+    resumed = partial.size > 0
     for round_ in (1, 2):
         try:
-            size, hasher = await _fetch(client, task, limits, fh, size, hasher, count)
+            await _fetch(client, task, limits, partial, count)
         except CivitaiError as exc:
             exc = client.redacted(exc)
             return Outcome(
@@ -192,14 +214,14 @@ async def _fetch_verify_store(
                 bytes=received[0],
             )
         os.fsync(fh.fileno())
-        digest = hasher.hexdigest()
+        digest = partial.hasher.hexdigest()
         if digest == task.sha256:
             break
         if (
             resumed and round_ == 1
         ):  # the partial may come from another representation: once from scratch
-            fh.truncate(0)
-            size, hasher, resumed = 0, hashlib.sha256(), False
+            partial.restart()
+            resumed = False
             continue
         return _quarantine(
             store,
@@ -231,76 +253,34 @@ def _quarantine(
     return Outcome("quarantined", error=reason, local_path=qrel, bytes=received)
 
 
+def _body_cap(task: DownloadTask, limits: DownloadLimits) -> int:
+    """The most bytes a file may have: the limit, or its declared size with some slack."""
+    cap = limits.max_file_bytes
+    if task.size_bytes is not None:
+        cap = min(cap, task.size_bytes + max(MiB, task.size_bytes // 100))  # sizeKB is approximate
+    return cap
+
+
 async def _fetch(
     client: CivitaiClient,
     task: DownloadTask,
     limits: DownloadLimits,
-    fh,
-    size: int,
-    hasher,
+    partial: _PartialFile,
     count: Callable[[int], None],
-):
-    """Fill the partial file to the end of the body; returns ``(size, hasher)``."""
+) -> None:
+    """Fill the partial file to the end of the body, reconnecting (with ``Range``) as the retry
+    policy allows; the failure budget resets whenever the file grows past its previous size."""
     url = client.api_url(f"/api/download/models/{task.version_id}")
     params = [("fileId", str(task.civitai_file_id))] if task.civitai_file_id else None
-    cap = limits.max_file_bytes
-    if task.size_bytes is not None:
-        cap = min(cap, task.size_bytes + max(MiB, task.size_bytes // 100))  # sizeKB is approximate
-    failures, connections, high_water = 0, 0, size
+    cap = _body_cap(task, limits)
+    failures, connections, high_water = 0, 0, partial.size
     while True:
         connections += 1
-        headers = {"Accept-Encoding": "identity"}
-        if size > 0:
-            headers["Range"] = f"bytes={size}-"
         try:
-            async with client.open(url, params=params, headers=headers, ok=(200, 206, 416)) as resp:
-                if resp.status == 416 or (
-                    resp.status == 206
-                    and parse_content_range_start(resp.headers.get("Content-Range")) != size
-                ):
-                    raise _Restart()
-                if resp.status == 200 and size > 0:  # Range ignored: the body starts at byte 0
-                    fh.truncate(0)
-                    size, hasher = 0, hashlib.sha256()
-                length = resp.content_length
-                if length is not None and size + length > cap:
-                    raise CivitaiError(
-                        f"the body ({size + length} bytes) is larger than the declared size or the "
-                        f"limit ({cap} bytes)",
-                        url=resp.url,
-                        kind="size",
-                    )
-                fh.seek(size)
-                started, body_bytes = time.monotonic(), 0
-                try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        if client.deadline(
-                            body_bytes, started
-                        ):  # a trickle keeps the idle timeout happy
-                            raise client.too_slow(resp.url)
-                        body_bytes += len(chunk)
-                        if size + len(chunk) > cap:
-                            raise CivitaiError(
-                                f"the body is larger than the declared size or the limit "
-                                f"({cap} bytes)",
-                                url=resp.url,
-                                kind="size",
-                            )
-                        written = fh.write(chunk)
-                        if written != len(
-                            chunk
-                        ):  # unbuffered: a short write means the disk is full
-                            raise OSError(errno.ENOSPC, "short write (disk full?)")
-                        hasher.update(chunk)
-                        size += len(chunk)
-                        count(len(chunk))
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
-                    raise wrap_exception(exc, resp.url, idle_timeout=client.timeout) from None
-            fh.truncate(size)
-            return size, hasher
+            await _fetch_once(client, url, params, partial, cap, count)
+            return
         except _Restart:
-            fh.truncate(0)
-            size, hasher = 0, hashlib.sha256()
+            partial.restart()
             error = CivitaiError(
                 "the server cannot resume this partial file; starting over",
                 kind="range",
@@ -310,8 +290,8 @@ async def _fetch(
             if not exc.retryable:
                 raise
             error = exc
-        if size > high_water:
-            high_water, failures = size, 0
+        if partial.size > high_water:
+            high_water, failures = partial.size, 0
         failures += 1
         if failures >= client.policy.max_attempts or connections >= 20 * client.policy.max_attempts:
             raise CivitaiError(
@@ -321,3 +301,61 @@ async def _fetch(
                 kind=error.kind,
             )
         await client.wait_before_retry(failures, error)
+
+
+async def _fetch_once(
+    client: CivitaiClient, url, params, partial: _PartialFile, cap, count
+) -> None:
+    """One connection: ask for the bytes from the partial file's end and append the body."""
+    headers = {"Accept-Encoding": "identity"}
+    if partial.size > 0:
+        headers["Range"] = f"bytes={partial.size}-"
+    async with client.open(url, params=params, headers=headers, ok=(200, 206, 416)) as resp:
+        _check_start(resp, partial, cap)
+        partial.fh.seek(partial.size)
+        try:
+            await _receive_body(client, resp, partial, cap, count)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise wrap_exception(exc, resp.url, idle_timeout=client.timeout) from None
+    partial.fh.truncate(partial.size)
+
+
+def _check_start(resp: aiohttp.ClientResponse, partial: _PartialFile, cap: int) -> None:
+    """Whether the body continues the partial file (else ``_Restart``) and fits under ``cap``."""
+    if resp.status == 416 or (
+        resp.status == 206
+        and parse_content_range_start(resp.headers.get("Content-Range")) != partial.size
+    ):
+        raise _Restart()
+    if resp.status == 200 and partial.size > 0:  # Range ignored: the body starts at byte 0
+        partial.restart()
+    length = resp.content_length
+    if length is not None and partial.size + length > cap:
+        raise CivitaiError(
+            f"the body ({partial.size + length} bytes) is larger than the declared size or the "
+            f"limit ({cap} bytes)",
+            url=resp.url,
+            kind="size",
+        )
+
+
+async def _receive_body(
+    client: CivitaiClient,
+    resp: aiohttp.ClientResponse,
+    partial: _PartialFile,
+    cap: int,
+    count: Callable[[int], None],
+) -> None:
+    started, body_bytes = time.monotonic(), 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        if client.deadline(body_bytes, started):  # a trickle keeps the idle timeout happy
+            raise client.too_slow(resp.url)
+        body_bytes += len(chunk)
+        if partial.size + len(chunk) > cap:
+            raise CivitaiError(
+                f"the body is larger than the declared size or the limit ({cap} bytes)",
+                url=resp.url,
+                kind="size",
+            )
+        partial.append(chunk)
+        count(len(chunk))

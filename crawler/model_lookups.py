@@ -19,8 +19,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawler.client import CivitaiClient, CivitaiError
+from crawler.client import CivitaiClient
 from crawler.crawl_types import MODELS_PATH
+from crawler.http_errors import CivitaiError
 from crawler.parse import SDXL_BASE_MODELS, ApiSchemaError, parse_model
 from registry.models import utcnow
 

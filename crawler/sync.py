@@ -36,7 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from crawler.client import CivitaiClient, CivitaiError, check_base_url, safe_url
+from crawler.client import CivitaiClient, check_base_url
 from crawler.crawl_types import (
     MODELS_PATH,
     CrawlFailed,
@@ -45,6 +45,7 @@ from crawler.crawl_types import (
     Reporter,
 )
 from crawler.download import DownloadTask
+from crawler.http_errors import CivitaiError, safe_url
 from crawler.ingest import IngestSteps
 from crawler.model_lookups import ModelLookups
 from crawler.parse import (

@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy
+from crawler.client import CivitaiClient
+from crawler.http_errors import CivitaiError
 from crawler.mirror import (
     BackgroundServer,
     file_entry,
@@ -32,6 +33,7 @@ from crawler.mirror import (
 )
 from registry.db import Database
 from registry.models import CrawlRun, File
+from registry.retry import RetryPolicy
 from tests.conftest import REPO, run_cli
 from tests.crawler_helpers import (
     DOWNLOADS,

@@ -17,7 +17,7 @@ from email.utils import format_datetime
 import pytest
 import sqlalchemy as sa
 
-from crawler.client import HTTP_RETRY, RetryPolicy
+from crawler.client import HTTP_RETRY
 from crawler.crawl_types import CrawlFailed, CrawlOptions
 from crawler.download import DownloadLimits
 from crawler.mirror import (
@@ -29,6 +29,7 @@ from crawler.mirror import (
     version_entry,
 )
 from registry.models import CrawlError, CrawlRun
+from registry.retry import RetryPolicy
 from tests.crawler_helpers import (
     DOWNLOADS,
     FILES,

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawler import stfile
-from crawler.client import (
-    HTTP_RETRY,
+from crawler.client import HTTP_RETRY
+from crawler.fields import license_list, trained_words
+from crawler.http_errors import (
     CivitaiError,
     classify_status,
     decode_json,
@@ -23,7 +24,7 @@ from crawler.client import (
     safe_url,
 )
 from crawler.mirror import file_entry, model_entry, tiny_lora, version_entry
-from crawler.parse import ApiSchemaError, license_list, parse_model, trained_words
+from crawler.parse import ApiSchemaError, parse_model
 
 # ---------------------------------------------------------------- parsing
 

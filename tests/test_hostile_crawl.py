@@ -12,9 +12,11 @@ import pytest
 from aiohttp import web
 
 from crawler import stfile
-from crawler.client import CivitaiClient, CivitaiError, RetryPolicy, mask_token
+from crawler.client import CivitaiClient
+from crawler.http_errors import CivitaiError, mask_token
 from crawler.mirror import BackgroundServer, make_app, tiny_lora
 from registry.models import CrawlRun
+from registry.retry import RetryPolicy
 from tests.crawler_helpers import (
     DOWNLOADS,
     FILES,

@@ -54,10 +54,6 @@ def _swap_in(new: Path, target: Path) -> None:
 
 
 def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
-    import sqlalchemy as sa
-
-    from registry.models import File, Model, Version
-
     (out / "models").mkdir(parents=True, exist_ok=True)
     (out / "files").mkdir(parents=True, exist_ok=True)
     counts = {
@@ -68,65 +64,90 @@ def _export_into(db, store, out: Path, batch: int) -> dict[str, int]:
         "files_copied": 0,
         "models_removed": 0,
     }
-    written: set[str] = set()
     with db.read() as s:
-        ids = list(
-            s.execute(
-                sa.select(Model.id)
-                .where(Model.source == "civitai", Model.gone_at.is_(None), Model.raw.is_not(None))
-                .order_by(Model.id)
-            ).scalars()
-        )
+        ids = _live_model_ids(s)
         for i in range(0, len(ids), batch):
             chunk = ids[i : i + batch]
-            models = {
-                r.id: r.raw
-                for r in s.execute(sa.select(Model.id, Model.raw).where(Model.id.in_(chunk)))
-            }
-            versions: dict[int, list] = {}
-            for r in s.execute(
-                sa.select(Version.id, Version.model_id, Version.raw)
-                .where(
-                    Version.model_id.in_(chunk), Version.gone_at.is_(None), Version.raw.is_not(None)
-                )
-                .order_by(Version.id)
-            ):
-                versions.setdefault(r.model_id, []).append(r.raw)
-            verified = {
-                r.civitai_file_id: r.local_path
-                for r in s.execute(
-                    sa.select(File.civitai_file_id, File.local_path)
-                    .join(Version, Version.id == File.version_id)
-                    .where(
-                        Version.model_id.in_(chunk),
-                        File.state == FileState.VERIFIED,
-                        File.local_path.is_not(None),
-                        File.civitai_file_id.is_not(None),
-                    )
-                )
-            }
+            models, versions, verified = _read_batch(s, chunk)
             for model_id in chunk:
                 raws = versions.get(model_id, [])
-                if not raws:
-                    continue
-                raws.sort(key=lambda v: v.get("index") if type(v.get("index")) is int else 1 << 30)
-                item = {**models[model_id], "modelVersions": raws}
-                write_file(out / "models" / f"{model_id}.json", _json_bytes(item))
-                written.add(f"{model_id}.json")
-                counts["models"] += 1
-                counts["versions"] += len(raws)
-                for v in raws:
-                    for f in _as_list(v.get("files")):
-                        fid = f.get("id") if isinstance(f, dict) else None
-                        if fid in verified:
-                            counts["files"] += 1
-                            how = _place_file(
-                                store.path(verified[fid]), out / "files" / str(int(fid))
-                            )
-                            if how:
-                                counts[f"files_{how}"] += 1
+                if raws:
+                    _write_model(out, store, model_id, models[model_id], raws, verified, counts)
     _write_manifest(out, counts["models"], source="carlos-reg mirror export")
     return counts
+
+
+def _live_model_ids(s) -> list[int]:
+    """The ids of the crawled models that are not gone, in order."""
+    import sqlalchemy as sa
+
+    from registry.models import Model
+
+    return list(
+        s.execute(
+            sa.select(Model.id)
+            .where(Model.source == "civitai", Model.gone_at.is_(None), Model.raw.is_not(None))
+            .order_by(Model.id)
+        ).scalars()
+    )
+
+
+def _read_batch(s, chunk: list[int]) -> tuple[dict[int, dict], dict[int, list], dict[int, str]]:
+    """For the models ``chunk``: their raw payloads, their live versions' raw payloads (by model,
+    in id order), and the artifact paths of their verified files (by Civitai file id)."""
+    import sqlalchemy as sa
+
+    from registry.models import File, Model, Version
+
+    models = {
+        r.id: r.raw for r in s.execute(sa.select(Model.id, Model.raw).where(Model.id.in_(chunk)))
+    }
+    versions: dict[int, list] = {}
+    for r in s.execute(
+        sa.select(Version.id, Version.model_id, Version.raw)
+        .where(Version.model_id.in_(chunk), Version.gone_at.is_(None), Version.raw.is_not(None))
+        .order_by(Version.id)
+    ):
+        versions.setdefault(r.model_id, []).append(r.raw)
+    verified = {
+        r.civitai_file_id: r.local_path
+        for r in s.execute(
+            sa.select(File.civitai_file_id, File.local_path)
+            .join(Version, Version.id == File.version_id)
+            .where(
+                Version.model_id.in_(chunk),
+                File.state == FileState.VERIFIED,
+                File.local_path.is_not(None),
+                File.civitai_file_id.is_not(None),
+            )
+        )
+    }
+    return models, versions, verified
+
+
+def _write_model(
+    out: Path,
+    store,
+    model_id: int,
+    model_raw: dict,
+    raws: list,
+    verified: dict[int, str],
+    counts: dict[str, int],
+) -> None:
+    """Write one model's JSON (versions in Civitai's order) and place its verified files."""
+    raws.sort(key=lambda v: v.get("index") if type(v.get("index")) is int else 1 << 30)
+    item = {**model_raw, "modelVersions": raws}
+    write_file(out / "models" / f"{model_id}.json", _json_bytes(item))
+    counts["models"] += 1
+    counts["versions"] += len(raws)
+    for v in raws:
+        for f in _as_list(v.get("files")):
+            fid = f.get("id") if isinstance(f, dict) else None
+            if fid in verified:
+                counts["files"] += 1
+                how = _place_file(store.path(verified[fid]), out / "files" / str(int(fid)))
+                if how:
+                    counts[f"files_{how}"] += 1
 
 
 def _place_file(source: Path, target: Path) -> str | None:

@@ -366,10 +366,14 @@ def make_app(
         files_base_url,
         public_url,
     )
-    app.router.add_get("/api/v1/models", list_models)
-    app.router.add_get("/api/v1/models/{id}", get_model)
-    app.router.add_get("/api/v1/model-versions/by-hash/{hash}", by_hash)
-    app.router.add_get("/api/v1/model-versions/{id}", get_version)
-    app.router.add_get("/api/download/models/{id}", download)
-    app.router.add_get("/mirror-files/{id}", serve_file)
+    app.add_routes(
+        [
+            web.get("/api/v1/models", list_models),
+            web.get("/api/v1/models/{id}", get_model),
+            web.get("/api/v1/model-versions/by-hash/{hash}", by_hash),
+            web.get("/api/v1/model-versions/{id}", get_version),
+            web.get("/api/download/models/{id}", download),
+            web.get("/mirror-files/{id}", serve_file),
+        ]
+    )
     return app

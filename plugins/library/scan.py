@@ -434,7 +434,8 @@ class Scanner:
             f.local_path = rel
 
     async def _lookup(self, hashes: list[str]) -> None:
-        from crawler.client import CivitaiClient, CivitaiError
+        from crawler.client import CivitaiClient
+        from crawler.http_errors import CivitaiError
 
         res = self.result
         settings = self.app.settings
