@@ -285,7 +285,7 @@ async def loras(request: web.Request) -> web.Response:
 
 
 async def lora(request: web.Request) -> web.Response:
-    from registry.queries import lora_detail
+    from registry.lora_detail import lora_detail
     from registry.refs import resolve_ref
 
     app = request.app[APP]

@@ -9,15 +9,7 @@ from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
 from registry.settings import PROFILE_HELP
-
-SORT_CHOICES = (
-    "version",
-    "name",
-    "strength",
-    "consistency",
-    "downloads",
-    "newest",
-)  # registry.queries.SORTS
+from registry.sorts import SORTS
 
 
 @click.command()
@@ -29,7 +21,7 @@ SORT_CHOICES = (
 )
 @click.option(
     "--sort",
-    type=click.Choice(SORT_CHOICES),
+    type=click.Choice(SORTS),
     default="version",
     show_default=True,
     help="Row order: strength/consistency/downloads/newest go highest first, unsigned rows last.",
@@ -129,7 +121,7 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
 @output_options
 @pass_app
 def show(app: App, ref: str, as_json: bool):
-    from registry.queries import lora_detail
+    from registry.lora_detail import lora_detail
     from registry.refs import resolve_ref
 
     with app.db.read() as session:
