@@ -11,6 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import registry.columns
 import registry.models  # noqa: F401  (fills SQLModel.metadata)
 
 MIGRATION_LOCK_ID = (
@@ -22,7 +23,7 @@ target_metadata = SQLModel.metadata
 
 def render_item(type_, obj, autogen_context):
     """Render project column types as plain SQLAlchemy types, so old revisions never import new code."""
-    if type_ == "type" and isinstance(obj, registry.models.UTCDateTime):
+    if type_ == "type" and isinstance(obj, registry.columns.UTCDateTime):
         return "sa.DateTime(timezone=True)"
     if type_ == "type" and type(obj).__module__.startswith("sqlmodel"):
         return f"sa.String(length={obj.length})" if getattr(obj, "length", None) else "sa.String()"

@@ -167,12 +167,18 @@ def check_params(query, known) -> None:
         )
 
 
+def _given(query, name: str) -> str | None:
+    """A parameter's text, or None when it is absent or empty (an empty one means the default)."""
+    raw = query.get(name)
+    return None if raw is None or raw == "" else raw
+
+
 def param_int(
     query, name: str, default: int | None = None, lo: int | None = None, hi: int | None = None
 ) -> int | None:
     """An integer query parameter (``query`` is any mapping: request.query, form fields)."""
-    raw = query.get(name)
-    if raw is None or raw == "":
+    raw = _given(query, name)
+    if raw is None:
         return default
     try:
         if len(raw) > 30:  # int() of thousands of digits is slow, and no parameter is that large
@@ -186,9 +192,12 @@ def param_int(
 
 
 def param_float(query, name: str) -> float | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return None
+    """A finite number, or None when the parameter is not given."""
+    raw = _given(query, name)
+    return None if raw is None else _finite_number(name, raw)
+
+
+def _finite_number(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
@@ -198,16 +207,20 @@ def param_float(query, name: str) -> float | None:
     return value
 
 
+_BOOLEAN_WORDS = {  # what param_bool accepts, lowered
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def param_bool(query, name: str) -> bool | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
+    """true, yes, on, 1 or false, no, off, 0 in any case; None when the parameter is not given."""
+    raw = _given(query, name)
+    if raw is None:
         return None
-    low = raw.lower()
-    if low in ("1", "true", "yes", "on"):
-        return True
-    if low in ("0", "false", "no", "off"):
-        return False
-    raise BadRequest(f"parameter {name} must be true or false, got {raw!r}")
+    if raw.lower() not in _BOOLEAN_WORDS:
+        raise BadRequest(f"parameter {name} must be true or false, got {raw!r}")
+    return _BOOLEAN_WORDS[raw.lower()]
 
 
 # ---------------------------------------------------------------- core routes
@@ -285,7 +298,7 @@ async def loras(request: web.Request) -> web.Response:
 
 
 async def lora(request: web.Request) -> web.Response:
-    from registry.queries import lora_detail
+    from registry.lora_detail import lora_detail
     from registry.refs import resolve_ref
 
     app = request.app[APP]
@@ -361,12 +374,16 @@ def create_web_app(
     web_app[OPTIONS] = options if options is not None else {}
     web_app[STARTED] = time.monotonic()
     web_app[EXECUTOR] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="carlos-api")
-    web_app.router.add_get("/api/health", health)
-    web_app.router.add_get("/api/loras", loras)
-    web_app.router.add_get("/api/loras/{ref}", lora)
-    web_app.router.add_get("/api/stats", stats)
-    web_app.router.add_get("/api/queue", queue)
-    web_app.router.add_get("/api/runs", runs)
+    web_app.add_routes(
+        [
+            web.get("/api/health", health),
+            web.get("/api/loras", loras),
+            web.get("/api/loras/{ref}", lora),
+            web.get("/api/stats", stats),
+            web.get("/api/queue", queue),
+            web.get("/api/runs", runs),
+        ]
+    )
     load_plugins()
     pm.hook.register_routes(web_app=web_app, app=app)
 

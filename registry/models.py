@@ -1,4 +1,5 @@
-"""Every registry table, in one module (the schema changes only through migrations/).
+"""Every registry table, in one module (the schema changes only through migrations/; column types
+and constraint names: ``registry.columns``).
 
 Civitai's unit of a LoRA is a model *version*: one file, one signature. Vectors are float32
 little-endian blobs (see ``registry.vectors``). Timestamps are timezone-aware UTC; lease and
@@ -8,21 +9,12 @@ availability times of jobs are epoch seconds on the *database* clock (see ``regi
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 
 import sqlalchemy as sa
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-# Named constraints let Alembic batch mode drop and recreate them on SQLite.
-SQLModel.metadata.naming_convention = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
+from registry.columns import json_field, timestamp_field
 
 # Civitai's nsfwLevel bitmask: PG=1, PG13=2, R=4, X=8, XXX=16. R and above count as NSFW here.
 NSFW_LEVEL_BITS = 4 | 8 | 16
@@ -32,36 +24,20 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class UTCDateTime(TypeDecorator):
-    """A DateTime that always comes back timezone-aware UTC (SQLite stores naive strings)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        if value is not None and dialect.name == "sqlite":
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
-
-
-def _ts(nullable: bool = True, **kw: Any):
-    return Field(default=None, sa_column=sa.Column(UTCDateTime(), nullable=nullable, **kw))
-
-
-def _json(default_factory=None):
-    if default_factory is None:
-        return Field(default=None, sa_column=sa.Column(sa.JSON(), nullable=True))
-    return Field(default_factory=default_factory, sa_column=sa.Column(sa.JSON(), nullable=False))
-
-
 # ---------------------------------------------------------------- catalog (what Civitai says)
+
+
+class CrawledRecord(SQLModel):
+    """What the crawler keeps of each Civitai record it reads (``crawler.registry_writer``): the
+    payload as received and its hash (unchanged: not written again), when it was first seen, when
+    it last changed, and since when it is gone from Civitai (rows are never deleted)."""
+
+    raw: Optional[dict] = json_field()
+    raw_hash: Optional[str] = Field(default=None, max_length=64)
+    first_seen_at: Optional[datetime] = timestamp_field()
+    last_seen_at: Optional[datetime] = timestamp_field()
+    updated_at: Optional[datetime] = timestamp_field()
+    gone_at: Optional[datetime] = timestamp_field()
 
 
 class Creator(SQLModel, table=True):
@@ -70,7 +46,7 @@ class Creator(SQLModel, table=True):
     image_url: Optional[str] = None
 
 
-class Model(SQLModel, table=True):
+class Model(CrawledRecord, table=True):
     """A Civitai model (a LoRA family); its versions carry the files and signatures."""
 
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
@@ -86,19 +62,13 @@ class Model(SQLModel, table=True):
     allow_no_credit: Optional[bool] = None
     allow_derivatives: Optional[bool] = None
     allow_different_license: Optional[bool] = None
-    allow_commercial_use: Optional[list] = _json()
+    allow_commercial_use: Optional[list] = json_field()
     download_count: Optional[int] = None
     thumbs_up_count: Optional[int] = None
     creator_id: Optional[int] = Field(default=None, foreign_key="creator.id", index=True)
     source: str = Field(default="civitai", max_length=16)
     # host[:port] of the API the crawl read it from; None: civitai.com (imports, older crawls)
     origin: Optional[str] = Field(default=None, max_length=255)
-    raw: Optional[dict] = _json()
-    raw_hash: Optional[str] = Field(default=None, max_length=64)
-    first_seen_at: Optional[datetime] = _ts()
-    last_seen_at: Optional[datetime] = _ts()
-    updated_at: Optional[datetime] = _ts()
-    gone_at: Optional[datetime] = _ts()
 
 
 class Tag(SQLModel, table=True):
@@ -112,7 +82,7 @@ class ModelTag(SQLModel, table=True):
     tag_id: int = Field(foreign_key="tag.id", primary_key=True, index=True, ondelete="CASCADE")
 
 
-class Version(SQLModel, table=True):
+class Version(CrawledRecord, table=True):
     """A model version: the unit that is downloaded and signed.
 
     ``id`` is Civitai's version id; LoRAs signed from a local file get negative ids.
@@ -124,8 +94,8 @@ class Version(SQLModel, table=True):
     description: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
     base_model: Optional[str] = Field(default=None, max_length=64, index=True)
     base_model_type: Optional[str] = None
-    trained_words: list = _json(list)
-    published_at: Optional[datetime] = _ts()
+    trained_words: list = json_field(list)
+    published_at: Optional[datetime] = timestamp_field()
     availability: Optional[str] = None
     nsfw_level: Optional[int] = None
     download_count: Optional[int] = None
@@ -133,20 +103,13 @@ class Version(SQLModel, table=True):
     air: Optional[str] = None
     status: Optional[str] = Field(default=None, max_length=32)  # Civitai's: Published, ...
     usage_control: Optional[str] = Field(default=None, max_length=32)  # Download | Generation | ...
-    early_access_ends_at: Optional[datetime] = _ts()
-    civitai_created_at: Optional[datetime] = (
-        _ts()
-    )  # Civitai's createdAt / updatedAt (not this row's)
-    civitai_updated_at: Optional[datetime] = _ts()
+    early_access_ends_at: Optional[datetime] = timestamp_field()
+    # Civitai's createdAt / updatedAt (not this row's)
+    civitai_created_at: Optional[datetime] = timestamp_field()
+    civitai_updated_at: Optional[datetime] = timestamp_field()
     source: str = Field(default="civitai", max_length=16)  # civitai | local | carlos
     # the author's preview images as the payload lists them: url, width, height, nsfw_level, type
-    previews: Optional[list] = _json()
-    raw: Optional[dict] = _json()
-    raw_hash: Optional[str] = Field(default=None, max_length=64)
-    first_seen_at: Optional[datetime] = _ts()
-    last_seen_at: Optional[datetime] = _ts()
-    updated_at: Optional[datetime] = _ts()
-    gone_at: Optional[datetime] = _ts()
+    previews: Optional[list] = json_field()
 
 
 class File(SQLModel, table=True):
@@ -180,15 +143,15 @@ class File(SQLModel, table=True):
     virus_scan_message: Optional[str] = Field(
         default=None, sa_column=sa.Column(sa.Text(), nullable=True)
     )
-    scanned_at: Optional[datetime] = _ts()
+    scanned_at: Optional[datetime] = timestamp_field()
     # pending | verified | failed | unsupported | quarantined | skipped
     # | deferred (early access: not attempted until it is public) | unavailable (model Archived/TakenDown)
     state: str = Field(default="pending", max_length=16, index=True)
     local_path: Optional[str] = None  # relative to the artifacts dir
     error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
     attempts: int = 0
-    verified_at: Optional[datetime] = _ts()
-    updated_at: Optional[datetime] = _ts()
+    verified_at: Optional[datetime] = timestamp_field()
+    updated_at: Optional[datetime] = timestamp_field()
 
 
 # ---------------------------------------------------------------- your own LoRA folders (scan)
@@ -216,11 +179,11 @@ class LocalFile(SQLModel, table=True):
     signable: bool = True
     reason: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
     version_id: Optional[int] = Field(default=None, foreign_key="version.id", index=True)
-    first_seen_at: Optional[datetime] = _ts()
-    last_seen_at: Optional[datetime] = _ts()
-    hashed_at: Optional[datetime] = _ts()
-    changed_at: Optional[datetime] = _ts()
-    missing_since: Optional[datetime] = _ts()
+    first_seen_at: Optional[datetime] = timestamp_field()
+    last_seen_at: Optional[datetime] = timestamp_field()
+    hashed_at: Optional[datetime] = timestamp_field()
+    changed_at: Optional[datetime] = timestamp_field()
+    missing_since: Optional[datetime] = timestamp_field()
 
 
 class HashLookup(SQLModel, table=True):
@@ -230,7 +193,7 @@ class HashLookup(SQLModel, table=True):
     sha256: str = Field(primary_key=True, max_length=64)
     status: str = Field(max_length=16)  # found | not_found
     version_id: Optional[int] = None
-    looked_up_at: Optional[datetime] = _ts()
+    looked_up_at: Optional[datetime] = timestamp_field()
 
 
 # ---------------------------------------------------------------- crawling
@@ -239,10 +202,10 @@ class HashLookup(SQLModel, table=True):
 class CrawlRun(SQLModel, table=True):
     __tablename__ = "crawl_run"
     id: Optional[int] = Field(default=None, primary_key=True)
-    started_at: Optional[datetime] = _ts()
-    finished_at: Optional[datetime] = _ts()
+    started_at: Optional[datetime] = timestamp_field()
+    finished_at: Optional[datetime] = timestamp_field()
     status: str = Field(default="running", max_length=16)  # running | ok | partial | failed
-    params: dict = _json(dict)
+    params: dict = json_field(dict)
     cursor: Optional[str] = None
     pages: int = 0
     requests: int = 0
@@ -262,7 +225,7 @@ class CrawlError(SQLModel, table=True):
     __tablename__ = "crawl_error"
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="crawl_run.id", index=True, ondelete="CASCADE")
-    at: Optional[datetime] = _ts()
+    at: Optional[datetime] = timestamp_field()
     stage: str = Field(max_length=16)  # page | model | download
     ref: Optional[str] = None  # request path (never a query string) or version/file id
     status_code: Optional[int] = None
@@ -279,8 +242,8 @@ class SignerProfile(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, index=True)
     hash: str = Field(sa_column=sa.Column(sa.String(64), nullable=False, unique=True))
-    settings: dict = _json(dict)
-    created_at: Optional[datetime] = _ts()
+    settings: dict = json_field(dict)
+    created_at: Optional[datetime] = timestamp_field()
 
 
 class SignJob(SQLModel, table=True):
@@ -303,10 +266,10 @@ class SignJob(SQLModel, table=True):
     lease_expires_at: Optional[float] = None
     heartbeat_at: Optional[float] = None
     last_error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
-    payload: Optional[dict] = _json()
-    enqueued_at: Optional[datetime] = _ts()
-    started_at: Optional[datetime] = _ts()
-    finished_at: Optional[datetime] = _ts()
+    payload: Optional[dict] = json_field()
+    enqueued_at: Optional[datetime] = timestamp_field()
+    started_at: Optional[datetime] = timestamp_field()
+    finished_at: Optional[datetime] = timestamp_field()
 
 
 class Signature(SQLModel, table=True):
@@ -322,8 +285,8 @@ class Signature(SQLModel, table=True):
     consistency: float
     n_samples: int = 0
     valid: bool = True
-    flags: list = _json(list)  # e.g. no_effect, degenerate_images, dora_as_lora
-    estimates: Optional[dict] = _json()  # adaptive sampling: achieved fidelity and tolerances
+    flags: list = json_field(list)  # e.g. no_effect, degenerate_images, dora_as_lora
+    estimates: Optional[dict] = json_field()  # adaptive sampling: achieved fidelity and tolerances
     file_sha256: Optional[str] = Field(default=None, max_length=64)
     ensemble_path: Optional[str] = None  # float16 per-sample diffs, relative to artifacts dir
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
@@ -333,7 +296,7 @@ class Signature(SQLModel, table=True):
         default=0,
         sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default="0", index=True),
     )
-    created_at: Optional[datetime] = _ts()
+    created_at: Optional[datetime] = timestamp_field()
 
 
 class ChangeCounter(SQLModel, table=True):
@@ -361,7 +324,7 @@ class BaseCache(SQLModel, table=True):
     artifact_path: str  # float32 per-sample base image features, relative to artifacts dir
     mean_feature: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     job_id: Optional[int] = Field(default=None, foreign_key="sign_job.id")
-    created_at: Optional[datetime] = _ts()
+    created_at: Optional[datetime] = timestamp_field()
 
 
 class SampleImage(SQLModel, table=True):
@@ -379,7 +342,7 @@ class SampleImage(SQLModel, table=True):
     artifact_path: str = Field(max_length=255)
     width: int
     height: int
-    created_at: Optional[datetime] = _ts()
+    created_at: Optional[datetime] = timestamp_field()
 
 
 class VectorCache(SQLModel, table=True):
@@ -393,8 +356,8 @@ class VectorCache(SQLModel, table=True):
     rows: int = 1
     dim: int
     data: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
-    meta: Optional[dict] = _json()
-    created_at: Optional[datetime] = _ts()
+    meta: Optional[dict] = json_field()
+    created_at: Optional[datetime] = timestamp_field()
 
 
 # ---------------------------------------------------------------- service
@@ -410,9 +373,9 @@ class ServiceRun(SQLModel, table=True):
     status: str = Field(
         default="running", max_length=16
     )  # running | ok | failed | skipped | interrupted
-    started_at: Optional[datetime] = _ts()
-    finished_at: Optional[datetime] = _ts()
-    steps: dict = _json(dict)
+    started_at: Optional[datetime] = timestamp_field()
+    finished_at: Optional[datetime] = timestamp_field()
+    steps: dict = json_field(dict)
     error: Optional[str] = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
 
 

@@ -1,6 +1,7 @@
-"""Read queries shared by the CLI, plugins and the API: LoRA listings and details as plain dicts.
+"""Read queries shared by the CLI, plugins and the API: LoRA listings as plain dicts.
 
-One SQL statement per listing (no per-row ORM objects), so 100,000 rows stay cheap.
+One SQL statement per listing (no per-row ORM objects), so 100,000 rows stay cheap. One version
+in full is ``registry.lora_detail``; why a version is unsigned, ``registry.sign_status``.
 """
 
 from __future__ import annotations
@@ -18,21 +19,10 @@ from registry.catalog import (
     mode_clause,
     nsfw_clause,
     on_civitai,
-    words_missing,
 )
-from registry.models import (
-    Creator,
-    File,
-    LocalFile,
-    Model,
-    ModelTag,
-    Signature,
-    SignerProfile,
-    SignJob,
-    Tag,
-    Version,
-    utcnow,
-)
+from registry.models import Model, Signature, SignerProfile, Version, utcnow
+from registry.sign_status import sign_status
+from registry.sorts import SORTS
 
 CIVITAI_SITE = "https://civitai.com"
 
@@ -81,10 +71,36 @@ def lora_rows(
     """
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}")
-    where = []
+    where = _listing_filters(signed, base_model, profile_id, version_ids, nsfw, mode, query)
     needs_model = (
         nsfw is not None or mode is not None or bool(query) or sort in ("name", "downloads")
     )
+
+    def base(stmt):
+        return stmt.outerjoin(Model, Model.id == Version.model_id) if needs_model else stmt
+
+    total = session.execute(
+        base(sa.select(sa.func.count()).select_from(Version)).where(*where)
+    ).scalar_one()
+    if limit:
+        ids_stmt = _ordered_ids(base(sa.select(Version.id)).where(*where), sort, profile_id)
+        ids = session.execute(ids_stmt.offset(offset).limit(limit)).scalars().all()
+        if not ids:
+            return total, []
+        chosen = _chosen_signature(profile_id, list(ids))
+        rows = _listing_dicts(session, [Version.id.in_(ids)], [Version.id], 0, chosen)
+        rank = {vid: i for i, vid in enumerate(ids)}
+        rows.sort(key=lambda r: rank[r["version_id"]])
+    else:
+        chosen = _chosen_signature(profile_id, version_ids)
+        rows = _listing_dicts(session, where, _sort_order(sort), offset, chosen)
+    _add_sign_status(session, rows, profile_id)
+    return total, rows
+
+
+def _listing_filters(signed, base_model, profile_id, version_ids, nsfw, mode, query) -> list:
+    """The WHERE clauses of a listing (``lora_rows``' filters); Model is joined when they name it."""
+    where = []
     if query:
         words = query.lower()
         where.append(
@@ -107,59 +123,51 @@ def lora_rows(
         where.append(sa.func.lower(Version.base_model) == base_model.lower())
     if version_ids is not None:
         where.append(Version.id.in_(version_ids))
+    return where
 
-    def base(stmt):
-        return stmt.outerjoin(Model, Model.id == Version.model_id) if needs_model else stmt
 
-    total = session.execute(
-        base(sa.select(sa.func.count()).select_from(Version)).where(*where)
-    ).scalar_one()
-    order = [Version.id]
-    if limit:
-        page_stmt = base(sa.select(Version.id)).where(*where)
-        if sort in ("strength", "consistency"):
-            chosen = _chosen_signature(profile_id)
-            page_stmt = page_stmt.outerjoin(chosen, chosen.c.vid == Version.id).outerjoin(
-                Signature, Signature.id == chosen.c.sid
-            )
-        page = (
-            session.execute(page_stmt.order_by(*_sort_order(sort)).offset(offset).limit(limit))
-            .scalars()
-            .all()
+def _ordered_ids(ids_stmt, sort: str, profile_id: int | None):
+    """``ids_stmt`` in ``sort`` order (the measures join the signature a row shows)."""
+    if sort in ("strength", "consistency"):
+        chosen = _chosen_signature(profile_id)
+        ids_stmt = ids_stmt.outerjoin(chosen, chosen.c.vid == Version.id).outerjoin(
+            Signature, Signature.id == chosen.c.sid
         )
-        if not page:
-            return total, []
-        where, version_ids, offset = [Version.id.in_(page)], list(page), 0
-        rank = {vid: i for i, vid in enumerate(page)}
-    else:
-        order = _sort_order(sort)
-    chosen = _chosen_signature(profile_id, version_ids)
+    return ids_stmt.order_by(*_sort_order(sort))
+
+
+# what a listing row reads: the version, its model, the shown signature and its profile's name
+_LISTING_COLUMNS = (
+    Version.id,
+    Version.model_id,
+    Version.name,
+    Model.name.label("model_name"),
+    Version.base_model,
+    Version.trained_words,
+    Version.source,
+    Version.air,
+    Version.gone_at,
+    Model.nsfw,
+    Version.nsfw_level,
+    Model.nsfw_level.label("model_nsfw_level"),
+    Model.mode,
+    Version.availability,
+    Version.early_access_ends_at,
+    Version.published_at,
+    Model.origin,
+    Signature.strength,
+    Signature.consistency,
+    Signature.valid,
+    Signature.flags,
+    Signature.n_samples,
+    SignerProfile.name.label("profile"),
+)
+
+
+def _listing_dicts(session: Session, where: list, order: list, offset: int, chosen) -> list[dict]:
+    """The rows that match ``where`` joined with their ``chosen`` signature, as listing dicts."""
     stmt = (
-        sa.select(
-            Version.id,
-            Version.model_id,
-            Version.name,
-            Model.name.label("model_name"),
-            Version.base_model,
-            Version.trained_words,
-            Version.source,
-            Version.air,
-            Version.gone_at,
-            Model.nsfw,
-            Version.nsfw_level,
-            Model.nsfw_level.label("model_nsfw_level"),
-            Model.mode,
-            Version.availability,
-            Version.early_access_ends_at,
-            Version.published_at,
-            Model.origin,
-            Signature.strength,
-            Signature.consistency,
-            Signature.valid,
-            Signature.flags,
-            Signature.n_samples,
-            SignerProfile.name.label("profile"),
-        )
+        sa.select(*_LISTING_COLUMNS)
         .outerjoin(Model, Model.id == Version.model_id)
         .outerjoin(chosen, chosen.c.vid == Version.id)
         .outerjoin(Signature, Signature.id == chosen.c.sid)
@@ -169,23 +177,21 @@ def lora_rows(
         .offset(offset)
     )
     now = utcnow()
-    rows = [lora_dict(r._mapping, now) for r in session.execute(stmt)]
-    if limit:
-        rows.sort(key=lambda r: rank[r["version_id"]])
+    return [lora_dict(r._mapping, now) for r in session.execute(stmt)]
+
+
+def _add_sign_status(session: Session, rows: list[dict], profile_id: int | None) -> None:
+    """Say on each unsigned row why it has no signature (``sign_status``)."""
     unsigned = [r["version_id"] for r in rows if not r["signed"]]
     if unsigned:
         status = sign_status(session, unsigned, profile_id)
         for r in rows:
             if not r["signed"]:
                 r["sign_status"] = status[r["version_id"]]
-    return total, rows
-
-
-# ``loras --sort``: name → ORDER BY (version id breaks ties; unsigned rows last for the measures)
-SORTS = ("version", "name", "strength", "consistency", "downloads", "newest")
 
 
 def _sort_order(sort: str) -> list:
+    """ORDER BY of a ``SORTS`` name: version id breaks ties; unsigned rows last for the measures."""
     if sort == "name":
         return [sa.func.lower(sa.func.coalesce(Model.name, Version.name)), Version.id]
     if sort in ("strength", "consistency"):
@@ -227,8 +233,8 @@ def lora_dict(r, now=None) -> dict[str, Any]:
         "nsfw": is_nsfw(r["nsfw_level"], r["model_nsfw_level"], r["nsfw"]),
         "mode": r["mode"],  # Archived / TakenDown on Civitai, else null
         "early_access": early,
-        "early_access_ends_at": _iso(r["early_access_ends_at"]) if early else None,
-        "published_at": _iso(r["published_at"]),
+        "early_access_ends_at": iso_or_none(r["early_access_ends_at"]) if early else None,
+        "published_at": iso_or_none(r["published_at"]),
         "gone": r["gone_at"] is not None,
         "signed": r["strength"] is not None,
     }
@@ -242,225 +248,6 @@ def lora_dict(r, now=None) -> dict[str, Any]:
             n_samples=r["n_samples"],
         )
     return out
-
-
-def lora_detail(session: Session, version_id: int) -> dict[str, Any]:
-    """Everything the registry knows about one version: metadata, files, signatures, jobs."""
-    _, rows = lora_rows(session, version_ids=[version_id])
-    out = rows[0]
-    version = session.get(Version, version_id)
-    out.update(
-        description=version.description,
-        published_at=_iso(version.published_at),
-        created_at=_iso(version.civitai_created_at),
-        updated_at=_iso(version.civitai_updated_at),
-        status=version.status,
-        availability=version.availability,
-        usage_control=version.usage_control,
-        nsfw_level=version.nsfw_level,
-        first_seen_at=_iso(version.first_seen_at),
-        gone_at=_iso(version.gone_at),
-        # the entries as stored (as Civitai gives them; what the signer appends), and whether the
-        # payload had no list at all
-        trained_words_verbatim=list(version.trained_words or []),
-        trained_words_missing=words_missing(version.raw),
-    )
-    if version.model_id is not None:
-        model = session.get(Model, version.model_id)
-        if model is not None:
-            creator = (
-                session.get(Creator, model.creator_id) if model.creator_id is not None else None
-            )
-            tags = (
-                session.exec(
-                    sa.select(Tag.name)
-                    .join(ModelTag, ModelTag.tag_id == Tag.id)
-                    .where(ModelTag.model_id == model.id)
-                    .order_by(Tag.name)
-                )
-                .scalars()
-                .all()
-            )
-            creator = (
-                session.get(Creator, model.creator_id) if model.creator_id is not None else None
-            )
-            out["model"] = {
-                "id": model.id,
-                "name": model.name,
-                "type": model.type,
-                "nsfw": model.nsfw,
-                "creator": creator.username if creator is not None else None,
-                "nsfw_level": model.nsfw_level,
-                "mode": model.mode,
-                "description": model.description,
-                "tags": list(tags),
-                "download_count": model.download_count,
-                "license": {
-                    "allow_no_credit": model.allow_no_credit,
-                    "allow_derivatives": model.allow_derivatives,
-                    "allow_different_license": model.allow_different_license,
-                    "allow_commercial_use": model.allow_commercial_use,
-                },
-                "gone_at": _iso(model.gone_at),
-            }
-    files = (
-        session.exec(sa.select(File).where(File.version_id == version_id).order_by(File.id))
-        .scalars()
-        .all()
-    )
-    out["files"] = [
-        {
-            "id": f.id,
-            "civitai_file_id": f.civitai_file_id,
-            "name": f.name,
-            "size_bytes": f.size_bytes,
-            "type": f.type,
-            "format": f.format,
-            "fp": f.fp,
-            "size_type": f.size_type,
-            "primary": f.primary,
-            "hashes": {
-                k: v
-                for k, v in (
-                    ("SHA256", f.sha256),
-                    ("AutoV1", f.autov1),
-                    ("AutoV2", f.autov2),
-                    ("AutoV3", f.autov3),
-                    ("BLAKE3", f.blake3),
-                    ("CRC32", f.crc32),
-                )
-                if v
-            },
-            "sha256": f.sha256,
-            "pickle_scan": f.pickle_scan,
-            "pickle_scan_message": f.pickle_scan_message,
-            "virus_scan": f.virus_scan,
-            "virus_scan_message": f.virus_scan_message,
-            "scanned_at": _iso(f.scanned_at),
-            "state": f.state,
-            "error": f.error,
-            "verified_at": _iso(f.verified_at),
-        }
-        for f in files
-    ]
-    local = (
-        session.exec(
-            sa.select(LocalFile).where(LocalFile.version_id == version_id).order_by(LocalFile.path)
-        )
-        .scalars()
-        .all()
-    )
-    out["local_files"] = [
-        {
-            "path": lf.path,
-            "status": lf.status,
-            "sha256": lf.sha256,
-            "size_bytes": lf.size_bytes,
-            "last_seen_at": _iso(lf.last_seen_at),
-            "missing_since": _iso(lf.missing_since),
-        }
-        for lf in local
-    ]
-    sigs = session.execute(
-        sa.select(Signature, SignerProfile.name, SignerProfile.hash)
-        .join(SignerProfile, SignerProfile.id == Signature.profile_id)
-        .where(Signature.version_id == version_id)
-        .order_by(Signature.id)
-    ).all()
-    out["signatures"] = [
-        {
-            "profile": name,
-            "profile_hash": digest,
-            "strength": s.strength,
-            "consistency": s.consistency,
-            "dim": s.dim,
-            "n_samples": s.n_samples,
-            "valid": s.valid,
-            "flags": list(s.flags or []),
-            "estimates": s.estimates,
-            "source": s.source,
-            "reused_from_version": (s.estimates or {}).get("reused_from")
-            if s.source == "reused"
-            else None,
-            "created_at": _iso(s.created_at),
-        }
-        for s, name, digest in sigs
-    ]
-    jobs = session.execute(
-        sa.select(SignJob, SignerProfile.name)
-        .join(SignerProfile, SignerProfile.id == SignJob.profile_id)
-        .where(SignJob.version_id == version_id)
-        .order_by(SignJob.id)
-    ).all()
-    out["jobs"] = [
-        {
-            "id": j.id,
-            "profile": name,
-            "state": j.state,
-            "attempts": j.attempts,
-            "last_error": j.last_error,
-        }
-        for j, name in jobs
-    ]
-    return out
-
-
-# Why an unsigned version has no signature: files and jobs, in the order that decides.
-SIGN_STATES = ("failed", "signing", "queued", "ready", "downloading", "deferred", "unsignable")
-
-
-def sign_status(
-    session: Session, version_ids: list[int], profile_id: int | None = None
-) -> dict[int, dict[str, str | None]]:
-    """``{version_id: {"state", "reason"}}`` for versions without a signature: ``failed`` (the job
-    died; its error), ``signing``, ``queued``, ``ready`` (a verified file, not queued yet),
-    ``downloading`` (a file still to fetch), ``deferred`` (early access) or ``unsignable`` (no file
-    the signer can use; the file's reason). Jobs of ``profile_id`` only, when given."""
-    out: dict[int, dict[str, str | None]] = {}
-    for start in range(0, len(version_ids), 900):  # SQL parameter limits
-        chunk = version_ids[start : start + 900]
-        files: dict[int, list] = {}
-        for vid, state, error, name in session.execute(
-            sa.select(File.version_id, File.state, File.error, File.name)
-            .where(File.version_id.in_(chunk))
-            .order_by(File.primary.desc(), File.id)
-        ):
-            files.setdefault(vid, []).append((state, error, name))
-        jobs = (
-            sa.select(SignJob.version_id, SignJob.state, SignJob.last_error)
-            .where(SignJob.kind == "lora", SignJob.version_id.in_(chunk))
-            .order_by(SignJob.id)
-        )
-        if profile_id is not None:
-            jobs = jobs.where(SignJob.profile_id == profile_id)
-        job = {
-            vid: (state, error) for vid, state, error in session.execute(jobs)
-        }  # the newest job wins
-        for vid in chunk:
-            out[vid] = _one_status(files.get(vid, []), job.get(vid))
-    return out
-
-
-def _one_status(files: list, job: tuple | None) -> dict[str, str | None]:
-    if job is not None and job[0] == "dead":
-        return {
-            "state": "failed",
-            "reason": (job[1] or "").strip().splitlines()[0] if job[1] else None,
-        }
-    if job is not None and job[0] in ("running", "queued"):
-        return {"state": "signing" if job[0] == "running" else "queued", "reason": None}
-    states = [f[0] for f in files]
-    for wanted, state in (
-        ("verified", "ready"),
-        ("pending", "downloading"),
-        ("deferred", "deferred"),
-    ):
-        if wanted in states:
-            return {"state": state, "reason": None}
-    if not files:
-        return {"state": "unsignable", "reason": "no files in the registry"}
-    state, error, name = files[0]
-    return {"state": "unsignable", "reason": f"{name}: {error or state}"}
 
 
 def unsigned_message(session: Session, version_id: int, profile: SignerProfile) -> str:
@@ -528,5 +315,6 @@ def next_local_version_id(session) -> int:
     return min(lowest or 0, 0) - 1
 
 
-def _iso(value) -> str | None:
+def iso_or_none(value) -> str | None:
+    """A timestamp as ISO 8601 text for JSON, or None."""
     return value.isoformat() if value is not None else None

@@ -295,8 +295,8 @@ def test_a_signature_applies_to_every_version_of_the_same_file(database):
     """Same SHA-256 and the same trigger suffix: no job, a reused signature that says where it came from."""
     import numpy as np
 
+    from registry.lora_detail import lora_detail
     from registry.models import File, Signature, SignerProfile, SignJob, Version
-    from registry.queries import lora_detail
     from registry.queue import JobQueue
     from registry.signatures import save_signature
     from signer import queueing

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from registry.catalog import html_to_text
 from registry.errors import CarlosError, ModelUnavailable
 from registry.images import first_thumbnails, preview_mode, previews_for_page, sample_pairs
+from registry.lora_detail import lora_detail
 from registry.models import Signature, SignerProfile, Version
-from registry.queries import lora_detail
 from registry.refs import resolve_ref
 
 log = logging.getLogger(__name__)

@@ -9,15 +9,7 @@ from registry.app import App, pass_app
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
 from registry.settings import PROFILE_HELP
-
-SORT_CHOICES = (
-    "version",
-    "name",
-    "strength",
-    "consistency",
-    "downloads",
-    "newest",
-)  # registry.queries.SORTS
+from registry.sorts import SORTS
 
 
 @click.command()
@@ -29,7 +21,7 @@ SORT_CHOICES = (
 )
 @click.option(
     "--sort",
-    type=click.Choice(SORT_CHOICES),
+    type=click.Choice(SORTS),
     default="version",
     show_default=True,
     help="Row order: strength/consistency/downloads/newest go highest first, unsigned rows last.",
@@ -63,17 +55,10 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
     Unsigned rows say why in the notes: queued, signing, ready (a verified file not queued
     yet), downloading, deferred (early access), failed or unsignable (with the reason).
     """
-    from registry.errors import NotFound
-    from registry.profiles import default_profile
     from registry.queries import lora_rows
 
     with app.db.read() as session:
-        try:
-            row = default_profile(session, app.settings.default_profile, profile)
-        except NotFound:
-            if profile:
-                raise
-            row = None  # nothing signed yet: list everything as unsigned
+        row = _listing_profile(session, app, profile)
         total, rows = lora_rows(
             session,
             signed=signed,
@@ -97,6 +82,24 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
             }
         )
         return
+    filtered = signed is not None or base_model or query or nsfw is not None or mode
+    _print_listing(rows, total, offset, row and row.name, bool(filtered))
+
+
+def _listing_profile(session, app: App, profile: str | None):
+    """The profile whose signatures a listing shows; None when nothing is signed and none was named."""
+    from registry.errors import NotFound
+    from registry.profiles import default_profile
+
+    try:
+        return default_profile(session, app.settings.default_profile, profile)
+    except NotFound:
+        if profile:
+            raise
+        return None  # nothing signed yet: list everything as unsigned
+
+
+def _print_listing(rows: list, total: int, offset: int, profile: str | None, filtered: bool):
     table(
         ["ref", "name", "base model", "strength", "consistency", "flags", "notes"],
         [
@@ -111,15 +114,14 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
             )
             for r in rows
         ],
-        title=f"LoRAs — signatures of profile {row.name}" if row else None,
+        title=f"LoRAs — signatures of profile {profile}" if profile else None,
     )
     if total > offset + len(rows):
         info(f"{len(rows)} of {total} shown; use --limit 0 for all, or --offset")
     elif not rows:
         info(
             "no LoRAs match"
-            if total == 0
-            and (signed is not None or base_model or query or nsfw is not None or mode)
+            if total == 0 and filtered
             else "the registry is empty: try `carlos-reg import carlos FILE` or `carlos-reg crawl`"
         )
 
@@ -129,7 +131,7 @@ def loras(app: App, signed, base_model, nsfw, mode, profile, query, sort, limit,
 @output_options
 @pass_app
 def show(app: App, ref: str, as_json: bool):
-    from registry.queries import lora_detail
+    from registry.lora_detail import lora_detail
     from registry.refs import resolve_ref
 
     with app.db.read() as session:
@@ -142,9 +144,18 @@ def show(app: App, ref: str, as_json: bool):
 
 def detail_rows(detail: dict) -> list[tuple[str, object]]:
     """Every stored field a reader wants, as (label, text) rows; descriptions as plain text."""
-    from registry.catalog import html_to_text
-
     model = detail.get("model") or {}
+    return [
+        *_field_rows(detail, model),
+        *_description_rows(detail, model),
+        *_signature_rows(detail["signatures"]),
+        *_file_rows(detail["files"], detail.get("local_files", [])),
+        *_job_rows(detail["jobs"]),
+    ]
+
+
+def _field_rows(detail: dict, model: dict) -> list[tuple[str, object]]:
+    """The version's and its model's single-valued fields, then why it is unsigned (if it is)."""
     status = detail.get("sign_status")
     rows = [
         ("ref", detail["ref"]),
@@ -175,22 +186,38 @@ def detail_rows(detail: dict) -> list[tuple[str, object]]:
         rows.append(
             ("signing", status["state"] + (f": {status['reason']}" if status["reason"] else ""))
         )
-    for label, text in (
-        ("description", detail.get("description")),
-        ("model description", model.get("description")),
-    ):
-        if text and text.strip():
-            rows.append((label, html_to_text(text)))
-    for s in detail["signatures"]:
-        rows.append(
-            (
-                f"signature [{s['profile']}]",
-                f"strength {s['strength']:.4g}, consistency {s['consistency']:.4g}, {s['n_samples']} samples"
-                + ("" if s["valid"] else ", NOT VALID")
-                + (f", flags: {', '.join(s['flags'])}" if s["flags"] else ""),
-            )
+    return rows
+
+
+def _description_rows(detail: dict, model: dict) -> list[tuple[str, object]]:
+    from registry.catalog import html_to_text
+
+    return [
+        (label, html_to_text(text))
+        for label, text in (
+            ("description", detail.get("description")),
+            ("model description", model.get("description")),
         )
-    for f in detail["files"]:
+        if text and text.strip()
+    ]
+
+
+def _signature_rows(signatures: list[dict]) -> list[tuple[str, object]]:
+    return [
+        (
+            f"signature [{s['profile']}]",
+            f"strength {s['strength']:.4g}, consistency {s['consistency']:.4g}, {s['n_samples']} samples"
+            + ("" if s["valid"] else ", NOT VALID")
+            + (f", flags: {', '.join(s['flags'])}" if s["flags"] else ""),
+        )
+        for s in signatures
+    ]
+
+
+def _file_rows(files: list[dict], local_files: list[dict]) -> list[tuple[str, object]]:
+    """The registry's files with their hashes, then the user's own copies found by ``scan``."""
+    rows = []
+    for f in files:
         size = f" {_size(f['size_bytes'])}" if f.get("size_bytes") else ""
         rows.append(
             (
@@ -200,17 +227,20 @@ def detail_rows(detail: dict) -> list[tuple[str, object]]:
         )
         if f["hashes"]:
             rows.append(("  hashes", "\n".join(f"{k} {v}" for k, v in f["hashes"].items())))
-    for lf in detail.get("local_files", []):
+    for lf in local_files:
         rows.append(("local file", f"{lf['path']} [{lf['status']}]"))
-    for j in detail["jobs"]:
-        rows.append(
-            (
-                f"job {j['id']} [{j['profile']}]",
-                f"{j['state']} after {j['attempts']} attempt(s)"
-                + (f": {j['last_error']}" if j["last_error"] else ""),
-            )
-        )
     return rows
+
+
+def _job_rows(jobs: list[dict]) -> list[tuple[str, object]]:
+    return [
+        (
+            f"job {j['id']} [{j['profile']}]",
+            f"{j['state']} after {j['attempts']} attempt(s)"
+            + (f": {j['last_error']}" if j["last_error"] else ""),
+        )
+        for j in jobs
+    ]
 
 
 def notes(r: dict) -> str:

@@ -45,31 +45,25 @@ def cron_trigger(schedule: str):
     )
 
 
-async def _serve(
-    app: App, host: str, port: int, schedule: str | None, options: dict, run_now: bool
-) -> None:
-    import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
-    from aiohttp import web
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-    from threadpoolctl import threadpool_limits
+class _NightlyRuns:
+    """The crawl-and-index runs this server starts: one at a time on their own thread, none once
+    ``options["stop"]`` is set; a failed run is recorded and the schedule goes on."""
 
-    from registry.api import create_web_app, json_parse_errors
-    from registry.service import run_nightly
+    def __init__(self, app: App, options: dict) -> None:
+        self.app, self.options = app, options
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-nightly")
+        self.running: set[asyncio.Future] = set()
 
-    # Requests run in parallel threads; a multi-threaded BLAS inside each would oversubscribe the
-    # cores (measured: 15 vs 82 ranking requests/s on 2 cores for 100k LoRAs).
-    threadpool_limits(limits=1, user_api="blas")
-    loop = asyncio.get_running_loop()
-    stop = options["stop"]
-    done = asyncio.Event()
-    run_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="carlos-nightly")
-    running: set[asyncio.Future] = set()
+    async def trigger(self, kind: str = "schedule") -> None:
+        from registry.service import run_nightly
 
-    async def trigger(kind: str = "schedule") -> None:
-        if stop.is_set():
+        if self.options["stop"].is_set():
             return
-        fut = loop.run_in_executor(run_pool, lambda: run_nightly(app, options, trigger=kind))
-        running.add(fut)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(
+            self.pool, lambda: run_nightly(self.app, self.options, trigger=kind)
+        )
+        self.running.add(fut)
         try:
             run = await fut
             info(
@@ -79,20 +73,36 @@ async def _serve(
         except Exception as exc:  # the run is recorded; the schedule goes on
             log.error("nightly run failed: %s", exc)
         finally:
-            running.discard(fut)
+            self.running.discard(fut)
 
-    scheduler = None
-    if schedule:
-        scheduler = AsyncIOScheduler(timezone="UTC", event_loop=loop)
-        scheduler.add_job(
-            trigger,
-            cron_trigger(schedule),
-            id="nightly",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=3600,
-        )
-        options["scheduler"] = scheduler
+    async def finish(self) -> None:
+        """Wait for the run in progress (it finishes or releases its lease), then free the thread."""
+        if self.running:
+            await asyncio.gather(*self.running, return_exceptions=True)
+        self.pool.shutdown(wait=True)
+
+
+def _nightly_scheduler(schedule: str, runs: _NightlyRuns):
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    scheduler = AsyncIOScheduler(timezone="UTC", event_loop=asyncio.get_running_loop())
+    scheduler.add_job(
+        runs.trigger,
+        cron_trigger(schedule),
+        id="nightly",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=3600,
+    )
+    return scheduler
+
+
+async def _start_site(app: App, options: dict, host: str, port: int):
+    """Listen with the API app; returns the runner (to clean up) and the address it bound."""
+    from aiohttp import web
+
+    from registry.api import create_web_app, json_parse_errors
+
     web_app = create_web_app(app, options)
     # aiohttp's keep-alive timer also runs while a request's headers are still arriving: it is what
     # closes a connection that trickles (or never finishes) its headers.
@@ -103,27 +113,48 @@ async def _serve(
     json_parse_errors(runner)
     site = web.TCPSite(runner, host, port)
     await site.start()
-    if scheduler is not None:
-        scheduler.start()
-    bound = runner.addresses[0] if runner.addresses else (host, port)
-    info(
-        f"serving http://{bound[0]}:{bound[1]}/ (API under /api/); schedule: {schedule or 'off'} (UTC)"
-    )
+    return runner, (runner.addresses[0] if runner.addresses else (host, port))
+
+
+async def _until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
-    if run_now:
-        loop.create_task(trigger("manual"))
     await done.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
+
+
+async def _serve(
+    app: App, host: str, port: int, schedule: str | None, options: dict, run_now: bool
+) -> None:
+    import numpy  # noqa: F401  (threadpoolctl limits only libraries already loaded)
+    from threadpoolctl import threadpool_limits
+
+    # Requests run in parallel threads; a multi-threaded BLAS inside each would oversubscribe the
+    # cores (measured: 15 vs 82 ranking requests/s on 2 cores for 100k LoRAs).
+    threadpool_limits(limits=1, user_api="blas")
+    runs = _NightlyRuns(app, options)
+    scheduler = None
+    if schedule:
+        scheduler = options["scheduler"] = _nightly_scheduler(schedule, runs)
+    runner, bound = await _start_site(app, options, host, port)
+    if scheduler is not None:
+        scheduler.start()
+    info(
+        f"serving http://{bound[0]}:{bound[1]}/ (API under /api/); schedule: {schedule or 'off'} (UTC)"
+    )
+    if run_now:
+        asyncio.get_running_loop().create_task(runs.trigger("manual"))
+    await _until_signalled()
     info("shutting down: no new work; the current run finishes or releases its lease")
-    stop.set()
+    options["stop"].set()
     if scheduler is not None:
         scheduler.shutdown(wait=False)
     await runner.cleanup()
-    if running:
-        await asyncio.gather(*running, return_exceptions=True)
-    run_pool.shutdown(wait=True)
+    await runs.finish()
 
 
 @click.command()
