@@ -19,37 +19,25 @@ Contract:
   (same filesystem) or, with ``copy``, a copy; otherwise only the ``local_file`` reference exists.
 - ``sign``: every signable, present file not signed under the profile (by version, or by the
   file's SHA-256: signature reuse) is queued.
+
+The walk and the hashing are ``files``, the hash cache ``cache``, the Civitai lookup ``civitai``;
+identity, in-place use, the report and the queueing are here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import sqlalchemy as sa
 
+from plugins.library.cache import refresh_cache
+from plugins.library.files import scan_suffixes, walk
 from registry.models import File, HashLookup, LocalFile, Signature, Version, utcnow
 from registry.states import FileState
-from signer.validate import MAX_FILE_BYTES, PICKLE_SUFFIXES
-
-LOOKUP_BATCH = 50
-CHUNK = 1 << 20
-
-
-def scan_suffixes() -> set[str]:
-    return {".safetensors"} | set(PICKLE_SUFFIXES)
-
-
-@dataclass
-class Found:
-    path: str
-    size: int
-    mtime_ns: int
 
 
 @dataclass
@@ -78,90 +66,6 @@ class ScanResult:
         return out
 
 
-# ---------------------------------------------------------------- walking and hashing
-
-
-def walk(roots: list[Path], suffixes: set[str], skipped: list[dict]) -> list[Found]:
-    """Files under ``roots`` (or the roots themselves), symlinks followed, each directory once."""
-    found: dict[str, Found] = {}
-    seen_dirs: set[tuple[int, int]] = set()
-
-    def consider(path: str, st: os.stat_result) -> None:
-        if Path(path).suffix.lower() in suffixes and stat.S_ISREG(st.st_mode):
-            found.setdefault(path, Found(path, st.st_size, st.st_mtime_ns))
-
-    for root in roots:
-        top = os.path.abspath(root)
-        try:
-            st = os.stat(top)
-        except OSError as exc:
-            skipped.append(
-                {"path": top, "reason": f"cannot read ({exc.strerror or type(exc).__name__})"}
-            )
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            consider(top, st)
-            continue
-        stack = [top]
-        while stack:
-            d = stack.pop()
-            try:
-                dst = os.stat(d)
-            except OSError:
-                continue
-            key = (dst.st_dev, dst.st_ino)
-            if key in seen_dirs:
-                continue  # a symlink loop, or the same folder reached twice
-            seen_dirs.add(key)
-            try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
-            except OSError as exc:
-                skipped.append(
-                    {"path": d, "reason": f"cannot list ({exc.strerror or type(exc).__name__})"}
-                )
-                continue
-            subdirs = []
-            for e in entries:
-                try:
-                    est = os.stat(e.path)  # follows symlinks
-                except OSError:
-                    if e.is_symlink() and Path(e.name).suffix.lower() in suffixes:
-                        skipped.append({"path": e.path, "reason": "broken symlink"})
-                    continue
-                if stat.S_ISDIR(est.st_mode):
-                    subdirs.append(e.path)
-                else:
-                    consider(e.path, est)
-            stack.extend(reversed(subdirs))
-    return sorted(found.values(), key=lambda f: f.path)
-
-
-def hash_file(path: str, counter: Callable[[int], None]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            counter(len(chunk))
-    return h.hexdigest()
-
-
-def screen(path: str) -> str | None:
-    """Why the signer would refuse the file, or None (the signer's own validator decides).
-
-    Structure only (format, keys, SD 1.x, LoHa, DoRA, truncation, …): the tensor values (NaN, alphas)
-    need torch and are checked when the file is signed."""
-    from signer.errors import LoraRejected
-    from signer.validate import inspect_lora_file
-
-    try:
-        inspect_lora_file(path, check_values=False)
-    except LoraRejected as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"cannot read ({exc.strerror or type(exc).__name__})"
-    return None
-
-
 # ---------------------------------------------------------------- the scan
 
 
@@ -188,107 +92,12 @@ class Scanner:
     def run(self, roots: list[Path]) -> ScanResult:
         res = self.result
         found = walk(roots, scan_suffixes(), res.skipped)
-        rows = self._refresh_cache(roots, found)
+        rows = refresh_cache(self.db, roots, found, res, self._count)
         self._identify(rows)
         self._describe(rows)
         return res
 
-    # -- the hash cache
-
-    def _refresh_cache(self, roots: list[Path], found: list[Found]) -> list[int]:
-        res = self.result
-        now = utcnow()
-        with self.db.read() as s:
-            known = {
-                r.path: (r.id, r.size_bytes, r.mtime_ns, r.status, r.sha256)
-                for r in s.execute(
-                    sa.select(
-                        LocalFile.id,
-                        LocalFile.path,
-                        LocalFile.size_bytes,
-                        LocalFile.mtime_ns,
-                        LocalFile.status,
-                        LocalFile.sha256,
-                    )
-                )
-            }
-        ids = []
-        for f in found:
-            old = known.get(f.path)
-            if old is not None and old[1] == f.size and old[2] == f.mtime_ns:
-                if old[3] != "present":
-                    with self.db.write() as s:
-                        s.execute(
-                            sa.update(LocalFile)
-                            .where(LocalFile.id == old[0])
-                            .values(status="present", missing_since=None, last_seen_at=now)
-                        )
-                ids.append(old[0])
-                continue
-            if f.size > MAX_FILE_BYTES:
-                res.skipped.append(
-                    {
-                        "path": f.path,
-                        "reason": f"{f.size / 2**30:.1f} GiB, over the "
-                        f"{MAX_FILE_BYTES / 2**30:.0f} GiB limit for a LoRA: not hashed",
-                    }
-                )
-                continue
-            try:
-                digest = hash_file(f.path, self._count)
-            except OSError as exc:
-                res.skipped.append(
-                    {
-                        "path": f.path,
-                        "reason": f"cannot read ({exc.strerror or type(exc).__name__})",
-                    }
-                )
-                continue
-            res.hashed_files += 1
-            reason = screen(f.path)
-            values = dict(
-                size_bytes=f.size,
-                mtime_ns=f.mtime_ns,
-                sha256=digest,
-                autov2=digest[:10].upper(),
-                status="present",
-                signable=reason is None,
-                reason=reason,
-                hashed_at=now,
-                last_seen_at=now,
-                missing_since=None,
-            )
-            with self.db.write() as s:
-                if old is None:
-                    row = LocalFile(path=f.path, first_seen_at=now, match="pending", **values)
-                    s.add(row)
-                    s.flush()
-                    ids.append(row.id)
-                else:
-                    if old[4] != digest:
-                        values.update(
-                            previous_sha256=old[4], changed_at=now, match="pending", version_id=None
-                        )
-                    s.execute(sa.update(LocalFile).where(LocalFile.id == old[0]).values(**values))
-                    ids.append(old[0])
-        present = {f.path for f in found}
-        prefixes = [os.path.abspath(r) for r in roots]
-        gone = [
-            (i, p)
-            for p, (i, *_rest) in known.items()
-            if p not in present
-            and any(p == pre or p.startswith(pre.rstrip(os.sep) + os.sep) for pre in prefixes)
-        ]
-        newly = [i for i, p in gone if known[p][3] == "present"]
-        if newly:
-            with self.db.write() as s:
-                s.execute(
-                    sa.update(LocalFile)
-                    .where(LocalFile.id.in_(newly))
-                    .values(status="missing", missing_since=now)
-                )
-        res.missing = sorted(p for _, p in gone)  # under the scanned folders, gone now or earlier
-        return ids
+    # -- hashing (``refresh_cache`` reports the bytes it reads here)
 
     def _count(self, n: int) -> None:
         self.result.bytes_hashed += n
@@ -299,71 +108,10 @@ class Scanner:
         with self.db.read() as s:
             rows = s.execute(sa.select(LocalFile).where(LocalFile.id.in_(ids))).scalars().all()
             todo = {r.id: (r.sha256, r.version_id, r.match) for r in rows}
-        # 1. the registry already has the file (an earlier link stands while it is still that version's file)
-        unresolved: dict[int, str] = {}
-        with self.db.write() as s:
-            for rid, (sha, vid, match) in todo.items():
-                if vid is not None and _has_file(s, vid, sha):
-                    if match != "local":
-                        continue
-                    unresolved[rid] = sha  # local only so far: Civitai may know it
-                    continue
-                hit = _registry_version(s, sha)
-                if hit is not None and hit[1] != "local":
-                    s.execute(
-                        sa.update(LocalFile)
-                        .where(LocalFile.id == rid)
-                        .values(version_id=hit[0], match="registry")
-                    )
-                    continue
-                if (
-                    hit is not None and vid != hit[0]
-                ):  # known only as a local LoRA (``sign PATH``, an offline scan)
-                    s.execute(
-                        sa.update(LocalFile)
-                        .where(LocalFile.id == rid)
-                        .values(version_id=hit[0], match="local")
-                    )
-                unresolved[rid] = (
-                    sha  # 2. Civitai is asked once per hash, even about local-only files
-                )
-        hashes = sorted(set(unresolved.values()))
+        unresolved = self._match_registry(todo)
         if not self.offline:
-            asked: set[str] = set()
-            if not self.refresh:
-                with self.db.read() as s:
-                    for i in range(0, len(hashes), 500):
-                        asked.update(
-                            s.execute(
-                                sa.select(HashLookup.sha256).where(
-                                    HashLookup.sha256.in_(hashes[i : i + 500])
-                                )
-                            ).scalars()
-                        )
-            wanted = [h for h in hashes if h not in asked]
-            if wanted:
-                asyncio.run(self._lookup(wanted))
-        with self.db.write() as s:
-            for rid, sha in unresolved.items():
-                cached = s.get(HashLookup, sha)
-                if (
-                    cached is not None
-                    and cached.status == "found"
-                    and cached.version_id is not None
-                    and s.get(Version, cached.version_id) is not None
-                ):
-                    s.execute(
-                        sa.update(LocalFile)
-                        .where(LocalFile.id == rid)
-                        .values(version_id=cached.version_id, match="civitai")
-                    )
-                    continue
-                row = s.get(LocalFile, rid)
-                if row.match == "local" and row.version_id is not None:
-                    continue
-                if self.offline or cached is not None:
-                    self._register_local(s, row)
-                # else: the lookup failed (an error was reported): it stays unresolved, asked again next scan
+            self._ask_civitai(sorted(set(unresolved.values())))
+        self._settle(unresolved)
         # in-place files of signable rows: the registry file becomes verified (a link, or nothing)
         with self.db.write() as s:
             for row in s.execute(
@@ -374,6 +122,68 @@ class Scanner:
                 )
             ).scalars():
                 self._use_in_place(s, row)
+
+    def _match_registry(self, todo: dict[int, tuple]) -> dict[int, str]:
+        """1. The registry already has the file (an earlier link stands while it is still that
+        version's file). The rows left to ask Civitai about, with their SHA-256."""
+        unresolved: dict[int, str] = {}
+        with self.db.write() as s:
+            for rid, (sha, vid, match) in todo.items():
+                if vid is not None and _has_file(s, vid, sha):
+                    if match != "local":
+                        continue
+                    unresolved[rid] = sha  # local only so far: Civitai may know it
+                    continue
+                hit = _registry_version(s, sha)
+                if hit is not None and hit[1] != "local":
+                    _link(s, rid, hit[0], "registry")
+                    continue
+                if hit is not None and vid != hit[0]:
+                    # known only as a local LoRA (``sign PATH``, an offline scan)
+                    _link(s, rid, hit[0], "local")
+                # 2. Civitai is asked once per hash, even about local-only files
+                unresolved[rid] = sha
+        return unresolved
+
+    def _ask_civitai(self, hashes: list[str]) -> None:
+        """The hashes never asked about (all of them with ``refresh``)."""
+        from plugins.library.civitai import HashLookups
+
+        asked: set[str] = set()
+        if not self.refresh:
+            with self.db.read() as s:
+                for i in range(0, len(hashes), 500):
+                    asked.update(
+                        s.execute(
+                            sa.select(HashLookup.sha256).where(
+                                HashLookup.sha256.in_(hashes[i : i + 500])
+                            )
+                        ).scalars()
+                    )
+        wanted = [h for h in hashes if h not in asked]
+        if wanted:
+            lookups = HashLookups(self.app, self.result, self.client_kwargs, self.say)
+            asyncio.run(lookups.run(wanted))
+
+    def _settle(self, unresolved: dict[int, str]) -> None:
+        """What Civitai answered, else a local LoRA (offline, or Civitai does not know the file)."""
+        with self.db.write() as s:
+            for rid, sha in unresolved.items():
+                cached = s.get(HashLookup, sha)
+                if (
+                    cached is not None
+                    and cached.status == "found"
+                    and cached.version_id is not None
+                    and s.get(Version, cached.version_id) is not None
+                ):
+                    _link(s, rid, cached.version_id, "civitai")
+                    continue
+                row = s.get(LocalFile, rid)
+                if row.match == "local" and row.version_id is not None:
+                    continue
+                if self.offline or cached is not None:
+                    self._register_local(s, row)
+                # else: the lookup failed (an error was reported): it stays unresolved, asked again next scan
 
     def _register_local(self, s, row: LocalFile) -> None:
         from signer.local_loras import new_local_version
@@ -386,26 +196,20 @@ class Scanner:
             return
         p = Path(row.path)
         if row.signable:
-            vid, _ = new_local_version(
-                s,
-                name=p.stem,
-                file_name=p.name,
-                size=row.size_bytes,
-                digest=row.sha256,
-                state=FileState.VERIFIED,
-                fmt="SafeTensor",
-            )
+            state, fmt = FileState.VERIFIED, "SafeTensor"
         else:
-            vid, _ = new_local_version(
-                s,
-                name=p.stem,
-                file_name=p.name,
-                size=row.size_bytes,
-                digest=row.sha256,
-                state=FileState.UNSUPPORTED,
-                error=row.reason,
-                fmt="PickleTensor" if p.suffix.lower() != ".safetensors" else "SafeTensor",
-            )
+            state = FileState.UNSUPPORTED
+            fmt = "PickleTensor" if p.suffix.lower() != ".safetensors" else "SafeTensor"
+        vid, _ = new_local_version(
+            s,
+            name=p.stem,
+            file_name=p.name,
+            size=row.size_bytes,
+            digest=row.sha256,
+            state=state,
+            error=None if row.signable else row.reason,
+            fmt=fmt,
+        )
         row.version_id, row.match = vid, "local"
 
     def _use_in_place(self, s, row: LocalFile) -> None:
@@ -432,108 +236,6 @@ class Scanner:
         f.state, f.error, f.verified_at, f.updated_at = FileState.VERIFIED, None, utcnow(), utcnow()
         if rel is not None:
             f.local_path = rel
-
-    async def _lookup(self, hashes: list[str]) -> None:
-        from crawler.client import CivitaiClient
-        from crawler.http_errors import CivitaiError
-
-        res = self.result
-        settings = self.app.settings
-        async with CivitaiClient(
-            settings.civitai_base_url, settings.civitai_api_key, **self.client_kwargs
-        ) as client:
-            fetched_models: dict[int, dict | None] = {}
-            for i in range(0, len(hashes), LOOKUP_BATCH):
-                batch = hashes[i : i + LOOKUP_BATCH]
-                self.say(
-                    f"asking Civitai about {len(batch)} file hashes ({i + len(batch)}/{len(hashes)})"
-                )
-
-                async def one(h: str):
-                    try:
-                        return (
-                            h,
-                            await client.get_json(f"/api/v1/model-versions/by-hash/{h.upper()}"),
-                            None,
-                        )
-                    except CivitaiError as exc:
-                        return h, None, exc
-
-                answers = await asyncio.gather(*(one(h) for h in batch))
-                if all(problem is not None and problem.status is None for _, _, problem in answers):
-                    res.lookups["asked"] += len(answers)
-                    res.lookups["errors"] += len(answers)
-                    res.errors.append(
-                        f"Civitai unreachable ({answers[0][2]}): stopped asking; the next scan "
-                        f"asks again about the {len(hashes) - i} hashes left"
-                    )
-                    break
-                docs = []
-                for h, doc, problem in answers:
-                    res.lookups["asked"] += 1
-                    if problem is not None:
-                        if problem.status == 404:
-                            res.lookups["not_found"] += 1
-                            docs.append((h, None))
-                        else:
-                            res.lookups["errors"] += 1
-                            res.errors.append(f"by-hash {h[:12]}…: {problem}")
-                        continue
-                    docs.append((h, doc))
-                for _h, doc in docs:
-                    mid = _model_id(doc)
-                    if mid is not None and mid not in fetched_models:
-                        try:
-                            fetched_models[mid] = await client.get_json(f"/api/v1/models/{mid}")
-                            res.lookups["models_fetched"] += 1
-                        except CivitaiError as exc:
-                            fetched_models[mid] = None
-                            if exc.status != 404:
-                                res.errors.append(f"model {mid}: {exc}")
-                self._store_batch(docs, fetched_models)
-
-    def _store_batch(
-        self, docs: list[tuple[str, dict | None]], models: dict[int, dict | None]
-    ) -> None:
-        """One batch's answers, committed together (an interrupted scan keeps what finished)."""
-        from crawler.parse import ApiSchemaError, parse_model, parse_version
-        from crawler.registry_writer import RegistryStore
-
-        res = self.result
-        now = utcnow()
-        store = RegistryStore(self.db, self.app)
-        outcomes: list[tuple[str, str, int | None]] = []
-        for h, doc in docs:
-            if doc is None:
-                outcomes.append((h, "not_found", None))
-                continue
-            try:
-                mid = _model_id(doc)
-                vid = parse_version(doc, mid or 0)[0].id
-                item = models.get(mid) if mid is not None else None
-                if not isinstance(item, dict) or not any(
-                    isinstance(v, dict) and v.get("id") == vid
-                    for v in item.get("modelVersions") or []
-                ):
-                    summary = doc.get("model") if isinstance(doc.get("model"), dict) else {}
-                    item = {**summary, "id": mid, "modelVersions": [doc]}
-                pm = parse_model(item)
-                keep = [v for v in pm.versions if v.is_sdxl or v.id == vid]
-                store.apply_models([(pm, keep)], now)
-            except (ApiSchemaError, ValueError, TypeError) as exc:
-                res.errors.append(f"by-hash {h[:12]}…: unusable answer ({exc})")
-                res.lookups["errors"] += 1
-                continue
-            res.lookups["found"] += 1
-            outcomes.append((h, "found", vid))
-        if outcomes:
-            with self.db.write() as s:
-                for h, status, vid in outcomes:
-                    row = s.get(HashLookup, h)
-                    if row is None:
-                        s.add(HashLookup(sha256=h, status=status, version_id=vid, looked_up_at=now))
-                    else:
-                        row.status, row.version_id, row.looked_up_at = status, vid, now
 
     # -- the report (and queueing)
 
@@ -618,6 +320,12 @@ class Scanner:
         )
 
 
+def _link(s, rid: int, version_id: int, match: str) -> None:
+    s.execute(
+        sa.update(LocalFile).where(LocalFile.id == rid).values(version_id=version_id, match=match)
+    )
+
+
 def _has_file(s, version_id: int, sha: str) -> bool:
     return (
         s.execute(
@@ -636,8 +344,3 @@ def _registry_version(s, sha: str) -> tuple[int, str] | None:
         .order_by((Version.source == "local").asc(), sa.func.abs(Version.id))
     ).first()
     return (row.id, row.source) if row is not None else None
-
-
-def _model_id(doc) -> int | None:
-    mid = doc.get("modelId") if isinstance(doc, dict) else None
-    return mid if type(mid) is int and mid > 0 else None

@@ -89,6 +89,15 @@ def search(
         retriever=retriever,
     )
     doc = SearchEngine(app).search(request)
+    _note_approximate(doc)
+    if as_json:
+        emit_json(doc)
+        return
+    _results_table(doc)
+    _explain_filters(doc)
+
+
+def _note_approximate(doc: dict) -> None:
     qp = doc.get("query_prompts") or {}
     if qp.get("approximate"):
         info(
@@ -96,9 +105,9 @@ def search(
             f"signatures' profile names (for the published signatures: set CARLOS_REG_CARLOS_PROMPTS to the "
             f"reference's generative_prompts.py)"
         )
-    if as_json:
-        emit_json(doc)
-        return
+
+
+def _results_table(doc: dict) -> None:
     table(
         [
             "rank",
@@ -132,7 +141,6 @@ def search(
             else f"retriever {doc['query']['retriever']}"
         ),
     )
-    _explain_filters(doc)
 
 
 def _explain_filters(doc: dict) -> None:

@@ -6,7 +6,7 @@ and a pickle, a LoHa and a corrupt file) in the mirror format, serves it on loop
 signs with the tiny profile, and shows search, similar, compare and the copyright report — each
 step through the same commands a user types. Random weights make every ranking meaningless;
 the mechanics (downloads, verification, failures and their reasons, queue, signatures, caches,
-duplicate detection) are real.
+duplicate detection) are real. The catalog itself is ``plugins.demo.catalog``.
 """
 
 from __future__ import annotations
@@ -26,137 +26,6 @@ from registry.settings import Environment, environment, set_library_defaults, us
 from registry.states import FileState, JobState
 
 MARKER = ".carlos-reg-demo"
-WORDS = {"ink": ["inkwash"], "neon": ["neoncity"], "armor": ["goldarmor"]}
-
-
-def _catalog(folder: Path, work: Path) -> dict:
-    """LoRA files and Civitai-shaped metadata for the demo mirror."""
-    from crawler.mirror import file_entry, model_entry, version_entry, write_catalog
-    from signer import lorafiles as lf
-
-    files = work / "files"
-    files.mkdir(parents=True, exist_ok=True)
-    specs = [
-        # (model id, name, tags, trained words, base model, how the file is made)
-        (
-            101,
-            "Ink Wash Painting",
-            ["style", "ink"],
-            WORDS["ink"],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=11, strength=1.0),
-        ),
-        (
-            102,
-            "Neon Cyberpunk City",
-            ["style", "cyberpunk"],
-            WORDS["neon"],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=22, strength=1.0),
-        ),
-        (
-            103,
-            "Pastel Watercolor",
-            ["style", "watercolor"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=33, strength=0.6),
-        ),
-        (
-            104,
-            "Film Grain Photo",
-            ["photography"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=44, strength=0.15),
-        ),
-        (
-            105,
-            "Soft Lighting",
-            ["lighting"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=55, strength=0.08),
-        ),
-        (
-            106,
-            "Does Nothing",
-            ["concept"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, zero_up=True),
-        ),
-        (
-            107,
-            "Ink Wash Painting (re-upload)",
-            ["style", "ink"],
-            WORDS["ink"],
-            "SDXL 1.0",
-            None,
-        ),  # near duplicate of 101
-        (
-            108,
-            "Golden Armor",
-            ["clothing", "armor"],
-            WORDS["armor"],
-            "SDXL 1.0",
-            lambda p: lf.write_kohya_lora(p, seed=66, strength=0.8, te=True),
-        ),
-        (
-            109,
-            "Pony Pastel Style",
-            ["style"],
-            [],
-            "Pony",
-            lambda p: lf.write_kohya_lora(p, seed=77, strength=0.9),
-        ),
-        (
-            110,
-            "Sketchy LoHa",
-            ["style", "sketch"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_loha(p, seed=1),
-        ),
-        (111, "Corrupt Upload", ["style"], [], "SDXL 1.0", lambda p: lf.write_truncated(p, seed=2)),
-        (
-            112,
-            "Old Pickle LoRA",
-            ["style"],
-            [],
-            "SDXL 1.0",
-            lambda p: lf.write_pickle_lora(p, seed=3),
-        ),
-        (113, "SD 1.5 Anime", ["anime"], [], "SD 1.5", lambda p: lf.write_sd15_lora(p, seed=4)),
-    ]
-    models, blobs = [], {}
-    for model_id, name, tags, words, base, make in specs:
-        suffix = ".pt" if model_id == 112 else ".safetensors"
-        path = files / f"{model_id}{suffix}"
-        if make is None:
-            lf.write_near_duplicate(files / "101.safetensors", path, noise=0.01)
-        else:
-            make(path)
-        data = path.read_bytes()
-        file_id, version_id = 3000 + model_id, 2000 + model_id
-        fmt = "PickleTensor" if suffix == ".pt" else "SafeTensor"
-        entry = file_entry(file_id, data, name=f"{name.replace(' ', '_')}{suffix}", format=fmt)
-        models.append(
-            model_entry(
-                model_id,
-                name=name,
-                tags=tags,
-                creator="demo",
-                versions=[
-                    version_entry(
-                        version_id, name="v1.0", files=[entry], base_model=base, trained_words=words
-                    )
-                ],
-            )
-        )
-        blobs[file_id] = path
-    write_catalog(folder, models, blobs)
-    return {"models": len(models)}
 
 
 def _explain_failures(home: Path) -> None:
@@ -268,8 +137,9 @@ def _build_and_crawl(run: _Runner, root: Path, env: Environment) -> None:
         "pickle .pt (never downloaded as usable), a LoHa (diffusers cannot load it) and a truncated file.",
     )
     from crawler.mirror import BackgroundServer, make_app
+    from plugins.demo.catalog import write_demo_catalog
 
-    _catalog(root / "mirror", root / "work")
+    write_demo_catalog(root / "mirror", root / "work")
     with (
         BackgroundServer(make_app(root / "mirror")) as server,
         use_environment(env.with_values(CIVITAI_BASE_URL=server.url)),
