@@ -348,34 +348,13 @@ def _add_civitai_version(s, r: dict, now) -> None:
             Model(id=mid, name=r["name"] or "", source="bundle", first_seen_at=now, updated_at=now)
         )
         s.flush()
-    s.add(
-        Version(
-            id=cid,
-            model_id=mid,
-            name=r["name"] or "",
-            base_model=r["base_model"],
-            source="bundle",
-            first_seen_at=now,
-            updated_at=now,
-        )
-    )
-    s.flush()
+    _add_version(s, r, now, version_id=cid, model_id=mid, source="bundle")
 
 
 def _add_local_version(s, r: dict, now) -> int:
     """A local version holding the file's hash (no file yet), so a later ``scan`` finds it."""
     vid = next_local_version_id(s)
-    s.add(
-        Version(
-            id=vid,
-            name=r["name"] or "",
-            base_model=r["base_model"],
-            source="local",
-            first_seen_at=now,
-            updated_at=now,
-        )
-    )
-    s.flush()
+    _add_version(s, r, now, version_id=vid, model_id=None, source="local")
     s.add(
         File(
             version_id=vid,
@@ -390,3 +369,18 @@ def _add_local_version(s, r: dict, now) -> int:
     )
     s.flush()
     return vid
+
+
+def _add_version(s, r: dict, now, *, version_id: int, model_id: int | None, source: str) -> None:
+    s.add(
+        Version(
+            id=version_id,
+            model_id=model_id,
+            name=r["name"] or "",
+            base_model=r["base_model"],
+            source=source,
+            first_seen_at=now,
+            updated_at=now,
+        )
+    )
+    s.flush()
