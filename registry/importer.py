@@ -73,9 +73,19 @@ class ImportRow:
 
 
 def read_carlos_parquet(path: str | Path) -> list[ImportRow]:
+    path = Path(path)
+    table = _read_table(path)
+    cols = {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
+    rows, seen = [], set()
+    for i in range(table.num_rows):
+        rows.append(_checked_row(path.name, cols, i, seen))
+    return rows
+
+
+def _read_table(path: Path):
+    """The file's table, once it reads as Parquet and has every column the format defines."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
     if not path.is_file():
         raise ImportRefused(f"{path}: no such file")
     try:
@@ -87,55 +97,56 @@ def read_carlos_parquet(path: str | Path) -> list[ImportRow]:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise ImportRefused(f"{path}: missing column(s) {', '.join(missing)}; nothing was imported")
-    cols = {c: table.column(c).to_pylist() for c in REQUIRED_COLUMNS}
-    rows, seen = [], set()
-    for i in range(table.num_rows):
-        where = f"{path.name} row {i}"
-        vid = cols["version_id"][i]
-        if not isinstance(vid, int) or isinstance(vid, bool):
+    return table
+
+
+def _checked_row(file_name: str, cols: dict, i: int, seen: set) -> ImportRow:
+    """Row ``i``, checked (``seen``: the version ids of earlier rows) and decoded."""
+    where = f"{file_name} row {i}"
+    vid = cols["version_id"][i]
+    if not isinstance(vid, int) or isinstance(vid, bool):
+        raise ImportRefused(f"{where}: version_id {vid!r} is not an integer; nothing was imported")
+    if vid in seen:
+        raise ImportRefused(f"{where}: version_id {vid} appears twice; nothing was imported")
+    seen.add(vid)
+    where += f" (version {vid})"
+    direction = _checked_direction(where, cols["direction"][i])
+    values = {}
+    for name in ("strength", "consistency"):
+        v = cols[name][i]
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ImportRefused(
-                f"{where}: version_id {vid!r} is not an integer; nothing was imported"
+                f"{where}: {name} is {v!r}, not a finite number; nothing was imported"
             )
-        if vid in seen:
-            raise ImportRefused(f"{where}: version_id {vid} appears twice; nothing was imported")
-        seen.add(vid)
-        where += f" (version {vid})"
-        vec = cols["direction"][i]
-        if vec is None or len(vec) != DIRECTION_DIM:
-            n = "no" if vec is None else len(vec)
-            raise ImportRefused(
-                f"{where}: direction has {n} values, expected {DIRECTION_DIM}; nothing was imported"
-            )
-        direction = np.asarray([np.nan if v is None else v for v in vec], dtype=np.float64)
-        if not np.all(np.isfinite(direction)):
-            raise ImportRefused(
-                f"{where}: direction contains NaN or infinite values; nothing was imported"
-            )
-        values = {}
-        for name in ("strength", "consistency"):
-            v = cols[name][i]
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ImportRefused(
-                    f"{where}: {name} is {v!r}, not a finite number; nothing was imported"
-                )
-            values[name] = float(v)
-        folder = cols["folder_name"][i] or ""
-        model_name = (cols["model_name"][i] or "").strip()
-        rows.append(
-            ImportRow(
-                version_id=vid,
-                model_id=cols["model_id"][i],
-                name=model_name or stem_name(folder, vid) or f"version {vid}",
-                description=cols["model_description"][i] or None,
-                nsfw_level=cols["model_nsfw_level"][i],
-                download_count=cols["model_download_count"][i],
-                direction=direction.astype(np.float32),
-                strength=values["strength"],
-                consistency=values["consistency"],
-                published={"row": i, **{c: cols[c][i] for c in PUBLISHED_FIELDS}},
-            )
+        values[name] = float(v)
+    folder = cols["folder_name"][i] or ""
+    model_name = (cols["model_name"][i] or "").strip()
+    return ImportRow(
+        version_id=vid,
+        model_id=cols["model_id"][i],
+        name=model_name or stem_name(folder, vid) or f"version {vid}",
+        description=cols["model_description"][i] or None,
+        nsfw_level=cols["model_nsfw_level"][i],
+        download_count=cols["model_download_count"][i],
+        direction=direction.astype(np.float32),
+        strength=values["strength"],
+        consistency=values["consistency"],
+        published={"row": i, **{c: cols[c][i] for c in PUBLISHED_FIELDS}},
+    )
+
+
+def _checked_direction(where: str, vec) -> np.ndarray:
+    if vec is None or len(vec) != DIRECTION_DIM:
+        n = "no" if vec is None else len(vec)
+        raise ImportRefused(
+            f"{where}: direction has {n} values, expected {DIRECTION_DIM}; nothing was imported"
         )
-    return rows
+    direction = np.asarray([np.nan if v is None else v for v in vec], dtype=np.float64)
+    if not np.all(np.isfinite(direction)):
+        raise ImportRefused(
+            f"{where}: direction contains NaN or infinite values; nothing was imported"
+        )
+    return direction
 
 
 def stem_name(folder_name: str, version_id: int) -> str:
@@ -156,58 +167,12 @@ def import_carlos(db: Database, path: str | Path) -> dict:
     now = utcnow()
     with db.write() as session:
         profile = adopt_profile(session, IMPORTED_PROFILE_NAME, IMPORTED_PROFILE_SETTINGS)
-        ids = [r.version_id for r in rows]
-        versions = {
-            v.id: v for v in session.exec(sa.select(Version).where(Version.id.in_(ids))).scalars()
-        }
-        model_ids = {r.model_id for r in rows if r.model_id is not None}
-        models = {
-            m.id: m for m in session.exec(sa.select(Model).where(Model.id.in_(model_ids))).scalars()
-        }
-        sigs = {
-            s.version_id: s
-            for s in session.exec(
-                sa.select(Signature).where(
-                    Signature.profile_id == profile.id, Signature.version_id.in_(ids)
-                )
-            ).scalars()
-        }
-        for r in rows:
-            if r.model_id is not None and r.model_id not in models:
-                models[r.model_id] = Model(
-                    id=r.model_id,
-                    name=r.name,
-                    description=r.description,
-                    nsfw_level=r.nsfw_level,
-                    nsfw=bool((r.nsfw_level or 0) & NSFW_LEVEL_BITS),
-                    download_count=r.download_count,
-                    source="carlos",
-                    first_seen_at=now,
-                    updated_at=now,
-                )
-                session.add(models[r.model_id])
-                counts["models_added"] += 1
-            if r.version_id not in versions:
-                versions[r.version_id] = Version(
-                    id=r.version_id,
-                    model_id=r.model_id,
-                    name=r.name,
-                    source="carlos",
-                    first_seen_at=now,
-                    updated_at=now,
-                )
-                session.add(versions[r.version_id])
-                counts["versions_added"] += 1
-        session.flush()
+        sigs = _held_signatures(session, profile.id, [r.version_id for r in rows])
+        _add_catalog_rows(session, rows, counts, now)
         changed = []
         for r in rows:
             sig = sigs.get(r.version_id)
-            if sig is not None and (
-                sig.direction == to_blob(r.direction)
-                and sig.strength == r.strength
-                and sig.consistency == r.consistency
-                and (sig.estimates or {}).get("published") == r.published
-            ):
+            if sig is not None and _same_signature(sig, r):
                 counts["unchanged"] += 1
             else:
                 changed.append(r)
@@ -232,3 +197,64 @@ def import_carlos(db: Database, path: str | Path) -> dict:
             )
     counts["profile"] = IMPORTED_PROFILE_NAME
     return counts
+
+
+def _held_signatures(session, profile_id: int, version_ids: list[int]) -> dict[int, Signature]:
+    """The imported profile's signatures already held for these versions, by version id."""
+    return {
+        s.version_id: s
+        for s in session.exec(
+            sa.select(Signature).where(
+                Signature.profile_id == profile_id, Signature.version_id.in_(version_ids)
+            )
+        ).scalars()
+    }
+
+
+def _add_catalog_rows(session, rows: list[ImportRow], counts: dict, now) -> None:
+    """The models and versions the file names that the catalog does not hold yet."""
+    ids = [r.version_id for r in rows]
+    versions = {
+        v.id: v for v in session.exec(sa.select(Version).where(Version.id.in_(ids))).scalars()
+    }
+    model_ids = {r.model_id for r in rows if r.model_id is not None}
+    models = {
+        m.id: m for m in session.exec(sa.select(Model).where(Model.id.in_(model_ids))).scalars()
+    }
+    for r in rows:
+        if r.model_id is not None and r.model_id not in models:
+            models[r.model_id] = Model(
+                id=r.model_id,
+                name=r.name,
+                description=r.description,
+                nsfw_level=r.nsfw_level,
+                nsfw=bool((r.nsfw_level or 0) & NSFW_LEVEL_BITS),
+                download_count=r.download_count,
+                source="carlos",
+                first_seen_at=now,
+                updated_at=now,
+            )
+            session.add(models[r.model_id])
+            counts["models_added"] += 1
+        if r.version_id not in versions:
+            versions[r.version_id] = Version(
+                id=r.version_id,
+                model_id=r.model_id,
+                name=r.name,
+                source="carlos",
+                first_seen_at=now,
+                updated_at=now,
+            )
+            session.add(versions[r.version_id])
+            counts["versions_added"] += 1
+    session.flush()
+
+
+def _same_signature(sig: Signature, r: ImportRow) -> bool:
+    """The held signature is this row's, published fields included: re-importing changes nothing."""
+    return (
+        sig.direction == to_blob(r.direction)
+        and sig.strength == r.strength
+        and sig.consistency == r.consistency
+        and (sig.estimates or {}).get("published") == r.published
+    )

@@ -21,6 +21,7 @@ Lifecycle: ``queued`` → ``running`` (leased) → ``done`` | back to ``queued``
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -44,6 +45,7 @@ RETRY_BACKOFF_SECONDS = 30.0
 RETRY_BACKOFF_CAP_SECONDS = 3600.0
 
 _RETURNING = "id, kind, version_id, profile_id, attempts, max_attempts, payload, lease_expires_at"
+_HELD_SQL = f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token AND state = 'running'"
 
 
 def db_now_sql(dialect: str) -> str:
@@ -94,9 +96,8 @@ class JobQueue:
             initial=self.backoff_seconds, cap=RETRY_BACKOFF_CAP_SECONDS, jitter=0.0, deadline=None
         )
         self.retry_policy = retry if retry is not None else RetryPolicy.from_env()
-        self.wait: Callable[[float], bool] | None = (
-            None  # the retries' sleep; True ends them (a worker's stop)
-        )
+        # the retries' sleep; True ends them (a worker's stop)
+        self.wait: Callable[[float], bool] | None = None
         self._now = db_now_sql(db.dialect)
 
     def retried(self, fn: Callable[[], T], what: str) -> T:
@@ -178,66 +179,27 @@ class JobQueue:
         job_ids: Iterable[int] | None = None,
     ) -> Lease | None:
         """Lease the next available job (optionally only among ``job_ids``), or return None."""
-        token = secrets.token_hex(
-            16
-        )  # one token for every try: a retry can find what an unanswered COMMIT did
+        # one token for every try: a retry can find what an unanswered COMMIT did
+        token = secrets.token_hex(16)
         params: dict = {
             "owner": owner,
             "token": token,
             "ttl": self.lease_seconds,
             "started": utcnow(),
         }
-        filters = ""
-        if kinds is not None:
-            kinds = list(kinds)
-            filters += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(kinds))) + ")"
-            params.update({f"k{i}": k for i, k in enumerate(kinds)})
-        if profile_ids is not None:
-            profile_ids = list(profile_ids)
-            filters += (
-                " AND profile_id IN (" + ", ".join(f":p{i}" for i in range(len(profile_ids))) + ")"
-            )
-            params.update({f"p{i}": p for i, p in enumerate(profile_ids)})
-        if job_ids is not None:
-            job_ids = list(job_ids)
-            filters += " AND id IN (" + ", ".join(f":j{i}" for i in range(len(job_ids))) + ")"
-            params.update({f"j{i}": j for i, j in enumerate(job_ids)})
-        now = self._now
-        candidates = (
-            f"SELECT id FROM sign_job WHERE ((state = 'queued' AND available_at <= {now}) "
-            f"OR (state = 'running' AND lease_expires_at < {now} AND attempts < max_attempts)){filters} "
-            f"ORDER BY priority DESC, id LIMIT 1"
+        filters = (
+            _in_filter("kind", "k", kinds, params)
+            + _in_filter("profile_id", "p", profile_ids, params)
+            + _in_filter("id", "j", job_ids, params)
         )
-        assignments = (
-            f"state = 'running', attempts = sign_job.attempts + 1, lease_owner = :owner, lease_token = :token, "
-            f"lease_expires_at = {now} + :ttl, heartbeat_at = {now}, started_at = :started, "
-            f"last_error = CASE WHEN sign_job.state = 'running' "
-            f"THEN 'previous lease expired (worker lost); reclaimed' ELSE sign_job.last_error END"
-        )
-        if self.db.dialect == "postgresql":
-            sql = (
-                f"WITH next AS ({candidates} FOR UPDATE SKIP LOCKED) UPDATE sign_job SET {assignments} "
-                f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}"
-            )
-        else:
-            sql = f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
+        sql = self._claim_sql(filters)
         tries = 0
 
         def attempt(session: Session):
             nonlocal tries
             tries += 1
             if tries > 1:
-                held = (
-                    session.execute(
-                        sa.text(
-                            f"SELECT {_RETURNING} FROM sign_job WHERE lease_token = :token "
-                            f"AND state = 'running'"
-                        ),
-                        {"token": token},
-                    )
-                    .mappings()
-                    .first()
-                )
+                held = _held_lease(session, token)
                 if held is not None:
                     return held
             self._reap(session)
@@ -258,6 +220,28 @@ class JobQueue:
             payload=_json(row["payload"]),
             expires_at=float(row["lease_expires_at"]),
         )
+
+    def _claim_sql(self, filters: str) -> str:
+        """One statement that leases the first available job matching ``filters``: a queued one
+        whose time has come, or a running one whose lease expired with attempts left."""
+        now = self._now
+        candidates = (
+            f"SELECT id FROM sign_job WHERE ((state = 'queued' AND available_at <= {now}) "
+            f"OR (state = 'running' AND lease_expires_at < {now} AND attempts < max_attempts)){filters} "
+            f"ORDER BY priority DESC, id LIMIT 1"
+        )
+        assignments = (
+            f"state = 'running', attempts = sign_job.attempts + 1, lease_owner = :owner, lease_token = :token, "
+            f"lease_expires_at = {now} + :ttl, heartbeat_at = {now}, started_at = :started, "
+            f"last_error = CASE WHEN sign_job.state = 'running' "
+            f"THEN 'previous lease expired (worker lost); reclaimed' ELSE sign_job.last_error END"
+        )
+        if self.db.dialect == "postgresql":
+            return (
+                f"WITH next AS ({candidates} FOR UPDATE SKIP LOCKED) UPDATE sign_job SET {assignments} "
+                f"FROM next WHERE sign_job.id = next.id RETURNING {', '.join('sign_job.' + c.strip() for c in _RETURNING.split(','))}"
+            )
+        return f"UPDATE sign_job SET {assignments} WHERE id = ({candidates}) RETURNING {_RETURNING}"
 
     def _reap(self, session: Session) -> int:
         """Expired leases on their last attempt end dead: the job killed its worker every time."""
@@ -301,11 +285,7 @@ class JobQueue:
         """Mark the job done inside the caller's transaction; raises LeaseLost (rolling it back) if stale."""
         stmt = (
             sa.update(SignJob)
-            .where(
-                SignJob.id == lease.job_id,
-                SignJob.lease_token == lease.token,
-                SignJob.state == JobState.RUNNING,
-            )
+            .where(_fenced(lease, JobState.RUNNING))
             .values(
                 state=JobState.DONE, finished_at=utcnow(), lease_expires_at=None, last_error=None
             )
@@ -315,18 +295,8 @@ class JobQueue:
 
     def completed_by(self, session: Session, lease: Lease) -> bool:
         """True if the job is done under this lease's token (this worker's completion committed)."""
-        return (
-            session.execute(
-                sa.select(sa.func.count())
-                .select_from(SignJob)
-                .where(
-                    SignJob.id == lease.job_id,
-                    SignJob.lease_token == lease.token,
-                    SignJob.state == JobState.DONE,
-                )
-            ).scalar_one()
-            == 1
-        )
+        done = sa.select(sa.func.count()).select_from(SignJob).where(_fenced(lease, JobState.DONE))
+        return session.execute(done).scalar_one() == 1
 
     def complete_with(self, lease: Lease, write: Callable[[Session], object]) -> bool:
         """Run ``write(session)`` and ``complete`` in one write transaction, retried as a whole on a
@@ -401,9 +371,26 @@ class JobQueue:
         return {s: int(found.get(s, 0)) for s in JobState}
 
 
-def _json(value):
-    if isinstance(value, str):
-        import json
+def _in_filter(column: str, prefix: str, values: Iterable | None, params: dict) -> str:
+    """`` AND column IN (:<prefix>0, ...)``, binding the values in ``params``; "" for no filter."""
+    if values is None:
+        return ""
+    values = list(values)
+    params.update({f"{prefix}{i}": v for i, v in enumerate(values)})
+    return f" AND {column} IN (" + ", ".join(f":{prefix}{i}" for i in range(len(values))) + ")"
 
-        return json.loads(value)
-    return value
+
+def _fenced(lease: Lease, state: str):
+    """The lease's job, in ``state``, still under the lease's token."""
+    return sa.and_(
+        SignJob.id == lease.job_id, SignJob.lease_token == lease.token, SignJob.state == state
+    )
+
+
+def _held_lease(session: Session, token: str):
+    """The job ``token`` leases, if an earlier try's COMMIT went through unanswered."""
+    return session.execute(sa.text(_HELD_SQL), {"token": token}).mappings().first()
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value

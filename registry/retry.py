@@ -224,57 +224,78 @@ def retry_call(
     Raises ``DatabaseUnavailable`` once ``policy.deadline`` seconds have passed since the first failure.
     """
     policy = policy or RetryPolicy.from_env()
-    logger = logger or log
+    outage = _Outage(what, policy, logger or log, rng)
     wait = wait or _sleep
-    delays: Iterator[float] | None = None
-    failing_since: float | None = None
-    tries = 0
     while True:
         try:
             result = fn()
         except Exception as exc:
             if not is_transient(exc) or policy.deadline == 0:
                 raise
-            tries += 1
-            now = time.monotonic()
-            if failing_since is None:
-                failing_since = now
-                delays = policy.delays(rng)
-            elapsed = now - failing_since
-            if policy.deadline is not None and elapsed >= policy.deadline:
-                raise DatabaseUnavailable(
-                    f"the registry database stayed unreachable for {elapsed:.0f} s ({what}); last error: "
-                    f"{describe(exc)}"
-                ) from exc
-            delay = next(delays)
-            if policy.deadline is not None:
-                delay = max(min(delay, policy.deadline - elapsed), 0.0)
-            if tries == 1:
-                logger.warning(
-                    "registry database unavailable (%s): %s; retrying with backoff up to %.0f s%s",
-                    what,
-                    describe(exc),
-                    policy.cap,
-                    "" if policy.deadline is None else f" for up to {policy.deadline:.0f} s",
-                )
-            else:
-                logger.info(
-                    "registry database still unavailable (%s), try %d: %s; next in %.1f s",
-                    what,
-                    tries,
-                    describe(exc),
-                    delay,
-                )
-            if wait(delay):
+            if wait(outage.next_delay(exc)):
                 raise
             continue
-        if failing_since is not None:
-            logger.warning(
-                "registry database reachable again after %.1f s (%s)",
-                time.monotonic() - failing_since,
-                what,
-            )
+        outage.end()
         return result
+
+
+@dataclass
+class _Outage:
+    """The failures of one ``retry_call``: when the first came, how many tries failed, the backoff
+    still to come. Logs one warning when the database goes away, one line a further try, and one
+    warning when it is back."""
+
+    what: str
+    policy: RetryPolicy
+    logger: logging.Logger
+    rng: random.Random | None
+    failing_since: float | None = None
+    tries: int = 0
+    delays: Iterator[float] | None = None
+
+    def next_delay(self, exc: Exception) -> float:
+        """The wait before the next try after ``exc``; ``DatabaseUnavailable`` past the deadline."""
+        policy = self.policy
+        self.tries += 1
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+            self.delays = policy.delays(self.rng)
+        elapsed = now - self.failing_since
+        if policy.deadline is not None and elapsed >= policy.deadline:
+            raise DatabaseUnavailable(
+                f"the registry database stayed unreachable for {elapsed:.0f} s ({self.what}); last error: "
+                f"{describe(exc)}"
+            ) from exc
+        delay = next(self.delays)
+        if policy.deadline is not None:
+            delay = max(min(delay, policy.deadline - elapsed), 0.0)
+        if self.tries == 1:
+            self.logger.warning(
+                "registry database unavailable (%s): %s; retrying with backoff up to %.0f s%s",
+                self.what,
+                describe(exc),
+                policy.cap,
+                "" if policy.deadline is None else f" for up to {policy.deadline:.0f} s",
+            )
+        else:
+            self.logger.info(
+                "registry database still unavailable (%s), try %d: %s; next in %.1f s",
+                self.what,
+                self.tries,
+                describe(exc),
+                delay,
+            )
+        return delay
+
+    def end(self) -> None:
+        """The call succeeded: say so if the database had been away."""
+        if self.failing_since is not None:
+            self.logger.warning(
+                "registry database reachable again after %.1f s (%s)",
+                time.monotonic() - self.failing_since,
+                self.what,
+            )
 
 
 def _sleep(seconds: float) -> bool:

@@ -113,13 +113,8 @@ import os  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 
-from registry.exchange import (  # noqa: E402
-    BundleRefused,
-    bundle_schema,
-    export_bundle,
-    import_bundle,
-    read_bundle,
-)
+from registry.bundle_import import BundleRefused, import_bundle, read_bundle  # noqa: E402
+from registry.exchange import bundle_schema, export_bundle  # noqa: E402
 from registry.models import File  # noqa: E402
 from registry.profile_identity import profile_hash  # noqa: E402
 

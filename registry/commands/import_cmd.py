@@ -67,7 +67,7 @@ def import_carlos_command(ctx: click.Context, app: App, parquet: str, hydrate: b
 @pass_app
 def import_signatures_command(app: App, bundle: str, replace: bool, as_json: bool):
     """Import a signature bundle (`export signatures --format bundle`): validated whole, one transaction."""
-    from registry.exchange import import_bundle
+    from registry.bundle_import import import_bundle
 
     counts = import_bundle(app.db, bundle, replace=replace)
     if as_json:
