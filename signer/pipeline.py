@@ -18,9 +18,10 @@ Contract:
   keeps its adapter layers, a module tree the compiled code was not made for, and compiling it
   for that one LoRA would cost more than it saves.
 
-Not done, on purpose: fused QKV projections (``unet.fuse_qkv_projections()``) replace ``to_q``,
-``to_k`` and ``to_v`` by one ``to_qkv`` layer, while LoRA files name and train those three
-separately: a LoRA could then neither attach to nor fuse into them. Attention needs no setting:
+Not done, on purpose: fused QKV projections (``unet.fuse_qkv_projections()``) make attention
+run one ``to_qkv`` layer, a concatenated copy of ``to_q``, ``to_k`` and ``to_v``, while LoRA files
+name and train those three separately: the adapter would attach to, and fuse into, layers that
+attention no longer calls, and its effect would be silently lost. Attention needs no setting:
 diffusers' default processor under torch 2 is ``AttnProcessor2_0``, which calls
 ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on CUDA).
 The VAE decodes a whole batch in one call (diffusers' SDXL pipeline calls ``vae.decode`` once;
@@ -122,6 +123,7 @@ def prepare_unet(pipe, device, backend: str | None) -> None:
     unet = pipe.unet
     if device.type == "cuda":  # the convolutions' fast layout on GPUs (cuDNN, inductor)
         unet.to(memory_format=torch.channels_last)
+    # no fuse_qkv_projections(): LoRAs target to_q/to_k/to_v, which fused attention bypasses
     if backend is None or is_compiled(unet):
         return
     import torch._dynamo
