@@ -56,7 +56,7 @@ def reference_sign(
     from transformers import CLIPImageProcessor
 
     from signer.clip import load_clip
-    from signer.engine import load_pipeline
+    from signer.pipeline import load_pipeline
 
     t0 = time.perf_counter()
     s = profile.settings

@@ -4,14 +4,19 @@ and an open_clip ViT-B/32 with random weights, at the paper settings (1024², 25
 
     python bench/signer_gpu.py --out results.json              # on a CUDA machine, ~3-6 minutes
     python bench/signer_gpu.py --small --out small.json        # CPU smoke run on tiny shapes
+    python bench/signer_gpu.py --small --compile --compile-backend aot_eager --out small.json
 
 Measures, in one run: base-branch and LoRA-branch samples per second of the engine (batches of
 ``--batch`` (prompt, seed) pairs per UNet call), LoRA load time, seconds per LoRA for the paper
 profile (4,480 LoRA-branch samples, base cached; extrapolated from the measured batches), peak GPU
 memory, and the naive reference-style loop (bench/naive.py: per prompt one call per branch with
 all 16 seeds, base regenerated per LoRA, PNG round trip, CLIP via PIL) on the same LoRA, as a ratio
-per paired sample. Needs torch, diffusers, transformers, peft, open_clip_torch, safetensors, numpy,
-Pillow; not the registry's database packages.
+per paired sample; then the fused path (the LoRA merged into the weights), the reference's loop
+(bench/reference_loop.py) and, with ``--compile``, the engine with its ``compile`` setting on (the
+UNet compiled in place, as a worker does): compile time, speed, and how many graphs a second LoRA
+fused in place compiled (0: no recompilation). The VAE decodes each batch in one call, as in
+signing. Needs torch, diffusers, transformers, peft, open_clip_torch, safetensors, numpy, Pillow;
+not the registry's database packages.
 """
 
 from __future__ import annotations
@@ -65,8 +70,13 @@ def main() -> None:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="also time the fused path with a torch.compile'd UNet (compile time, then a second LoRA "
-        "fused in place to show it does not recompile)",
+        help="also time the fused path with the engine's compiled UNet (compile time, then a second "
+        "LoRA fused in place to show it does not recompile)",
+    )
+    ap.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="the torch.compile backend for --compile (aot_eager: a quick CPU smoke run)",
     )
     args = ap.parse_args()
 
@@ -121,8 +131,6 @@ def main() -> None:
         unet_cfg, clip_name = tiny.FULL_UNET, "ViT-B-32-quickgelu"
     pipe = StableDiffusionXLPipeline(**comps, add_watermarker=False).to(device)
     pipe.set_progress_bar_config(disable=True)
-    if not args.small:
-        pipe.vae.enable_slicing()  # decode one image at a time: 1024² decodes of a batch would dominate memory
     torch.manual_seed(0)
     clip_model = open_clip.create_model(clip_name, pretrained=None).to(device)
     clip = ClipEncoder(
@@ -144,7 +152,9 @@ def main() -> None:
     profile = dataclasses.replace(
         base_profile, settings=settings, hash=profile_hash("bench", settings)
     )
-    engine = Engine(profile, device, pipe=pipe, clip=clip)
+    # eager first: the loops below (and the reference's, which calls the pipeline itself) run the
+    # plain UNet; --compile then compiles it in place through the engine's own setting
+    engine = Engine(profile, device, pipe=pipe, clip=clip, compile="off")
     lora = lf.write_kohya_lora(
         work / "bench.safetensors",
         rank=args.rank,
@@ -275,7 +285,8 @@ def main() -> None:
     results["ratio_per_paired_sample"] = round(naive_per_pair / per_sample, 2)
     save()
     if args.compile:  # last: the loops above run an uncompiled UNet with adapter layers
-        _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg, dtype, lf)
+        compiled = Engine(profile, device, pipe=pipe, clip=clip, compile=args.compile_backend)
+        _time_compiled(compiled, lora, work, batches, device, results, args, unet_cfg, dtype, lf)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save()
     print(
@@ -302,8 +313,9 @@ def _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg,
     """Fused + compiled UNet: the first batch pays the compilation; a second LoRA fused in place must
     run at the compiled speed at once (the module tree is the base's for every LoRA)."""
 
+    from torch._dynamo.utils import counters
+
     n = sum(len(b) for b in batches)
-    engine.pipe.unet.compile()  # in place: the module (and diffusers' LoRA hooks on it) stays the same object
     engine.load_lora(lora)
     engine.fuse_lora()
     try:
@@ -320,6 +332,7 @@ def _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg,
         feedforward=True,
         dtype=dtype if not args.small else None,
     )
+    graphs = int(counters["stats"]["unique_graphs"])
     engine.load_lora(other)
     engine.fuse_lora()
     try:
@@ -327,7 +340,9 @@ def _time_compiled(engine, lora, work, batches, device, results, args, unet_cfg,
     finally:
         engine.unload_lora()
     results["compiled"] = {
+        "backend": engine.compile_backend,
         "first_batch_s (compile)": round(first_s, 1),
+        "graphs_compiled_for_second_lora": int(counters["stats"]["unique_graphs"]) - graphs,
         "samples": n,
         "paired_samples_per_s": round(n / compiled_s, 3),
         "second_lora_first_batch_s": round(second_first_s, 2),

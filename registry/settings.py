@@ -86,6 +86,11 @@ VARIABLES: tuple[Variable, ...] = (
         "CLIP ViT-B/32 OpenAI weights: an open_clip checkpoint file or a transformers folder",
     ),
     Variable(
+        "CARLOS_REG_COMPILE",
+        "the profile's `compile` (`auto`: on for CUDA)",
+        "this worker's `torch.compile` of the UNet: `on`, `off`, `auto` or a backend name (wins over the profile)",
+    ),
+    Variable(
         "CARLOS_REG_ALLOW_DOWNLOAD",
         "off",
         "`1`: let diffusers and open_clip fetch missing weights, and fetch the reference prompt file once",

@@ -2,8 +2,12 @@
 (only the dependency-free ``registry.errors`` and ``registry.profile_identity``).
 
 Contract:
-- ``Engine(profile, device)`` loads the profile's SDXL pipeline and CLIP model once. LoRAs are
-  loaded, used and unloaded one at a time (``sign_lora``); the base model is never modified.
+- ``Engine(profile, device)`` loads the profile's SDXL pipeline and CLIP model once and prepares
+  the UNet (``signer.pipeline.prepare_unet``: compiled per the ``compile`` setting, which
+  ``CARLOS_REG_COMPILE`` or the ``compile`` argument override). LoRAs are loaded, used and
+  unloaded one at a time (``sign_lora``); each is fused into the weights for generation and the
+  base weights are restored exactly afterwards (``signer.fusing``); one that cannot be fused runs
+  its adapter layers, eagerly, and its outcome records why.
 - ``Engine.samples`` is the profile's visiting order of (prompt, seed) pairs; work is cut into
   batches at fixed boundaries (multiples of the profile's batch size), so the base branch and
   every LoRA branch run each sample in the same batch layout.
@@ -24,15 +28,17 @@ Contract:
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from registry.errors import first_line
 from registry.settings import environment
-from signer.errors import Interrupted, LoraRejected, ModelUnavailable, SignerError
+from signer.errors import Interrupted, LoraRejected, SignerError
+from signer.fusing import fuse_adapter, restore_weights
 from signer.maths import AdaptiveRule, AdaptiveTracker, RunningSignature, SignatureStats
+from signer.pipeline import compile_backend, eager_unet, load_pipeline, prepare_unet
 from signer.profiles import Profile, Sample
 from signer.tiny import quiet_libraries
 from signer.validate import LoraFileInfo, attached_modules, inspect_lora_file
@@ -112,59 +118,6 @@ def webp_thumbnail(image, prompt: str) -> dict:
     }
 
 
-def load_pipeline(profile: Profile, device="cpu"):
-    """The profile's SDXL pipeline on ``device``, from a local folder or the Hub cache."""
-    import torch
-    from diffusers import StableDiffusionXLPipeline
-
-    dtype = getattr(torch, profile.settings["dtype"])
-    location = profile.base_model_location
-    kwargs = dict(
-        dtype=dtype,
-        use_safetensors=True,
-        add_watermarker=False,
-        local_files_only=not profile.allow_download,
-    )
-    if profile.is_tiny:
-        from signer.tiny import ensure_tiny_sdxl
-
-        location = str(ensure_tiny_sdxl(profile.models_dir))
-        kwargs["local_files_only"] = True
-    if profile.settings.get("vae"):
-        from diffusers import AutoencoderKL
-
-        kwargs["vae"] = AutoencoderKL.from_pretrained(
-            profile.settings["vae"], dtype=dtype, local_files_only=kwargs["local_files_only"]
-        )
-    try:
-        try:
-            pipe = StableDiffusionXLPipeline.from_pretrained(
-                location,
-                variant="fp16" if dtype == torch.float16 and not profile.is_tiny else None,
-                **kwargs,
-            )
-        except (OSError, ValueError) as exc:
-            if "variant" not in str(exc):
-                raise
-            pipe = StableDiffusionXLPipeline.from_pretrained(location, **kwargs)
-    except OSError as exc:
-        raise ModelUnavailable(
-            f"SDXL weights {profile.settings['base_model']} (profile {profile.name!r}) could not be loaded from "
-            f"{location}: set CARLOS_REG_SDXL=/path/to/a/diffusers/folder or base_model_path in profiles.toml, or "
-            f"allow a one-time download with CARLOS_REG_ALLOW_DOWNLOAD=1 ({first_line(exc, limit=200)})"
-        ) from None
-    wanted = profile.settings["scheduler"]
-    if type(pipe.scheduler).__name__ != wanted:
-        import diffusers
-
-        cls = getattr(diffusers, wanted, None)
-        if cls is None:
-            raise SignerError(f"profile {profile.name!r}: unknown scheduler {wanted!r}")
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 class Engine:
     def __init__(
         self,
@@ -175,7 +128,10 @@ class Engine:
         clip=None,
         quiet: bool = True,
         fuse: bool = True,
+        compile: str | None = None,
     ):
+        """``compile`` overrides the worker's ``CARLOS_REG_COMPILE`` and the profile's setting
+        (``signer.pipeline.compile_backend``)."""
         import torch
 
         from signer.clip import load_clip
@@ -205,13 +161,14 @@ class Engine:
                 f"profile {profile.name!r}: the pipeline's latents are {latent}, the profile's noise "
                 f"layout expects {profile.latent_shape}"
             )
+        setting = compile or environment().get("CARLOS_REG_COMPILE") or profile.compile
+        self.compile_backend = compile_backend(setting, self.device, tiny=profile.is_tiny)
+        prepare_unet(self.pipe, self.device, self.compile_backend)
         self.batch_size = profile.batch_size
         self.lora_loaded = False
         self.fuse = fuse
         self.fused = False  # the loaded LoRA is merged into the weights (no adapter work per step)
-        self._pristine: dict[
-            int, tuple
-        ] = {}  # id(param) -> (param, its base value): exact restores
+        self._pristine: dict[int, tuple] = {}  # id(param) -> (param, base value): exact restores
 
     @property
     def dim(self) -> int:
@@ -253,7 +210,8 @@ class Engine:
         latents = torch.stack([self.profile.sample_noise(x) for x in batch]).to(
             self.device, self.pipe.unet.dtype
         )
-        with torch.inference_mode():
+        adapter = lora and not self.fused  # adapter layers: not the tree the UNet was compiled for
+        with torch.inference_mode(), eager_unet(self.pipe) if adapter else nullcontext():
             out = self.pipe(
                 prompt=[x.prompt + suffix for x in batch],
                 latents=latents,
@@ -262,9 +220,7 @@ class Engine:
                 width=s["width"],
                 height=s["height"],
                 output_type="pt",
-                cross_attention_kwargs={"scale": float(s["lora_scale"])}
-                if lora and not self.fused
-                else None,
+                cross_attention_kwargs={"scale": float(s["lora_scale"])} if adapter else None,
                 callback_on_step_end=on_step if stop else None,
             )
             images = out.images
@@ -323,59 +279,18 @@ class Engine:
         return info
 
     def fuse_lora(self) -> str | None:
-        """Merge the loaded LoRA into the base weights at the profile's scale and take the adapter
-        layers out again, so generation runs the plain base modules (nothing per step for the LoRA,
-        and a compiled UNet sees the same module tree for every LoRA: no recompilation). Every
-        weight it touches is first saved (once per process: base weights never change), and
-        ``restore_base`` writes them back bit for bit (peft's unmerge subtracts, which is not exact).
-        Returns why it could not fuse (then the adapter path runs)."""
-        import torch
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        components = []
-        for name in ("unet", "text_encoder", "text_encoder_2"):
-            model = getattr(self.pipe, name, None)
-            layers = (
-                [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-                if model is not None
-                else []
-            )
-            if layers:
-                components.append(name)
-            with torch.no_grad():
-                for layer in layers:
-                    for param in layer.get_base_layer().parameters(recurse=False):
-                        if id(param) not in self._pristine:
-                            self._pristine[id(param)] = (param, param.detach().clone())
-        try:
-            self.pipe.fuse_lora(
-                components=components,
-                lora_scale=float(self.profile.settings["lora_scale"]),
-                safe_fusing=True,
-                adapter_names=[ADAPTER],
-            )
-        except Exception as exc:  # e.g. NaN weights (safe_fusing): restore whatever was merged
-            self.restore_base()
-            return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
-        self.fused = True
-        self.pipe.unload_lora_weights()  # the wrappers go; their base modules keep the merged weights
-        self.pipe._merged_adapters = set()
-        return None
+        """Merge the loaded LoRA into the base weights at the profile's scale (``signer.fusing``):
+        no adapter work per step, the same module tree for every LoRA. Returns why it could not
+        fuse (then the adapter path runs)."""
+        why_not = fuse_adapter(
+            self.pipe, ADAPTER, float(self.profile.settings["lora_scale"]), self._pristine
+        )
+        self.fused = why_not is None
+        return why_not
 
     def restore_base(self) -> None:
         """Every weight a fused LoRA touched back to its saved base value, exactly."""
-        import torch
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        with torch.no_grad():
-            for param, value in self._pristine.values():
-                param.copy_(value)
-        for name in ("unet", "text_encoder", "text_encoder_2"):
-            model = getattr(self.pipe, name, None)
-            for layer in model.modules() if model is not None else ():
-                if isinstance(layer, BaseTunerLayer):
-                    layer.merged_adapters.clear()  # the adapter is no longer in the weights
-        self.pipe._merged_adapters = set()
+        restore_weights(self.pipe, self._pristine)
         self.fused = False
 
     def unload_lora(self) -> None:

@@ -9,6 +9,8 @@ Contract:
   their content hashes, seeds, steps, guidance, size, dtype, scheduler, LoRA scale, trigger-word
   handling, batch size, sampling mode). Where weights are *loaded from* (a local folder, a CLIP
   checkpoint file) is not part of the identity: the same profile on two machines has one hash.
+- ``Profile.thumbnails`` and ``Profile.compile`` are not hashed either: they change what is kept
+  or how fast, not what is measured (``signer.pipeline.compile_backend`` reads ``compile``).
 - ``Profile.hash`` is ``registry.profile_identity.profile_hash(name, settings)``, which also owns
   the ``paper`` settings and the adaptive defaults; ``register`` stores the profile as a
   ``SignerProfile`` row.
@@ -39,6 +41,7 @@ from registry.profile_identity import ADAPTIVE_DEFAULTS, PAPER, SDXL_BASE, profi
 from registry.settings import environment
 from signer.errors import ProfileError
 from signer.noise import noise_slot, sample_noise
+from signer.profile_checks import check_settings, checked_compile, checked_thumbnails
 from signer.prompts import Prompt, is_reference_source, load_prompt_set, resolve_source
 
 TINY_CLIP = "carlos-tiny-clip"
@@ -75,17 +78,12 @@ BUILTINS: dict[str, dict[str, Any]] = {
 
 # Keys a profiles.toml entry may set: identity (hashed) and locations (not hashed).
 IDENTITY_KEYS = set(PAPER) - {"method"}
-# ``thumbnails`` (how many before/after pairs a signature keeps as images; 0: none) changes what is
-# kept, not what is measured, so it is not hashed either.
-LOCATION_KEYS = {"base_model_path", "clip_checkpoint", "extends", "thumbnails"}
+# Not hashed either, since they change what is kept or how fast, not what is measured:
+# ``thumbnails`` (how many before/after pairs a signature keeps as images; 0: none) and
+# ``compile`` (torch.compile the UNet: signatures equal within float tolerance, signer.pipeline).
+LOCATION_KEYS = {"base_model_path", "clip_checkpoint", "extends", "thumbnails", "compile"}
 DEFAULT_THUMBNAILS = 4
-MAX_THUMBNAILS = 64
-SAMPLING_KEYS = set(ADAPTIVE_DEFAULTS)
-DTYPES = {"float16", "bfloat16", "float32"}
-TRIGGER_MODES = {"append", "none"}
-PREPROCESS_MODES = {"uint8-bicubic", "float-bicubic"}
-TEXT_CLEAN_MODES = {"transformers", "ftfy"}
-NOISE_DTYPES = {"float16", "bfloat16", "float32"}
+DEFAULT_COMPILE = "auto"  # on for a CUDA device, off on a CPU and for tiny models
 
 
 @dataclass(frozen=True)
@@ -113,8 +111,9 @@ class Profile:
     clip_checkpoint: str | None  # a local open_clip checkpoint file (not hashed)
     models_dir: Path  # where the tiny pipeline is built
     allow_download: bool = False
-    thumbnails: int = (
-        DEFAULT_THUMBNAILS  # before/after pairs kept as images per signature (not hashed)
+    thumbnails: int = DEFAULT_THUMBNAILS  # before/after pairs kept as images (not hashed)
+    compile: str = (
+        DEFAULT_COMPILE  # torch.compile the UNet: auto, on, off or a backend (not hashed)
     )
 
     # -- settings, typed
@@ -295,128 +294,50 @@ def _resolve_raw(name: str, settings, seen: tuple[str, ...] = ()) -> tuple[dict,
     )
 
 
-# Bounds on profile values (README "Profiles"): generous for real use, small enough that a typo
-# fails here with a reason instead of as an out-of-memory kill in the middle of signing.
-LIMITS = {
-    "steps": (1, 1000),
-    "width": (8, 4096),
-    "height": (8, 4096),
-    "batch_size": (1, 1024),
-    "noise_batch": (1, 1024),
-    "seeds.count": (1, 1024),
-    "seeds.start": (0, 2**63 - 1 - 2**20),
-}
-FLOAT_LIMITS = {
-    "guidance_scale": (0.0, 100.0),
-    "lora_scale": (-10.0, 10.0),
-    "no_effect_strength": (0.0, 1e6),
-}
-
-
-def _check(name: str, s: dict) -> None:
-    import math
-
-    def bad(msg: str):
-        raise ProfileError(f"profile {name!r}: {msg}")
-
-    def value(key: str):
-        parent, _, child = key.partition(".")
-        v = s.get(parent)
-        return v.get(child) if child and isinstance(v, dict) else v
-
-    if (
-        not isinstance(s.get("seeds"), dict)
-        or not isinstance(s.get("sampling"), dict)
-        or not isinstance(s.get("filters"), dict)
-    ):
-        bad("seeds, sampling and filters must be tables")
-    for key, (lo, hi) in LIMITS.items():
-        v = value(key)
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            bad(f"{key} must be an integer from {lo} to {hi} (got {v!r})")
-    for key, (lo, hi) in FLOAT_LIMITS.items():
-        v = value(key)
-        if (
-            not isinstance(v, (int, float))
-            or isinstance(v, bool)
-            or not math.isfinite(v)
-            or not lo <= v <= hi
-        ):
-            bad(f"{key} must be a number from {lo} to {hi} (got {v!r})")
-    for key in ("max_strength", "min_consistency"):
-        v = s["filters"].get(key)
-        if v is not None and (
-            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
-        ):
-            bad(f"filters.{key} must be a number or absent (got {v!r})")
-    if s["dtype"] not in DTYPES:
-        bad(f"dtype must be one of {sorted(DTYPES)}")
-    if s.get("noise_dtype") not in NOISE_DTYPES:
-        bad(f"noise_dtype must be one of {sorted(NOISE_DTYPES)}")
-    if s.get("image_preprocess") not in PREPROCESS_MODES:
-        bad(f"image_preprocess must be one of {sorted(PREPROCESS_MODES)}")
-    if s.get("text_clean") not in TEXT_CLEAN_MODES:
-        bad(f"text_clean must be one of {sorted(TEXT_CLEAN_MODES)}")
-    if s["trigger_words"] not in TRIGGER_MODES:
-        bad(f"trigger_words must be one of {sorted(TRIGGER_MODES)}")
-    if s["width"] % 8 or s["height"] % 8:
-        bad("width and height must be multiples of 8")
-    for key in (
-        "prompt_set",
-        "query_prompt_set",
-        "base_model",
-        "clip_model",
-        "clip_pretrained",
-        "scheduler",
-    ):
-        if not isinstance(s.get(key), str) or not s[key]:
-            bad(f"{key} must be a non-empty string")
-    for key in ("prompt_subset", "query_prompt_subset"):
-        v = s.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            bad(f"{key} must be an integer or absent")
-    mode = s["sampling"].get("mode")
-    if mode not in ("full", "adaptive"):
-        bad("sampling.mode must be 'full' or 'adaptive'")
-    if mode == "adaptive":
-        unknown = set(s["sampling"]) - SAMPLING_KEYS
-        if unknown:
-            bad(f"unknown sampling keys {sorted(unknown)}")
-        for key in SAMPLING_KEYS - {"mode"}:
-            v = s["sampling"].get(key)
-            if (
-                not isinstance(v, (int, float))
-                or isinstance(v, bool)
-                or not math.isfinite(v)
-                or v < 0
-            ):
-                bad(f"sampling.{key} must be a non-negative number")
-        if not 0 < float(s["sampling"]["target_cosine"]) < 1:
-            bad("sampling.target_cosine must be between 0 and 1")
-
-
 def load_profile(name: str, settings) -> Profile:
     """Resolve a profile name into a ``Profile`` (no model is loaded)."""
     raw, locations = _resolve_raw(name, settings)
-    _check(name, raw)
+    check_settings(name, raw)
     mdir = models_dir(settings)
     identity = dict(raw)
     allow_download = (environment().get("CARLOS_REG_ALLOW_DOWNLOAD") or "") in ("1", "true", "yes")
+    _describe_prompt_sets(name, identity, Path(settings.home), allow_download)
+    if identity["clip_model"] == TINY_CLIP:
+        from signer.tiny import tiny_model_name  # light: no torch at import
+
+        identity["base_model"] = tiny_model_name()
+        location = str(mdir / identity["base_model"])
+    else:
+        location = _base_model_location(identity, locations)
+    thumbnails = checked_thumbnails(name, locations.get("thumbnails", DEFAULT_THUMBNAILS))
+    clip_ckpt = _clip_checkpoint(identity, locations)
+    return Profile(
+        name=name,
+        settings=identity,
+        hash=profile_hash(name, _without_sources(identity)),
+        base_model_location=location,
+        clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None,
+        models_dir=mdir,
+        allow_download=allow_download,
+        thumbnails=thumbnails,
+        compile=checked_compile(name, locations.get("compile", DEFAULT_COMPILE)),
+    )
+
+
+def _describe_prompt_sets(name: str, identity: dict, home: Path, allow_download: bool) -> None:
+    """Replace the prompt set names and subsets of ``identity`` by the sets' descriptions (with
+    their content hashes, and where they were read from under ``source``)."""
     if (
         is_reference_source(identity["prompt_set"])
         and identity["query_prompt_set"] == "carlos-reference"
     ):
-        identity["query_prompt_set"] = identity[
-            "prompt_set"
-        ]  # P' from the same reference file as P
+        identity["query_prompt_set"] = identity["prompt_set"]  # P' from the same file as P
     for key, subset_key, part in (
         ("prompt_set", "prompt_subset", "index"),
         ("query_prompt_set", "query_prompt_subset", "query"),
     ):
         try:
-            source = resolve_source(
-                identity[key], home=Path(settings.home), allow_download=allow_download
-            )
+            source = resolve_source(identity[key], home=home, allow_download=allow_download)
             prompt_set = load_prompt_set(source, part)
         except ProfileError as exc:
             raise ProfileError(f"profile {name!r}: {exc}") from None
@@ -427,47 +348,23 @@ def load_profile(name: str, settings) -> Profile:
             )
         identity[key] = prompt_set.describe(int(subset) if subset is not None else None)
         identity[key]["source"] = source
-    if identity["clip_model"] == TINY_CLIP:
-        from signer.tiny import tiny_model_name  # light: no torch at import
 
-        identity["base_model"] = tiny_model_name()
-        location = str(mdir / identity["base_model"])
-    else:
-        location = str(
-            locations.get("base_model_path")
-            or (
-                environment().get("CARLOS_REG_SDXL")
-                if identity["base_model"] == SDXL_BASE
-                else None
-            )
-            or identity["base_model"]
-        )
-    thumbnails = locations.get("thumbnails", DEFAULT_THUMBNAILS)
-    if (
-        not isinstance(thumbnails, int)
-        or isinstance(thumbnails, bool)
-        or not 0 <= thumbnails <= MAX_THUMBNAILS
-    ):
-        raise ProfileError(
-            f"profile {name!r}: thumbnails must be an integer from 0 to {MAX_THUMBNAILS} "
-            f"(got {thumbnails!r})"
-        )
+
+def _base_model_location(identity: dict, locations: dict) -> str:
+    """Where the SDXL weights load from: the profile's path, CARLOS_REG_SDXL for SDXL base 1.0,
+    or the Hub id."""
+    sdxl = environment().get("CARLOS_REG_SDXL") if identity["base_model"] == SDXL_BASE else None
+    return str(locations.get("base_model_path") or sdxl or identity["base_model"])
+
+
+def _clip_checkpoint(identity: dict, locations: dict) -> str | None:
     clip_ckpt = locations.get("clip_checkpoint")
     if clip_ckpt is None and (identity["clip_model"], identity["clip_pretrained"]) == (
         "ViT-B-32-quickgelu",
         "openai",
     ):
         clip_ckpt = environment().get("CARLOS_REG_CLIP") or None
-    return Profile(
-        name=name,
-        settings=identity,
-        hash=profile_hash(name, _without_sources(identity)),
-        base_model_location=location,
-        clip_checkpoint=str(Path(clip_ckpt).expanduser()) if clip_ckpt else None,
-        models_dir=mdir,
-        allow_download=allow_download,
-        thumbnails=thumbnails,
-    )
+    return clip_ckpt
 
 
 def _without_sources(settings: dict) -> dict:

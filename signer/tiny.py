@@ -25,6 +25,47 @@ from pathlib import Path
 
 TINY_SEED = 0
 
+
+def vae_config(block_out_channels: list[int], **extra) -> dict:
+    """An SDXL-style VAE's config: RGB in and out, 4 latent channels, one encoder and one decoder
+    block per width in ``block_out_channels``."""
+    blocks = len(block_out_channels)
+    return dict(
+        block_out_channels=block_out_channels,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks,
+        latent_channels=4,
+        **extra,
+    )
+
+
+# CLIP's vocabulary, special tokens and context length: every text encoder here shares them.
+CLIP_VOCABULARY = dict(
+    vocab_size=49408,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    max_position_embeddings=77,
+)
+
+
+def clip_text_config(width: int, mlp: int, layers: int, heads: int, act: str, **extra) -> dict:
+    """A CLIP text encoder's config: its sizes (hidden width, MLP width, layers, attention heads,
+    activation; the projection is as wide as the hidden state) on CLIP's vocabulary."""
+    return dict(
+        **CLIP_VOCABULARY,
+        hidden_size=width,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        hidden_act=act,
+        projection_dim=width,
+        **extra,
+    )
+
+
 # Shapes follow diffusers' own SDXL LoRA tests (block_out_channels 32/64, two 32-wide text
 # encoders whose concatenation is the 64-wide cross-attention context), with the real
 # 49,408-token CLIP vocabulary so the tokenizer is the real one.
@@ -44,29 +85,8 @@ TINY_UNET = dict(
     projection_class_embeddings_input_dim=80,
     cross_attention_dim=64,
 )
-TINY_VAE = dict(
-    block_out_channels=[32, 64],
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 2,
-    up_block_types=["UpDecoderBlock2D"] * 2,
-    latent_channels=4,
-    sample_size=128,
-)
-TINY_TEXT = dict(
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    hidden_size=32,
-    intermediate_size=37,
-    layer_norm_eps=1e-5,
-    num_attention_heads=4,
-    num_hidden_layers=5,
-    vocab_size=49408,
-    hidden_act="gelu",
-    projection_dim=32,
-    max_position_embeddings=77,
-)
+TINY_VAE = vae_config([32, 64], sample_size=128)
+TINY_TEXT = clip_text_config(32, 37, 5, 4, "gelu", layer_norm_eps=1e-5)
 SCHEDULER = dict(
     beta_start=0.00085,
     beta_end=0.012,
@@ -95,45 +115,16 @@ FULL_UNET = dict(
     norm_num_groups=32,
     norm_eps=1e-5,
 )
-FULL_VAE = dict(
-    block_out_channels=[128, 256, 512, 512],
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
+FULL_VAE = vae_config(
+    [128, 256, 512, 512],
     layers_per_block=2,
-    latent_channels=4,
     norm_num_groups=32,
     sample_size=1024,
     scaling_factor=0.13025,
     force_upcast=True,
 )
-FULL_TEXT_1 = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    hidden_act="quick_gelu",
-    max_position_embeddings=77,
-    vocab_size=49408,
-    projection_dim=768,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
-FULL_TEXT_2 = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_hidden_layers=32,
-    num_attention_heads=20,
-    hidden_act="gelu",
-    max_position_embeddings=77,
-    vocab_size=49408,
-    projection_dim=1280,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-)
+FULL_TEXT_1 = clip_text_config(768, 3072, 12, 12, "quick_gelu")  # CLIP ViT-L/14's
+FULL_TEXT_2 = clip_text_config(1280, 5120, 32, 20, "gelu")  # OpenCLIP ViT-bigG/14's
 
 
 def quiet_libraries() -> None:

@@ -365,19 +365,17 @@ def _tiny_hf_clip(folder: Path, *, projection_dim: int = 16, safetensors: bool =
     import torch
     from transformers import CLIPConfig, CLIPModel
 
+    from signer.tiny import CLIP_VOCABULARY
+
     torch.manual_seed(1)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=49408,
+            **CLIP_VOCABULARY,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=77,
             hidden_act="quick_gelu",
-            eos_token_id=49407,
-            bos_token_id=49406,
-            pad_token_id=49407,
         ),
         vision_config=dict(
             hidden_size=32,

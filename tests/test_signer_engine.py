@@ -237,7 +237,7 @@ def test_missing_real_weights_fail_with_one_clear_line(tmp_path, monkeypatch):
         load_clip(tiny_profile("carlos-reg"))
     msg = str(exc.value)
     assert "\n" not in msg and "ViT-B-32-quickgelu/openai" in msg and "CARLOS_REG_CLIP" in msg
-    from signer.engine import load_pipeline
+    from signer.pipeline import load_pipeline
 
     monkeypatch.delenv("CARLOS_REG_SDXL", raising=False)
     with pytest.raises(ModelUnavailable) as exc:
