@@ -243,16 +243,7 @@ def main() -> None:
     for r, rule in enumerate(rules):
         doc["rules"].append(
             {
-                "rule": {
-                    k: getattr(rule, k)
-                    for k in (
-                        "target_cosine",
-                        "strength_rel_tol",
-                        "consistency_tol",
-                        "min_samples",
-                        "safety",
-                    )
-                },
+                "rule": dataclasses.asdict(rule),
                 "splits": {f"{rho:g}": summarise(rows[(r, rho)], n_total) for rho in splits},
             }
         )

@@ -207,25 +207,23 @@ class RegistryStore:
         self, model_ids: Iterable[int], version_ids: Iterable[int], now: datetime
     ) -> tuple[int, int]:
         model_ids, version_ids = sorted(set(model_ids)), sorted(set(version_ids))
-        n_models = n_versions = 0
         if not model_ids and not version_ids:
             return 0, 0
         with self.db.write() as s:
-            for chunk in chunks(model_ids):
-                n_models += s.execute(
-                    sa.update(Model)
-                    .where(Model.id.in_(chunk), Model.gone_at.is_(None))
-                    .values(gone_at=now, updated_at=now)
-                ).rowcount
-                n_versions += s.execute(
-                    sa.update(Version)
-                    .where(Version.model_id.in_(chunk), Version.gone_at.is_(None))
-                    .values(gone_at=now, updated_at=now)
-                ).rowcount
-            for chunk in chunks(version_ids):
-                n_versions += s.execute(
-                    sa.update(Version)
-                    .where(Version.id.in_(chunk), Version.gone_at.is_(None))
-                    .values(gone_at=now, updated_at=now)
-                ).rowcount
+            n_models = _stamp_gone(s, Model, Model.id, model_ids, now)
+            n_versions = _stamp_gone(s, Version, Version.model_id, model_ids, now)
+            n_versions += _stamp_gone(s, Version, Version.id, version_ids, now)
         return n_models, n_versions
+
+
+def _stamp_gone(s, table, key, ids: list[int], now: datetime) -> int:
+    """Set ``gone_at`` on the rows of ``table`` whose ``key`` is in ``ids`` and that are not gone
+    yet; returns how many rows changed."""
+    changed = 0
+    for chunk in chunks(ids):
+        changed += s.execute(
+            sa.update(table)
+            .where(key.in_(chunk), table.gone_at.is_(None))
+            .values(gone_at=now, updated_at=now)
+        ).rowcount
+    return changed

@@ -221,6 +221,7 @@ def _add_catalog_rows(session, rows: list[ImportRow], counts: dict, now) -> None
     models = {
         m.id: m for m in session.exec(sa.select(Model).where(Model.id.in_(model_ids))).scalars()
     }
+    created = dict(source="carlos", first_seen_at=now, updated_at=now)  # rows this import adds
     for r in rows:
         if r.model_id is not None and r.model_id not in models:
             models[r.model_id] = Model(
@@ -230,9 +231,7 @@ def _add_catalog_rows(session, rows: list[ImportRow], counts: dict, now) -> None
                 nsfw_level=r.nsfw_level,
                 nsfw=bool((r.nsfw_level or 0) & NSFW_LEVEL_BITS),
                 download_count=r.download_count,
-                source="carlos",
-                first_seen_at=now,
-                updated_at=now,
+                **created,
             )
             session.add(models[r.model_id])
             counts["models_added"] += 1
@@ -241,9 +240,7 @@ def _add_catalog_rows(session, rows: list[ImportRow], counts: dict, now) -> None
                 id=r.version_id,
                 model_id=r.model_id,
                 name=r.name,
-                source="carlos",
-                first_seen_at=now,
-                updated_at=now,
+                **created,
             )
             session.add(versions[r.version_id])
             counts["versions_added"] += 1

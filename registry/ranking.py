@@ -40,6 +40,10 @@ class Ranked:
     filtered: dict[str, int] = field(default_factory=dict)
 
 
+# The per-LoRA arrays, aligned row by row: what copy(), save() and load() carry.
+ARRAYS = ("ids", "units", "norms", "strength", "consistency", "valid", "signature_bytes")
+
+
 class RankingIndex:
     def __init__(self, profile_id: int, dim: int = 0):
         self.profile_id = profile_id
@@ -59,17 +63,13 @@ class RankingIndex:
         """A deep copy: the service refreshes a copy and swaps it in while requests read the old one."""
         other = RankingIndex(self.profile_id, self.dim)
         other.seq = self.seq
-        for name in (
-            "ids",
-            "units",
-            "norms",
-            "strength",
-            "consistency",
-            "valid",
-            "signature_bytes",
-        ):
-            setattr(other, name, getattr(self, name).copy())
+        other._set_arrays(lambda name: getattr(self, name).copy())
         return other
+
+    def _set_arrays(self, value_of) -> None:
+        """Set every per-LoRA array (``ARRAYS``) to ``value_of(name)``."""
+        for name in ARRAYS:
+            setattr(self, name, value_of(name))
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -162,13 +162,7 @@ class RankingIndex:
                 format=np.int64(INDEX_FORMAT),
                 profile_id=np.int64(self.profile_id),
                 seq=np.int64(self.seq),
-                ids=self.ids,
-                units=self.units,
-                norms=self.norms,
-                strength=self.strength,
-                consistency=self.consistency,
-                valid=self.valid,
-                signature_bytes=self.signature_bytes,
+                **{name: getattr(self, name) for name in ARRAYS},
             )
 
     @classmethod
@@ -179,16 +173,7 @@ class RankingIndex:
                 if int(data["format"]) != INDEX_FORMAT or int(data["profile_id"]) != profile_id:
                     return index
                 index.seq = int(data["seq"])
-                for name in (
-                    "ids",
-                    "units",
-                    "norms",
-                    "strength",
-                    "consistency",
-                    "valid",
-                    "signature_bytes",
-                ):
-                    setattr(index, name, data[name])
+                index._set_arrays(lambda name: data[name])
         except (OSError, ValueError, KeyError):
             return cls(profile_id)  # a missing or damaged cache is rebuilt from the registry
         return index

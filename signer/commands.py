@@ -14,6 +14,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.cli_options import limit_option, seconds_option
 from registry.output import emit_json, info, output_options, table
 from signer.cli_support import (
     DEVICE_HELP,
@@ -70,9 +71,9 @@ WORKER_POOL_SIZE = 3  # connections of one worker: main loop, heartbeat thread, 
     metavar="NAME",
     help="Only jobs of this profile (repeatable) [default: every profile this machine defines].",
 )
-@click.option(
+@seconds_option(
     "--lease-seconds",
-    type=click.FloatRange(min=0.5),
+    minimum=0.5,
     metavar="S",
     help="Lease length; the heartbeat renews it every S/3 seconds [default: 300].",
 )
@@ -151,9 +152,7 @@ def _launch(app: App, *, device, workers, once, max_jobs, profiles, lease_second
 
 @signer_group.command()
 @output_options
-@click.option(
-    "--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Dead jobs to list."
-)
+@limit_option("Dead jobs to list.")
 @pass_app
 def status(app: App, as_json, limit):
     """Queue counts per profile and state, dead jobs with their reasons, base caches."""

@@ -17,7 +17,7 @@ adaptive sampling; see their docstrings for what they estimate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -142,19 +142,7 @@ class AdaptiveRule:
 
     @classmethod
     def from_settings(cls, sampling: dict) -> "AdaptiveRule":
-        return cls(
-            **{
-                k: sampling[k]
-                for k in (
-                    "target_cosine",
-                    "strength_rel_tol",
-                    "consistency_tol",
-                    "min_samples",
-                    "safety",
-                )
-                if k in sampling
-            }
-        )
+        return cls(**{f.name: sampling[f.name] for f in fields(cls) if f.name in sampling})
 
     def check(self, prefix, n_total: int) -> tuple[bool, dict]:
         """Decide on the whole prefix (O(n·d) per call); ``AdaptiveTracker`` does the same in O(d²)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from registry.app import App, pass_app
+from registry.cli_options import limit_option
 from registry.output import emit_json, info, output_options, table
 
 
@@ -160,14 +161,7 @@ def prompts_command(app: App, profile_name, query, as_json):
     help="The version has no trainedWords list at all (the reference then appends ', ').",
 )
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="K")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    default=20,
-    show_default=True,
-    metavar="N",
-    help="How many samples (0: all).",
-)
+@limit_option("How many samples (0: all).", metavar="N")
 @output_options
 @pass_app
 def samples_command(app: App, profile_name, triggers, triggers_missing, offset, limit, as_json):

@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from registry.app import App, pass_app
+from registry.cli_options import profile_option
 from registry.output import emit_json, info, output_options, table
-from registry.settings import PROFILE_HELP
 from registry.states import FileState, JobState
 from signer.cli_support import DEVICE_HELP, default_device, registered_profile, run_worker
 
@@ -23,7 +23,7 @@ from signer.cli_support import DEVICE_HELP, default_device, registered_profile, 
 @click.option(
     "--all", "all_", is_flag=True, help="Every version with a verified file and no signature yet."
 )
-@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@profile_option
 @click.option("--device", metavar="DEV", help=DEVICE_HELP)
 @click.option(
     "--trigger",

@@ -13,6 +13,7 @@ import time
 import click
 
 from registry.app import App, pass_app
+from registry.cli_options import seconds_option
 from registry.errors import UsageError
 from registry.output import emit_json, err, info, output_options, plain, table
 
@@ -145,35 +146,28 @@ class _RichReporter:
     show_default=True,
     help="Retries of a failing request (429, 5xx, timeouts, resets, HTML pages).",
 )
-@click.option(
+@seconds_option(
     "--max-backoff",
-    type=click.FloatRange(min=0),
+    minimum=0,
     default=30.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Cap of the exponential backoff between retries (Retry-After may ask for more).",
 )
-@click.option(
+@seconds_option(
     "--max-retry-after",
-    type=click.FloatRange(min=0),
+    minimum=0,
     default=120.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Honour a server's Retry-After up to this long; a longer one fails the request instead.",
 )
-@click.option(
+@seconds_option(
     "--timeout",
-    type=click.FloatRange(min=0.05),
+    minimum=0.05,
     default=60.0,
-    show_default=True,
-    metavar="SECONDS",
     help="A request or body with no data for this long counts as stalled; after it, a body must "
     "average 16 KiB/s.",
 )
-@click.option(
+@seconds_option(
     "--deadline",
-    type=click.FloatRange(min=1),
-    metavar="SECONDS",
+    minimum=1,
     help="Stop the whole crawl after this long (the run is partial; downloads resume next time).",
 )
 @click.option(

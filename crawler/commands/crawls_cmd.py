@@ -5,18 +5,13 @@ from __future__ import annotations
 import click
 
 from registry.app import App, pass_app
+from registry.cli_options import limit_option
 from registry.output import emit_json, info, output_options, table
 
 
 @click.command()
 @click.argument("run_id", required=False, type=int)
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Runs (or errors) shown.",
-)
+@limit_option("Runs (or errors) shown.", minimum=1)
 @output_options
 @pass_app
 def crawls(app: App, run_id, limit, as_json):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from registry.app import App, pass_app
+from registry.cli_options import listen_options
 from registry.errors import CarlosError
 from registry.output import emit_json, info, output_options
 
@@ -17,14 +18,7 @@ def mirror():
 
 @mirror.command(name="serve")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8000,
-    show_default=True,
-    help="0: any free port.",
-)
+@listen_options(port=8000, port_help="0: any free port.")
 @click.option(
     "--token",
     envvar="CARLOS_REG_MIRROR_TOKEN",

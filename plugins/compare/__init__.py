@@ -15,14 +15,14 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.cli_options import profile_option
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND
-from registry.settings import PROFILE_HELP
 
 
 @click.command(context_settings=REF_COMMAND)
 @click.argument("refs", nargs=-1)
-@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@profile_option
 @click.option(
     "-k",
     "k",

@@ -6,9 +6,9 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.cli_options import profile_option
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
-from registry.settings import PROFILE_HELP
 
 
 @click.command()
@@ -21,7 +21,7 @@ from registry.settings import PROFILE_HELP
     help="An example image of the look to find (repeatable; alone or with QUERY).",
 )
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
-@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@profile_option
 @click.option(
     "--no-filter", is_flag=True, help="Keep LoRAs that are too strong or too inconsistent."
 )
@@ -171,7 +171,7 @@ def _explain_filters(doc: dict) -> None:
 )
 @click.argument("ref")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many results.")
-@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@profile_option
 @output_options
 @pass_app
 def similar(app: App, ref, k, profile, as_json):

@@ -6,16 +6,16 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.cli_options import limit_option, profile_option
 from registry.output import emit_json, info, output_options, table
 from registry.refs import REF_COMMAND, REF_HELP
-from registry.settings import PROFILE_HELP
 from registry.sorts import SORTS
 
 
 @click.command()
 @click.option("--signed/--unsigned", default=None, help="Only signed (or only unsigned) LoRAs.")
 @click.option("--base-model", metavar="NAME", help="Only this base model, e.g. 'SDXL 1.0', 'Pony'.")
-@click.option("--profile", metavar="NAME", help=PROFILE_HELP)
+@profile_option
 @click.option(
     "--query", "-q", metavar="TEXT", help="Only LoRAs whose name contains TEXT (any case)."
 )
@@ -36,13 +36,7 @@ from registry.sorts import SORTS
     type=click.Choice(["live", "archived", "takendown"], case_sensitive=False),
     help="Only LoRAs whose Civitai model is live, Archived or TakenDown (default: all, marked).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0, max=2**62),
-    default=100,
-    show_default=True,
-    help="At most N rows (0: all).",
-)
+@limit_option("At most N rows (0: all).", maximum=2**62, default=100)
 @click.option(
     "--offset", type=click.IntRange(min=0, max=2**62), default=0, help="Skip the first N rows."
 )

@@ -12,6 +12,7 @@ import click
 
 from registry import hookimpl
 from registry.app import App, pass_app
+from registry.cli_options import listen_options, seconds_option
 from registry.errors import UsageError
 from registry.output import info
 
@@ -158,14 +159,7 @@ async def _serve(
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=8080,
-    show_default=True,
-    help="0 picks a free port.",
-)
+@listen_options(port=8080, port_help="0 picks a free port.")
 @click.option(
     "--schedule",
     default=DEFAULT_SCHEDULE,
@@ -180,12 +174,10 @@ async def _serve(
 )
 @click.option("--device", default=None, help="Device of the local signer worker (cuda, mps, cpu).")
 @click.option("--run-now", is_flag=True, help="Also start one run right away.")
-@click.option(
+@seconds_option(
     "--header-timeout",
-    type=click.FloatRange(min=0.1),
+    minimum=0.1,
     default=15.0,
-    show_default=True,
-    metavar="SECONDS",
     help="Close a connection whose request headers are not complete, or that is idle, after this long.",
 )
 @pass_app
