@@ -66,7 +66,11 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"],
     ),
     "queue": (["registry/queue.py"], ["tests/test_queue.py"], ["registry.queue.*"]),
-    "signer": (["signer/maths.py"], ["tests/test_signer_maths.py"], ["signer.maths.*"]),
+    "signer": (
+        ["signer/maths.py"],
+        ["tests/test_signer_maths.py", "tests/test_adaptive_rules.py"],
+        ["signer.maths.*"],
+    ),
 }
 COPIED = ["registry", "crawler", "signer", "plugins", "migrations", "tests", "pyproject.toml"]
 STATUSES = (
