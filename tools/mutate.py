@@ -65,7 +65,11 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["tests/test_crawler_listing.py", "tests/test_crawler_sync.py"],
         ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"],
     ),
-    "queue": (["registry/queue.py"], ["tests/test_queue.py"], ["registry.queue.*"]),
+    "queue": (
+        ["registry/queue.py"],
+        ["tests/test_queue.py", "tests/test_queue_rules.py"],
+        ["registry.queue.*"],
+    ),
     "signer": (
         ["signer/maths.py"],
         ["tests/test_signer_maths.py", "tests/test_adaptive_rules.py"],
