@@ -15,6 +15,7 @@ import torch
 
 from signer import lorafiles as lf
 from signer.validate import inspect_lora_file
+from tests.test_readme_promises import _peft_keys
 
 # convolutions of the tiny UNet a LoCon adapts: (module, in channels, out channels), 3x3 kernels
 CONVOLUTIONS = (
@@ -30,16 +31,11 @@ def _width(engine) -> int:
 
 def _diffusers_keys(kohya: dict) -> dict:
     """The same weights under diffusers' own (pre-PEFT) names: unet.<module>.lora.down/up.weight."""
-    modules = {name.replace(".", "_"): name for name, _, _ in lf.unet_targets()}
-    out = {}
-    for key, t in kohya.items():
-        stem, _, kind = key.partition(".")
-        module = modules[stem.removeprefix("lora_unet_")]
-        if kind == "lora_down.weight":
-            out[f"unet.{module}.lora.down.weight"] = t
-        elif kind == "lora_up.weight":
-            out[f"unet.{module}.lora.up.weight"] = t
-    return out
+    renamed = {".lora_A.weight": ".lora.down.weight", ".lora_B.weight": ".lora.up.weight"}
+    return {
+        next(key.replace(a, b) for a, b in renamed.items() if key.endswith(a)): t
+        for key, t in _peft_keys(kohya).items()
+    }
 
 
 def _locon_tensors(*, seed: int, strength: float, rank: int = 4) -> dict:

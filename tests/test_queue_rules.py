@@ -10,21 +10,16 @@ import pytest
 import sqlalchemy as sa
 
 from registry.errors import LeaseLost
-from registry.models import SignJob, Version
-from registry.profiles import get_or_create_profile
+from registry.models import SignJob
 from registry.queue import JobQueue
 from registry.states import JobState
+from tests.test_queue import _setup
 
 
 def _jobs(db, n: int, **enqueue_kw) -> dict[int, int]:
     """n LoRA jobs; version id -> job id."""
-    with db.write() as s:
-        profile = get_or_create_profile(s, "test", {"n": 1})
-        s.add_all([Version(id=i, name=f"lora {i}") for i in range(1, n + 1)])
-        s.flush()
-        q = JobQueue(db)
-        for i in range(1, n + 1):
-            q.enqueue(s, profile_id=profile.id, version_id=i, **enqueue_kw)
+    _setup(db, n, **enqueue_kw)
+    with db.read() as s:
         return dict(s.execute(sa.select(SignJob.version_id, SignJob.id)).all())
 
 
