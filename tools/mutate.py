@@ -52,7 +52,7 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "reports": (
         ["plugins/reports/copyright.py", "plugins/reports/__init__.py"],
-        ["tests/test_report_rules.py"],
+        ["tests/test_report_rules.py", "tests/test_report_options.py"],
         ["*CopyrightReportǁbuild__*", "*_options_from_query__*", "*reference_images__*"],
     ),
     "compare": (
