@@ -47,3 +47,18 @@ def test_the_report_covers_the_profile_it_names(registry, tiny_settings):
             assert {e["version_id"] for e in doc["loras"]} == want, name
     finally:
         other.app.close()
+
+
+def test_refs_narrow_the_rows_but_percentiles_stay_registry_wide(registry):
+    """README: ``report copyright REF…`` shows only those rows; percentiles stay registry-wide."""
+    rng = np.random.default_rng(1)
+    for vid, strength in zip(range(1, 6), (1.0, 2.0, 3.0, 4.0, 5.0)):
+        registry.plant(vid, rng.normal(size=32), strength=strength, consistency=0.1 * vid)
+    build = CopyrightReport().build
+    everything = {e["version_id"]: e for e in build(registry.app, refs=(), profile=None)["loras"]}
+    doc = build(registry.app, refs=["4", "2", "4"], profile=None)  # a REF may repeat
+    rows = {e["version_id"]: e for e in doc["loras"]}
+    assert set(rows) == {2, 4} and len(doc["loras"]) == 2
+    for vid, row in rows.items():
+        assert row["strength_percentile"] == everything[vid]["strength_percentile"]
+        assert row["consistency_percentile"] == everything[vid]["consistency_percentile"]
