@@ -67,7 +67,8 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "queue": (
         ["registry/queue.py"],
-        ["tests/test_queue.py", "tests/test_queue_rules.py"],
+        # test_retry: complete_with / completed_by (a retried completion), reached in process there
+        ["tests/test_queue.py", "tests/test_queue_rules.py", "tests/test_retry.py"],
         ["registry.queue.*"],
     ),
     "signer": (
