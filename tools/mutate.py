@@ -41,7 +41,7 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "search": (
         ["signer/search.py", "signer/query_encoder.py"],
-        ["tests/test_search_rules.py"],
+        ["tests/test_search_rules.py", "tests/test_similar_rules.py"],
         [
             "*SearchEngineǁdefault_filters__*",
             "*CarlosRetrieverǁrank__*",
