@@ -80,3 +80,29 @@ def test_similar_answers_for_the_profile_it_names_and_explains_refusals(registry
         other.app.close()
     with pytest.raises(CarlosError, match=r"^LoRA 3 has a zero Direction"):
         registry.engine.similar("3", profile="tiny")
+
+
+def test_the_image_query_is_the_examples_mean_feature_minus_the_base_branch_mean(
+    registry, tmp_path
+):
+    """Computed here from the CLIP model, not taken from the encoder under test."""
+    import torch
+
+    from signer.clip import load_clip
+    from signer.query_encoder import load_images
+    from tests.planted import example_png
+
+    base = registry.plant_base_mean()
+    paths = [example_png(tmp_path / f"{i}.png", seed=i) for i in (1, 2)]
+    encoder = registry.engine.encoder(registry.row)
+    clip = load_clip(encoder.source.profile)
+    feats = []
+    for rgb in load_images(paths):
+        x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+        with torch.no_grad():
+            feats.append(clip.encode_images(x).double().mean(dim=0).numpy())
+    assert np.linalg.norm(feats[0] - feats[1]) > 1e-3  # two examples the mean must average
+    want = np.mean(feats, axis=0) - base
+    got = encoder.image_vector(paths)
+    assert got.dtype == np.float32 and got.shape == (DIM,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
