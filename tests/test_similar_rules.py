@@ -106,3 +106,14 @@ def test_the_image_query_is_the_examples_mean_feature_minus_the_base_branch_mean
     got = encoder.image_vector(paths)
     assert got.dtype == np.float32 and got.shape == (DIM,)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_warm_encoder_reuses_prompt_prefixes_and_gives_the_reciprocal_shift(registry):
+    """The service's warm path (prompt prefixes encoded once) answers what the formula says."""
+    from signer.query_encoder import QueryEncoder
+    from tests.test_compare_rules import _reciprocal_shift
+
+    warm = QueryEncoder(registry.app, registry.row, warm=True)
+    vec, cached = warm.text_vector("neon city glow")
+    assert not cached and warm.source._prefixes is not None  # the prefix path ran
+    np.testing.assert_allclose(vec, _reciprocal_shift(registry, "neon city glow"), atol=1e-4)
