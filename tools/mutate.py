@@ -101,7 +101,8 @@ def _config(modules: list[str], tests: list[str]) -> str:
         f"only_mutate = {toml_list(modules)}\n"
         f"also_copy = {toml_list(['migrations'])}\n"
         f"pytest_add_cli_args_test_selection = {toml_list([*tests, '-k', 'not postgres'])}\n"
-        f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '-p', 'no:timeout', '-q'])}\n"
+        # --timeout=0, not -p no:timeout: tests marked timeout(N) must still collect (strict markers)
+        f"pytest_add_cli_args = {toml_list(['-p', 'no:cacheprovider', '--timeout=0', '-q'])}\n"
         'process_isolation = "forkserver"\n'
         # each test's fixtures (a registry, the tiny CLIP) are set up again per mutant; a mutant that
         # hangs (a redirect loop, a lost wake-up) is cut after about 3x the tests' own time
