@@ -43,6 +43,11 @@ def test_the_answer_names_its_target_ranks_scores_and_exact_duplicates_beyond_k(
     narrow = registry.engine.similar("1", k=1)
     assert [r["version_id"] for r in narrow["results"]] == [2]
     assert narrow["exact_duplicates"] == [2, 3]  # found by signature bytes, not only within -k
+    assert narrow["exact_duplicate_cos"] == 0.99999
+    registry.plant(6, a * 5)  # other bytes, the same Direction: exact by its score
+    wide = registry.engine.similar("1", k=3)
+    assert [r["duplicate"] for r in wide["results"]] == ["exact"] * 3
+    assert wide["exact_duplicates"] == [2, 3, 6]
 
 
 def test_similar_answers_for_the_profile_it_names_and_explains_refusals(registry, tiny_settings):
