@@ -108,3 +108,56 @@ def test_a_profiles_sampling_table_becomes_the_rule():
     partial = AdaptiveRule.from_settings({"mode": "adaptive", "min_samples": 16})
     assert partial == AdaptiveRule(min_samples=16)  # the rest from the defaults
     assert ADAPTIVE_DEFAULTS["min_samples"] != 16
+
+
+def _est(**kw) -> dict:
+    """Estimates exactly at the default rule's bounds (0.99, 2 % of Strength, 0.005), 256 samples."""
+    return {
+        "n": 256,
+        "cosine": 0.99,
+        "strength": 4.0,
+        "strength_se": 0.08,
+        "consistency_se": 0.005,
+        **kw,
+    }
+
+
+def test_the_rule_stops_at_its_bounds_inclusive_and_not_before():
+    rule = AdaptiveRule()
+    assert rule.decide(_est(), 4480) == (True, _est())
+    for worse in (
+        {"n": 255},
+        {"cosine": 0.9899},
+        {"strength_se": 0.0801},
+        {"consistency_se": 0.0051},
+    ):
+        assert rule.decide(_est(**worse), 4480)[0] is False, worse
+    # every sample seen: nothing left to decide, whatever the estimates say
+    assert rule.decide(_est(n=300, cosine=0.0, consistency_se=1.0), 300)[0] is True
+    assert rule.decide(_est(n=256, cosine=0.0), 300)[0] is False
+    # fewer samples than min_samples in all: the whole set is the minimum
+    assert rule.decide(_est(n=100), 100)[0] is True
+    assert rule.decide(_est(n=99, cosine=0.0), 100)[0] is False
+
+
+def test_without_a_strength_estimate_the_strength_error_must_be_zero():
+    """Under two samples there is no Strength estimate: the tolerance is relative to ~0."""
+    est = {"n": 1, "cosine": 1.0, "strength_se": 0.01, "consistency_se": 0.0}
+    assert AdaptiveRule(min_samples=1).decide(est, 10)[0] is False
+
+
+def test_an_empty_running_signature_is_all_zero():
+    """No usable sample (every image degenerate): a zero signature the signer flags no_effect."""
+    from signer.maths import RunningSignature, SignatureStats
+
+    stats = RunningSignature(8).result()
+    assert isinstance(stats, SignatureStats)
+    assert stats.direction.dtype == np.float32 and stats.direction.shape == (8,)
+    assert not stats.direction.any()
+    assert (stats.strength, stats.consistency, stats.n, stats.n_zero) == (0.0, 0.0, 0, 0)
+    assert all(
+        type(x) is t
+        for x, t in zip(
+            (stats.strength, stats.consistency, stats.n, stats.n_zero), (float,) * 2 + (int,) * 2
+        )
+    )
