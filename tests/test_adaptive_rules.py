@@ -161,3 +161,6 @@ def test_an_empty_running_signature_is_all_zero():
             (stats.strength, stats.consistency, stats.n, stats.n_zero), (float,) * 2 + (int,) * 2
         )
     )
+    acc = RunningSignature(8)
+    acc.add(_cloud(5))
+    assert acc.result().direction.dtype == np.float32  # what the registry stores
