@@ -62,7 +62,11 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "crawler": (
         ["crawler/client.py", "crawler/sync.py"],
-        ["tests/test_crawler_listing.py", "tests/test_crawler_sync.py"],
+        [
+            "tests/test_crawler_listing.py",
+            "tests/test_crawler_sync.py",
+            "tests/test_crawler_items.py",
+        ],
         ["*Crawlerǁ_list_params__*", "*Crawlerǁ_select__*", "*CivitaiClientǁ_open__*"],
     ),
     "queue": (
