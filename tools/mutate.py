@@ -57,7 +57,7 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
     ),
     "compare": (
         ["signer/claim_check.py"],
-        ["tests/test_compare_rules.py"],
+        ["tests/test_compare_rules.py", "tests/test_compare_all.py"],
         ["*ClaimCheckerǁcheck__*"],
     ),
     "crawler": (
