@@ -26,5 +26,7 @@ def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
     assert rows[1]["claim_rank"] == 1 and rows[1]["supported"] is True
     assert rows[2]["claim_rank"] == 2 and rows[2]["supported"] is False
     assert all("ref" in r for r in rows.values())
+    assert rows[1]["name"] == "Watercolor Painting"
+    assert set(rows[1]["claim_from"]) == {"trained_words", "tags"}  # what the claim was made of
     with pytest.raises(NotFound, match=r"^LoRA 99 has no signature under profile 'tiny'"):
         ClaimChecker(registry.app, k=1).check([99])
