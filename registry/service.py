@@ -84,6 +84,8 @@ def run_nightly(
             if results[name].get("error"):
                 status, error = "failed", f"step {name}: {results[name]['error']}"
             _record(app, run_id, steps=dict(results))
+        if stop.is_set() and status == "ok":
+            status = "interrupted"  # shutdown cut a step short: the run did not do all its work
     except BaseException as exc:
         status, error = "interrupted", f"{type(exc).__name__}: {exc}"
         raise

@@ -103,7 +103,7 @@ def files_under(root) -> list[str]:
     "header, low, high",
     [
         ("3", 3.0, 3.0),
-        ("HTTP-DATE", 5.0, 10.0),
+        ("HTTP-DATE", None, None),  # the window comes from when the date was sent
         ("0", 0.0, 0.001),
         ("garbage", 0.0, 0.001),
         (None, 0.0, 0.001),
@@ -111,21 +111,31 @@ def files_under(root) -> list[str]:
 )
 def test_429_is_retried_honouring_retry_after(setup, header, low, high):
     catalog, faults, _, app = setup()
-    if header == "HTTP-DATE":
-        header = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
-    faults.add(
-        LISTING,
-        respond(
-            429, {"error": "Rate limited"}, headers={"Retry-After": header} if header else None
-        ),
-    )
+    dated: list[tuple[datetime, datetime]] = []  # (sent at, the date in Retry-After)
+
+    async def rate_limited(request, handler):
+        headers = {"Retry-After": header} if header else None
+        if header == "HTTP-DATE":  # dated when sent, not when the test began: load cannot age it
+            now = datetime.now(timezone.utc)
+            when = (now + timedelta(seconds=60)).replace(microsecond=0)  # whole seconds, as sent
+            dated.append((now, when))
+            headers = {"Retry-After": format_datetime(when, usegmt=True)}
+        return await respond(429, {"error": "Rate limited"}, headers=headers)(request, handler)
+
+    faults.add(LISTING, rate_limited)
     sleeps: list[float] = []
     stats = run(app, sleeps=sleeps, download=False)
+    finished = datetime.now(timezone.utc)
     assert stats.status == "ok" and versions_in(app.db) == catalog.expected_versions
     assert len(faults.requests("/api/v1/models")) == 2 and stats.retries == 1
-    assert (
-        low <= sleeps[0] <= high
-    )  # backoff in FAST is at most 1 ms: any longer wait came from Retry-After
+    if dated:
+        ((sent, when),) = dated
+        # the client read the date between its sending and the crawl's end: it waited until then
+        assert (when - finished).total_seconds() <= sleeps[0] <= (when - sent).total_seconds()
+    else:
+        assert (
+            low <= sleeps[0] <= high
+        )  # backoff in FAST is at most 1 ms: any longer wait came from Retry-After
 
 
 def test_a_retry_after_longer_than_the_crawl_waits_is_not_retried(setup):
@@ -212,8 +222,10 @@ def test_a_later_page_that_keeps_failing_ends_the_listing_not_the_crawl(setup):
 @pytest.mark.parametrize("mode", ["truncate", "reset", "stall"])
 def test_broken_bodies_resume_with_range(setup, mode):
     catalog, faults, _, app = setup()
-    faults.add(file_route(10000), broken_body(mode=mode, cut_at=0.4, stall_seconds=20), times=2)
-    stats = run(app, timeout=0.5)
+    faults.add(file_route(10000), broken_body(mode=mode, cut_at=0.4, stall_seconds=600), times=2)
+    # a stall outlasts any read timeout, so the timeout fires for certain; 5 s (not 0.5 s) so that
+    # no healthy request of a loaded machine times out too and adds a request or an error
+    stats = run(app, timeout=5.0)
     f = files_by_version(app.db)[1000]
     assert f.state == "verified" and f.sha256 == catalog.expected_files[1000]
     ranges = [s.headers.get("Range") for s in faults.requests(f"{FILES}10000")]
@@ -475,14 +487,15 @@ def test_a_crawl_through_every_fault_ends_exactly_right(setup, tmp_path):
         faults.add(LISTING, unfiltered(), times=None)  # and the server returns non-SDXL items too
         faults.add(download_route(looping), redirect(f"{DOWNLOADS}{looping}?again=1"), times=None)
         faults.add(download_route(1010), respond(429, {"error": "too many downloads"}))
-        cdn_faults.add(file_route(10000), broken_body(mode="stall", cut_at=0.3, stall_seconds=20))
+        cdn_faults.add(file_route(10000), broken_body(mode="stall", cut_at=0.3, stall_seconds=600))
         cdn_faults.add(file_route(10100), broken_body(mode="truncate", cut_at=0.6))
         cdn_faults.add(file_route(10200), broken_body(mode="reset", cut_at=0.2))
         cdn_faults.add(file_route(10300), broken_body(mode="truncate", cut_at=0.5))
         cdn_faults.add(file_route(10300), ignore_range())
         cdn_faults.add(file_route(10400), respond(503, "busy"))
         policy = replace(HTTP_RETRY, max_attempts=8, initial=0.001, cap=0.005)
-        stats = run(app, page_limit=2, timeout=0.5, policy=policy, concurrency=3)
+        # the stall outlasts the read timeout for certain; healthy requests get 5 s on a loaded machine
+        stats = run(app, page_limit=2, timeout=5.0, policy=policy, concurrency=3)
 
     assert stats.status == "ok" and stats.complete and stats.models_dropped == 3
     assert versions_in(app.db) == catalog.expected_versions

@@ -319,37 +319,57 @@ def test_heartbeat_survives_a_restart_longer_than_the_lease_and_still_sees_a_tak
     q.lease_seconds = 0.6
     lease = q.claim("w")
     beat = Heartbeat(q, lease)
+    outage = f"registry database unavailable (heartbeat of job {lease.job_id})"
+
+    def logged(prefix: str) -> bool:
+        return any(r.getMessage().startswith(prefix) for r in list(caplog.records))
+
+    def seconds_left() -> float:
+        with database.read() as s:
+            return (
+                s.execute(
+                    sa.text(
+                        "SELECT lease_expires_at - extract(epoch from clock_timestamp()) "
+                        "FROM sign_job WHERE id = :id AND state = 'running' AND lease_token = :token"
+                    ),
+                    {"id": lease.job_id, "token": lease.token},
+                ).scalar()
+                or 0.0
+            )
+
     with caplog.at_level(logging.WARNING, logger="registry.retry"):
         beat.start()
-        pg_server.restart(down_seconds=1.5)  # down for longer than the lease
-        time.sleep(1.0)
+        pg_server.stop()
+        down = time.monotonic()
+        try:
+            # down until the heartbeat has provably met the outage, and for longer than the lease
+            _wait_until(lambda: logged(outage), "the heartbeat never met the outage")
+            while time.monotonic() - down < 3 * q.lease_seconds:
+                time.sleep(0.05)
+        finally:
+            pg_server.start()
+        # back: the heartbeat reconnects and renews the lease it still holds (nothing took it)
+        _wait_until(
+            lambda: logged("registry database reachable again") and seconds_left() > 0,
+            "the lease was not renewed after the restart",
+        )
         assert beat.is_alive() and not beat.lost and beat.error is None
-        with database.read() as s:
-            job = s.get(SignJob, lease.job_id)
-            expires = s.execute(
-                sa.text(
-                    "SELECT lease_expires_at - extract(epoch from clock_timestamp()) "
-                    "FROM sign_job WHERE id = :id"
-                ),
-                {"id": lease.job_id},
-            ).scalar_one()
-        assert (
-            job.state == "running" and job.lease_token == lease.token and expires > 0
-        )  # renewed since
         with database.write() as s:  # another worker takes the job over
             s.execute(
                 sa.update(SignJob)
                 .where(SignJob.id == lease.job_id)
                 .values(lease_token="someone-else")
             )
-        beat.join(timeout=5)
+        beat.join(timeout=120)  # it sees the takeover at its next beat
     assert beat.lost and not beat.is_alive()
-    messages = [r.getMessage() for r in caplog.records]
-    assert any(
-        m.startswith(f"registry database unavailable (heartbeat of job {lease.job_id})")
-        for m in messages
-    )
-    assert any(m.startswith("registry database reachable again") for m in messages)
+
+
+def _wait_until(condition, what: str, limit: float = 120) -> None:
+    """Poll for a state (a generous limit for a loaded machine: the state decides, not the clock)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
 
 
 def test_pool_size_comes_from_the_environment(pg_url, monkeypatch):

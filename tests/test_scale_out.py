@@ -134,6 +134,17 @@ def _busy_workers(db, n: int) -> list[SignJob] | None:
     return running if len({_owner_pid(j) for j in running}) == n else None
 
 
+def _leases_expired(db) -> bool:
+    """No running job's lease is still valid by the database clock."""
+    with db.read() as s:
+        return not s.execute(
+            sa.text(
+                "SELECT count(*) FROM sign_job WHERE state = 'running' "
+                "AND lease_expires_at > extract(epoch from clock_timestamp())"
+            )
+        ).scalar_one()
+
+
 def _owner_pid(job: SignJob) -> int:
     return int(job.lease_owner.split(":")[1])  # host:pid:random
 
@@ -183,15 +194,24 @@ def test_four_workers_drain_the_queue_while_one_is_sigkilled(fleet):
             (j for j in _running_loras(fleet.db) if _owner_pid(j) in by_pid), key=lambda j: j.id
         )
         if running:
-            job = rng.choice(running)
-            victim, killed_job = by_pid[_owner_pid(job)], job.id
+            victim = by_pid[_owner_pid(rng.choice(running))]
         else:  # between two jobs: any live worker
-            victim, killed_job = rng.choice([p for p in procs if p.poll() is None]), None
+            victim = rng.choice([p for p in procs if p.poll() is None])
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
+        # the job it died holding, read after its death (it may have finished one and claimed the
+        # next since the listing); None if it held none, or if its lease was already taken over
+        held = [j.id for j in _running_loras(fleet.db) if _owner_pid(j) == victim.pid]
+        killed_job = held[0] if held else None
         for p in procs:
             if p is not victim:
-                assert p.wait(timeout=300) == 0, _logs(fleet)
+                assert p.wait(timeout=600) == 0, _logs(fleet)
+        # `--once` workers exit when nothing is left to claim, which can come before the dead
+        # worker's lease runs out; then a worker started after it expired reclaims the job
+        if any(j.state != "done" for j in _jobs(fleet.db)):
+            _wait_for(lambda: _leases_expired(fleet.db), 120, "the dead worker's lease to expire")
+            procs.append(_start(fleet, "--once", "--lease-seconds", "4"))
+            assert procs[-1].wait(timeout=600) == 0, _logs(fleet)
     finally:
         _kill_leftovers(procs)
     assert victim.returncode == -signal.SIGKILL

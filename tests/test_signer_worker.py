@@ -236,7 +236,15 @@ def test_sigkilled_worker_job_is_completed_by_another_worker_once(slow_reg, db_u
         first.wait(timeout=60)
         first.stdout.close()
         first.stderr.close()
-    time.sleep(2.5)  # the dead worker's lease runs out
+    # the dead worker's lease runs out (its last heartbeat may have renewed it just before)
+    deadline = time.monotonic() + 120
+    while True:
+        with db.read() as s:
+            expires = s.get(SignJob, job.id).lease_expires_at
+        if expires < time.time():  # the database's clock is this machine's
+            break
+        assert time.monotonic() < deadline, "the dead worker's lease never expired"
+        time.sleep(0.1)
     second = _worker_proc(db_url, settings.home, "--once", "--lease-seconds", "2")
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err

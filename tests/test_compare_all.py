@@ -1,0 +1,32 @@
+"""``compare`` without REFs, in process (survivors of the compare mutation run): every valid LoRA is
+checked, and LoRAs that are invalid or have no Direction never take a claim rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from registry.errors import NotFound
+from signer.claim_check import ClaimChecker
+from tests.planted import DIM, at_cosine, unit
+from tests.test_compare_rules import _name, _reciprocal_shift
+
+
+def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
+    claim = "watercolor painting"
+    q = unit(_reciprocal_shift(registry, claim))
+    registry.plant(1, at_cosine(q, 0.95, 1) * 3)
+    registry.plant(2, at_cosine(q, -0.5, 2) * 3)
+    registry.plant(3, q * 3, valid=False)  # points straight at the claim, measured on bad images
+    registry.plant(4, np.zeros(DIM), strength=0.0, consistency=0.0)  # no effect
+    for vid in (1, 2, 3, 4):
+        _name(registry, vid, "Watercolor Painting")
+    rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=1).check()}
+    assert 3 not in rows and {1, 2} <= set(rows)  # the invalid one is not checked
+    assert rows[1]["claim_rank"] == 1 and rows[1]["supported"] is True
+    assert rows[2]["claim_rank"] == 2 and rows[2]["supported"] is False
+    assert all("ref" in r for r in rows.values())
+    assert rows[1]["name"] == "Watercolor Painting"
+    assert set(rows[1]["claim_from"]) == {"trained_words", "tags"}  # what the claim was made of
+    with pytest.raises(NotFound, match=r"^LoRA 99 has no signature under profile 'tiny'"):
+        ClaimChecker(registry.app, k=1).check([99])
