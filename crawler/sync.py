@@ -25,8 +25,8 @@ Contract of ``crawl(app, options)`` / ``run_crawl``:
 - Status: ``ok`` (listed to the end), ``partial`` (the listing stopped early: a page failed after
   its retries, a repeated or endless cursor, or ``max_models``; or the run reached ``deadline``), ``failed`` (not even the first page could
   be read: ``CrawlFailed`` is raised after the run is recorded; or the registry failed),
-  ``interrupted`` (cancelled, or killed: the next crawl on the same host marks a run whose
-  process is gone).
+  ``interrupted`` (cancelled — Ctrl-C, or SIGTERM through the ``crawl`` command — or killed:
+  the next crawl on the same host marks a run whose process is gone).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Stopping a crawl mid-download, as users and service managers do (real subprocesses).
 
 - ``carlos-reg crawl`` and Ctrl-C (SIGINT): exit 130, the run recorded ``interrupted`` at once.
-- ``carlos-reg crawl`` and SIGTERM: the process ends by the signal; the run row is left
-  ``running`` and the next crawl on this host marks it ``interrupted`` (``crawler/sync.py``).
+- ``carlos-reg crawl`` and SIGTERM (a service manager, ``kill``): stopped as by Ctrl-C, exit 143,
+  the run recorded ``interrupted`` at once.
 - ``carlos-reg serve`` and SIGTERM during the nightly crawl (README, *The nightly run*): the crawl
   stops at a safe point, the crawl run and the service run are recorded ``interrupted``, exit 0.
 
@@ -94,7 +94,7 @@ class _Download:
     "sig, code, status_before_rerun",
     [
         (signal.SIGINT, 130, "interrupted"),  # Ctrl-C: the crawl records its own interruption
-        (signal.SIGTERM, -signal.SIGTERM, "running"),  # no handler: the next crawl marks it
+        (signal.SIGTERM, 128 + signal.SIGTERM, "interrupted"),  # stopped as by Ctrl-C
     ],
     ids=["sigint", "sigterm"],
 )

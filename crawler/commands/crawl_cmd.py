@@ -8,6 +8,8 @@ the run is still recorded). aiohttp and the crawler load inside the command.
 from __future__ import annotations
 
 import re
+import signal
+import sys
 import time
 
 import click
@@ -290,11 +292,41 @@ def _run_with_progress(app: App, options):
     with _RichReporter() as reporter:
         crawler = Crawler(app, options, reporter)
         try:
-            asyncio.run(crawler.run())
+            terminated = asyncio.run(_until_done_or_terminated(crawler))
             failure = None
         except CrawlFailed as exc:
-            failure = exc
+            terminated, failure = False, exc
+    if terminated:
+        click.echo(
+            "Terminated: the crawl run is recorded as interrupted; partial downloads are kept "
+            "for the next crawl.",
+            err=True,
+        )
+        sys.exit(128 + signal.SIGTERM)
     return crawler.stats, failure
+
+
+async def _until_done_or_terminated(crawler) -> bool:
+    """Run the crawl; SIGTERM (a service manager, ``kill``) stops it as Ctrl-C does: the crawl is
+    cancelled at its next await, records itself ``interrupted`` and keeps its partial files.
+    True when SIGTERM stopped it."""
+    import asyncio
+
+    loop, task, terminated = asyncio.get_running_loop(), asyncio.current_task(), []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        await crawler.run()
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    return bool(terminated)
 
 
 def _wanted_models(app: App, model_ids, imported: bool) -> tuple[int, ...] | None:
