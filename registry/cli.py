@@ -93,11 +93,24 @@ def get_cli() -> click.Group:
     return cli
 
 
+def invoke(argv: list[str] | None) -> int:
+    """Run the CLI without click's standalone handling; errors propagate, the exit code is returned.
+
+    Without standalone mode click turns ``ctx.exit(n)`` into a return value instead of raising, so
+    it is read back here (command callbacks return None; an int can only be such an exit code).
+    """
+    try:
+        code = get_cli().main(args=argv, prog_name="carlos-reg", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        get_cli().main(args=argv, prog_name="carlos-reg", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = invoke(argv)
+        if code:
+            sys.exit(code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -394,3 +394,26 @@ def test_signer_profiles_lists_profiles_with_signatures_imported_ones_included(s
     assert (
         "CARLOS_REG_CARLOS_PROMPTS" in by_name["paper"]["error"]
     )  # not on this machine, and it says how
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_command_that_exits_with_a_code_keeps_it(code):
+    # click returns ctx.exit(n) instead of raising it outside standalone mode; a plugin command
+    # that ends this way must still give its code to the shell
+    script = textwrap.dedent(f"""
+        import sys, click
+        from registry.cli import get_cli, main
+
+        @click.command("leave")
+        @click.pass_context
+        def leave(ctx):
+            ctx.exit({code})
+
+        get_cli().add_command(leave)
+        sys.argv = ["carlos-reg", "leave"]
+        main()
+        print("fell through")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == code, proc.stderr
+    assert ("fell through" in proc.stdout) == (code == 0)

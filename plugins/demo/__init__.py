@@ -72,20 +72,13 @@ class _Runner:
         self.home = home
 
     def __call__(self, *args: str, allow_fail: bool = False) -> int:
-        from registry.cli import get_cli
+        from registry.cli import invoke
 
         say(f"$ carlos-reg {shlex.join(args)}")  # copy-pasteable: quoted, one unwrapped line
         try:
-            get_cli().main(
-                args=["--home", str(self.home), *args],
-                prog_name="carlos-reg",
-                standalone_mode=False,
-            )
-            code = 0
+            code = invoke(["--home", str(self.home), *args])
         except SystemExit as exc:
             code = int(exc.code or 0)
-        except click.exceptions.Exit as exc:
-            code = exc.exit_code
         except CarlosError as exc:
             info(f"Error: {exc}")
             code = exc.exit_code
