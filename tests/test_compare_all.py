@@ -30,3 +30,17 @@ def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
     assert set(rows[1]["claim_from"]) == {"trained_words", "tags"}  # what the claim was made of
     with pytest.raises(NotFound, match=r"^LoRA 99 has no signature under profile 'tiny'"):
         ClaimChecker(registry.app, k=1).check([99])
+
+
+def test_a_short_direction_still_ranks(registry):
+    # a LoRA's Direction can be any length; only a zero one has no usable signature
+    claim = "watercolor painting"
+    q = unit(_reciprocal_shift(registry, claim))
+    registry.plant(1, at_cosine(q, 0.95, 1) * 0.5)
+    registry.plant(2, at_cosine(q, 0.6, 2) * 3)
+    for vid in (1, 2):
+        _name(registry, vid, "Watercolor Painting")
+    rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=1).check()}
+    assert "no_usable_signature" not in rows[1]["flags"]
+    assert rows[1]["claim_rank"] == 1 and rows[1]["supported"] is True
+    assert rows[2]["claim_rank"] == 2 and rows[2]["supported"] is False

@@ -50,7 +50,9 @@ def test_the_answer_names_its_target_ranks_scores_and_exact_duplicates_beyond_k(
     assert wide["exact_duplicates"] == [2, 3, 6]
 
 
-def test_similar_answers_for_the_profile_it_names_and_explains_refusals(registry, tiny_settings):
+def test_similar_answers_for_the_profile_it_names_and_explains_refusals(
+    registry, tiny_settings, monkeypatch
+):
     a = unit(np.random.default_rng(7).normal(size=DIM))
     registry.plant(1, a * 4)
     registry.plant(2, at_cosine(a, 0.9, 2) * 4)
@@ -60,17 +62,29 @@ def test_similar_answers_for_the_profile_it_names_and_explains_refusals(registry
         registry.app.settings.home, {**tiny_settings, "seeds": {"start": 7, "count": 3}}, "other"
     )
     try:
-        other.plant(1, -a * 4)
+        other.plant(1, -a * 4, strength=9.0)
         other.plant(4, -a * 4, strength=7.5)
         other.plant(5, a * 4, strength=7.5)
         doc = registry.engine.similar("1", k=5, profile="other")
         assert doc["profile"] == "other"
         assert [r["version_id"] for r in doc["results"]] == [4, 5]
         assert [r["strength"] for r in doc["results"]] == [7.5, 7.5]  # that profile's numbers
-        assert doc["exact_duplicates"] == [4]
-        assert [r["version_id"] for r in registry.engine.similar("1", profile="tiny")["results"]][
-            0
-        ] == 2
+        assert doc["exact_duplicates"] == [4] and doc["target"]["strength"] == 9.0
+        # the newer signatures are other's: the rows must still show tiny's numbers
+        doc = registry.engine.similar("1", profile="tiny")
+        assert [(r["version_id"], r["strength"]) for r in doc["results"]] == [
+            (2, 2.0),
+            (5, 1.25),
+        ]  # 3 has a zero Direction: never a neighbour
+        assert doc["target"]["strength"] == 2.0
+        # no --profile: the configured default (other, 3 signatures) wins over the most signed
+        assert registry.engine.similar("1")["profile"] == "tiny"
+        monkeypatch.setenv("CARLOS_REG_PROFILE", "other")
+        configured = Registry(registry.app.settings.home, tiny_settings)
+        try:
+            assert configured.engine.similar("1")["profile"] == "other"
+        finally:
+            configured.app.close()
         with pytest.raises(
             NotFound,
             match=r"^LoRA 2 has no signature under profile 'other'; it is signed under tiny",
