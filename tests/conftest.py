@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -18,6 +19,11 @@ pytest_plugins = [
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_PARQUET = REPO.parent / "shared" / "reference" / "carlos_metrics_database.parquet"
 REFERENCE_PROMPTS = REPO.parent / "shared" / "reference" / "carlos_generative_prompts.py"
+
+# tools/mutate.py: mutmut's fork server collects the tests once, then forks a process per mutant;
+# libraries named here are imported in the server, not again in each of thousands of mutants
+for _module in filter(None, os.environ.get("CARLOS_REG_TEST_PRELOAD", "").split(",")):
+    importlib.import_module(_module)
 
 # Tests counted per marker at the end; tests using these fixtures get the marker themselves.
 COUNTED_MARKERS = ("postgres", "browser", "reference", "slow")

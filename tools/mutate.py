@@ -100,6 +100,9 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["signer.maths.*"],
     ),
 }
+# imported once in mutmut's fork server (tests/conftest.py): each mutant's process would otherwise
+# spend ~8 s importing open_clip and torch before its first test
+PRELOAD = "numpy,sqlalchemy,PIL.Image,torch,torchvision,open_clip,diffusers,transformers"
 COPIED = ["registry", "crawler", "signer", "plugins", "migrations", "tests", "pyproject.toml"]
 STATUSES = (
     "killed",
@@ -193,6 +196,7 @@ def main(argv: list[str]) -> int:
             **os.environ,
             "PYTHONPATH": str(scratch / "mutants"),
             "CARLOS_REG_TEST_MODELS": str(root / "models"),
+            "CARLOS_REG_TEST_PRELOAD": PRELOAD,
         }
         try:
             subprocess.run(
