@@ -9,6 +9,7 @@ and a summary per group on stdout and in ``<scratch>/summary.json``.
     python tools/mutate.py                       # every group
     python tools/mutate.py search reports        # some groups
     MUTATE_SCRATCH=/tmp/m MUTATE_TIMEOUT=1800 python tools/mutate.py crawler
+    python tools/mutate.py signer --only '*AdaptiveTrackerǁ*'   # part of one group's functions
 """
 
 from __future__ import annotations
@@ -173,7 +174,15 @@ def _counts(scratch: Path, functions: list[str]) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
+    only: list[str] = []
+    while "--only" in argv:  # re-check a part of a group: mutmut name globs within its functions
+        at = argv.index("--only")
+        only += argv[at + 1 : at + 2]
+        argv = argv[:at] + argv[at + 2 :]
     wanted = argv or list(GROUPS)
+    if only and len(wanted) != 1:
+        print("--only needs exactly one group", file=sys.stderr)
+        return 2
     unknown = [g for g in wanted if g not in GROUPS]
     if unknown:
         print(
@@ -187,6 +196,7 @@ def main(argv: list[str]) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for group in wanted:
         modules, tests, functions = GROUPS[group]
+        functions = only or functions
         scratch = root / group
         _prepare(scratch, modules, tests)
         print(f"== {group}: {', '.join(modules)} (tests: {', '.join(tests)})", flush=True)
