@@ -3,15 +3,23 @@ README's table, each by a LoRA that only that rule distinguishes."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import jsonschema
 import numpy as np
 import pytest
 
 from plugins.reports.copyright import (
+    DISCLAIMER,
     MAX_REFERENCE_IMAGES,
     CopyrightReport,
     reference_images,
 )
+from plugins.reports.copyright_rules import ordinal
 from registry.errors import UsageError
+from signer.search import NEAR_DUPLICATE_COS
 from tests.planted import DIM, at_cosine, example_png, unit
 
 
@@ -86,6 +94,44 @@ def test_tiers_follow_the_readme_rules(report):
     assert order == sorted(order, key=("high", "elevated", "unreliable", "low").index)
 
 
+def test_the_json_document_follows_its_schema(report, registry, tmp_path):
+    """`--format json` is the document `plugins/reports/copyright.schema.json` describes (no key
+    more, none missing), with the thresholds and profile it was made with."""
+    rows, doc = report
+    schema = Path(__file__).resolve().parent.parent / "plugins/reports/copyright.schema.json"
+    out = CopyrightReport().render_json(doc)
+    jsonschema.validate(out, json.loads(schema.read_text()))
+    assert (out["report"], out["version"]) == ("copyright", 1)
+    assert datetime.fromisoformat(out["generated_at"]).utcoffset() == timedelta(0)  # UTC, stated
+    assert out["profile"] == {"name": "tiny", "hash": registry.row.hash}
+    # 15 signed; the degenerate one and the two identical signatures are not in the percentile base
+    assert out["registry"] == {"signed": 15, "population": 12}
+    assert out["thresholds"] == {
+        "substantiality": {"mode": "fixed", "strength": 10.0, "percentile": None},
+        "volition": {"mode": "fixed", "consistency": pytest.approx(0.3), "percentile": None},
+        "near_duplicate_cos": NEAR_DUPLICATE_COS,
+        "min_samples": 64,
+        "reference": {"dir": str(tmp_path / "reference"), "images": 1, "top": 2},
+    }
+    assert out["disclaimer"] == DISCLAIMER
+
+
+def test_reference_scores_ranks_and_order(report):
+    """Each row's cosine toward the reference images and its rank; a LoRA the image query cannot
+    rank (degenerate, no effect) has neither. Within a tier the rows pointing most toward the
+    reference come first."""
+    rows, doc = report
+    assert rows[1]["reference_score"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[2]["reference_score"] == pytest.approx(0.9, abs=1e-6)
+    for vid in (7, 9):
+        assert (rows[vid]["reference_score"], rows[vid]["reference_rank"]) == (None, None)
+        assert rows[vid]["reference_match"] is False
+    by_tier = {t: [e["version_id"] for e in doc["loras"] if e["tier"] == t] for t in doc["counts"]}
+    # without a reference, 5 (both flags, higher percentiles) and 3, 4 (one flag) would lead
+    assert by_tier["high"] == [1, 5]
+    assert by_tier["elevated"][0] == 2
+
+
 def test_quality_flags(report):
     rows, _ = report
     flags = {vid: set(e["quality_flags"]) for vid, e in rows.items()}
@@ -111,6 +157,27 @@ def test_reference_images_are_limited_to_64(tmp_path):
         reference_images(folder)
 
 
+def test_reference_folder_errors_say_what_is_wrong(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(UsageError, match="not a directory"):
+        reference_images(tmp_path / "missing")
+    with pytest.raises(
+        UsageError, match=r"no images \(\.bmp, \.gif, \.jpeg, \.jpg, \.png, \.webp\) in it"
+    ):
+        reference_images(tmp_path / "empty")
+
+
+def test_ordinals_of_percentiles():
+    """The reasons say "at the 91st percentile": English ordinals of rounded percentiles."""
+    expected = {
+        0: "0th", 1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 10: "10th", 11: "11th", 12: "12th",
+        13: "13th", 20: "20th", 21: "21st", 22: "22nd", 23: "23rd", 90: "90th", 91: "91st",
+        100: "100th", 89.6: "90th", 2.4: "2nd",
+    }  # fmt: skip
+    assert {p: ordinal(p) for p in expected} == expected
+
+
 def test_http_report_options_never_name_server_files():
     """`/api/report/copyright?reference=/etc&png=...&out=...`: options that name files on the server's
     disk are not taken from a request; the others are, with their types and defaults."""
@@ -129,5 +196,8 @@ def test_http_report_options_never_name_server_files():
     assert not {"reference", "png", "out"} & set(options)
     assert options["reference_top"] == 3 and options["strength_threshold"] == 8.5
     assert options["min_samples"] == 64 and options["consistency_threshold"] is None
+    # an empty form field is the option's default, not a value to convert
+    blank = _options_from_query(CopyrightReport(), MultiDict(strength_percentile="", limit=""))
+    assert (blank["strength_percentile"], blank["limit"]) == (90.0, 50)
     with pytest.raises(UsageError, match="reference_top"):
         _options_from_query(CopyrightReport(), MultiDict(reference_top="many"))
