@@ -60,6 +60,9 @@ def test_build_without_options_is_the_cli_default_report(ladder, capsys):
     build = CopyrightReport().build
     doc = build(registry.app, refs=(), profile=None, reference=str(ref_dir))
     rows = _rows(doc)
+    # a row's percentile: the share of the registry at or below it
+    assert [rows[v]["strength_percentile"] for v in (1, 28, 51, 56)] == [1.79, 50.0, 91.07, 100.0]
+    assert rows[28]["consistency_percentile"] == 50.0
     assert _flagged(doc, "substantiality") == set(range(51, LADDER + 1))  # >= 50.5, the 90th
     assert _flagged(doc, "volition") == set(range(51, LADDER + 1))  # >= 0.505
     assert doc["thresholds"]["substantiality"]["percentile"] == 90.0

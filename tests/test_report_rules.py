@@ -146,6 +146,45 @@ def test_quality_flags(report):
     )  # these flags inform, they do not condemn
 
 
+def test_suspect_signatures_are_found_every_way(registry):
+    """Degenerate: measured on invalid images, or flagged by the signer (black, NaN or degenerate
+    images). Exact duplicates: the same Direction bytes — even a zero Direction, which has no
+    cosine — or an exact-duplicate Direction (cosine >= 0.99999) whose other numbers differ."""
+    rng = np.random.default_rng(5)
+    d = unit(rng.normal(size=DIM))
+    plant = registry.plant
+    plant(1, rng.normal(size=DIM), flags=["black_images"])  # valid, but the signer flagged it
+    plant(2, d, strength=5.0, file_sha256="a" * 64)
+    plant(3, at_cosine(d, 0.999999, 3), strength=6.0, file_sha256="a" * 64)
+    plant(4, np.zeros(DIM), strength=0.0, consistency=0.0, file_sha256="b" * 64)
+    plant(5, np.zeros(DIM), strength=0.0, consistency=0.0, file_sha256="b" * 64)
+    plant(6, rng.normal(size=DIM), n_samples=0)
+    doc = CopyrightReport().build(registry.app, refs=(), profile=None)
+    rows = {e["version_id"]: e for e in doc["loras"]}
+    assert rows[1]["tier"] == "unreliable" and rows[1]["quality_flags"] == ["degenerate"]
+    assert doc["registry"] == {"signed": 6, "population": 5}
+    for a, b in ((2, 3), (4, 5)):
+        assert (rows[a]["exact_duplicates"], rows[b]["exact_duplicates"]) == ([b], [a])
+        assert "duplicate_upload" in rows[a]["quality_flags"]
+        assert rows[a]["near_duplicates"] == []
+    assert rows[6]["n_samples"] == 0 and rows[6]["quality_flags"] == ["few_samples"]
+
+
+def test_no_trusted_signature_no_percentiles(registry):
+    """Every signature degenerate: no population, so no percentile and no threshold anyone reaches
+    (no flag); every row is unreliable."""
+    rng = np.random.default_rng(6)
+    registry.plant(1, rng.normal(size=DIM), strength=50.0, consistency=0.9, valid=False)
+    registry.plant(2, rng.normal(size=DIM), strength=50.0, consistency=0.9, flags=["nan_images"])
+    doc = CopyrightReport().build(registry.app, refs=(), profile=None)
+    assert doc["registry"] == {"signed": 2, "population": 0}
+    assert doc["thresholds"]["substantiality"]["strength"] == float("inf")
+    assert doc["thresholds"]["volition"]["consistency"] == float("inf")
+    for e in doc["loras"]:
+        assert (e["strength_percentile"], e["consistency_percentile"]) == (None, None)
+        assert (e["tier"], e["substantiality"], e["volition"]) == ("unreliable", False, False)
+
+
 def test_reference_images_are_limited_to_64(tmp_path):
     folder = tmp_path / "many"
     for i in range(MAX_REFERENCE_IMAGES):
