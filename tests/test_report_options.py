@@ -65,8 +65,16 @@ def test_build_without_options_is_the_cli_default_report(ladder, capsys):
     assert rows[28]["consistency_percentile"] == 50.0
     assert _flagged(doc, "substantiality") == set(range(51, LADDER + 1))  # >= 50.5, the 90th
     assert _flagged(doc, "volition") == set(range(51, LADDER + 1))  # >= 0.505
-    assert doc["thresholds"]["substantiality"]["percentile"] == 90.0
-    assert doc["thresholds"]["volition"]["percentile"] == 90.0
+    assert doc["thresholds"]["substantiality"] == {
+        "mode": "percentile",
+        "strength": pytest.approx(50.5),
+        "percentile": 90.0,
+    }
+    assert doc["thresholds"]["volition"] == {
+        "mode": "percentile",
+        "consistency": pytest.approx(0.505),
+        "percentile": 90.0,
+    }
     assert "few_samples" not in rows[1]["quality_flags"]  # 64 samples: enough
     assert rows[2]["quality_flags"] == ["few_samples"]
     assert [vid for vid, e in rows.items() if e["reference_match"]] == list(range(3, 13))

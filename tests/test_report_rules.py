@@ -170,6 +170,27 @@ def test_suspect_signatures_are_found_every_way(registry):
     assert rows[6]["n_samples"] == 0 and rows[6]["quality_flags"] == ["few_samples"]
 
 
+def test_rows_carry_the_catalog_fields(registry):
+    """Each row names its LoRA as the listings do: model id, display name (the model's), REF, the
+    Civitai page and the base model."""
+    from registry.models import Model, Version
+    from registry.queries import CIVITAI_SITE
+
+    with registry.app.db.write() as s:
+        s.add(Model(id=7, name="Ink Style"))
+        s.flush()
+        s.add(Version(id=70, model_id=7, name="v2", base_model="Pony"))
+    registry.plant(70, np.random.default_rng(7).normal(size=DIM))
+    (row,) = CopyrightReport().build(registry.app, refs=(), profile=None)["loras"]
+    assert {k: row[k] for k in ("model_id", "name", "ref", "url", "base_model")} == {
+        "model_id": 7,
+        "name": "Ink Style",
+        "ref": "civitai:7@70",
+        "url": f"{CIVITAI_SITE}/models/7?modelVersionId=70",
+        "base_model": "Pony",
+    }
+
+
 def test_no_trusted_signature_no_percentiles(registry):
     """Every signature degenerate: no population, so no percentile and no threshold anyone reaches
     (no flag); every row is unreliable."""
