@@ -75,6 +75,14 @@ def test_build_without_options_is_the_cli_default_report(ladder, capsys):
         "consistency": pytest.approx(0.505),
         "percentile": 90.0,
     }
+    assert rows[51]["reasons"] == [
+        "Strength 51.00 is at the 91st percentile of 56 signed LoRAs (at or above the 90th "
+        "percentile, 50.50): it changes what the base model would draw more than most LoRAs here "
+        "(substantiality).",
+        "Consistency 0.510 is at the 91st percentile of 56 signed LoRAs (at or above the 90th "
+        "percentile, 0.505): it pushes every prompt and seed the same way, a predictable, imposed "
+        "effect (volition).",
+    ]
     assert "few_samples" not in rows[1]["quality_flags"]  # 64 samples: enough
     assert rows[2]["quality_flags"] == ["few_samples"]
     assert [vid for vid, e in rows.items() if e["reference_match"]] == list(range(3, 13))

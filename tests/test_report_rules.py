@@ -132,6 +132,49 @@ def test_reference_scores_ranks_and_order(report):
     assert by_tier["elevated"][0] == 2
 
 
+SUBSTANTIAL_12 = (
+    "Strength 12.00 is at the 100th percentile of 12 signed LoRAs (at or above the fixed threshold, "
+    "10.00): it changes what the base model would draw more than most LoRAs here (substantiality)."
+)
+VOLITIONAL_05 = (
+    "Consistency 0.500 is at the 100th percentile of 12 signed LoRAs (at or above the fixed "
+    "threshold, 0.300): it pushes every prompt and seed the same way, a predictable, imposed effect "
+    "(volition)."
+)
+NEITHER = "Neither Strength nor Consistency stands out in this registry."
+
+
+def test_reasons_say_what_put_a_row_in_its_tier(report):
+    """README: each row carries reasons in plain sentences a reviewer can quote — what raised its
+    tier (reference match, then substantiality, then volition), then its quality flags."""
+    rows, _ = report
+    reasons = {vid: e["reasons"] for vid, e in rows.items()}
+    toward = "Its Direction points toward the reference images (cosine {}, rank {} of 15)."
+    assert reasons[1] == [toward.format("1.000", 1), SUBSTANTIAL_12]
+    assert reasons[2] == [toward.format("0.900", 2)]
+    assert reasons[4] == [VOLITIONAL_05]
+    assert reasons[5] == [SUBSTANTIAL_12, VOLITIONAL_05]
+    assert reasons[6] == [NEITHER]
+    assert reasons[7] == [
+        "The signature was measured on degenerate images (NaN or black output); its numbers are "
+        "not evidence about the LoRA."
+    ]
+    assert reasons[8] == [
+        NEITHER,
+        "Measured on 10 samples (fewer than 64); the numbers are uncertain.",
+    ]
+    assert reasons[10] == [NEITHER, "The same file is registered as 1 other version(s) (11)."]
+    assert reasons[12] == [
+        "Its signature is identical to 1 other LoRA(s) (13) made from different or unknown files "
+        "— a symptom of degenerate generations; re-sign before relying on it."
+    ]
+    assert reasons[14] == [
+        NEITHER,
+        "Near-duplicate of 15 (Direction cosine ≥ 0.99): likely the same LoRA or a close "
+        "derivative.",
+    ]
+
+
 def test_quality_flags(report):
     rows, _ = report
     flags = {vid: set(e["quality_flags"]) for vid, e in rows.items()}
