@@ -175,6 +175,26 @@ def test_reasons_say_what_put_a_row_in_its_tier(report):
     ]
 
 
+def test_a_reference_match_points_toward_the_images_on_a_trusted_signature(registry, tmp_path):
+    """Within the reference's top ranks, a LoRA pointing away from the images (negative cosine) or
+    with a suspect signature (the signer flagged black images) is ranked but not a match."""
+    registry.plant_base_mean()
+    example_png(tmp_path / "reference" / "look.png")
+    q = unit(
+        registry.engine.encoder(registry.row).image_vector([tmp_path / "reference" / "look.png"])
+    )
+    registry.plant(1, q * 3, flags=["black_images"])
+    registry.plant(2, at_cosine(q, 0.5, 2) * 3)
+    registry.plant(3, -q * 3)
+    doc = CopyrightReport().build(
+        registry.app, refs=(), profile=None, reference=str(tmp_path / "reference")
+    )
+    rows = {e["version_id"]: e for e in doc["loras"]}
+    assert [rows[v]["reference_rank"] for v in (1, 2, 3)] == [1, 2, 3]  # all within the top 10
+    assert [rows[v]["reference_match"] for v in (1, 2, 3)] == [False, True, False]
+    assert rows[3]["reference_score"] == pytest.approx(-1.0, abs=1e-6)
+
+
 def test_quality_flags(report):
     rows, _ = report
     flags = {vid: set(e["quality_flags"]) for vid, e in rows.items()}
