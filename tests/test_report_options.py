@@ -86,6 +86,17 @@ def test_build_without_options_is_the_cli_default_report(ladder, capsys):
     assert "few_samples" not in rows[1]["quality_flags"]  # 64 samples: enough
     assert rows[2]["quality_flags"] == ["few_samples"]
     assert [vid for vid, e in rows.items() if e["reference_match"]] == list(range(3, 13))
+    # worst first: both flags by percentile; the reference matches, then the low rows pointing
+    # toward the images, by cosine; the rest by percentile
+    assert [e["version_id"] for e in doc["loras"]] == [
+        *range(56, 50, -1),
+        *range(3, 13),
+        13,
+        14,
+        *range(50, 14, -1),
+        2,
+        1,
+    ]
 
     ctx = click.Context(click.Command("copyright"))
     unset = getattr(click.core, "UNSET", None)  # click's "no default" (what the API maps to None)

@@ -129,7 +129,10 @@ def test_reference_scores_ranks_and_order(report):
     by_tier = {t: [e["version_id"] for e in doc["loras"] if e["tier"] == t] for t in doc["counts"]}
     # without a reference, 5 (both flags, higher percentiles) and 3, 4 (one flag) would lead
     assert by_tier["high"] == [1, 5]
-    assert by_tier["elevated"][0] == 2
+    assert by_tier["elevated"] == [2, 3, 4]  # then the higher percentiles: 3 (100 + 83) before 4
+    assert by_tier["unreliable"] == [7, 12, 13]  # 12 and 13 tie on every number: by version
+    tied = [vid for vid in by_tier["low"] if vid in (6, 8, 10, 11, 14)]
+    assert tied == [6, 8, 10, 11, 14] and by_tier["low"][-1] == 9  # no effect: lowest percentiles
 
 
 SUBSTANTIAL_12 = (
