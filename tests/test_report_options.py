@@ -119,10 +119,11 @@ def test_build_without_options_is_the_cli_default_report(ladder, capsys):
 
 def test_fixed_thresholds_replace_the_percentiles(ladder):
     """`--strength-threshold X` / `--consistency-threshold Y`: the flags follow X and Y, not a
-    percentile of the registry."""
+    percentile of the registry; a value at the threshold is flagged (README: Strength ≥ X)."""
     registry, _ = ladder
+    at_30 = float(np.float32(0.3))  # LoRA 30's Consistency as stored (float32)
     doc = CopyrightReport().build(
-        registry.app, refs=(), profile=None, strength_threshold=20.0, consistency_threshold=0.3
+        registry.app, refs=(), profile=None, strength_threshold=20.0, consistency_threshold=at_30
     )
     assert _flagged(doc, "substantiality") == set(range(20, LADDER + 1))
     assert _flagged(doc, "volition") == set(range(30, LADDER + 1))
