@@ -257,6 +257,50 @@ def test_rows_carry_the_catalog_fields(registry):
     }
 
 
+def test_a_tier_is_ordered_by_both_percentiles(registry):
+    """Within a tier, the higher Strength and Consistency percentiles together come first, then the
+    version; a percentile of 0 (below every trusted signature) counts as 0. Four degenerate rows
+    whose percentiles sum to 50 each, two with Strength at 0, two with Consistency at 0."""
+    rng = np.random.default_rng(8)
+    for vid, (s, c) in enumerate(((10.0, 0.1), (20.0, 0.2), (30.0, 0.3), (40.0, 0.4)), start=1):
+        registry.plant(vid, rng.normal(size=DIM), strength=s, consistency=c)
+    for vid, (s, c) in ((101, (5, 0.25)), (102, (25, 0.05)), (103, (25, 0.05)), (104, (5, 0.25))):
+        registry.plant(vid, rng.normal(size=DIM), strength=s, consistency=c, valid=False)
+    doc = CopyrightReport().build(registry.app, refs=(), profile=None)
+    rows = {e["version_id"]: e for e in doc["loras"]}
+    assert [
+        (rows[v]["strength_percentile"], rows[v]["consistency_percentile"]) for v in (101, 102)
+    ] == [
+        (0.0, 50.0),
+        (50.0, 0.0),
+    ]
+    assert [e["version_id"] for e in doc["loras"] if e["tier"] == "unreliable"] == [
+        101,
+        102,
+        103,
+        104,
+    ]
+
+
+def test_duplicate_reasons_name_at_most_five_others(registry):
+    """Seven uploads of one file, and seven near-duplicate Directions: each row's reason names five
+    of the others, its exact_duplicates or near_duplicates all six."""
+    rng = np.random.default_rng(9)
+    d, e = unit(rng.normal(size=DIM)), unit(rng.normal(size=DIM))
+    for vid in range(1, 8):
+        registry.plant(vid, d, file_sha256="a" * 64)
+        registry.plant(10 + vid, at_cosine(e, 0.998, vid))
+    doc = CopyrightReport().build(registry.app, refs=(), profile=None)
+    rows = {e["version_id"]: e for e in doc["loras"]}
+    assert rows[1]["exact_duplicates"] == [2, 3, 4, 5, 6, 7]
+    assert (
+        rows[1]["reasons"][-1]
+        == "The same file is registered as 6 other version(s) (2, 3, 4, 5, 6)."
+    )
+    assert rows[11]["near_duplicates"] == [12, 13, 14, 15, 16, 17]
+    assert rows[11]["reasons"][-1].startswith("Near-duplicate of 12, 13, 14, 15, 16 (Direction")
+
+
 def test_no_trusted_signature_no_percentiles(registry):
     """Every signature degenerate: no population, so no percentile and no threshold anyone reaches
     (no flag); every row is unreliable."""
