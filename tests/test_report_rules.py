@@ -130,7 +130,9 @@ def test_reference_scores_ranks_and_order(report):
     # without a reference, 5 (both flags, higher percentiles) and 3, 4 (one flag) would lead
     assert by_tier["high"] == [1, 5]
     assert by_tier["elevated"] == [2, 3, 4]  # then the higher percentiles: 3 (100 + 83) before 4
-    assert by_tier["unreliable"] == [7, 12, 13]  # 12 and 13 tie on every number: by version
+    # 12 and 13 (orthogonal to the reference: a score of 0) tie on every number, so by version;
+    # 7 (degenerate) has no score and comes after any score, 0 included
+    assert by_tier["unreliable"] == [12, 13, 7]
     tied = [vid for vid in by_tier["low"] if vid in (6, 8, 10, 11, 14)]
     assert tied == [6, 8, 10, 11, 14] and by_tier["low"][-1] == 9  # no effect: lowest percentiles
 
@@ -371,3 +373,22 @@ def test_http_report_options_never_name_server_files():
     assert (blank["strength_percentile"], blank["limit"]) == (90.0, 50)
     with pytest.raises(UsageError, match="reference_top"):
         _options_from_query(CopyrightReport(), MultiDict(reference_top="many"))
+
+
+def test_a_reference_score_of_zero_sorts_as_a_score_not_as_none():
+    from plugins.reports.copyright_rules import order_rows
+
+    def row(vid, score):
+        return {
+            "version_id": vid,
+            "tier": "low",
+            "reference_score": score,
+            "strength_percentile": 50.0,
+            "consistency_percentile": 50.0,
+        }
+
+    rows = [row(1, None), row(2, -0.049), row(3, 0.0), row(4, 0.3)]
+    order_rows(rows, by_reference=True)
+    assert [r["version_id"] for r in rows] == [4, 3, 2, 1]
+    order_rows(rows, by_reference=False)  # without a reference: percentiles, then version
+    assert [r["version_id"] for r in rows] == [1, 2, 3, 4]

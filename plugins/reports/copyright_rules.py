@@ -239,7 +239,11 @@ def _tier(unreliable: bool, sub: bool, vol: bool, ref_match: bool) -> str:
 
 def order_rows(loras: list[dict], *, by_reference: bool) -> None:
     """Tier; then the cosine toward the reference (if any); then both percentiles; then version."""
-    key_ref = (lambda e: -(e.get("reference_score") or -2.0)) if by_reference else (lambda e: 0.0)
+
+    def key_ref(e: dict) -> float:  # no score (no trusted signature) sorts after every cosine
+        score = e.get("reference_score") if by_reference else 0.0
+        return -(score if score is not None else -2.0)
+
     loras.sort(
         key=lambda e: (
             TIERS.index(e["tier"]),
