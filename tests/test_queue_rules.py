@@ -4,8 +4,8 @@ the test's own process, so the worker subprocesses of ``test_queue.py`` and the 
 
 - ``requeue`` touches only the jobs and the state it names and gives them a fresh start;
 - a heartbeat without retries extends the lease it holds and names the job whose lease it lost;
-- ``claim``'s kind and job-id filters decide over priority and order; a lease carries its owner,
-  payload and expiry; ``counts`` of one profile leave the others out;
+- a higher priority goes first and ``claim``'s kind and job-id filters decide over it; a lease
+  carries its owner, payload and expiry; ``counts`` of one profile leave the others out;
 - a failed job waits its backoff exactly (doubling, at most an hour), keeps its reason (at most
   4000 characters), and only a final failure records a finish time;
 - ``complete_with`` writes a result once and only under its own lease; ``reap`` ends only expired
@@ -117,16 +117,20 @@ def _claimed(q: JobQueue, **filters) -> int | None:
     return None if lease is None else lease.version_id
 
 
-def test_claim_filters_decide_against_priority_and_order(database):
-    pid = _setup(database, 3)  # lora jobs for versions 1, 2, 3: without a filter 1 comes first
+def test_priority_goes_first_and_claim_filters_decide_over_it(database):
+    pid = _setup(database, 3)  # lora jobs for versions 1, 2, 3 at priority 0
     q = JobQueue(database)
-    with database.write() as s:
-        q.enqueue(s, profile_id=pid, kind="base")  # enqueued last, same priority
+    with database.write() as s:  # enqueued after them, with higher priorities
+        s.add(Version(id=4))
+        s.flush()
+        q.enqueue(s, profile_id=pid, version_id=4, priority=5)
+        q.enqueue(s, profile_id=pid, kind="base", priority=9)
     ids = _job_ids(database)
-    assert q.claim("w", kinds=["base"]).kind == "base"
+    assert _claimed(q, kinds=["lora"]) == 4  # the base job would come first
     assert _claimed(q, job_ids=[ids[3], ids[2]]) == 2  # among the named jobs, the first in order
     assert _claimed(q, job_ids=[ids[3]]) == 3
     assert _claimed(q, job_ids=[ids[2], ids[3]]) is None  # both already leased
+    assert q.claim("w").kind == "base"  # priority 9 before version 1's earlier job
     assert _claimed(q, kinds=["base", "lora"]) == 1
 
 
