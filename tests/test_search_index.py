@@ -62,6 +62,17 @@ def test_ranking_equals_brute_force(synthetic):
         assert np.allclose(got.scores, scores[order], atol=1e-5)
 
 
+def test_the_single_best_match_is_the_brute_force_best(synthetic):
+    """``-k 1`` among hundreds of candidates: the one LoRA with the highest cosine."""
+    db, index, ids, vecs, strength, consistency, valid = synthetic
+    rng = np.random.default_rng(2)
+    units = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    for _ in range(5):
+        q = rng.normal(size=vecs.shape[1])
+        scores = np.where(valid, units @ (q / np.linalg.norm(q)), -np.inf)
+        assert index.rank(q, 1).version_ids.tolist() == [int(ids[np.argmax(scores)])]
+
+
 def test_filters_exclude_exactly_the_loras_over_and_under_thresholds(synthetic):
     db, index, ids, vecs, strength, consistency, valid = synthetic
     q = np.ones(vecs.shape[1])
@@ -144,3 +155,70 @@ def test_zero_direction_is_never_ranked_and_exact_duplicates_are_found(database)
     assert index.exact_duplicates(2).tolist() == [3]
     with pytest.raises(ValueError):
         index.rank(np.zeros(8), 3)
+
+
+def _at(cos: float, length: float, d: int = 8) -> np.ndarray:
+    """A Direction of ``length`` whose cosine with the first axis is ``cos``."""
+    v = np.zeros(d)
+    v[0], v[1] = cos, np.sqrt(1 - cos * cos)
+    return v * length
+
+
+@pytest.fixture
+def planted(database):
+    """Five Directions at known cosines with the first axis (the shortest one, of length 0.5, the
+    best match, planted last) and one zero Direction."""
+    cosines = {2: -0.3, 3: 0.1, 4: 0.5, 5: 0.9, 6: 1.0}
+    vecs = [np.zeros(8)] + [_at(c, 0.5 if c == 1.0 else 3.0) for c in cosines.values()]
+    pid, _ = _fill(database, vecs, [1.0] * 6, [0.2] * 6)
+    index = RankingIndex(pid)
+    with database.read() as s:
+        index.refresh(s)
+    return database, index, cosines
+
+
+def test_zero_direction_scores_zero_and_a_short_direction_its_cosine(planted):
+    """``scores``: zero Directions score 0 (not NaN); a Direction shorter than 1 is a Direction like
+    any other; the matrix stays float32 (the module's one float32 matrix)."""
+    _, index, cosines = planted
+    q = np.eye(8)[0]
+    scores = index.scores(q)
+    assert scores[index.position(1)] == 0.0
+    for vid, cos in cosines.items():
+        assert scores[index.position(vid)] == pytest.approx(cos, abs=1e-6)
+    assert index.rank(q, 1).version_ids.tolist() == [6]
+    assert index.units.dtype == np.float32
+
+
+def test_rank_returns_the_k_best_for_every_k(planted):
+    """Top-k for k from below zero to past the candidates: the min(k, candidates) best, by score,
+    scores aligned with ids, and the number of candidates that passed the filters."""
+    _, index, cosines = planted
+    best = sorted(cosines, key=lambda v: -cosines[v])
+    for k in range(-1, len(best) + 2):
+        got = index.rank(np.eye(8)[0], k)
+        want = best[: max(k, 0)]
+        assert got.version_ids.tolist() == want, k
+        assert got.scores.tolist() == pytest.approx([cosines[v] for v in want], abs=1e-6), k
+        assert got.considered == len(best) and got.filtered["no_effect"] == 1
+
+
+def test_a_version_the_index_does_not_hold_has_no_exact_duplicates(planted):
+    _, index, _ = planted
+    assert index.exact_duplicates(999).tolist() == []
+    assert index.direction(999) is None
+
+
+def test_directions_of_different_sizes_in_one_profile_are_refused_naming_the_sizes(database):
+    """A profile's Directions share one size; a refresh that would mix sizes fails and says which,
+    whether they arrive together or a later signature differs from the index."""
+    pid, _ = _fill(database, [np.ones(4), np.ones(8)], [1.0, 1.0], [0.2, 0.2])
+    with database.read() as s, pytest.raises(ValueError, match=r"mixes direction sizes \[4, 8\]"):
+        RankingIndex(pid).refresh(s)
+    pid, _ = _fill(database, [np.ones(4)], [1.0], [0.2], profile="other", start=10)
+    index = RankingIndex(pid)
+    with database.read() as s:
+        index.refresh(s)
+    _fill(database, [np.ones(8)], [1.0], [0.2], profile="other", start=11)
+    with database.read() as s, pytest.raises(ValueError, match=r"mixes direction sizes \[4, 8\]"):
+        index.refresh(s)
