@@ -164,3 +164,46 @@ def test_an_empty_running_signature_is_all_zero():
     acc = RunningSignature(8)
     acc.add(_cloud(5))
     assert acc.result().direction.dtype == np.float32  # what the registry stores
+
+
+@pytest.mark.parametrize("case", ["cloud", "no_effect", "tiny_spread", "float32"])
+def test_the_tracker_answers_like_the_prefix_formula_from_the_first_sample(case):
+    """Batches of one, from n = 0: the under-two-samples answer, the first estimate at n = 2, a
+    LoRA with no effect (all zero), spreads far below 1 (no clamp at 1), and float32 CLIP
+    differences summed in float64 as the engine hands them over; the default safety is the
+    formula's."""
+    from signer.maths import AdaptiveTracker
+
+    v = {
+        "cloud": _cloud(10, seed=3),
+        "no_effect": np.zeros((10, 8)),
+        "tiny_spread": _cloud(10, seed=4, scale=0.01),
+        "float32": _cloud(10, seed=5, scale=30.0).astype(np.float32),
+    }[case]
+    exact = np.asarray(v, np.float64)
+    tracker = AdaptiveTracker(8)
+    assert tracker.estimates(10) == adaptive_estimates(exact[:0], 10)
+    for end in range(1, 11):
+        tracker.add(v[end - 1 : end])
+        got, want = tracker.estimates(10), adaptive_estimates(exact[:end], 10)
+        if end < 2:
+            assert got == want
+            continue
+        assert got["n"] == end and set(got) == set(want) | {"strength"}
+        for key in want:
+            # a near-zero variance under a square root: the running sums' rounding shows as ~1e-8
+            tolerance = 1e-6 if key == "consistency_se" else 1e-12
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=tolerance), (end, key)
+
+
+def test_the_running_signature_sums_float32_differences_in_float64():
+    from signer.maths import RunningSignature
+
+    v = _cloud(40, seed=6, scale=30.0).astype(np.float32)
+    given, exact = RunningSignature(8), RunningSignature(8)
+    for start in range(0, 40, 8):
+        given.add(v[start : start + 8])
+        exact.add(np.asarray(v[start : start + 8], np.float64))
+    a, b = given.result(), exact.result()
+    assert a.strength == b.strength and a.consistency == b.consistency
+    assert np.array_equal(a.direction, b.direction)
