@@ -173,3 +173,117 @@ def test_nsfw_and_base_model_filters(registry):
         registry.search("glow", nsfw=True)["filtered"]["base_model_nsfw_or_archived"] == 2
     )  # said, and why
     assert ids(base_model="pony") == [3] and ids(base_model="Pony", nsfw=True) == []
+
+
+def test_a_profile_row_without_filters_takes_those_of_the_profile_that_encodes_its_queries(
+    tmp_path, tiny_models, tiny_settings
+):
+    """A row recorded before filters were part of a profile's settings: the filters of the
+    profile that encodes its queries apply (here a built-in with the paper's 9.8 / 0.041)."""
+    settings = {k: v for k, v in tiny_settings.items() if k != "filters"}
+    reg = Registry(tmp_path / "home", settings, name="paper")
+    try:
+        assert reg.engine.encoder(reg.row).source.profile.max_strength == 9.8
+        assert reg.engine.default_filters(reg.row) == (9.8, 0.041)
+        q = unit(np.arange(DIM) - DIM / 2)
+        reg.plant_query("glow", q)
+        reg.plant(1, q * 3, strength=10.0, consistency=0.3)  # too strong for the paper
+        reg.plant(2, at_cosine(q, 0.8, 1), strength=4.0, consistency=0.03)  # too inconsistent
+        reg.plant(3, at_cosine(q, 0.5, 2), strength=4.0, consistency=0.3)
+        doc = reg.search("glow")
+        assert [r["version_id"] for r in doc["results"]] == [3]
+        assert (doc["filters"]["max_strength"], doc["filters"]["min_consistency"]) == (9.8, 0.041)
+    finally:
+        reg.app.close()
+
+
+def test_explicit_bounds_replace_the_profiles_and_the_answer_describes_the_query(registry):
+    from registry.models import Model, Version
+    from signer.search import SearchEngine
+
+    q = unit(np.arange(DIM) - DIM / 2)
+    registry.plant_query("glow", q)
+    registry.plant(1, q * 3, strength=6.0, consistency=0.3)
+    registry.plant(2, at_cosine(q, 0.8, 1), strength=4.0, consistency=0.05)
+    registry.plant(3, at_cosine(q, 0.5, 2), strength=4.0, consistency=0.3)
+
+    def ids(**kw):
+        return [r["version_id"] for r in registry.search("glow", **kw)["results"]]
+
+    assert ids(max_strength=3.5) == [] and ids(min_consistency=0.35) == []  # stricter than none
+    assert ids(max_strength=5.0, min_consistency=0.1) == [3]
+    doc = registry.search("glow")
+    assert doc["query"] == {"text": "glow", "images": [], "retriever": "carlos", "cached": True}
+    # an archived model's LoRA is left out unless asked for (a fresh engine: a warm one re-reads
+    # the catalog's metadata at most once a minute)
+    with registry.app.db.write() as s:
+        s.add(Model(id=70, name="gone", type="LORA", mode="Archived"))
+        s.flush()
+        s.get(Version, 1).model_id = 70
+    registry.engine = SearchEngine(registry.app)
+    kw = dict(apply_filters=False)
+    assert ids(**kw) == [2, 3] and ids(include_archived=True, **kw) == [1, 2, 3]
+
+
+def test_search_reads_the_profile_it_names(registry, tiny_settings):
+    q = unit(np.arange(DIM) - DIM / 2)
+    registry.plant_query("glow", q)
+    registry.plant(1, q * 3)
+    registry.plant(2, -q * 3)
+    other = Registry(
+        registry.app.settings.home, {**tiny_settings, "seeds": {"start": 7, "count": 3}}, "other"
+    )
+    try:
+        other.plant_query("glow", q)
+        other.plant(2, q * 3, strength=7.5)  # one signature: tiny, with two, stays the default
+        for profile, best in ((None, 1), ("tiny", 1), ("other", 2)):
+            doc = registry.search("glow", profile=profile, apply_filters=False)
+            assert doc["results"][0]["version_id"] == best, profile
+            assert doc["profile"] == (profile or "tiny")
+            # each row shows the searched profile's numbers, not the newest signature's
+            strength = {r["version_id"]: r["strength"] for r in doc["results"]}[2]
+            assert strength == (7.5 if profile == "other" else 2.0), profile
+    finally:
+        other.app.close()
+
+
+def test_a_short_text_vector_still_weighs_as_much_as_the_images(registry, tmp_path):
+    """Each part of a query is made a unit vector, however short it is."""
+    encoder = registry.engine.encoder(registry.row)
+    registry.plant_base_mean()
+    png = example_png(tmp_path / "example.png")
+    i = unit(encoder.image_vector([png]))
+    t = unit(np.asarray(at_cosine(i, 0.2, 9)))
+    registry.plant_query("faint", t * 0.01)  # a query shift of length 0.01
+    registry.plant(1, t * 3)
+    registry.plant(2, i * 3)
+    registry.plant(3, unit(t + i) * 3)
+    both = registry.search("faint", images=[str(png)], apply_filters=False)
+    assert [r["version_id"] for r in both["results"]][0] == 3
+    assert both["results"][0]["score"] == pytest.approx(1, abs=1e-5)
+    assert both["query"]["images"] == [str(png)]
+
+
+def test_the_answer_says_what_was_searched_how_and_among_how_many(registry):
+    """The JSON answer's description of the search (README: `search --json`)."""
+    q = unit(np.arange(DIM) - DIM / 2)
+    registry.plant_query("glow", q)
+    registry.plant(1, q * 3, strength=6.0)
+    registry.plant(2, at_cosine(q, 0.8, 1), strength=4.0)
+    registry.plant(3, np.zeros(DIM), strength=0.0, consistency=0.0)  # no effect: not a candidate
+    doc = registry.search("glow", max_strength=5.0, base_model="SDXL 1.0", nsfw=False)
+    encoder = registry.engine.encoder(registry.row)
+    assert doc["query"] == {"text": "glow", "images": [], "retriever": "carlos", "cached": True}
+    assert (doc["profile"], doc["profile_hash"]) == (registry.row.name, registry.row.hash)
+    assert doc["filters"] == {
+        "applied": True,
+        "max_strength": 5.0,
+        "min_consistency": None,
+        "base_model": "SDXL 1.0",
+        "nsfw": False,
+        "include_archived": False,
+    }
+    assert (doc["signed"], doc["candidates"]) == (3, 1)  # 1 is too strong, 3 has no Direction
+    assert doc["query_prompts"] == encoder.source.query_prompts_info
+    assert doc["query_prompts"]["count"] == len(encoder.source.query_prompts)
+    assert [r["version_id"] for r in doc["results"]] == [2]
