@@ -25,6 +25,9 @@ def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
     assert 3 not in rows and {1, 2} <= set(rows)  # the invalid one is not checked
     assert rows[1]["claim_rank"] == 1 and rows[1]["supported"] is True
     assert rows[2]["claim_rank"] == 2 and rows[2]["supported"] is False
+    no_effect = rows[4]  # checked, but it has no Direction to compare with its claim
+    assert (no_effect["agreement"], no_effect["claim_rank"], no_effect["supported"]) == (None,) * 3
+    assert "no_usable_signature" in no_effect["flags"]
     assert all("ref" in r for r in rows.values())
     assert rows[1]["name"] == "Watercolor Painting"
     assert set(rows[1]["claim_from"]) == {"trained_words", "tags"}  # what the claim was made of
