@@ -19,12 +19,19 @@ def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
     registry.plant(2, at_cosine(q, -0.5, 2) * 3)
     registry.plant(3, q * 3, valid=False)  # points straight at the claim, measured on bad images
     registry.plant(4, np.zeros(DIM), strength=0.0, consistency=0.0)  # no effect
-    for vid in (1, 2, 3, 4):
+    registry.plant(5, at_cosine(q, -0.8, 5) * 3)  # the worst: its id alone would put it after 2
+    for vid in (1, 2, 3, 4, 5):
         _name(registry, vid, "Watercolor Painting")
-    rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=1).check()}
+    results = ClaimChecker(registry.app, k=1).check()
+    # worst first: the unsupported ones by agreement, then the rest, those without one last
+    assert [r["version_id"] for r in results] == [5, 2, 1, 4]
+    rows = {r["version_id"]: r for r in results}
     assert 3 not in rows and {1, 2} <= set(rows)  # the invalid one is not checked
     assert rows[1]["claim_rank"] == 1 and rows[1]["supported"] is True
     assert rows[2]["claim_rank"] == 2 and rows[2]["supported"] is False
+    no_effect = rows[4]  # checked, but it has no Direction to compare with its claim
+    assert (no_effect["agreement"], no_effect["claim_rank"], no_effect["supported"]) == (None,) * 3
+    assert "no_usable_signature" in no_effect["flags"]
     assert all("ref" in r for r in rows.values())
     assert rows[1]["name"] == "Watercolor Painting"
     assert set(rows[1]["claim_from"]) == {"trained_words", "tags"}  # what the claim was made of

@@ -3,6 +3,9 @@ CLIP model (not taken from the encoder under test), agreement, claim rank agains
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -29,6 +32,13 @@ def _reciprocal_shift(registry, text: str) -> np.ndarray:
 def _name(registry, vid: int, name: str) -> None:
     with registry.app.db.write() as s:
         s.get(Version, vid).name = name
+
+
+def _category(term: str) -> str:
+    """The term's category, read from the shipped vocabulary file itself."""
+    path = Path(__file__).resolve().parent.parent / "signer" / "claim_vocabulary.json"
+    terms = json.loads(path.read_text())["terms"]
+    return next(category for category, words in terms.items() if term in words)
 
 
 def test_readme_claim_cleaning_example():
@@ -70,3 +80,42 @@ def test_agreement_rank_and_support(registry):
     env = {"CARLOS_REG_HOME": str(registry.app.settings.home), "CARLOS_REG_PROFILE": "tiny"}
     doc = run_json("compare", "1", "2", "3", "-k", "3", "--worst", "2", env=env)
     assert [r["version_id"] for r in doc["results"]] == [2, 3]
+
+
+def test_strongest_and_undeclared_effects(registry):
+    term = "watercolor painting"  # no other term is closer to it than cosine 0.78 (tiny CLIP)
+    u = unit(_reciprocal_shift(registry, term))
+    d = at_cosine(u, 0.95, 1)  # so no other term can outscore it (0.95 · 0.78 + 0.31 < 0.95)
+    registry.plant(1, d * 3, strength=1.5, consistency=0.4)  # says what it does
+    registry.plant(2, d * 3)  # does the same, says something else
+    registry.plant(3, d * 3)  # says nothing once the noise is cleaned off its name
+    _name(registry, 1, "Watercolor Painting")
+    _name(registry, 2, "Neon Glow")
+    _name(registry, 3, "LoRA v2 SDXL")
+    # the claim's query vector, as the encoder caches it, shorter than 1 (as full-CLIP ones can
+    # be): the agreement is still the cosine
+    registry.plant_query(term, u * 0.5)
+    rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=3).check([1, 2, 3])}
+    declared, undeclared, silent = rows[1], rows[2], rows[3]
+    assert declared["strength"] == pytest.approx(1.5) and declared["consistency"] == pytest.approx(
+        0.4
+    )
+    assert declared["agreement"] == pytest.approx(0.95, abs=1e-4)
+    strongest = {"term": term, "category": _category(term), "score": pytest.approx(0.95, abs=1e-4)}
+    assert declared["strongest_effect"] == strongest
+    assert "strongest_effect_undeclared" not in declared["flags"]
+    # the claim mentions the strongest effect, so the undeclared one is the next term it does not
+    # mention, scored by the Direction's cosine with that term's own query vector
+    other = declared["undeclared_effect"]
+    assert other["term"] != term and other["category"] == _category(other["term"])
+    assert other["score"] < declared["strongest_effect"]["score"]
+    expected = float(d @ unit(_reciprocal_shift(registry, other["term"])))
+    assert other["score"] == pytest.approx(expected, abs=1e-4)
+    # the same behaviour under another name: its strongest effect is the undeclared one
+    assert undeclared["strongest_effect"] == strongest
+    assert undeclared["undeclared_effect"] == strongest
+    assert "strongest_effect_undeclared" in undeclared["flags"]
+    # no claim left to check: no agreement, no rank, no verdict, and the row says why
+    assert silent["claim"] == ""
+    assert (silent["agreement"], silent["claim_rank"], silent["supported"]) == (None, None, None)
+    assert "no_claim" in silent["flags"] and "claim_not_supported" not in silent["flags"]
