@@ -147,7 +147,9 @@ def test_text_and_images_weigh_equally(registry, tmp_path):
         1, abs=1e-5
     )
     assert registry.search("neon city", apply_filters=False)["results"][0]["version_id"] == 1
-    assert registry.search(images=[str(png)], apply_filters=False)["results"][0]["version_id"] == 2
+    images_only = registry.search(images=[str(png)], apply_filters=False)
+    assert images_only["results"][0]["version_id"] == 2
+    assert images_only["query"]["cached"] is False  # no text, so no cached text vector
 
 
 def test_nsfw_and_base_model_filters(registry):
