@@ -13,6 +13,7 @@ from tests.test_compare_rules import _name, _reciprocal_shift
 
 
 def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
+    registry.plant_vocabulary()
     claim = "watercolor painting"
     q = unit(_reciprocal_shift(registry, claim))
     registry.plant(1, at_cosine(q, 0.95, 1) * 3)
@@ -40,6 +41,7 @@ def test_every_valid_lora_is_checked_and_only_usable_ones_rank(registry):
 
 
 def test_a_short_direction_still_ranks(registry):
+    registry.plant_vocabulary()
     # a LoRA's Direction can be any length; only a zero one has no usable signature
     claim = "watercolor painting"
     q = unit(_reciprocal_shift(registry, claim))

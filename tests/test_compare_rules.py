@@ -53,6 +53,7 @@ def test_readme_claim_cleaning_example():
 
 
 def test_agreement_rank_and_support(registry):
+    registry.plant_vocabulary()
     claim = "watercolor painting"
     q = unit(_reciprocal_shift(registry, claim))
     registry.plant(1, q * 3)  # does what it says
@@ -95,6 +96,7 @@ def test_strongest_and_undeclared_effects(registry):
     # the claim's query vector, as the encoder caches it, shorter than 1 (as full-CLIP ones can
     # be): the agreement is still the cosine
     registry.plant_query(term, u * 0.5)
+    registry.plant_vocabulary()  # after: the planted vector stays
     rows = {r["version_id"]: r for r in ClaimChecker(registry.app, k=3).check([1, 2, 3])}
     declared, undeclared, silent = rows[1], rows[2], rows[3]
     assert declared["strength"] == pytest.approx(1.5) and declared["consistency"] == pytest.approx(
