@@ -78,6 +78,9 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
             "tests/test_crawler_listing.py",
             "tests/test_crawler_sync.py",
             "tests/test_crawler_items.py",
+            # the redirect and token rules (RedirectChain, _status_error) are tested here; slower
+            "tests/test_crawler_faults.py",
+            "tests/test_hostile_crawl.py",
         ],
         [
             "*Crawlerǁ_list_params__*",
