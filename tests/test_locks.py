@@ -125,3 +125,75 @@ def test_keep_alive_stops_once_the_lease_is_lost(database):
     a.keep_alive(every=0.05)
     _wait_until(lambda: not a._beat.is_alive(), 60, "the renewal thread giving up")
     assert a.token is None and b.holder()["owner"] == "host-b"
+
+
+def _expires_at(db, name: str) -> float:
+    with db.read() as s:
+        return s.execute(
+            sa.text("SELECT expires_at FROM service_lock WHERE name = :n"), {"n": name}
+        ).scalar_one()
+
+
+def test_the_default_renewal_lands_while_the_lease_still_holds(database):
+    """``keep_alive()`` without ``every`` renews every ttl/3; each write sets "now + ttl", so the
+    gap between the first two expiries is the time the first renewal took."""
+    a = DbLock(database, "nightly", "host-a", ttl=9.0)
+    assert a.acquire()
+    first = _expires_at(database, "nightly")
+    a.keep_alive()
+    try:
+        renewed = _wait_until(
+            lambda: (e := _expires_at(database, "nightly")) != first and e, 120, "a renewal"
+        )
+    finally:
+        a.release()
+    assert renewed - first < 9.0  # before the lease ran out (3 s expected; 6 s of slack for load)
+
+
+class CountingLock(DbLock):
+    """A real lock that counts the renewals a database error cut short (and re-raises them)."""
+
+    errors = 0
+
+    def heartbeat(self) -> bool:
+        try:
+            return super().heartbeat()
+        except sa.exc.DBAPIError:
+            self.errors += 1
+            raise
+
+
+def test_keep_alive_renews_again_after_a_database_error(database):
+    a = CountingLock(database, "nightly", "host-a", ttl=600)
+    assert a.acquire()
+    with database.write() as s:
+        s.execute(
+            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
+        )
+        s.execute(sa.text("ALTER TABLE service_lock RENAME TO service_lock_away"))
+    a.keep_alive(every=0.05)
+    try:
+        _wait_until(lambda: a.errors >= 2, 60, "renewals failing while the table is away")
+    finally:
+        with database.write() as s:
+            s.execute(sa.text("ALTER TABLE service_lock_away RENAME TO service_lock"))
+    _wait_until(lambda: a.holder()["expires_in"] > 590, 60, "a renewal after the errors")
+    a.release()
+    assert a.holder() is None
+
+
+def test_a_process_that_never_releases_its_lock_still_exits(database, db_url):
+    """The renewal thread must not keep a finished process alive (holding the lease for ever)."""
+    code = (
+        "import sys\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
+        "lock = DbLock(Database(sys.argv[1]), 'nightly', 'forgetful', ttl=600)\n"
+        "assert lock.acquire()\nlock.keep_alive(every=0.05)\nprint('held', flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, db_url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert (proc.returncode, proc.stdout) == (0, "held\n"), proc.stderr

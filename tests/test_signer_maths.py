@@ -95,8 +95,47 @@ def test_adaptive_sampling_uses_nearly_everything_when_the_effect_is_not_consist
 
 def test_adaptive_never_stops_before_min_samples():
     _, v = _ensemble(np.random.default_rng(2), 1000, 32, signal=10.0, noise=0.1)
-    used, _ = adaptive_run(v, AdaptiveRule(min_samples=300), batch_size=8)
+    used, est = adaptive_run(v, AdaptiveRule(min_samples=300), batch_size=8)
     assert used == 304  # first batch boundary at or after 300
+    # the estimates are of the first 304 samples in visiting order, the first one included
+    strength = np.linalg.norm(v[:used], axis=1).mean()
+    assert est["strength"] == pytest.approx(strength, rel=1e-9)
+
+
+# ---------------------------------------------------------------- degenerate images
+
+
+def test_black_and_non_finite_images_are_degenerate_each_on_its_own():
+    """The fp16 VAE overflow's two faces, image by image (the engine test shows them end to end)."""
+    import torch
+
+    from signer.engine import BLACK_MAX, degenerate_images
+
+    rng = torch.Generator().manual_seed(0)
+    good = torch.rand(3, 8, 8, generator=rng) * 0.9 + 0.05
+    images = torch.stack([good.clone() for _ in range(9)])
+    images[0] = 0.0  # black
+    images[1] = BLACK_MAX  # at the bound: still black
+    images[2] = 0.0
+    images[2, 1, 4, 4] = 2.0 / 255.0  # one pixel above the bound: a (dark) real image
+    images[3, 0, 0, 0] = float("nan")
+    images[4, 2, 7, 7] = float("inf")
+    images[5, 1, 3, 2] = float("-inf")
+    images[6] = 0.0
+    images[6, 0, 1, 1] = float("nan")  # black and NaN
+    images[8] = 1.0  # white
+    assert degenerate_images(images).tolist() == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert degenerate_images(images[7:8].half()).tolist() == [False]  # the fp16 VAE's own dtype
 
 
 # ---------------------------------------------------------------- prompt sets
