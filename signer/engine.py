@@ -118,6 +118,15 @@ def webp_thumbnail(image, prompt: str) -> dict:
     }
 
 
+def degenerate_images(images):
+    """Per image of a batch (B, C, H, W floats in [0, 1]), whether it is one of the fp16 VAE
+    overflow's two faces: any value not finite, or black (no pixel brighter than ``BLACK_MAX``)."""
+    import torch
+
+    flat = images.flatten(1)
+    return ~torch.isfinite(flat).all(dim=1) | (flat.amax(dim=1) <= BLACK_MAX)  # NaN max: not <=
+
+
 class Engine:
     def __init__(
         self,
@@ -228,10 +237,7 @@ class Engine:
                 for row, sample in enumerate(batch):
                     if sample.index < self.profile.thumbnails:
                         keep[sample.index] = webp_thumbnail(images[row], sample.prompt + suffix)
-            flat = images.flatten(1)
-            degenerate = ~torch.isfinite(flat).all(dim=1) | (
-                torch.nan_to_num(flat, nan=0.0).amax(dim=1) <= BLACK_MAX
-            )
+            degenerate = degenerate_images(images)
             features = self.clip.encode_images(
                 torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
             )

@@ -100,9 +100,9 @@ GROUPS: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["registry.queue.*"],
     ),
     "signer": (
-        ["signer/maths.py"],
+        ["signer/maths.py", "signer/engine.py"],
         ["tests/test_signer_maths.py", "tests/test_adaptive_rules.py"],
-        ["signer.maths.*"],
+        ["signer.maths.*", "*x_degenerate_images__*"],  # the maths, and black/NaN detection
     ),
 }
 # imported once in mutmut's fork server (tests/conftest.py): each mutant's process would otherwise
