@@ -77,19 +77,27 @@ def test_heartbeat_renews_for_ttl(database):
     assert a.heartbeat() and a.holder()["expires_in"] > 590
 
 
+def _holder_code(owner: str, *, ttl: float, every: float) -> str:
+    """A script that takes the nightly lock, keeps it alive and says "held"."""
+    return (
+        "import sys\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
+        f"lock = DbLock(Database(sys.argv[1]), 'nightly', {owner!r}, ttl={ttl})\n"
+        f"assert lock.acquire()\nlock.keep_alive(every={every})\nprint('held', flush=True)\n"
+    )
+
+
+def _python(code: str, db_url: str) -> list[str]:
+    return [sys.executable, "-c", code, db_url]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
 def test_the_lease_frees_itself_when_its_process_dies(database, db_url):
     """A process takes the nightly lock (an 8 s lease, renewed), is SIGKILLed; the lock then frees itself."""
-    code = (
-        "import sys, time\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
-        "lock = DbLock(Database(sys.argv[1]), 'nightly', 'doomed', ttl=8.0)\n"
-        "assert lock.acquire()\nlock.keep_alive(every=0.4)\nprint('held', flush=True)\ntime.sleep(3600)\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, db_url],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    code = _holder_code("doomed", ttl=8.0, every=0.4) + "import time\ntime.sleep(3600)\n"
+    proc = subprocess.Popen(_python(code, db_url), stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert proc.stdout.readline().strip() == "held"
         other = DbLock(database, "nightly", "survivor", ttl=600)
@@ -184,16 +192,8 @@ def test_keep_alive_renews_again_after_a_database_error(database):
 
 def test_a_process_that_never_releases_its_lock_still_exits(database, db_url):
     """The renewal thread must not keep a finished process alive (holding the lease for ever)."""
-    code = (
-        "import sys\nfrom registry.db import Database\nfrom registry.locks import DbLock\n"
-        "lock = DbLock(Database(sys.argv[1]), 'nightly', 'forgetful', ttl=600)\n"
-        "assert lock.acquire()\nlock.keep_alive(every=0.05)\nprint('held', flush=True)\n"
-    )
+    code = _holder_code("forgetful", ttl=600, every=0.05)  # and then the script just ends
     proc = subprocess.run(
-        [sys.executable, "-c", code, db_url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        _python(code, db_url), capture_output=True, text=True, timeout=300, env=_env()
     )
     assert (proc.returncode, proc.stdout) == (0, "held\n"), proc.stderr
