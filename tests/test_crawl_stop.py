@@ -89,6 +89,15 @@ class _Download:
         return doc
 
 
+def _stacks_of(proc: subprocess.Popen) -> str:
+    """What a stuck process is doing: faulthandler's dump of its threads on SIGABRT."""
+    proc.send_signal(signal.SIGABRT)
+    try:
+        return proc.communicate(timeout=60)[1]
+    except subprocess.TimeoutExpired:
+        return "(no stack dump within 60 s)"
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     "sig, code, status_before_rerun",
@@ -108,6 +117,7 @@ def test_a_crawl_stopped_mid_download_keeps_its_partial_and_the_next_crawl_resum
             "PYTHONPATH": str(REPO),
             "CARLOS_REG_HOME": str(dl.home),
             "CIVITAI_BASE_URL": api.url,
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack: see _stacks_of
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "registry", "crawl", "--timeout", "600"],
@@ -121,7 +131,10 @@ def test_a_crawl_stopped_mid_download_keeps_its_partial_and_the_next_crawl_resum
             dl.wait_mid_download(proc)
             proc.send_signal(sig)
             # far below the stalled body's 600 s and the 600 s read timeout: the signal ended it
-            _, stderr = proc.communicate(timeout=120)
+            try:
+                _, stderr = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the crawl did not stop within 120 s:\n{_stacks_of(proc)}")
         finally:
             if proc.poll() is None:
                 proc.kill()
