@@ -13,6 +13,7 @@ download, the partial file is kept, and the next crawl resumes it with ``Range``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,6 +90,23 @@ class _Download:
         return doc
 
 
+@contextlib.contextmanager
+def sigint_not_ignored():
+    """Start children as a terminal starts a foreground crawl, whose Ctrl-C arrives.
+
+    A shell without job control starts background commands (``make test &`` in a script) with
+    SIGINT ignored; an ignored signal stays ignored across exec, so the crawl would never see it.
+    A handled one is reset to the default in the child."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _stacks_of(proc: subprocess.Popen) -> str:
     """What a stuck process is doing: faulthandler's dump of its threads on SIGABRT."""
     proc.send_signal(signal.SIGABRT)
@@ -119,14 +137,15 @@ def test_a_crawl_stopped_mid_download_keeps_its_partial_and_the_next_crawl_resum
             "CIVITAI_BASE_URL": api.url,
             "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack: see _stacks_of
         }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "registry", "crawl", "--timeout", "600"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        with sigint_not_ignored():
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "registry", "crawl", "--timeout", "600"],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         try:
             dl.wait_mid_download(proc)
             proc.send_signal(sig)
