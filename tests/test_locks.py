@@ -25,13 +25,17 @@ def _wait_until(predicate, seconds: float, what: str):
     raise AssertionError(f"not within {seconds} s: {what}")
 
 
-def _expire_now(db, name: str) -> None:
-    """What the passing of ``ttl`` does, without waiting for it."""
+def _age(db, name: str, seconds: float) -> None:
+    """What the passing of ``seconds`` does to a lease, without waiting for it."""
     with db.write() as s:
         s.execute(
-            sa.text("UPDATE service_lock SET expires_at = expires_at - 100000 WHERE name = :n"),
-            {"n": name},
+            sa.text("UPDATE service_lock SET expires_at = expires_at - :t WHERE name = :n"),
+            {"t": seconds, "n": name},
         )
+
+
+def _expire_now(db, name: str) -> None:
+    _age(db, name, 100000)
 
 
 def test_one_holder_at_a_time_until_release(database):
@@ -69,10 +73,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_knows(database):
 def test_heartbeat_renews_for_ttl(database):
     a = DbLock(database, "nightly", "host-a", ttl=600)
     assert a.acquire()
-    with database.write() as s:
-        s.execute(
-            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
-        )
+    _age(database, "nightly", 590)
     assert a.holder()["expires_in"] <= 10
     assert a.heartbeat() and a.holder()["expires_in"] > 590
 
@@ -112,10 +113,7 @@ def test_the_lease_frees_itself_when_its_process_dies(database, db_url):
 def test_keep_alive_renews_in_the_background_until_release(database):
     a = DbLock(database, "nightly", "host-a", ttl=600)
     assert a.acquire()
-    with database.write() as s:
-        s.execute(
-            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
-        )
+    _age(database, "nightly", 590)
     a.keep_alive(every=0.05)
     _wait_until(lambda: a.holder()["expires_in"] > 590, 60, "a background renewal")
     a.release()
@@ -174,10 +172,8 @@ class CountingLock(DbLock):
 def test_keep_alive_renews_again_after_a_database_error(database):
     a = CountingLock(database, "nightly", "host-a", ttl=600)
     assert a.acquire()
+    _age(database, "nightly", 590)
     with database.write() as s:
-        s.execute(
-            sa.text("UPDATE service_lock SET expires_at = expires_at - 590 WHERE name = 'nightly'")
-        )
         s.execute(sa.text("ALTER TABLE service_lock RENAME TO service_lock_away"))
     a.keep_alive(every=0.05)
     try:
